@@ -1,0 +1,1 @@
+"""ponderlab.core: interfaces, spec, plugin registry, model assembly, trainer, CLI."""

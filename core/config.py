@@ -1,0 +1,71 @@
+"""Pydantic base models for plugin configurations and training options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """A config model that rejects unknown keys and validates on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class PluginConfig(StrictModel):
+    """Every plugin config carries a `name` discriminator (narrowed to a Literal by subclasses)."""
+
+    name: str
+
+
+class BackboneConfig(PluginConfig):
+    """Options every backbone understands."""
+
+    d_model: int = Field(128, ge=1, description="Hidden width (embedding width equals it).")
+    n_layers: int = Field(1, ge=1, description="Number of distinct layers.")
+
+
+Scope = Literal["layer", "model", "depth"]
+
+
+class HaltingConfig(PluginConfig):
+    """Options every halting strategy understands."""
+
+    scope: Scope = Field(
+        "layer",
+        description="layer: a ponder loop around every layer; model: around the whole stack; "
+        "depth: across the distinct layers once each, with early exit.",
+    )
+
+
+class TaskConfig(PluginConfig):
+    """Options every task understands."""
+
+
+class TrainingConfig(StrictModel):
+    """Optimiser, schedule, evaluation and checkpointing options."""
+
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1, description="Validate every N steps.")
+    eval_max_examples: int | None = Field(
+        None, ge=1, description="Cap on validation examples per periodic evaluation."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps (defaults to eval_every)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    log_every: int = Field(20, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")

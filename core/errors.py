@@ -1,0 +1,43 @@
+"""Errors that the CLI turns into one clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class PonderlabError(Exception):
+    """Base class for errors reported to the user without a traceback."""
+
+    exit_code = 1
+
+
+class SpecError(PonderlabError):
+    """Bad experiment input: YAML, unknown key, wrong type, unknown plugin, bad override."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, where: str | None = None):
+        self.path = path
+        self.where = where
+        prefix = ""
+        if where:
+            prefix += f"{where}: "
+        if path:
+            prefix += f"{path}: "
+        super().__init__(prefix + message)
+
+
+class PluginError(PonderlabError):
+    """A plugin could not be loaded or two plugins claim the same name."""
+
+    exit_code = 2
+
+
+class CheckpointError(PonderlabError):
+    """A checkpoint is missing, corrupt or does not match the spec."""
+
+    exit_code = 2
+
+
+class NonFiniteLossError(PonderlabError):
+    """Training produced a NaN or infinite loss."""
+
+    exit_code = 3

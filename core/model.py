@@ -1,0 +1,197 @@
+"""Model assembly: backbone + ponder sites (by scope) + language-model head.
+
+Scopes (see docs/architecture.md):
+  layer  one ponder site per distinct layer; hop n re-applies that layer.
+  model  one site around the whole stack; hop n re-applies every layer.
+  depth  one site across the distinct layers; hop n applies layer n (early exit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import HaltingConfig
+from .interfaces import (
+    IGNORE_INDEX,
+    Backbone,
+    BlockContext,
+    HaltingStats,
+    HaltingStrategy,
+    PonderOutput,
+)
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, L, V); stats of halting; loss = task_loss + stats.regularizer when labels given."""
+
+    logits: Tensor
+    stats: HaltingStats
+    loss: Tensor | None = None
+    task_loss: Tensor | None = None
+
+
+@dataclass
+class StackOutput:
+    """Result of one pass through the stack: hidden (B, L, D), one PonderOutput per site."""
+
+    hidden: Tensor
+    sites: list[PonderOutput]
+    memory: object = None
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of (B, L) values over positions where mask (B, L) is True."""
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+class PonderModel(nn.Module):
+    """A causal language model whose layers ponder according to a halting strategy."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        halting_cls: type[HaltingStrategy],
+        halting_config: HaltingConfig,
+        *,
+        vocab_size: int,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.halting_config = halting_config
+        self.scope = getattr(halting_config, "scope", "layer")
+        n_layers = len(backbone.blocks)
+        n_sites = n_layers if self.scope == "layer" else 1
+        self.sites = nn.ModuleList(
+            halting_cls(halting_config, d_model=backbone.d_model, n_layers=n_layers)
+            for _ in range(n_sites)
+        )
+        self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.backbone.blocks)
+
+    # ------------------------------------------------------------------ hops
+    def _apply_block(
+        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
+    ) -> Tensor:
+        """One layer application: memory read, the block, frozen rows for inactive tokens."""
+        block = self.backbone.blocks[index]
+        inputs = self.backbone.read_memory(index, state, memory)
+        context = BlockContext(layer=index, step=step, active=active, memory=memory)
+        output = block(inputs, context)  # (B, L, D)
+        if active is not None:
+            output = torch.where(active.unsqueeze(-1), output, state)
+        return output
+
+    def run_stack(self, hidden: Tensor, memory: object = None) -> StackOutput:
+        """Run every layer under the halting scope; write memory once per layer per segment."""
+        backbone = self.backbone
+        if self.scope == "layer":
+            sites = []
+            for index in range(self.n_layers):
+
+                def hop(state, step, active, _index=index):
+                    return self._apply_block(_index, state, step, active, memory)
+
+                result = self.sites[index](hidden, hop)
+                hidden = result.output
+                memory = backbone.write_memory(index, hidden, memory)
+                sites.append(result)
+            return StackOutput(hidden, sites, memory)
+
+        last_outputs: dict[int, Tensor] = {}
+        if self.scope == "model":
+
+            def hop(state, step, active):
+                for index in range(self.n_layers):
+                    state = self._apply_block(index, state, step, active, memory)
+                    last_outputs[index] = state
+                return state
+
+        else:  # depth
+
+            def hop(state, step, active):
+                state = self._apply_block(step, state, 0, active, memory)
+                last_outputs[step] = state
+                return state
+
+        result = self.sites[0](hidden, hop)
+        for index in sorted(last_outputs):
+            memory = backbone.write_memory(index, last_outputs[index], memory)
+        return StackOutput(result.output, [result], memory)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, input_ids: Tensor, labels: Tensor | None = None, mask: Tensor | None = None
+    ) -> ModelOutput:
+        """input_ids (B, L), labels (B, L) with IGNORE_INDEX where unscored, mask (B, L) valid."""
+        hidden = self.backbone.embed(input_ids)  # (B, L, D)
+        if self.backbone.uses_segments:
+            from .segments import run_segments
+
+            stack = run_segments(self, hidden)
+        else:
+            stack = self.run_stack(hidden)
+        final = self.backbone.finalize(stack.hidden)
+        logits = self.head(final)  # (B, L, V)
+        stats = self.aggregate_stats(stack.sites, mask)
+        output = ModelOutput(logits=logits, stats=stats)
+        if labels is not None:
+            output.task_loss = self._task_loss(logits, labels, stack.sites)
+            output.loss = output.task_loss + stats.regularizer
+        return output
+
+    def _task_loss(self, logits: Tensor, labels: Tensor, sites: list[PonderOutput]) -> Tensor:
+        site = sites[0] if len(sites) == 1 else None
+        if site is not None and site.hop_states is not None and site.hop_probs is not None:
+            # Expected loss over the halting distribution (PonderNet): sum_n p_n * CE_n.
+            scored = labels != IGNORE_INDEX  # (B, L)
+            total = logits.new_zeros(())
+            for n, state in enumerate(site.hop_states):
+                hop_logits = self.head(self.backbone.finalize(state))  # (B, L, V)
+                ce = F.cross_entropy(
+                    hop_logits.flatten(0, 1).float(),
+                    labels.flatten().clamp_min(0),
+                    reduction="none",
+                ).view_as(labels)
+                weight = site.hop_probs[..., n]  # (B, L)
+                total = total + (weight * ce * scored).sum()
+            return total / scored.sum().clamp_min(1)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+        )
+
+    def aggregate_stats(self, sites: list[PonderOutput], mask: Tensor | None) -> HaltingStats:
+        """Combine per-site outputs into per-token statistics and the loss regularizer."""
+        site_hops = [s.hops for s in sites]
+        hops = torch.stack(site_hops).mean(0)  # (B, L)
+        if self.scope == "model":
+            layers = sites[0].hops * self.n_layers
+        else:
+            layers = torch.stack(site_hops).sum(0)
+        ponder_cost = torch.stack([s.ponder_cost for s in sites]).sum(0)
+        remainder = torch.stack([s.remainder for s in sites]).mean(0)
+        regularizer = hops.new_zeros(())
+        for site_module, site in zip(self.sites, sites, strict=True):
+            weight = site_module.loss_weight()
+            if weight:
+                regularizer = regularizer + weight * masked_mean(site.ponder_cost, mask)
+            if site.aux_loss is not None:
+                regularizer = regularizer + site.aux_loss
+        return HaltingStats(
+            hops=hops,
+            layers=layers,
+            ponder_cost=ponder_cost,
+            remainder=remainder,
+            site_hops=site_hops,
+            regularizer=regularizer,
+        )

@@ -1,0 +1,198 @@
+"""Plugin discovery: entry points -> pluggy -> a registry of backbones, halting strategies, tasks.
+
+Every entry point in the `ponderlab` group is loaded on its own: one that fails
+to import (or whose hook raises) is recorded in `Registry.errors` and skipped.
+Two plugins registering the same name for the same kind is a conflict that
+names both sources; using that name is then an error.
+
+Environment:
+  PONDERLAB_PLUGINS          comma-separated allow-list (entry-point or distribution names)
+  PONDERLAB_DISABLE_PLUGINS  comma-separated deny-list (same matching)
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, SpecError
+from .interfaces import Backbone, HaltingStrategy, Task
+
+KINDS = {
+    "backbone": ("ponderlab_register_backbones", Backbone),
+    "halting": ("ponderlab_register_halting", HaltingStrategy),
+    "task": ("ponderlab_register_tasks", Task),
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type
+    source: str  # entry-point name (or the name a plugin object was registered under)
+    distribution: str
+    version: str
+
+    def describe(self) -> str:
+        return f"{self.source} ({self.distribution} {self.version})"
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """A plugin that could not be loaded."""
+
+    source: str
+    distribution: str
+    error: str
+
+
+@dataclass
+class Registry:
+    plugins: dict[str, dict[str, PluginInfo]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+    errors: list[LoadError] = field(default_factory=list)
+    conflicts: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
+    spec_model: Any = None  # the assembled spec model, built on first use by core.spec
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(set(self.plugins[kind]) | {n for k, n in self.conflicts if k == kind})
+
+    def get(self, kind: str, name: str) -> PluginInfo:
+        if (kind, name) in self.conflicts:
+            sources = " and ".join(p.describe() for p in self.conflicts[(kind, name)])
+            raise PluginError(f"{kind} plugin name {name!r} is registered twice: by {sources}")
+        try:
+            return self.plugins[kind][name]
+        except KeyError:
+            available = ", ".join(self.names(kind)) or "none"
+            raise SpecError(f"unknown {kind} {name!r} (available: {available})") from None
+
+    def all(self) -> list[PluginInfo]:
+        return [info for kind in KINDS for info in self.plugins[kind].values()]
+
+    # ------------------------------------------------------------------ loading
+    def _add(self, kind: str, cls: type, source: str, distribution: str, version: str) -> None:
+        base = KINDS[kind][1]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{source}: registered {cls!r} as a {kind}, but it is not a {base.__name__}")
+        name = plugin_name(cls)
+        info = PluginInfo(kind, name, cls, source, distribution, version)
+        if (kind, name) in self.conflicts:
+            self.conflicts[(kind, name)].append(info)
+            return
+        existing = self.plugins[kind].get(name)
+        if existing is not None and existing.cls is not cls:
+            del self.plugins[kind][name]
+            self.conflicts[(kind, name)] = [existing, info]
+            return
+        self.plugins[kind][name] = info
+
+
+def plugin_name(cls: type) -> str:
+    """The plugin's name: the Literal value of its config's `name` field."""
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None:
+        raise PluginError(f"{cls.__qualname__} has no config_class")
+    annotation = config_class.model_fields["name"].annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not typing.Literal or len(args) != 1:
+        raise PluginError(
+            f"{config_class.__qualname__}.name must be annotated as Literal['<plugin name>']"
+        )
+    return str(args[0])
+
+
+def _env_list(variable: str) -> set[str] | None:
+    raw = os.environ.get(variable)
+    if raw is None or not raw.strip():
+        return None
+    return {item.strip() for item in raw.split(",") if item.strip()}
+
+
+def _selected(entry_point_name: str, distribution: str) -> bool:
+    allow = _env_list("PONDERLAB_PLUGINS")
+    deny = _env_list("PONDERLAB_DISABLE_PLUGINS") or set()
+    keys = {entry_point_name, distribution}
+    if keys & deny:
+        return False
+    return allow is None or bool(keys & allow)
+
+
+def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
+    found = []
+    seen = set()
+    for dist in metadata.distributions():
+        dist_name = dist.metadata["Name"] or "unknown"
+        for ep in dist.entry_points:
+            if ep.group != hookspecs.PROJECT_NAME:
+                continue
+            key = (dist_name, ep.name, ep.value)
+            if key in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add(key)
+            found.append((ep, dist_name, dist.version))
+    return sorted(found, key=lambda item: (item[1] != "ponderlab", item[0].name))
+
+
+def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registry:
+    """Discover entry points (and any `(name, plugin_object)` pairs given) into a registry."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry()
+    sources: dict[str, tuple[str, str]] = {}
+
+    for ep, dist_name, version in _entry_points():
+        if not _selected(ep.name, dist_name):
+            continue
+        try:
+            module = ep.load()
+            manager.register(module, name=ep.name)
+        except Exception as exc:  # a broken plugin must not take the others down
+            registry.errors.append(LoadError(ep.name, dist_name, f"{type(exc).__name__}: {exc}"))
+            continue
+        sources[ep.name] = (dist_name, version)
+
+    for name, plugin in extra_plugins or []:
+        manager.register(plugin, name=name)
+        sources[name] = ("(registered in process)", "")
+
+    for source, (dist_name, version) in sources.items():
+        others = [p for p in manager.get_plugins() if manager.get_name(p) != source]
+        for kind, (hook_name, _) in KINDS.items():
+            caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+
+            def register(cls: type, _kind: str = kind, _source: str = source) -> None:
+                registry._add(_kind, cls, _source, dist_name, version)
+
+            try:
+                caller(register=register)
+            except Exception as exc:
+                registry.errors.append(LoadError(source, dist_name, f"{type(exc).__name__}: {exc}"))
+    return registry
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (built on first use; Ray workers build their own)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = build_registry()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (after installing a plugin, or changing the env lists)."""
+    global _REGISTRY
+    _REGISTRY = None

@@ -1,0 +1,157 @@
+"""One experiment run: build task and model, prepare the run directory, train, write results."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .errors import SpecError
+from .interfaces import Task, TaskData
+from .model import PonderModel
+from .registry import get_registry
+from .spec import SpecBase, read_spec_file, spec_to_yaml, validate_spec
+from .trainer import Trainer, pick_device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_task(spec: SpecBase) -> Task:
+    info = get_registry().get("task", spec.task.name)
+    return info.cls(spec.task)
+
+
+def build_model_from_spec(spec: SpecBase, vocab_size: int) -> PonderModel:
+    registry = get_registry()
+    backbone_cls = registry.get("backbone", spec.backbone.name).cls
+    halting_cls = registry.get("halting", spec.halting.name).cls
+    backbone = backbone_cls(spec.backbone, vocab_size=vocab_size)
+    return PonderModel(backbone, halting_cls, spec.halting, vocab_size=vocab_size)
+
+
+def default_run_dir(spec: SpecBase) -> Path:
+    name = spec.name or f"{spec.task.name}-{spec.backbone.name}-{spec.halting.name}"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(spec: SpecBase, output_dir: str | Path | None, resume: bool) -> Path:
+    """Decide the run dir; refuse to overwrite a finished or started run unless resuming."""
+    run_dir = Path(output_dir or spec.output_dir or default_run_dir(spec))
+    if resume:
+        if not (run_dir / "spec.yaml").exists():
+            raise SpecError(f"--resume: {run_dir} holds no run (no spec.yaml)")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SpecError(f"output directory {run_dir} is not empty (use --resume to continue it)")
+    return run_dir
+
+
+def resume_spec(run_dir: Path, spec: SpecBase | None) -> SpecBase:
+    """The spec of a run being resumed; a given spec must match the saved one."""
+    data, source = read_spec_file(run_dir / "spec.yaml")
+    saved = validate_spec(data, source)
+    if spec is not None and spec.model_dump(exclude={"output_dir"}) != saved.model_dump(exclude={"output_dir"}):
+        raise SpecError(f"--resume: the spec differs from the one saved in {run_dir / 'spec.yaml'}")
+    return saved
+
+
+def execute(
+    spec: SpecBase,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_validation=None,
+    task_data: TaskData | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Run an experiment end to end; returns (results, run_dir)."""
+    run_dir = prepare_run_dir(spec, output_dir, resume)
+    if resume:
+        spec = resume_spec(run_dir, spec)
+    if spec.training.num_threads:
+        torch.set_num_threads(spec.training.num_threads)
+    # Everything that can fail on bad input happens before the run dir is created.
+    task = build_task(spec)
+    data = task_data or task.build(spec.seed)
+    seed_everything(spec.seed)
+    model = build_model_from_spec(spec, task.vocab_size)
+    device = pick_device(spec.training.device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        resolved = spec.model_copy(update={"output_dir": str(run_dir)})
+        ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
+        ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+    trainer = Trainer(
+        model=model,
+        task=task,
+        data=data,
+        config=spec.training,
+        seed=spec.seed,
+        run_dir=run_dir,
+        device=device,
+        progress=progress,
+        on_validation=on_validation,
+    )
+    if resume:
+        trainer.resume()
+    results = trainer.fit()
+    results = {
+        "task": spec.task.name,
+        "backbone": spec.backbone.name,
+        "halting": spec.halting.name,
+        "scope": getattr(spec.halting, "scope", None),
+        "device": str(device),
+        **results,
+    }
+    ckpt.atomic_write_text(run_dir / "halting.json", json.dumps(trainer.halting_profiles, indent=1))
+    ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
+    return results, run_dir
+
+
+def format_summary(results: dict[str, Any], run_dir: Path | None = None) -> str:
+    """A readable table of the final metrics."""
+    columns = [
+        ("split", None),
+        ("loss", "loss"),
+        ("token acc", "token_accuracy"),
+        ("exact match", "exact_match"),
+        ("mean hops", "mean_hops"),
+        ("max hops", "max_hops"),
+        ("ponder cost", "ponder_cost"),
+    ]
+    rows = []
+    for split in ("validation", "test"):
+        row = [split]
+        for _, key in columns[1:]:
+            value = results.get(f"{split}/{key}")
+            row.append("-" if value is None else f"{value:.4f}")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) for (h, _), w in zip(columns, widths, strict=True))
+    out = [
+        f"{results.get('task')} / {results.get('backbone')} / {results.get('halting')}"
+        f" (scope {results.get('scope')})",
+        line,
+        "-" * len(line),
+    ]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    steps = results.get("train/steps", 0)
+    seconds = results.get("time/seconds", 0.0)
+    out.append(
+        f"time {seconds:.1f} s for {steps} steps ({1000 * seconds / max(steps, 1):.1f} ms/step), "
+        f"{results.get('model/parameters', 0):,} parameters on {results.get('device')}"
+    )
+    if run_dir is not None:
+        out.append(f"run directory: {run_dir}")
+    return "\n".join(out)

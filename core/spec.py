@@ -1,0 +1,306 @@
+"""Experiment specs: YAML loading with line numbers, dotted overrides, validation.
+
+The spec model is assembled from the registered plugins: `task`, `backbone` and
+`halting` are unions of every plugin's config model, discriminated by `name`,
+so a third-party plugin's options are validated exactly like built-in ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from .config import StrictModel, TrainingConfig
+from .errors import PluginError, SpecError
+from .registry import KINDS, Registry, get_registry
+
+PLUGIN_SECTIONS = {"task": "task", "backbone": "backbone", "halting": "halting"}
+DEFAULT_HALTING = {"name": "none"}
+
+
+class SpecBase(StrictModel):
+    """Fields every experiment spec has besides the plugin sections."""
+
+    seed: int = Field(0, description="Seed for data generation, initialisation and data order.")
+    name: str | None = Field(None, description="Run name (used for the default output dir).")
+    output_dir: str | None = Field(None, description="Run directory (default runs/<name>).")
+
+
+def _union(configs: list[type[BaseModel]]) -> Any:
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator="name")]  # noqa: UP007
+
+
+def build_spec_model(registry: Registry) -> type[SpecBase]:
+    """The pydantic model of an experiment spec with every registered plugin's options."""
+    fields: dict[str, Any] = {}
+    for section, kind in PLUGIN_SECTIONS.items():
+        configs = [registry.plugins[kind][n].cls.config_class for n in sorted(registry.plugins[kind])]
+        if not configs:
+            raise PluginError(f"no {kind} plugins are installed (check `ponderlab plugins`)")
+        default = DEFAULT_HALTING if section == "halting" and "none" in registry.plugins[kind] else ...
+        fields[section] = (_union(configs), default)
+    fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
+    return create_model("ExperimentSpec", __base__=SpecBase, **fields)
+
+
+def spec_model(registry: Registry | None = None) -> type[SpecBase]:
+    """The spec model for `registry` (built once per registry)."""
+    registry = registry or get_registry()
+    if registry.spec_model is None:
+        registry.spec_model = build_spec_model(registry)
+    return registry.spec_model
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Source:
+    """Where spec values came from: a YAML file with line numbers, or overrides."""
+
+    def __init__(self, label: str, lines: dict[tuple, int] | None = None):
+        self.label = label
+        self.lines = lines or {}
+        self.overrides: dict[tuple, str] = {}
+
+    def where(self, path: tuple) -> str | None:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.overrides:
+                return f"override {self.overrides[path[:end]]!r}"
+            if path[:end] in self.lines:
+                return f"{self.label}:{self.lines[path[:end]]}"
+        return self.label if self.label else None
+
+
+def _line_map(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, int]:
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            path = prefix + (key,)
+            if key in seen:
+                raise SpecError(
+                    "duplicate key", path=_dotted(path), where=f"{source}:{key_node.start_mark.line + 1}"
+                )
+            seen.add(key)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, source, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = prefix + (index,)
+            lines[path] = item.start_mark.line + 1
+            lines.update(_line_map(item, source, path))
+    return lines
+
+
+def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
+    """Parse a YAML mapping, keeping a map from key paths to line numbers."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{label}:{mark.line + 1}" if mark is not None else label
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"malformed YAML: {problem}", where=where) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a YAML mapping", where=f"{label}:1")
+    lines = _line_map(node, label) if node is not None else {}
+    return data, _Source(label, lines)
+
+
+def bundled_spec_path(name: str = "quickstart") -> Path:
+    return Path(str(resources.files("ponderlab.core") / "specs" / f"{name}.yaml"))
+
+
+def read_spec_file(path: str | Path | None) -> tuple[dict, _Source]:
+    if path is None:
+        path = bundled_spec_path()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", where=str(path)) from None
+    return read_yaml(text, str(path))
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def parse_override(raw: str) -> tuple[tuple[str, ...], Any]:
+    """`a.b.c=value` -> (("a", "b", "c"), parsed YAML value)."""
+    key, sep, value_text = raw.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError("expected dotted.key=value", where=f"override {raw!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    return tuple(key.split(".")), value
+
+
+def apply_overrides(data: dict, overrides: list[str], source: _Source | None = None) -> dict:
+    """Apply `dotted.key=value` overrides; a new plugin `name` resets that section first."""
+    data = copy.deepcopy(data)
+    parsed = [(raw, *parse_override(raw)) for raw in overrides]
+    # A plugin switch (`halting.name=none`) starts its section afresh, before other keys apply.
+    parsed.sort(key=lambda item: not (len(item[1]) == 2 and item[1][1] == "name"))
+    for raw, path, value in parsed:
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(
+                    f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping",
+                    where=f"override {raw!r}",
+                )
+            node = child
+        is_plugin_switch = len(path) == 2 and path[0] in PLUGIN_SECTIONS and path[1] == "name"
+        if is_plugin_switch and node.get("name") != value:
+            node.clear()
+        node[path[-1]] = value
+        if source is not None:
+            source.overrides[path] = raw
+    return data
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _strip_tags(loc: tuple, data: Any) -> tuple:
+    """Remove pydantic's union-tag entries from an error location, following the data."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("name") == part:
+            continue  # discriminator tag inserted by pydantic
+        path.append(part)
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+        )
+    return tuple(path)
+
+
+def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None:
+    for section, kind in PLUGIN_SECTIONS.items():
+        if section not in data:
+            continue
+        value = data[section]
+        if not isinstance(value, dict):
+            raise SpecError(
+                f"expected a mapping with a `name` key, got {type(value).__name__}",
+                path=section,
+                where=source.where((section,)),
+            )
+        if "name" not in value:
+            raise SpecError(
+                f"missing `name` (available {kind}s: {', '.join(registry.names(kind))})",
+                path=section,
+                where=source.where((section,)),
+            )
+        try:
+            registry.get(kind, str(value["name"]))
+        except (SpecError, PluginError) as exc:
+            raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
+
+
+def validate_spec(data: dict, source: _Source | None = None, registry: Registry | None = None) -> SpecBase:
+    """Validate a spec dict into the assembled spec model, or raise one clear SpecError."""
+    registry = registry or get_registry()
+    source = source or _Source("spec")
+    _check_plugin_names(data, registry, source)
+    model = spec_model(registry)
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = _strip_tags(tuple(first["loc"]), data)
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in first and first["type"] not in ("missing",):
+            message = f"{message} (got {first['input']!r})"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise SpecError(message, path=_dotted(path) or None, where=source.where(path)) from None
+    halting_cls = registry.get("halting", spec.halting.name).cls
+    scope = getattr(spec.halting, "scope", None)
+    if scope is not None and scope not in halting_cls.supported_scopes:
+        allowed = ", ".join(sorted(halting_cls.supported_scopes))
+        raise SpecError(
+            f"halting {spec.halting.name!r} does not support scope {scope!r} (supported: {allowed})",
+            path="halting.scope",
+            where=source.where(("halting", "scope")),
+        )
+    return spec
+
+
+def load_spec(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    registry: Registry | None = None,
+) -> SpecBase:
+    """Read a YAML spec (the bundled quickstart when `path` is None), apply overrides, validate."""
+    data, source = read_spec_file(path)
+    data = apply_overrides(data, list(overrides or []), source)
+    return validate_spec(data, source, registry)
+
+
+def resolve_spec(spec: SpecBase | dict | str | Path | None = None, **sections: Any) -> SpecBase:
+    """Accept a spec object, a dict, a YAML path, or keyword sections (`task={...}`)."""
+    if isinstance(spec, SpecBase):
+        if sections:
+            spec = spec.model_dump(mode="json")
+        else:
+            return spec
+    if spec is None and not sections:
+        return load_spec(None)
+    if isinstance(spec, (str, Path)):
+        data, source = read_spec_file(spec)
+    else:
+        data, source = dict(spec or {}), _Source("spec")
+    for key, value in sections.items():
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        data[key] = value
+    return validate_spec(data, source)
+
+
+def spec_to_yaml(spec: SpecBase) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def spec_json_schema(registry: Registry | None = None) -> dict:
+    return spec_model(registry).model_json_schema()
+
+
+__all__ = [
+    "KINDS",
+    "SpecBase",
+    "apply_overrides",
+    "build_spec_model",
+    "load_spec",
+    "read_yaml",
+    "resolve_spec",
+    "spec_json_schema",
+    "spec_model",
+    "spec_to_yaml",
+    "validate_spec",
+]

@@ -1,0 +1,305 @@
+"""The training loop: AdamW, warmup + cosine, clipping, periodic validation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import TrainingConfig
+from .data import BatchPlan, TensorDataset
+from .errors import CheckpointError, NonFiniteLossError
+from .interfaces import Task, TaskData
+from .metrics import MetricAccumulator
+from .model import PonderModel
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA (precision auto/bf16), nothing on CPU unless bf16 is asked for."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_factor(step: int, config: TrainingConfig) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases, norms, halting biases)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    model: PonderModel,
+    data: TensorDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "auto",
+    limit: int | None = None,
+    slice_columns: tuple[str, ...] = (),
+) -> MetricAccumulator:
+    """Teacher-forced evaluation on the scored positions of a split."""
+    was_training = model.training
+    model.eval()
+    accumulator = MetricAccumulator(slice_columns)
+    for batch in data.sequential_batches(batch_size, limit):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_for(device, precision):
+            out = model(batch["input_ids"], mask=batch["mask"])
+        accumulator.update(out.logits, batch["labels"], out.stats, batch["mask"], batch)
+    model.train(was_training)
+    return accumulator
+
+
+class Trainer:
+    """Trains a PonderModel on a task; owns the optimizer, schedule, logs and checkpoints."""
+
+    def __init__(
+        self,
+        *,
+        model: PonderModel,
+        task: Task,
+        data: TaskData,
+        config: TrainingConfig,
+        seed: int,
+        run_dir: Path | None = None,
+        device: torch.device | None = None,
+        progress: bool = True,
+        on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    ):
+        self.model = model
+        self.task = task
+        self.config = config
+        self.seed = seed
+        self.run_dir = run_dir
+        self.device = device or pick_device(config.device)
+        self.progress = progress
+        self.on_validation = on_validation
+        self.model.to(self.device)
+        self.data = data
+        slices = task.slice_columns
+        self.train_data = TensorDataset(data.train, slices)
+        self.val_data = TensorDataset(data.validation, slices)
+        self.test_data = TensorDataset(data.test, slices)
+        group_column = task.batch_group_column()
+        group = list(data.train[group_column]) if group_column else None
+        self.plan = BatchPlan(self.train_data, config.batch_size, seed, group)
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config)
+        )
+        self.step = 0
+        self.elapsed = 0.0
+        self._writer = None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        split = record.get("split", "train")
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(f"{split}/{key}", value, record["step"])
+        writer.flush()
+
+    def _tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+        return self._writer
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with autocast_for(self.device, self.config.precision):
+            out = self.model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
+        loss = out.loss
+        if not torch.isfinite(loss):
+            last = ckpt.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+            kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+            raise NonFiniteLossError(f"non-finite loss ({float(loss)}) at step {self.step + 1}{kept}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+        else:
+            grad_norm = float("nan")
+        self.optimizer.step()
+        self.scheduler.step()
+        real = batch["mask"]
+        return {
+            "loss": float(loss.detach()),
+            "task_loss": float(out.task_loss.detach()),
+            "mean_hops": float(out.stats.hops[real].float().mean()),
+            "ponder_cost": float(out.stats.ponder_cost[real].float().mean()),
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+
+    def evaluate(self, split: str, limit: int | None = None) -> MetricAccumulator:
+        data = {"train": self.train_data, "validation": self.val_data, "test": self.test_data}[split]
+        return evaluate_dataset(
+            self.model,
+            data,
+            batch_size=self.config.eval_batch_size or self.config.batch_size,
+            device=self.device,
+            precision=self.config.precision,
+            limit=limit,
+            slice_columns=self.task.slice_columns,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        ckpt.save_checkpoint(self.state_dict(), path)
+        ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        return path
+
+    def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            self.elapsed = float(state.get("elapsed", 0.0))
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: does not match this model ({type(exc).__name__}: {exc})") from None
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint in the run dir; False when there is none."""
+        if self.checkpoint_dir is None:
+            return False
+        path = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        self.load_state(ckpt.load_checkpoint(path, self.device), str(path))
+        metrics_file = self.run_dir / "metrics.jsonl"
+        if metrics_file.exists():  # drop records written after that checkpoint
+            kept = [
+                line for line in metrics_file.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step
+            ]
+            ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, float]:
+        """Train to `config.steps`, validating and checkpointing periodically; then test."""
+        config = self.config
+        checkpoint_every = config.checkpoint_every or config.eval_every
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
+        started = time.perf_counter() - self.elapsed
+        running: dict[str, float] = {}
+        while self.step < config.steps:
+            metrics = self.train_step(self.plan.batch(self.step))
+            self.step += 1
+            for key, value in metrics.items():
+                running[key] = running.get(key, 0.0) + value
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                count = config.log_every if self.step % config.log_every == 0 else self.step % config.log_every
+                averaged = {k: v / count for k, v in running.items()}
+                self._log({"step": self.step, "split": "train", **averaged})
+                running = {}
+                if bar is not None:
+                    bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
+            if self.step % config.eval_every == 0 and self.step < config.steps:
+                validation = self.evaluate("validation", config.eval_max_examples).compute()
+                self._log({"step": self.step, "split": "validation", **validation})
+                if self.on_validation is not None:
+                    self.on_validation(self.step, validation)
+            self.elapsed = time.perf_counter() - started
+            if self.step % checkpoint_every == 0 or self.step == config.steps:
+                self.save_checkpoint()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.elapsed = time.perf_counter() - started
+        return self.final_results()
+
+    def final_results(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        profiles = {}
+        for split in ("validation", "test"):
+            accumulator = self.evaluate(split)
+            metrics = accumulator.compute()
+            profiles[split] = accumulator.halting_profile()
+            if split == "validation" and self.on_validation is not None:
+                self.on_validation(self.step, metrics)
+            self._log({"step": self.step, "split": split, **metrics})
+            results.update({f"{split}/{k}": v for k, v in metrics.items()})
+            extra = self.task.extra_metrics(self.model, self.data.split(split), self.device)
+            results.update({f"{split}/{k}": v for k, v in extra.items()})
+        results["train/steps"] = self.step
+        results["time/seconds"] = round(self.elapsed, 3)
+        results["time/seconds_per_step"] = round(self.elapsed / max(self.step, 1), 5)
+        results["model/parameters"] = sum(p.numel() for p in self.model.parameters())
+        results["seed"] = self.seed
+        self.halting_profiles = profiles
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return results

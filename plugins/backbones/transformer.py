@@ -1,0 +1,96 @@
+"""`transformer`: GPT-NeoX layers from Hugging Face `transformers` (seed 000's tiny configs).
+
+Seed 000: hidden 128, heads = n_layers, FFN 128, rotary_pct 0.25, parallel
+residual, no dropout. Attention is causal (SDPA with is_causal); rotary
+positions restart at 0 for every call, so segments get their own positions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from transformers import GPTNeoXConfig
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXRotaryEmbedding
+
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
+
+
+class TransformerConfig(BackboneConfig):
+    name: Literal["transformer"] = "transformer"
+    n_heads: int | None = Field(None, ge=1, description="Attention heads (default: n_layers, as seed 000).")
+    ffn_size: int | None = Field(None, ge=1, description="MLP width (default: d_model).")
+    rotary_pct: float = Field(0.25, gt=0, le=1)
+    parallel_residual: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+    max_positions: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        heads = self.n_heads or self.n_layers
+        if self.d_model % heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {heads}")
+        return self
+
+
+def neox_config(config: TransformerConfig, vocab_size: int) -> GPTNeoXConfig:
+    """The Hugging Face config for one of our transformer layers."""
+    hf = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads or config.n_layers,
+        intermediate_size=config.ffn_size or config.d_model,
+        rotary_pct=config.rotary_pct,
+        use_parallel_residual=config.parallel_residual,
+        hidden_dropout=config.dropout,
+        attention_dropout=config.dropout,
+        max_position_embeddings=config.max_positions,
+    )
+    hf._attn_implementation = "sdpa"
+    return hf
+
+
+class NeoXBlock(Block):
+    """A GPT-NeoX layer with its rotary embedding: (B, L, D) -> (B, L, D), causal."""
+
+    def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
+        super().__init__()
+        self.layer = GPTNeoXLayer(hf_config, layer_index)
+        self.rotary = GPTNeoXRotaryEmbedding(hf_config)
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, L)
+        cos_sin = self.rotary(hidden, positions)
+        return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-style init: normal(0, std) linear/embedding weights, zero biases."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(sub.weight, std=std)
+            if getattr(sub, "bias", None) is not None:
+                nn.init.zeros_(sub.bias)
+
+
+class TransformerBackbone(Backbone):
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig, *, vocab_size: int):
+        super().__init__(config, vocab_size=vocab_size)
+        hf = neox_config(config, vocab_size)
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(NeoXBlock(hf, i) for i in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        init_weights(self.embedding)
+        init_weights(self.blocks)
+
+
+@hookimpl
+def ponderlab_register_backbones(register):
+    register(TransformerBackbone)

@@ -1,0 +1,37 @@
+"""`none`: no pondering. Every layer is applied once (fixed depth)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from ponderlab.core.config import HaltingConfig
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+
+from .common import fixed_hops_output
+
+
+class NoHaltingConfig(HaltingConfig):
+    name: Literal["none"] = "none"
+
+
+class NoHalting(HaltingStrategy):
+    """One hop per site; in depth scope, every distinct layer once."""
+
+    config_class = NoHaltingConfig
+
+    def max_hops(self) -> int:
+        return self.n_layers if self.config.scope == "depth" else 1
+
+    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        hops = self.max_hops()
+        for step in range(hops):
+            state = hop(state, step, None)
+        return fixed_hops_output(state, hops)
+
+
+@hookimpl
+def ponderlab_register_halting(register):
+    register(NoHalting)

@@ -1,0 +1,1 @@
+"""ponderlab.tune: Ray Tune searches over plugin combinations."""
