@@ -158,7 +158,7 @@ class Trainer:
         if not torch.isfinite(loss):
             last = ckpt.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
             kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-            raise NonFiniteLossError(f"non-finite loss ({float(loss)}) at step {self.step + 1}{kept}")
+            raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at step {self.step + 1}{kept}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
@@ -171,8 +171,8 @@ class Trainer:
         return {
             "loss": float(loss.detach()),
             "task_loss": float(out.task_loss.detach()),
-            "mean_hops": float(out.stats.hops[real].float().mean()),
-            "ponder_cost": float(out.stats.ponder_cost[real].float().mean()),
+            "mean_hops": float(out.stats.hops.detach()[real].float().mean()),
+            "ponder_cost": float(out.stats.ponder_cost.detach()[real].float().mean()),
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
         }
@@ -206,6 +206,14 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never let a broken state replace the last good checkpoint
+            last = ckpt.latest_checkpoint(self.checkpoint_dir)
+            kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"non-finite parameters after step {self.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}){kept}"
+            )
         path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         ckpt.save_checkpoint(self.state_dict(), path)
         ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
@@ -265,14 +273,16 @@ class Trainer:
                 running = {}
                 if bar is not None:
                     bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
+            validation = None
             if self.step % config.eval_every == 0 and self.step < config.steps:
                 validation = self.evaluate("validation", config.eval_max_examples).compute()
                 self._log({"step": self.step, "split": "validation", **validation})
-                if self.on_validation is not None:
-                    self.on_validation(self.step, validation)
             self.elapsed = time.perf_counter() - started
             if self.step % checkpoint_every == 0 or self.step == config.steps:
                 self.save_checkpoint()
+            if validation is not None and self.on_validation is not None:
+                # After this step's checkpoint, so the callback can hand it on (Ray Tune trials).
+                self.on_validation(self.step, validation)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
