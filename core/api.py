@@ -99,8 +99,12 @@ def train_step(
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    hops = out.stats.hops if mask is None else out.stats.hops[mask]
-    return {"loss": float(out.loss), "task_loss": float(out.task_loss), "mean_hops": float(hops.mean())}
+    hops = out.stats.hops.detach() if mask is None else out.stats.hops.detach()[mask]
+    return {
+        "loss": float(out.loss.detach()),
+        "task_loss": float(out.task_loss.detach()),
+        "mean_hops": float(hops.float().mean()),
+    }
 
 
 def evaluate(model: PonderModel, task: Task, split: str = "test", seed: int = 0, batch_size: int = 64) -> dict:

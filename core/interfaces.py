@@ -96,7 +96,7 @@ class Backbone(nn.Module):
 
     # ---- segment recurrence hooks (used only when uses_segments is True) ----
     segment_size: int | None = None
-    #: Truncated BPTT: gradients flow through at most this many segment boundaries.
+    #: Truncated BPTT: gradients through memory reach at most the last k segments (None: all).
     bptt_depth: int | None = None
 
     def init_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:

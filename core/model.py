@@ -99,8 +99,8 @@ class PonderModel(nn.Module):
             sites = []
             for index in range(self.n_layers):
 
-                def hop(state, step, active, _index=index):
-                    return self._apply_block(_index, state, step, active, memory)
+                def hop(state, step, active, _index=index, _memory=memory):
+                    return self._apply_block(_index, state, step, active, _memory)
 
                 result = self.sites[index](hidden, hop)
                 hidden = result.output

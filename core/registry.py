@@ -171,8 +171,10 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
         for kind, (hook_name, _) in KINDS.items():
             caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
 
-            def register(cls: type, _kind: str = kind, _source: str = source) -> None:
-                registry._add(_kind, cls, _source, dist_name, version)
+            def register(
+                cls: type, _kind: str = kind, _source: str = source, _dist: str = dist_name, _version: str = version
+            ) -> None:
+                registry._add(_kind, cls, _source, _dist, _version)
 
             try:
                 caller(register=register)

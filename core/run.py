@@ -13,6 +13,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import SpecError
+from .halting_report import write_halting_artifacts
 from .interfaces import Task, TaskData
 from .model import PonderModel
 from .registry import get_registry
@@ -114,7 +115,7 @@ def execute(
         "device": str(device),
         **results,
     }
-    ckpt.atomic_write_text(run_dir / "halting.json", json.dumps(trainer.halting_profiles, indent=1))
+    write_halting_artifacts(run_dir, trainer, results)  # halting.json + halting_hops.png
     ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
     return results, run_dir
 

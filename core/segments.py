@@ -1,13 +1,20 @@
 """Segment recurrence for memory backbones (RMT, ARMT), in one place.
 
-The input (B, L, D) is split into segments of `backbone.segment_size` tokens,
-processed left to right. Each segment is wrapped with memory tokens, run
-through the stack (reads before every hop, writes once per layer after its
-ponder loop, see `PonderModel.run_stack`), unwrapped, and its memory carried on.
+The input (B, L, D) is split into segments of `backbone.segment_size` tokens
+(the last one may be shorter), processed left to right. Per segment:
+
+  1. `wrap_segment` adds the memory tokens ((B, Ls, D) -> (B, Lw, D));
+  2. `PonderModel.run_stack` runs the stack under the halting scope:
+     `read_memory(layer, ...)` before EVERY hop of a layer, `write_memory(layer, ...)`
+     ONCE per layer after its ponder loop (from the combined output), so pondering
+     never sees memory written from the segment it is working on;
+  3. `unwrap_segment` strips the memory tokens and may update token memory (RMT);
+  4. per-site halting outputs are kept for the real tokens only (`token_mask`).
 
 Truncated BPTT (`backbone.bptt_depth = k`): the memory leaving segment i is
-detached when i < n_segments - k, so no gradient reaches segments before the
-last k through memory.
+detached when i < n_segments - k, so gradients through memory reach at most the
+last k segments (k - 1 segment boundaries carry gradient); an earlier segment
+gets gradient only from the loss at its own positions. `None`: full BPTT.
 """
 
 from __future__ import annotations
@@ -23,21 +30,37 @@ if TYPE_CHECKING:
     from .model import PonderModel, StackOutput
 
 
+def _padded_hops(output: PonderOutput, n_hops: int) -> tuple[list[Tensor], Tensor]:
+    """A site's hop states and probabilities padded to n_hops (extra hops: last state, probability 0)."""
+    states = list(output.hop_states)
+    probs = output.hop_probs  # (B, Lw, n)
+    missing = n_hops - len(states)
+    if missing:
+        states += [states[-1]] * missing
+        probs = torch.cat([probs, probs.new_zeros(*probs.shape[:-1], missing)], dim=-1)
+    return states, probs
+
+
 def _concat_sites(per_segment: list[list[PonderOutput]]) -> list[PonderOutput]:
-    """Join each site's per-segment outputs along the sequence axis."""
+    """Join each site's per-segment outputs along the sequence axis.
+
+    Hop states/probabilities (PonderNet) are joined when every segment has them; a
+    segment that ran fewer hops is padded with zero-probability hops. Auxiliary
+    losses are averaged over segments, weighted by their number of real tokens.
+    """
     joined = []
     for site_outputs in zip(*per_segment, strict=True):
-        hop_states = None
-        if all(o.hop_states is not None for o in site_outputs):
-            counts = {len(o.hop_states) for o in site_outputs}
-            if len(counts) == 1:
-                hop_states = [
-                    torch.cat([o.hop_states[n] for o in site_outputs], dim=1) for n in range(counts.pop())
-                ]
-        hop_probs = None
-        if hop_states is not None and all(o.hop_probs is not None for o in site_outputs):
-            hop_probs = torch.cat([o.hop_probs for o in site_outputs], dim=1)
-        aux = [o.aux_loss for o in site_outputs if o.aux_loss is not None]
+        hop_states = hop_probs = None
+        if all(o.hop_states is not None and o.hop_probs is not None for o in site_outputs):
+            n_hops = max(len(o.hop_states) for o in site_outputs)
+            padded = [_padded_hops(o, n_hops) for o in site_outputs]
+            hop_states = [torch.cat([states[n] for states, _ in padded], dim=1) for n in range(n_hops)]
+            hop_probs = torch.cat([probs for _, probs in padded], dim=1)
+        lengths = [o.hops.shape[1] for o in site_outputs]
+        aux = [(o.aux_loss, n) for o, n in zip(site_outputs, lengths, strict=True) if o.aux_loss is not None]
+        aux_loss = None
+        if aux:
+            aux_loss = sum(loss * n for loss, n in aux) / sum(n for _, n in aux)
         joined.append(
             PonderOutput(
                 output=torch.cat([o.output for o in site_outputs], dim=1),
@@ -46,7 +69,7 @@ def _concat_sites(per_segment: list[list[PonderOutput]]) -> list[PonderOutput]:
                 remainder=torch.cat([o.remainder for o in site_outputs], dim=1),
                 hop_states=hop_states,
                 hop_probs=hop_probs,
-                aux_loss=torch.stack(aux).sum() if aux else None,
+                aux_loss=aux_loss,
             )
         )
     return joined
@@ -67,27 +90,32 @@ def _token_slice(output: PonderOutput, keep: Tensor | None) -> PonderOutput:
     )
 
 
+def segment_bounds(length: int, segment_size: int | None) -> list[tuple[int, int]]:
+    """[(start, end)] of the segments of a length-`length` input (one segment when size is None)."""
+    size = segment_size or max(length, 1)
+    return [(start, min(start + size, length)) for start in range(0, length, size)]
+
+
 def run_segments(model: PonderModel, hidden: Tensor) -> StackOutput:
     """hidden (B, L, D) -> StackOutput with hidden (B, L, D) and per-site stats over real tokens."""
     from .model import StackOutput
 
     backbone = model.backbone
     batch, length, _ = hidden.shape
-    size = backbone.segment_size or length
-    starts = list(range(0, length, size))
+    bounds = segment_bounds(length, backbone.segment_size)
+    depth = backbone.bptt_depth
     memory = backbone.init_memory(batch, hidden.device, hidden.dtype)
     outputs: list[Tensor] = []
     per_segment: list[list[PonderOutput]] = []
-    for index, start in enumerate(starts):
-        segment = hidden[:, start : start + size]  # (B, Ls, D)
-        seg_len = segment.shape[1]
+    for index, (start, end) in enumerate(bounds):
+        segment = hidden[:, start:end]  # (B, Ls, D)
+        seg_len = end - start
+        keep = backbone.token_mask(memory, seg_len, hidden.device)  # (Lw,) or None
         wrapped = backbone.wrap_segment(segment, memory)  # (B, Lw, D)
-        keep = backbone.token_mask(memory, seg_len, hidden.device)
         stack = model.run_stack(wrapped, memory)
-        out, memory = backbone.unwrap_segment(stack.hidden, stack.memory, seg_len)
+        out, memory = backbone.unwrap_segment(stack.hidden, stack.memory, seg_len)  # (B, Ls, D)
         outputs.append(out)
         per_segment.append([_token_slice(site, keep) for site in stack.sites])
-        depth = backbone.bptt_depth
-        if depth is not None and index < len(starts) - depth:
+        if depth is not None and index < len(bounds) - depth:
             memory = backbone.detach_memory(memory)
     return StackOutput(torch.cat(outputs, dim=1), _concat_sites(per_segment), memory)

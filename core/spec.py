@@ -187,8 +187,11 @@ def _strip_tags(loc: tuple, data: Any) -> tuple:
     """Remove pydantic's union-tag entries from an error location, following the data."""
     path: list = []
     node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("name") == part:
+    tagged = None  # the node whose tag was removed (an option may share the plugin's name)
+    for index, part in enumerate(loc):
+        if (isinstance(node, dict) and node is not tagged and node.get("name") == part
+                and (part not in node or index + 1 < len(loc))):
+            tagged = node
             continue  # discriminator tag inserted by pydantic
         path.append(part)
         node = node.get(part) if isinstance(node, dict) else (

@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from ponderlab.core.errors import SpecError
-from ponderlab.core.spec import apply_overrides, bundled_spec_path, load_spec, parse_override, spec_json_schema
+from ponderlab.core.spec import (
+    apply_overrides,
+    bundled_spec_path,
+    load_spec,
+    parse_override,
+    spec_json_schema,
+)
 
 GOOD = """\
 seed: 3

@@ -1,29 +1,39 @@
-"""`constant`: every token takes exactly `steps` hops (the compute of ACT's cap, no halting)."""
+"""`constant`: every token takes exactly `steps` hops (ACT's cap as compute, no halting).
+
+The fixed-compute baseline for ACT: "constant depth k" re-applies each layer
+(layer scope) or the stack (model scope) exactly k times; in depth scope every
+token exits after the first k distinct layers. The output is the last state.
+Default steps 2 (the hops seed 000's setting gives every token at init).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-from torch import Tensor
-
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from pydantic import Field
+from torch import Tensor
 
-from .common import fixed_hops_output
+from .common import depth_cap_error, fixed_hops_output
 
 
 class ConstantConfig(HaltingConfig):
     name: Literal["constant"] = "constant"
-    steps: int = Field(2, ge=1, description="Hops per site for every token.")
+    steps: int = Field(2, ge=1, description="Hops per site for every token (depth: layers run).")
 
 
 class ConstantDepth(HaltingStrategy):
     """Re-applies the hop function `steps` times; the output is the last state."""
 
     config_class = ConstantConfig
-    supported_scopes = frozenset({"layer", "model"})
+    supported_scopes = frozenset({"layer", "model", "depth"})
+
+    def __init__(self, config: ConstantConfig, *, d_model: int, n_layers: int):
+        super().__init__(config, d_model=d_model, n_layers=n_layers)
+        if config.scope == "depth" and config.steps > n_layers:
+            raise depth_cap_error("constant", "steps", config.steps, n_layers)
 
     def max_hops(self) -> int:
         return self.config.steps

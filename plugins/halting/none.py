@@ -1,14 +1,13 @@
-"""`none`: no pondering. Every layer is applied once (fixed depth)."""
+"""`none`: no pondering. Every layer is applied once (fixed depth), in any scope."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from torch import Tensor
-
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from torch import Tensor
 
 from .common import fixed_hops_output
 
@@ -21,6 +20,7 @@ class NoHalting(HaltingStrategy):
     """One hop per site; in depth scope, every distinct layer once."""
 
     config_class = NoHaltingConfig
+    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def max_hops(self) -> int:
         return self.n_layers if self.config.scope == "depth" else 1

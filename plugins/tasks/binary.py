@@ -148,10 +148,28 @@ class BinaryReverse(_BinaryTask):
         return lm_example([EOS, *x, GEN], x[::-1])
 
 
+def longest_carry_run(x1: list[int], x2: list[int]) -> int:
+    """Longest run of consecutive bit positions whose carry-in is 1 (carry-out included); 0 if none."""
+    longest = run = carry = 0
+    for a, b in zip(x1, x2, strict=True):
+        carry = (a + b + carry) // 2  # carry into the next position
+        run = run + 1 if carry else 0
+        longest = max(longest, run)
+    return longest
+
+
 class BinaryAddition(_BinaryTask):
+    """Slice columns: `length` and `carry` (the longest carry chain, see longest_carry_run)."""
+
     config_class = BinaryAdditionConfig
     hub_id = "steeldream/addition_binary"
     operands = 2
+    slice_columns: ClassVar[tuple[str, ...]] = ("length", "carry")
+
+    def _example(self, operands: list[list[int]]) -> dict:
+        row = super()._example(operands)
+        row["carry"] = longest_carry_run(*operands)
+        return row
 
     def layout(self, operands):
         x1, x2 = operands

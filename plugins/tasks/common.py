@@ -7,7 +7,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX, TaskData
 
@@ -31,6 +30,30 @@ def lm_example(prompt: list[int], target: list[int]) -> dict:
     for i, token in enumerate(target):
         labels[len(prompt) - 1 + i] = int(token)
     return {"input_ids": [int(t) for t in input_ids], "labels": labels}
+
+
+def next_token_example(sequence: list[int], scored: str | list[int] = "all") -> dict:
+    """Language-model layout: input_ids = sequence[:-1], labels[t] = sequence[t + 1].
+
+    `scored` is "all" (every next token), "last" (only the final token) or a list of
+    positions t of input_ids whose next token is scored; the rest get -100.
+    """
+    sequence = [int(t) for t in sequence]
+    targets = sequence[1:]
+    if scored == "all":
+        labels = list(targets)
+    elif scored == "last":
+        labels = [IGNORE_INDEX] * (len(targets) - 1) + targets[-1:]
+    else:
+        labels = [IGNORE_INDEX] * len(targets)
+        for t in scored:
+            labels[t] = targets[t]
+    return {"input_ids": sequence[:-1], "labels": labels}
+
+
+def split_sizes(config) -> dict[str, int]:
+    """{"train": ..., "validation": ..., "test": ...} from a config's *_size fields."""
+    return {split: int(getattr(config, f"{split}_size")) for split in SPLITS}
 
 
 def disjoint_splits(

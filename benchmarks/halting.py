@@ -1,0 +1,284 @@
+"""Halting benchmark: ACT bookkeeping overhead and real early-exit speedup, side by side.
+
+(a) overhead = time(graves forced to K hops) / time(constant K hops), same backbone,
+    same K, layer scope; graves is forced to the cap by a very negative halting
+    bias, so both run exactly the same blocks and the ratio isolates the halting
+    unit, the weight bookkeeping and the weighted sum. Target <= 1.05.
+(b) early exit, inference: threshold ACT across depth vs fixed depth (`none`,
+    depth scope) on a position-wise-dominated backbone whose blocks compute only
+    active tokens (`supports_active_subset`). The halting units are set so that
+    half of the tokens (even ids) exit after the first layer and the rest run all
+    layers. efficiency = measured speedup / ideal speedup, where ideal =
+    n_layers / mean layers executed. Target >= 0.9.
+
+Timings interleave the two models of a pair and report medians of `--repeats`.
+
+    python benchmarks/halting.py            # CPU, one thread
+    python benchmarks/halting.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from typing import Literal
+
+import torch
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from ponderlab.core.model import PonderModel
+from ponderlab.core.registry import get_registry
+from torch import nn
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+CLOCK = {"name": "wall", "fn": time.perf_counter}
+
+
+def use_clock(device: torch.device, threads: int) -> None:
+    """Single-threaded CPU runs are timed by the thread's CPU time: on a shared machine wall
+    time mostly measures the other tenants. GPU runs use wall time around synchronisation."""
+    if device.type == "cpu" and threads == 1:
+        CLOCK.update(name="thread CPU time", fn=time.thread_time)
+
+
+def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of two callables, measured alternately (so load changes hit both)."""
+    clock = CLOCK["fn"]
+    for _ in range(warmup):
+        first()
+        second()
+    sync(device)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            sync(device)
+            start = clock()
+            fn()
+            sync(device)
+            bucket.append(clock() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+# --------------------------------------------------------------------------- (a) overhead
+
+
+def registry_model(backbone: dict, halting: dict, vocab: int, device: torch.device) -> PonderModel:
+    registry = get_registry()
+    backbone_info = registry.get("backbone", backbone["name"])
+    halting_info = registry.get("halting", halting["name"])
+    torch.manual_seed(0)
+    model = PonderModel(
+        backbone_info.cls(backbone_info.cls.config_class.model_validate(backbone), vocab_size=vocab),
+        halting_info.cls,
+        halting_info.cls.config_class.model_validate(halting),
+        vocab_size=vocab,
+    )
+    return model.to(device)
+
+
+def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, device) -> dict:
+    vocab = 32
+    constant = registry_model(backbone, {"name": "constant", "steps": hops}, vocab, device)
+    graves = registry_model(
+        backbone, {"name": "graves", "max_steps": hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
+        vocab, device,
+    )
+    graves.backbone.load_state_dict(constant.backbone.state_dict())
+    ids = torch.randint(0, vocab, (batch, length), device=device)
+    labels = torch.randint(0, vocab, (batch, length), device=device)
+    assert bool((graves.eval()(ids).stats.hops == hops).all()), "graves was not forced to the cap"
+
+    def infer(model):
+        def run():
+            with torch.no_grad():
+                model(ids)
+        return run
+
+    def train(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=labels).loss.backward()
+        return run
+
+    rows = []
+    for mode, make in (("inference", infer), ("train step", train)):
+        for model in (constant, graves):
+            model.train(mode == "train step")
+        t_const, t_graves = time_pair(make(constant), make(graves), repeats=args.repeats,
+                                      warmup=args.warmup, device=device)
+        rows.append({"backbone": backbone["name"], "mode": mode, "hops": hops,
+                     "constant_ms": 1e3 * t_const, "graves_ms": 1e3 * t_graves,
+                     "ratio": t_graves / t_const})
+    return rows
+
+
+# --------------------------------------------------------------------------- (b) early exit
+
+
+class MLPStackConfig(BackboneConfig):
+    name: Literal["bench_mlp_stack"] = "bench_mlp_stack"
+    ffn_mult: int = 4
+
+
+class ShiftMLPBlock(Block):
+    """Causal token shift-mix + pre-norm residual MLP, computed for the active tokens only."""
+
+    supports_active_subset = True
+
+    def __init__(self, d_model: int, ffn: int):
+        super().__init__()
+        self.mix = nn.Parameter(torch.full((d_model,), 0.1))
+        self.norm = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
+
+    def positionwise(self, x: torch.Tensor) -> torch.Tensor:  # (..., D)
+        return x + self.mlp(self.norm(x))
+
+    def forward(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        active = context.active
+        if active is None:
+            previous = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))  # (B, L, D), token t-1
+            return self.positionwise(hidden + self.mix * previous)
+        b, t = active.nonzero(as_tuple=True)  # the K running tokens
+        previous = hidden[b, (t - 1).clamp_min(0)] * (t > 0).unsqueeze(-1).to(hidden.dtype)  # (K, D)
+        out = torch.empty_like(hidden)  # rows of halted tokens: the core keeps their old state
+        out[b, t] = self.positionwise(hidden[b, t] + self.mix * previous)
+        return out
+
+
+class MLPStack(Backbone):
+    """Position-wise-dominated backbone; channel 0 of the embedding carries a +-1 'easy' flag."""
+
+    config_class = MLPStackConfig
+
+    def __init__(self, config: MLPStackConfig, *, vocab_size: int):
+        super().__init__(config, vocab_size=vocab_size)
+        d = config.d_model
+        self.embedding = nn.Embedding(vocab_size, d)
+        with torch.no_grad():
+            self.embedding.weight[:, 0] = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(vocab_size)])
+        self.blocks = nn.ModuleList(ShiftMLPBlock(d, config.ffn_mult * d) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(d)
+
+
+def force_half_exit(model: PonderModel) -> None:
+    """Layer-1 unit reads the input flag (even ids: h ~ 1, exit); later units never halt anyone."""
+    units = model.sites[0].units
+    d = model.backbone.d_model
+    first = units[0]
+    with torch.no_grad():
+        first.hidden.weight.zero_()
+        first.hidden.bias.zero_()
+        first.hidden.weight[0, 0] = 1.0  # hidden unit 0 = flag of the layer-1 output
+        first.out.weight.zero_()
+        first.out.weight[0, 0] = 40.0
+        first.out.bias.fill_(-10.0)
+        for unit in units[1:]:
+            unit.out.weight.zero_()
+            unit.out.bias.fill_(-30.0)
+    # keep channel 0 (the flag) out of the residual updates of the blocks
+    for block in model.backbone.blocks:
+        with torch.no_grad():
+            block.mlp[2].weight[0].zero_()
+            block.mlp[2].bias[0] = 0.0
+            block.mix[0] = 0.0
+    assert d > 1
+
+
+def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, device) -> dict:
+    vocab = 32
+    registry = get_registry()
+    config = MLPStackConfig(d_model=d_model, n_layers=n_layers)
+    models = {}
+    for name, halting in (("fixed", {"name": "none", "scope": "depth"}),
+                          ("threshold", {"name": "threshold", "threshold": 0.99})):
+        torch.manual_seed(0)
+        info = registry.get("halting", halting["name"])
+        models[name] = PonderModel(MLPStack(config, vocab_size=vocab), info.cls,
+                                   info.cls.config_class.model_validate(halting), vocab_size=vocab)
+    models["threshold"].backbone.load_state_dict(models["fixed"].backbone.state_dict())
+    force_half_exit(models["threshold"])
+    models["fixed"].backbone.load_state_dict(models["threshold"].backbone.state_dict())
+    for model in models.values():
+        model.to(device).eval()
+    ids = torch.randint(0, vocab, (batch, length), device=device)
+    with torch.no_grad():
+        stats = models["threshold"](ids).stats
+    even = ids % 2 == 0
+    assert bool((stats.layers[even] == 1).all()) and bool((stats.layers[~even] == n_layers).all())
+    mean_layers = float(stats.layers.float().mean())
+
+    def infer(model):
+        def run():
+            with torch.no_grad():
+                model(ids)
+        return run
+
+    t_fixed, t_threshold = time_pair(infer(models["fixed"]), infer(models["threshold"]),
+                                     repeats=args.repeats, warmup=args.warmup, device=device)
+    ideal = n_layers / mean_layers
+    speedup = t_fixed / t_threshold
+    return {"n_layers": n_layers, "d_model": d_model, "tokens": batch * length,
+            "exited_after_layer_1": float(even.float().mean()), "mean_layers": mean_layers,
+            "fixed_ms": 1e3 * t_fixed, "threshold_ms": 1e3 * t_threshold,
+            "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--hops", type=int, default=3, help="K for the overhead comparison")
+    parser.add_argument("--scale", type=int, default=1, help="multiply batch sizes (e.g. 8 on a GPU)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    use_clock(device, args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
+          f"{args.threads} thread(s), {CLOCK['name']}, median of {args.repeats} interleaved runs")
+
+    print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), target <= 1.05")
+    print(f"{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}{'ratio':>8}  verdict")
+    cases = [  # (backbone, batch, length): tiny, then small
+        ({"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_size": 256}, 16, 64),
+        ({"name": "transformer", "d_model": 128, "n_layers": 2, "n_heads": 4, "ffn_size": 512}, 16, 128),
+        ({"name": "lstm", "d_model": 64, "n_layers": 2}, 16, 64),
+        ({"name": "lstm", "d_model": 128, "n_layers": 2}, 16, 128),
+    ]
+    for backbone, batch, length in cases:
+        for row in overhead_case(backbone, args.hops, batch * args.scale, length, args, device):
+            verdict = "ok" if row["ratio"] <= 1.05 else "MISS"
+            print(f"{row['backbone']:<12}{backbone['d_model']:>4}{batch * args.scale * length:>7}  "
+                  f"{row['mode']:<12}{row['constant_ms']:>12.2f}{row['graves_ms']:>11.2f}"
+                  f"{row['ratio']:>8.3f}  {verdict}")
+
+    print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
+          " target efficiency >= 0.9")
+    print(f"{'layers':>6}{'d':>5}{'tokens':>8}{'mean layers':>12}{'fixed ms':>10}{'thresh ms':>10}"
+          f"{'speedup':>9}{'ideal':>7}{'effic.':>8}  verdict")
+    for n_layers, d_model, batch, length in ((4, 128, 16, 128), (8, 128, 16, 128), (8, 256, 16, 128)):
+        row = early_exit_case(n_layers, d_model, batch * args.scale, length, args, device)
+        verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
+        print(f"{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>8}{row['mean_layers']:>12.2f}"
+              f"{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}{row['speedup']:>9.2f}"
+              f"{row['ideal']:>7.2f}{row['efficiency']:>8.3f}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""`ponderlab eval RUN_DIR [--split test] [task.key=value ...]`: re-test a saved run.
+
+The model is rebuilt from the run's spec.yaml, loaded from its latest checkpoint
+(`torch.load(weights_only=True)`), and evaluated on a split of the task rebuilt
+with the run's seed. Task overrides (`task.length=20`, more CA steps, ...) make
+generalisation tests; nothing else in the spec may change. The result goes to
+its own file, `eval_<split>[_<label or hash>].json` in the run dir (or `--out`);
+results.json, checkpoints and logs are never touched.
+
+Heavy imports (torch, the registry) happen inside functions so that building the
+CLI parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, SpecError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .data import TensorDataset
+    from .interfaces import Task, TaskData
+    from .model import PonderModel
+    from .spec import SpecBase
+
+SPLITS = ("train", "validation", "test")
+
+
+# --------------------------------------------------------------------------- run directory
+def check_run_dir(run_dir: str | Path) -> Path:
+    """The run dir as a Path, or a CheckpointError saying what is missing."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a run directory (no such directory)")
+    if not (path / "spec.yaml").is_file():
+        raise CheckpointError(f"{path}: not a run directory (no spec.yaml)")
+    return path
+
+
+def latest_checkpoint_of(run_dir: Path) -> Path:
+    """Path of the newest complete checkpoint of a run; CheckpointError when there is none."""
+    from .checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint (expected checkpoints/step_XXXXXXXX.pt)")
+    return found
+
+
+def load_run_spec(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> SpecBase:
+    """The run's saved spec with `task.*` overrides applied and validated."""
+    from .spec import apply_overrides, parse_override, read_spec_file, validate_spec
+
+    for raw in overrides:
+        path, _ = parse_override(raw)
+        if path[0] != "task" or len(path) < 2:
+            raise SpecError(
+                "eval overrides may change the task only (task.key=value)", where=f"override {raw!r}"
+            )
+    data, source = read_spec_file(run_dir / "spec.yaml")
+    data = apply_overrides(data, list(overrides), source)
+    return validate_spec(data, source)
+
+
+def load_trained_model(
+    run_dir: Path, spec: SpecBase, vocab_size: int, device: torch.device, checkpoint: Path | None = None
+) -> tuple[PonderModel, Path, int]:
+    """(model with the checkpoint's weights in eval mode, checkpoint path, its step)."""
+    from .checkpoint import load_checkpoint
+    from .run import build_model_from_spec
+
+    path = checkpoint or latest_checkpoint_of(run_dir)
+    try:
+        state = load_checkpoint(path, device)
+    except CheckpointError as exc:  # torch's reasons can run over several lines: keep the first
+        raise CheckpointError(str(exc).strip().splitlines()[0]) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a ponderlab checkpoint (no 'model' entry)")
+    model = build_model_from_spec(spec, vocab_size)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the model of {run_dir / 'spec.yaml'} ({first})") from None
+    model.to(device).eval()
+    return model, path, int(state.get("step", -1))
+
+
+def build_task_data(spec: SpecBase) -> tuple[Task, TaskData]:
+    """The task of a spec and its splits, built with the spec's seed (as the run did)."""
+    from .run import build_task
+
+    task = build_task(spec)
+    return task, task.build(spec.seed)
+
+
+# --------------------------------------------------------------------------- hop matrices
+def hop_matrix(
+    model: PonderModel,
+    dataset: TensorDataset,
+    *,
+    examples: int = 32,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example hops (N, L) of the first `examples` examples and their scored mask (N, L).
+
+    Hops are `model(input_ids).stats.hops` (mean over ponder sites); padding is NaN.
+    """
+    import numpy as np
+    import torch
+
+    total = min(examples, len(dataset))
+    rows, scored_rows = [], []
+    width = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in dataset.sequential_batches(batch_size, total):
+            mask = batch["mask"].to(device)
+            out = model(batch["input_ids"].to(device), mask=mask)
+            hops = out.stats.hops.float().masked_fill(~mask, float("nan"))  # (B, L)
+            rows.append(hops.cpu().numpy())
+            scored_rows.append((batch["labels"] != -100).numpy())
+            width = max(width, hops.shape[1])
+    model.train(was_training)
+    matrix = np.full((total, width), np.nan)
+    scored = np.zeros((total, width), dtype=bool)
+    start = 0
+    for block, block_scored in zip(rows, scored_rows, strict=True):
+        matrix[start : start + len(block), : block.shape[1]] = block
+        scored[start : start + len(block), : block.shape[1]] = block_scored
+        start += len(block)
+    return matrix, scored
+
+
+def run_hop_matrix(run_dir: str | Path, split: str = "test", examples: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """hop_matrix() for a saved run: rebuilds its model (latest checkpoint) and task data."""
+    import torch
+
+    from .data import TensorDataset
+
+    path = check_run_dir(run_dir)
+    spec = load_run_spec(path)
+    task, data = build_task_data(spec)
+    model, _, _ = load_trained_model(path, spec, task.vocab_size, torch.device("cpu"))
+    dataset = TensorDataset(data.split(split), task.slice_columns)
+    batch = spec.training.eval_batch_size or spec.training.batch_size
+    return hop_matrix(model, dataset, examples=examples, batch_size=batch)
+
+
+def scored_mask(run_dir: str | Path, split: str = "test", examples: int = 32) -> np.ndarray:
+    """(N, L) bool: which positions of the first `examples` examples of a split are scored.
+
+    Rebuilds only the task data of a run (no model, no checkpoint).
+    """
+    import numpy as np
+
+    spec = load_run_spec(check_run_dir(run_dir))
+    _, data = build_task_data(spec)
+    labels = data.split(split)["labels"][:examples]
+    width = max((len(row) for row in labels), default=0)
+    mask = np.zeros((len(labels), width), dtype=bool)
+    for i, row in enumerate(labels):
+        mask[i, : len(row)] = np.asarray(row) != -100
+    return mask
+
+
+# --------------------------------------------------------------------------- evaluation
+def overrides_tag(overrides: list[str] | tuple[str, ...]) -> str:
+    """A short stable tag for a set of overrides (order-insensitive)."""
+    text = "\n".join(sorted(o.strip() for o in overrides))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def output_path(
+    run_dir: Path,
+    split: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    label: str | None = None,
+    out: str | Path | None = None,
+) -> Path:
+    """Where an evaluation is written: eval_<split>[_<label|hash>].json in the run dir or --out.
+
+    `out` ending in .json names the file; any other `out` is a folder. Writing over
+    a run's own files (results.json, spec.yaml, ...) is refused.
+    """
+    suffix = ""
+    if label:
+        if not re.fullmatch(r"[A-Za-z0-9._=+-]+", label):
+            raise SpecError(f"--label {label!r}: use letters, digits and . _ = + - only")
+        suffix = f"_{label}"
+    elif overrides:
+        suffix = f"_{overrides_tag(overrides)}"
+    name = f"eval_{split}{suffix}.json"
+    if out is None:
+        target = run_dir / name
+    else:
+        out = Path(out)
+        target = out if out.suffix == ".json" else out / name
+    inside_run = target.resolve().parent == run_dir.resolve()
+    if inside_run and not target.name.startswith("eval_"):
+        raise SpecError(f"--out {target}: refusing to write a run's own file (eval files start with eval_)")
+    return target
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    overrides: list[str] | tuple[str, ...] = (),
+    batch_size: int | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    checkpoint: str | Path | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved run's checkpoint on a split; returns the record `main` writes."""
+    import torch
+
+    from .data import TensorDataset
+    from .trainer import evaluate_dataset, pick_device
+
+    if split not in SPLITS:
+        raise SpecError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})", path="--split")
+    path = check_run_dir(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint_of(path)
+    spec = load_run_spec(path, overrides)
+    if spec.training.num_threads:
+        torch.set_num_threads(spec.training.num_threads)
+    started = time.perf_counter()
+    target = pick_device(device)
+    task, data = build_task_data(spec)
+    model, ckpt, step = load_trained_model(path, spec, task.vocab_size, target, ckpt)
+    dataset = TensorDataset(data.split(split), task.slice_columns)
+    accumulator = evaluate_dataset(
+        model,
+        dataset,
+        batch_size=batch_size or spec.training.eval_batch_size or spec.training.batch_size,
+        device=target,
+        precision=spec.training.precision,
+        limit=limit,
+        slice_columns=task.slice_columns,
+    )
+    metrics = accumulator.compute()
+    if limit is None:
+        metrics.update(task.extra_metrics(model, data.split(split), target))
+    return {
+        "run_dir": str(path),
+        "checkpoint": str(ckpt),
+        "step": step,
+        "split": split,
+        "overrides": list(overrides),
+        "label": label,
+        "limit": limit,
+        "task": spec.task.model_dump(mode="json"),
+        "seed": spec.seed,
+        "device": str(target),
+        "seconds": round(time.perf_counter() - started, 3),
+        "results": {f"{split}/{k}": v for k, v in metrics.items()},
+        "halting": accumulator.halting_profile(),
+    }
+
+
+def format_evaluation(record: dict[str, Any]) -> str:
+    """A few readable lines about one evaluation."""
+    split = record["split"]
+    results = record["results"]
+    changed = " ".join(record["overrides"]) or "none"
+
+    def value(key: str) -> str:
+        number = results.get(f"{split}/{key}")
+        return "-" if number is None else f"{number:.4f}"
+
+    lines = [
+        f"{record['run_dir']} @ step {record['step']} on {split} (task overrides: {changed})",
+        f"exact match {value('exact_match')}  token acc {value('token_accuracy')}  "
+        f"loss {value('loss')}  mean hops {value('mean_hops')}  ponder cost {value('ponder_cost')}",
+    ]
+    slices = sorted(k for k in results if k.count("/") == 2 and k.endswith("/exact_match"))
+    for key in slices:
+        name = key.split("/")[1]
+        token = results.get(f"{split}/{name}/token_accuracy")
+        lines.append(f"  {name}: exact match {results[key]:.4f}  token acc {token:.4f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Evaluate the latest checkpoint of a run, optionally on a changed task."
+    parser.add_argument("run_dir", help="a run directory (holds spec.yaml and checkpoints/)")
+    parser.add_argument("overrides", nargs="*", help="task.key=value changes, e.g. task.length=20")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default test)")
+    parser.add_argument("--out", help="output file (.json) or folder (default: the run directory)")
+    parser.add_argument("--label", help="name suffix for the output file instead of a hash of the overrides")
+    parser.add_argument("--checkpoint", help="a specific checkpoint file (default: the latest)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def main(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_write_text
+
+    run_dir = check_run_dir(args.run_dir)
+    target = output_path(run_dir, args.split, args.overrides, args.label, args.out)
+    record = evaluate_run(
+        run_dir,
+        split=args.split,
+        overrides=args.overrides,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        label=args.label,
+    )
+    atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
+    print(format_evaluation(record))
+    print(f"written: {target}")
+    return 0

@@ -1,0 +1,65 @@
+"""`gilr`: gated impulse linear recurrence layers (GILR).
+
+Paper: Martin, Cundy, "Parallelizing Linear Recurrent Neural Nets Over Sequence Length",
+ICLR 2018, arXiv 1709.04057.
+
+Mixer, on the normalised input x_t:
+  g_t = sigmoid(W_g x_t + b_g)                      forget gate
+  i_t = tanh(W_z x_t + b_z)                          impulse
+  h_t = g_t * h_{t-1} + (1 - g_t) * i_t              the GILR recurrence (h_{-1} = 0)
+  y_t = W_o LN(h_t * silu(W_u x_t))                  output gate, norm and projection
+The recurrence is linear in h with input-dependent diagonal gates, so all h_t come from
+one parallel scan (`linear_recurrence.linear_scan`, the paper's point); the reference runs
+it step by step. The output gating, LayerNorm and projection follow seed 003's GILR layer.
+
+Defaults: state width = d_model (one gate per channel), biases start at 0 (g = 1/2);
+stack (seed 003): 2 pre-norm layers with a 4x MLP.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from ponderlab.core.hookspecs import hookimpl
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .linear_recurrence import compute_dtype, full_precision, linear_scan, linear_scan_reference
+from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
+
+
+class GILRConfig(MixerStackConfig):
+    name: Literal["gilr"] = "gilr"
+
+
+class GILRMixer(SequenceMixer):
+    """Gated impulse linear recurrence with output gate: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+        impulse, gate, out_gate = self.in_proj(x).chunk(3, dim=-1)  # (B, L, D) each
+        dtype = compute_dtype(x)
+        with full_precision(x):
+            gate = torch.sigmoid(gate.to(dtype))
+            inputs = (1 - gate) * torch.tanh(impulse.to(dtype))
+            scan = linear_scan_reference if reference else linear_scan
+            hidden = scan(gate, inputs).to(x.dtype)  # (B, L, D)
+        return self.out_proj(self.norm(hidden * F.silu(out_gate)))
+
+
+class GILRBackbone(MixerBackbone):
+    config_class = GILRConfig
+
+    def make_mixer(self, layer: int) -> nn.Module:
+        return GILRMixer(self.config.d_model)
+
+
+@hookimpl
+def ponderlab_register_backbones(register):
+    register(GILRBackbone)

@@ -1,0 +1,99 @@
+"""`lru`: Linear Recurrent Unit layers (LRU).
+
+Paper: Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De, "Resurrecting Recurrent Neural
+Networks for Long Sequences", ICML 2023, arXiv 2303.06349.
+
+Mixer, on the normalised input u_t (width D, complex state of size N):
+  lambda = exp(-exp(nu_log) + i exp(theta_log))        exponential parameterisation, |lambda| < 1
+  x_t = lambda * x_{t-1} + exp(gamma_log) * (B u_t)    diagonal complex recurrence
+  y_t = Re(C x_t) + D * u_t
+  out = GLU(W_o GELU(y_t))                             the paper's GELU + GLU after the LRU
+gamma_log starts at log sqrt(1 - |lambda|^2) (the paper's normalisation, trainable), so the
+state does not blow up when |lambda| is close to 1. Fast form: a complex parallel scan
+(`linear_recurrence.linear_scan`); reference: the step loop.
+
+Defaults: "ring" init, |lambda| uniform on the ring r_min^2 <= |lambda|^2 <= r_max^2 with
+r_min 0.9, r_max 0.999 and phase in [0, max_phase = 2 pi] (the paper's long-range setting,
+also seed 003's); real and imaginary parts of B ~ N(0, 1/(2D)) and of C ~ N(0, 1/N) (the
+paper's Glorot-style choice), D ~ N(0, 1); N = d_model unless `d_state` is set. Stack (seed 003): 2 pre-norm layers with a 4x MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from ponderlab.core.hookspecs import hookimpl
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .linear_recurrence import compute_dtype, full_precision, linear_scan, linear_scan_reference
+from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
+
+
+class LRUConfig(MixerStackConfig):
+    name: Literal["lru"] = "lru"
+    d_state: int | None = Field(None, ge=1, description="Complex state size N (default d_model).")
+    r_min: float = Field(0.9, ge=0, lt=1, description="Smallest initial |lambda|.")
+    r_max: float = Field(0.999, gt=0, lt=1, description="Largest initial |lambda|.")
+    max_phase: float = Field(2 * math.pi, gt=0, description="Initial arg(lambda) ~ U[0, max_phase].")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.r_min > self.r_max:
+            raise ValueError(f"r_min {self.r_min} is larger than r_max {self.r_max}")
+        return self
+
+
+class LRUMixer(SequenceMixer):
+    """Linear recurrent unit + GELU + GLU: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float):
+        super().__init__()
+        radius_sq = torch.rand(d_state) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
+        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))  # (N,)
+        self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(d_state).clamp_min(1e-4)))
+        self.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))  # log sqrt(1 - |lambda|^2)
+        self.in_real = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
+        self.in_imag = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
+        self.out_real = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        self.out_imag = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        self.skip = nn.Parameter(torch.randn(d_model))
+        self.out_proj = nn.Linear(d_model, 2 * d_model)
+
+    def decay(self, dtype: torch.dtype) -> Tensor:
+        """lambda: (N,) complex."""
+        return torch.exp(
+            torch.complex(-torch.exp(self.nu_log.to(dtype)), torch.exp(self.theta_log.to(dtype)))
+        )
+
+    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+        with full_precision(x):
+            y = self._recurrence(x.to(compute_dtype(x)), reference)  # (B, L, D)
+        return F.glu(self.out_proj(F.gelu(y.to(x.dtype))), dim=-1)
+
+    def _recurrence(self, u: Tensor, reference: bool) -> Tensor:
+        """y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t: (B, L, D)."""
+        dtype = u.dtype
+        inputs = torch.complex(u @ self.in_real.to(dtype).T, u @ self.in_imag.to(dtype).T)  # (B, L, N)
+        inputs = torch.exp(self.gamma_log.to(dtype)) * inputs
+        scan = linear_scan_reference if reference else linear_scan
+        state = scan(self.decay(dtype), inputs)  # (B, L, N) complex
+        y = state.real @ self.out_real.to(dtype).T - state.imag @ self.out_imag.to(dtype).T
+        return y + self.skip.to(dtype) * u
+
+
+class LRUBackbone(MixerBackbone):
+    config_class = LRUConfig
+    config: LRUConfig
+
+    def make_mixer(self, layer: int) -> nn.Module:
+        c = self.config
+        return LRUMixer(c.d_model, c.d_state or c.d_model, c.r_min, c.r_max, c.max_phase)
+
+
+@hookimpl
+def ponderlab_register_backbones(register):
+    register(LRUBackbone)

@@ -1,0 +1,122 @@
+"""The layer stack shared by the seq_icl backbones (S4D, H3, GILR, LRU, RWKV, RetNet).
+
+Seed 003 (arXiv 2401.12973, adapted from safari) builds every model the same way: a token
+embedding, `n_layers` pre-norm residual blocks `x + mixer(LN(x))`, `x + ffn(LN(x))` with an
+MLP of width `mlp_ratio * d_model` (4 there), and a final LayerNorm. Only the sequence mixer
+changes. Every block maps (B, L, D) -> (B, L, D) causally, so any halting strategy can
+re-apply it in any scope.
+
+Each mixer has a fast form (scan, FFT convolution or chunked matrix form) and an
+obviously-correct step-by-step reference, both behind `mix(x, reference=...)`;
+`set_reference_mode(model, True)` switches every mixer of a model to the reference, which
+is how the tests check one against the other.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from pydantic import Field
+from torch import Tensor, nn
+
+
+class MixerStackConfig(BackboneConfig):
+    """Options shared by the seq_icl backbones (defaults: seed 003's lm_simple)."""
+
+    n_layers: int = Field(2, ge=1, description="Number of distinct layers (seed 003: 2).")
+    mlp_ratio: int = Field(4, ge=0, description="FFN width / d_model (seed 003: 4); 0 drops the FFN.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on each residual branch.")
+    init_std: float = Field(0.02, gt=0, description="Std of the GPT-style init of linear/embedding weights.")
+
+
+class SequenceMixer(nn.Module):
+    """(B, L, D) -> (B, L, D), causal. Subclasses implement `mix(x, reference=...)`:
+    the fast form when `reference` is False, the step-by-step loop when it is True."""
+
+    #: When True, `forward` runs the step-by-step reference instead of the fast form.
+    reference_mode: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mix(x, reference=self.reference_mode)
+
+    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+        raise NotImplementedError
+
+
+def set_reference_mode(module: nn.Module, enabled: bool = True) -> None:
+    """Switch every SequenceMixer inside `module` to (or back from) its recurrent reference."""
+    for sub in module.modules():
+        if isinstance(sub, SequenceMixer):
+            sub.reference_mode = enabled
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: Linear(D, rD) -> GELU -> Linear(rD, D)."""
+
+    def __init__(self, d_model: int, ratio: int):
+        super().__init__()
+        self.up = nn.Linear(d_model, ratio * d_model)
+        self.act = nn.GELU()
+        self.out_proj = nn.Linear(ratio * d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        return self.out_proj(self.act(self.up(x)))
+
+
+class MixerBlock(Block):
+    """Pre-norm residual layer: x + mixer(LN(x)), then x + ffn(LN(x)) when there is an FFN."""
+
+    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, dropout: float):
+        super().__init__()
+        self.mixer_norm = nn.LayerNorm(d_model)
+        self.mixer = mixer
+        self.ffn_norm = nn.LayerNorm(d_model) if ffn is not None else None
+        self.ffn = ffn
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
+        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden)))
+        if self.ffn is not None:
+            hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+        return hidden
+
+
+def gpt_init(module: nn.Module, std: float, n_layers: int) -> None:
+    """Normal(0, std) linear/embedding weights, zero biases; every `out_proj` scaled by
+    1/sqrt(2 n_layers) (GPT-2), so the residual stream does not grow with depth.
+    Mixer-specific parameters (SSM poles, decays, mixing ratios) keep their own init."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            scale = 1 / math.sqrt(2 * n_layers) if name.endswith("out_proj") else 1.0
+            nn.init.normal_(sub.weight, std=std * scale)
+            if getattr(sub, "bias", None) is not None:
+                nn.init.zeros_(sub.bias)
+
+
+class MixerBackbone(Backbone):
+    """Embedding + `n_layers` MixerBlocks + final LayerNorm.
+
+    Subclasses set `config_class` and implement `make_mixer(layer)`; they may override
+    `make_ffn(layer)` (RWKV uses its channel-mix instead of the MLP).
+    """
+
+    config: MixerStackConfig
+
+    def __init__(self, config: MixerStackConfig, *, vocab_size: int):
+        super().__init__(config, vocab_size=vocab_size)
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(
+            MixerBlock(self.make_mixer(i), self.make_ffn(i), config.d_model, config.dropout)
+            for i in range(config.n_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+        gpt_init(self, config.init_std, config.n_layers)
+
+    def make_mixer(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_ffn(self, layer: int) -> nn.Module | None:
+        ratio = self.config.mlp_ratio
+        return FeedForward(self.config.d_model, ratio) if ratio else None

@@ -1,0 +1,78 @@
+"""`rmt`: Recurrent Memory Transformer (Bulatov et al. 2022, arXiv 2207.06881) on GPT-NeoX layers.
+
+The input is split into segments of `segment_size` tokens; each is processed as
+`[memory ; segment ; memory]` with `memory_size` memory tokens. The front copy is
+read by every token of the segment (causal attention); the outputs at the back
+(write) positions, after the final norm, become the memory of the next segment.
+The first segment starts from a learned memory embedding. Segment recurrence
+itself lives in `ponderlab.core.segments`; this module only supplies the hooks.
+
+`bptt_depth: k` truncates backpropagation through memory to the last k segments
+(really: the memory is detached, see core/segments.py); `None` is full BPTT.
+
+Defaults: memory_size 16 (seed 000's memory models), segment_size None (the
+whole input is one segment: set it per task, e.g. copy: 2 segments of n+1),
+GPT-NeoX layers as in `transformer`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone
+from pydantic import Field
+from torch import Tensor, nn
+
+from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
+
+
+class RMTConfig(TransformerConfig):
+    name: Literal["rmt"] = "rmt"
+    memory_size: int = Field(16, ge=1, description="Memory tokens M (read at the front, written at the back).")
+    segment_size: int | None = Field(None, ge=1, description="Tokens per segment (None: one segment).")
+    bptt_depth: int | None = Field(
+        None, ge=1, description="Backpropagate through memory over the last k segments only (None: all)."
+    )
+
+
+class RMTBackbone(Backbone):
+    config_class = RMTConfig
+    uses_segments = True
+
+    def __init__(self, config: RMTConfig, *, vocab_size: int):
+        super().__init__(config, vocab_size=vocab_size)
+        hf = neox_config(config, vocab_size)
+        self.segment_size = config.segment_size
+        self.bptt_depth = config.bptt_depth
+        self.memory_size = config.memory_size
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(NeoXBlock(hf, i) for i in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.initial_memory = nn.Parameter(torch.empty(config.memory_size, config.d_model))
+        init_weights(self.embedding)
+        init_weights(self.blocks)
+        nn.init.normal_(self.initial_memory, std=0.02)
+
+    # memory: (B, M, D), the read tokens of the next segment
+    def init_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return self.initial_memory.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def wrap_segment(self, hidden: Tensor, memory: Tensor) -> Tensor:
+        return torch.cat([memory, hidden, memory], dim=1)  # (B, M + Ls + M, D)
+
+    def token_mask(self, memory: Tensor, segment_length: int, device: torch.device) -> Tensor:
+        keep = torch.zeros(2 * self.memory_size + segment_length, dtype=torch.bool, device=device)
+        keep[self.memory_size : self.memory_size + segment_length] = True
+        return keep
+
+    def unwrap_segment(self, hidden: Tensor, memory: Tensor, segment_length: int) -> tuple[Tensor, Tensor]:
+        tokens = hidden[:, self.memory_size : self.memory_size + segment_length]  # (B, Ls, D)
+        written = hidden[:, self.memory_size + segment_length :]  # (B, M, D)
+        return tokens, self.norm(written)
+
+
+@hookimpl
+def ponderlab_register_backbones(register):
+    register(RMTBackbone)

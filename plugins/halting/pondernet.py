@@ -1,0 +1,190 @@
+"""`pondernet`: PonderNet (Banino et al. 2021, arXiv 2107.05407).
+
+Hop n produces state s_n and lambda_n = sigmoid(W s_n + b) (n = 1..N, N = max_steps).
+Halting distribution: p_n = lambda_n prod_{j<n} (1 - lambda_j); the last step takes
+all remaining mass, p_N = prod_{j<N} (1 - lambda_j), so sum_n p_n = 1.
+
+Training runs all N hops and returns the per-hop states with p; the core turns
+them into the expected task loss sum_n p_n CE(head(s_n)). This strategy adds
+aux_loss = beta * mean over tokens of KL(p || g), in the paper's direction
+(sum_n p_n log(p_n / g_n)), where g is the geometric prior
+g_n = lambda_p (1 - lambda_p)^(n-1), truncated at N and renormalised to sum to 1.
+The output the head sees in training is s_n at a step n ~ p (a sample of the
+model's own halting).
+
+Inference (eval mode): halting by sampling Bernoulli(lambda_n) after each hop
+(`inference: sample`, the paper), or at the most likely step argmax_n p_n
+(`inference: most_likely`); either way the state of the halting hop is returned
+and tokens stop as soon as their step is decided (early exit; for most_likely a
+token stops once its best p_n is at least the mass left for later steps).
+
+Statistics: hops = hops executed (N in training); ponder_cost = expected halting
+step sum_n n p_n in training, the realised step at inference; remainder = the
+mass forced onto the last step. The KL is the regulariser (no time penalty).
+
+Defaults: lambda_p 0.2, beta 0.01 (the paper's parity settings use beta 0.01),
+max_steps 4 (the paper used 20 on parity), halting_bias_init = logit(lambda_p).
+Scopes: model, depth, and layer only with a single layer (the expected loss
+needs the states that reach the head).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from ponderlab.core.config import HaltingConfig, Scope
+from ponderlab.core.errors import SpecError
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from .common import HaltingUnit, accumulation_dtype, running_as_active
+
+
+class PonderNetConfig(HaltingConfig):
+    name: Literal["pondernet"] = "pondernet"
+    scope: Scope = Field(
+        "model", description="model (default), depth, or layer with a single layer."
+    )
+    max_steps: int = Field(4, ge=1, description="Hops N (layer/model scopes); the last takes all mass.")
+    lambda_p: float = Field(0.2, gt=0, lt=1, description="Parameter of the geometric prior.")
+    beta: float = Field(0.01, ge=0, description="Weight of KL(p || prior) in the loss.")
+    halting_bias_init: float | None = Field(
+        None, description="Initial bias of the lambda unit (default logit(lambda_p))."
+    )
+    inference: Literal["sample", "most_likely"] = Field(
+        "sample", description="Eval-mode halting: sample Bernoulli(lambda_n), or the argmax of p."
+    )
+
+    @model_validator(mode="after")
+    def _no_cap_in_depth_scope(self):
+        if self.scope == "depth" and "max_steps" in self.model_fields_set:
+            raise ValueError(
+                "max_steps does not apply in depth scope (N is the number of layers); remove it"
+            )
+        return self
+
+
+def halting_distribution(lambdas: Tensor) -> Tensor:
+    """(..., N) lambdas -> (..., N) p_n = lambda_n prod_{j<n}(1 - lambda_j); p_N takes the rest."""
+    survive = torch.cumprod(1.0 - lambdas, dim=-1)  # prod_{j<=n}(1 - lambda_j)
+    before = torch.cat([torch.ones_like(survive[..., :1]), survive[..., :-1]], dim=-1)
+    return torch.cat([(lambdas * before)[..., :-1], before[..., -1:]], dim=-1)
+
+
+def truncated_geometric(lambda_p: float, n: int, *, dtype=torch.float32, device=None) -> Tensor:
+    """(n,) g_k = lambda_p (1 - lambda_p)^(k-1) for k = 1..n, renormalised to sum to 1."""
+    k = torch.arange(n, dtype=dtype, device=device)
+    g = lambda_p * (1.0 - lambda_p) ** k
+    return g / g.sum()
+
+
+def kl_to_prior(p: Tensor, prior: Tensor) -> Tensor:
+    """(..., N) -> (...): KL(p || prior) = sum_n p_n (log p_n - log prior_n), 0 log 0 = 0."""
+    return (torch.xlogy(p, p) - p * torch.log(prior)).sum(-1)
+
+
+class PonderNet(HaltingStrategy):
+    """PonderNet halting: expected loss over hops in training, sampled halting at inference."""
+
+    config_class = PonderNetConfig
+    supported_scopes = frozenset({"layer", "model", "depth"})
+
+    def __init__(self, config: PonderNetConfig, *, d_model: int, n_layers: int):
+        super().__init__(config, d_model=d_model, n_layers=n_layers)
+        if config.scope == "layer" and n_layers > 1:
+            raise SpecError(
+                f"pondernet in layer scope needs a single layer (got {n_layers}): its loss is an "
+                "expectation over the hop states that reach the head; use scope model or depth",
+                path="halting.scope",
+            )
+        bias = config.halting_bias_init
+        if bias is None:
+            bias = math.log(config.lambda_p / (1.0 - config.lambda_p))
+        units = n_layers if config.scope == "depth" else 1
+        self.units = torch.nn.ModuleList(HaltingUnit(d_model, bias) for _ in range(units))
+
+    def loss_weight(self) -> float:
+        return 0.0  # the KL term (aux_loss) is PonderNet's regulariser
+
+    def lambda_at(self, step: int, state: Tensor) -> Tensor:
+        return self.units[step if len(self.units) > 1 else 0](state)  # (B, L)
+
+    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        if self.training:
+            return self._expected(state, hop)
+        return self._halted(state, hop)
+
+    # ------------------------------------------------------------------ training
+    def _expected(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        n_hops = self.max_hops()
+        dtype = accumulation_dtype(state)
+        states, lambdas = [], []
+        for step in range(n_hops):
+            state = hop(state, step, None)
+            states.append(state)
+            lambdas.append(self.lambda_at(step, state))
+        p = halting_distribution(torch.stack(lambdas, dim=-1))  # (B, L, N)
+        prior = truncated_geometric(self.config.lambda_p, n_hops, dtype=dtype, device=p.device)
+        kl = kl_to_prior(p, prior)  # (B, L)
+        chosen = torch.multinomial(p.detach().reshape(-1, n_hops).float(), 1).view(p.shape[:-1])
+        stacked = torch.stack(states, dim=-2)  # (B, L, N, D)
+        index = chosen[..., None, None].expand(*chosen.shape, 1, stacked.shape[-1])
+        output = stacked.gather(-2, index).squeeze(-2)  # (B, L, D)
+        steps = torch.arange(1, n_hops + 1, dtype=dtype, device=p.device)
+        return PonderOutput(
+            output=output,
+            hops=torch.full(p.shape[:-1], float(n_hops), dtype=dtype, device=p.device),
+            ponder_cost=(p * steps).sum(-1),
+            remainder=p[..., -1] if n_hops > 1 else torch.zeros_like(p[..., 0]),
+            hop_states=states,
+            hop_probs=p,
+            aux_loss=self.config.beta * kl.mean(),
+        )
+
+    # ------------------------------------------------------------------ inference
+    def _halted(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        n_hops = self.max_hops()
+        most_likely = self.config.inference == "most_likely"
+        dtype = accumulation_dtype(state)
+        shape = state.shape[:-1]  # (B, L)
+        running = torch.ones(shape, dtype=torch.bool, device=state.device)
+        output = state.clone()
+        hops = torch.zeros(shape, dtype=dtype, device=state.device)
+        halting_step = torch.zeros_like(hops)
+        survive = torch.ones_like(hops)  # prod_{j<n}(1 - lambda_j)
+        best = torch.full(shape, -1.0, dtype=dtype, device=state.device)  # best p_n so far
+        for step in range(n_hops):
+            state = hop(state, step, None if step == 0 else running_as_active(running))
+            lam = self.lambda_at(step, state)
+            last = step == n_hops - 1
+            hops = hops + running.to(dtype)
+            if most_likely:
+                p_n = survive if last else lam * survive
+                better = running & (p_n > best)
+                output = torch.where(better.unsqueeze(-1), state, output)
+                halting_step = torch.where(better, torch.full_like(hops, step + 1.0), halting_step)
+                best = torch.where(better, p_n, best)
+                survive = survive * (1.0 - lam)
+                stops = running & ((best >= survive) | last)
+            else:
+                stops = running & ((torch.rand_like(lam) < lam) | last)
+                output = torch.where(stops.unsqueeze(-1), state, output)
+                halting_step = torch.where(stops, torch.full_like(hops, step + 1.0), halting_step)
+            running = running & ~stops
+            if not bool(running.any()):
+                break
+        return PonderOutput(
+            output=output,
+            hops=hops,
+            ponder_cost=halting_step,
+            remainder=torch.zeros_like(hops),
+        )
+
+
+@hookimpl
+def ponderlab_register_halting(register):
+    register(PonderNet)

@@ -1,0 +1,119 @@
+"""`random`: random halting with a chosen mean hop count (the control for learned halting).
+
+Each token draws its hop count N independently of its content, with E[N] =
+`mean_hops`, capped at `max_steps` (the number of layers in depth scope); it takes
+exactly N hops and its output is the state after hop N (halted tokens are frozen
+and skipped like in the learned strategies). Comparing a learned strategy with
+`random` at the same mean hops separates "halting where it matters" from "more
+compute on average"; `constant` is the zero-variance version.
+
+Distributions:
+  two_point  N in {floor(m), ceil(m)}, P(ceil) = m - floor(m) (least variance, default);
+  geometric  N = min(G, cap) with G ~ Geometric(q), q chosen (by bisection) so that
+             E[N] = m exactly: the random counterpart of ACT's decaying halting.
+Draws use torch's global generator, in training and evaluation alike.
+Scopes: layer, model, depth. No parameters, no ponder cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from ponderlab.core.config import HaltingConfig
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from .common import depth_cap_error, fixed_hops_output, running_as_active
+
+
+class RandomHaltingConfig(HaltingConfig):
+    name: Literal["random"] = "random"
+    mean_hops: float = Field(2.0, ge=1, description="E[N], the mean hops per token per site.")
+    max_steps: int = Field(4, ge=1, description="Cap on hops (layer/model scopes).")
+    distribution: Literal["two_point", "geometric"] = Field(
+        "two_point", description="two_point: N in {floor, ceil} of mean_hops; geometric: capped geometric."
+    )
+
+    @model_validator(mode="after")
+    def _mean_within_cap(self):
+        if self.scope == "depth":
+            if "max_steps" in self.model_fields_set:
+                raise ValueError(
+                    "max_steps does not apply in depth scope (the cap is the number of layers); remove it"
+                )
+        elif self.mean_hops > self.max_steps:
+            raise ValueError(f"mean_hops {self.mean_hops} exceeds max_steps {self.max_steps}")
+        return self
+
+
+def capped_geometric_mean(q: float, cap: int) -> float:
+    """E[min(G, cap)] for G ~ Geometric(q) on {1, 2, ...}: (1 - (1 - q)^cap) / q."""
+    if q <= 0.0:
+        return float(cap)
+    return (1.0 - (1.0 - q) ** cap) / q
+
+
+def solve_geometric_q(mean: float, cap: int, iterations: int = 200) -> float:
+    """The q in (0, 1] with E[min(G, cap)] = mean (the mean falls as q grows)."""
+    if mean >= cap:
+        return 0.0
+    low, high = 0.0, 1.0
+    for _ in range(iterations):
+        mid = 0.5 * (low + high)
+        if capped_geometric_mean(mid, cap) > mean:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def sample_hops(shape: torch.Size, *, mean: float, cap: int, distribution: str, device) -> Tensor:
+    """(B, L) long hop counts in [1, cap] with expectation `mean`."""
+    uniform = torch.rand(shape, device=device, dtype=torch.float64)
+    if distribution == "two_point":
+        floor = math.floor(mean)
+        return (floor + (uniform < mean - floor).long()).clamp(1, cap)
+    q = solve_geometric_q(mean, cap)
+    if q <= 0.0:
+        return torch.full(shape, cap, dtype=torch.long, device=device)
+    if q >= 1.0:
+        return torch.ones(shape, dtype=torch.long, device=device)
+    draws = 1 + torch.floor(torch.log1p(-uniform) / math.log1p(-q))  # G ~ Geometric(q)
+    return draws.clamp(1, cap).long()
+
+
+class RandomHalting(HaltingStrategy):
+    """Content-independent halting: each token takes a random number of hops."""
+
+    config_class = RandomHaltingConfig
+    supported_scopes = frozenset({"layer", "model", "depth"})
+
+    def __init__(self, config: RandomHaltingConfig, *, d_model: int, n_layers: int):
+        super().__init__(config, d_model=d_model, n_layers=n_layers)
+        if config.scope == "depth" and config.mean_hops > n_layers:
+            raise depth_cap_error("random", "mean_hops", config.mean_hops, n_layers)
+
+    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        cap = self.max_hops()
+        counts = sample_hops(
+            state.shape[:-1],
+            mean=self.config.mean_hops,
+            cap=cap,
+            distribution=self.config.distribution,
+            device=state.device,
+        )  # (B, L)
+        for step in range(cap):
+            running = counts > step
+            if not bool(running.any()):
+                break
+            state = hop(state, step, None if step == 0 else running_as_active(running))
+        return fixed_hops_output(state, counts)
+
+
+@hookimpl
+def ponderlab_register_halting(register):
+    register(RandomHalting)

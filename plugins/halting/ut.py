@@ -1,0 +1,113 @@
+"""`ut`: Universal-Transformer ACT (Dehghani et al. 2018, arXiv 1807.03819; tensor2tensor rules).
+
+One shared transition (a layer in layer scope, the stack in model scope) is
+applied up to `max_steps` times. Per hop t, on the state entering the hop:
+
+    p = sigmoid(W s + b)
+    new_halted = [H + p > 1 - eps] * running
+    still      = [H + p <= 1 - eps] * running
+    H += p * still;  R += new_halted * (1 - H);  H += new_halted * R
+    N += still + new_halted;  w = p * still + R * new_halted
+    accumulated: y = y + w * T(s)        interpolate: y = w * T(s) + (1 - w) * y
+
+Departures from the t2t code, all deliberate (see act.md "known bugs"):
+* halted positions are frozen: only running tokens are transformed (passed as
+  active; the state fed on is T(s) for them and the old state for the others);
+* "running" is an explicit mask, not `H < 1` (H + (1 - H) need not round to 1);
+* at the cap every still-running token halts with its remainder, so the weights
+  of every token sum to 1 (t2t leaves capped tokens with weights summing to < 1).
+
+Defaults (t2t): epsilon 0.01, halting_bias_init 1.0, time_penalty (act_loss_weight)
+0.01, combine accumulated; max_steps 4 here (t2t: 2 x the number of layers).
+Ponder cost N + R (t2t's act_loss), gradient through R only.
+Scopes: layer and model (UT shares one transition; depth has distinct layers).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from ponderlab.core.config import HaltingConfig
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from pydantic import Field
+from torch import Tensor
+
+from .common import (
+    HaltingUnit,
+    accumulate,
+    accumulation_dtype,
+    require_scope,
+    running_as_active,
+)
+
+
+class UTConfig(HaltingConfig):
+    name: Literal["ut"] = "ut"
+    max_steps: int = Field(4, ge=1, description="Cap on hops per token (t2t act_max_steps).")
+    epsilon: float = Field(0.01, gt=0, lt=1, description="Halt once H + p > 1 - epsilon.")
+    halting_bias_init: float = Field(1.0, description="Initial bias of the halting unit.")
+    time_penalty: float = Field(0.01, ge=0, description="Weight of mean(N + R) (t2t act_loss_weight).")
+    combine: Literal["accumulated", "interpolate"] = Field(
+        "accumulated",
+        description="accumulated: y += w*s (weights sum to 1); interpolate: y = w*s + (1-w)*y (t2t basic).",
+    )
+
+
+class UniversalTransformerACT(HaltingStrategy):
+    """Per-position ACT over a shared transition, tensor2tensor update rules."""
+
+    config_class = UTConfig
+    supported_scopes = frozenset({"layer", "model"})
+
+    def __init__(self, config: UTConfig, *, d_model: int, n_layers: int):
+        super().__init__(config, d_model=d_model, n_layers=n_layers)
+        require_scope("ut", config.scope, self.supported_scopes,
+                      "; for halting across distinct layers use graves or threshold")
+        self.unit = HaltingUnit(d_model, config.halting_bias_init)
+
+    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        cfg = self.config
+        threshold = 1.0 - cfg.epsilon
+        max_steps = self.max_hops()
+        dtype = accumulation_dtype(state)
+        shape = state.shape[:-1]  # (B, L)
+        halting = torch.zeros(shape, dtype=dtype, device=state.device)  # H
+        remainder = torch.zeros_like(halting)  # R
+        n_updates = torch.zeros_like(halting)  # N
+        running = torch.ones(shape, dtype=torch.bool, device=state.device)
+        output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # y, (B, L, D)
+        for step in range(max_steps):
+            p = self.unit(state)  # (B, L), from the state entering this hop
+            run = running.to(dtype)
+            reached = halting + p * run > threshold
+            if step == max_steps - 1:
+                reached = torch.ones_like(reached)
+            new_halted = (reached & running).to(dtype)
+            still = (~reached & running).to(dtype)
+            halting = halting + p * still
+            remainder = remainder + new_halted * (1.0 - halting)
+            halting = halting + new_halted * remainder
+            n_updates = n_updates + still + new_halted
+            weight = p * still + new_halted * remainder  # (B, L)
+            state = hop(state, step, None if step == 0 else running_as_active(running))
+            if cfg.combine == "accumulated":  # y = y + w s
+                output = accumulate(output, weight, state)
+            else:  # y = w s + (1 - w) y
+                w = weight.unsqueeze(-1)
+                output = w * state.to(dtype) + (1.0 - w) * output
+            running = still.bool()
+            if not bool(running.any()):
+                break
+        return PonderOutput(
+            output=output.to(state.dtype),
+            hops=n_updates,
+            ponder_cost=n_updates + remainder,
+            remainder=remainder,
+        )
+
+
+@hookimpl
+def ponderlab_register_halting(register):
+    register(UniversalTransformerACT)

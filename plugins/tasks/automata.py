@@ -1,0 +1,164 @@
+"""Partial deterministic finite automata with every state accepting (RegBench's DFAs).
+
+A DFA here is a tuple of per-state transition dicts `{symbol: next_state}`,
+start state 0. A missing transition leads to an implicit rejecting sink, so a
+word is accepted exactly when its walk from the start never falls off.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DFA:
+    """transitions[s] maps a symbol to the next state; state 0 starts; all states accept."""
+
+    transitions: tuple[dict[int, int], ...]
+
+    @property
+    def n_states(self) -> int:
+        return len(self.transitions)
+
+    def run(self, word: list[int], state: int = 0) -> int | None:
+        """The state reached after `word`, or None where a transition is missing."""
+        for symbol in word:
+            state = self.transitions[state].get(symbol)
+            if state is None:
+                return None
+        return state
+
+    def accepts(self, word: list[int]) -> bool:
+        return self.run(word) is not None
+
+    def walk(self, rng: np.random.Generator, length: int) -> list[int]:
+        """A word of `length` symbols: each step picks one outgoing edge uniformly."""
+        state, word = 0, []
+        for _ in range(length):
+            edges = sorted(self.transitions[state])
+            symbol = edges[int(rng.integers(len(edges)))]
+            word.append(symbol)
+            state = self.transitions[state][symbol]
+        return word
+
+    def to_table(self, alphabet_size: int) -> list[int]:
+        """Flattened (n_states * alphabet_size) table, -1 for a missing transition."""
+        table = [-1] * (self.n_states * alphabet_size)
+        for state, edges in enumerate(self.transitions):
+            for symbol, target in edges.items():
+                table[state * alphabet_size + symbol] = target
+        return table
+
+    @classmethod
+    def from_table(cls, table: list[int], alphabet_size: int) -> DFA:
+        n_states = len(table) // alphabet_size
+        return cls(
+            tuple(
+                {a: table[s * alphabet_size + a] for a in range(alphabet_size) if table[s * alphabet_size + a] >= 0}
+                for s in range(n_states)
+            )
+        )
+
+
+def reachable_states(dfa: DFA) -> list[int]:
+    """States reachable from the start, in breadth-first order over sorted symbols."""
+    order, seen, queue = [], {0}, deque([0])
+    while queue:
+        state = queue.popleft()
+        order.append(state)
+        for symbol in sorted(dfa.transitions[state]):
+            target = dfa.transitions[state][symbol]
+            if target not in seen:
+                seen.add(target)
+                queue.append(target)
+    return order
+
+
+def minimize(dfa: DFA) -> DFA:
+    """The minimal equivalent DFA (unreachable states dropped, equivalent ones merged).
+
+    Moore's partition refinement: with all states accepting, two states differ
+    when some symbol is defined in one and not the other, or leads to states of
+    different classes. The result is numbered canonically (breadth-first from
+    the start over sorted symbols), so equal languages give equal DFAs.
+    """
+    states = reachable_states(dfa)
+    block = dict.fromkeys(states, 0)
+    while True:
+        signatures = {
+            s: (block[s], tuple((a, block[t]) for a, t in sorted(dfa.transitions[s].items())))
+            for s in states
+        }
+        numbering: dict[tuple, int] = {}
+        refined = {s: numbering.setdefault(signatures[s], len(numbering)) for s in states}
+        if len(numbering) == len(set(block.values())):
+            break
+        block = refined
+    merged: dict[int, dict[int, int]] = {}
+    for s in states:
+        merged.setdefault(block[s], {a: block[t] for a, t in dfa.transitions[s].items()})
+    # the start state is numbered first in every refinement, so its class is 0
+    return canonical(DFA(tuple(merged[b] for b in range(len(merged)))))
+
+
+def canonical(dfa: DFA) -> DFA:
+    """Renumber reachable states in breadth-first order from the start (drops unreachable ones)."""
+    order = reachable_states(dfa)
+    rename = {s: i for i, s in enumerate(order)}
+    return DFA(tuple({a: rename[t] for a, t in dfa.transitions[s].items()} for s in order))
+
+
+def random_dfa(
+    rng: np.random.Generator,
+    *,
+    n_states: int,
+    alphabet: list[int],
+    min_edges: int,
+    max_edges: int,
+) -> DFA:
+    """Each state gets 1..max_edges outgoing edges: distinct symbols, distinct targets, no self loops."""
+    transitions = []
+    for state in range(n_states):
+        others = [s for s in range(n_states) if s != state]
+        count = int(rng.integers(min_edges, max_edges + 1))
+        count = max(1, min(count, len(alphabet), len(others)))
+        symbols = rng.choice(alphabet, size=count, replace=False)
+        targets = rng.choice(others, size=count, replace=False)
+        transitions.append({int(a): int(t) for a, t in zip(symbols, targets, strict=True)})
+    return DFA(tuple(transitions))
+
+
+def random_minimal_dfa(
+    rng: np.random.Generator,
+    *,
+    min_states: int,
+    max_states: int,
+    alphabet_size: int,
+    min_alphabet: int,
+    max_alphabet: int,
+    min_edges: int,
+    max_edges: int,
+    max_attempts: int = 1000,
+) -> DFA:
+    """A random DFA that is already minimal (every state reachable, no two equivalent).
+
+    The state count n ~ U[min_states, max_states] and the alphabet (a random subset
+    of `alphabet_size` symbols with U[min_alphabet, max_alphabet] members) are drawn
+    once; the edges are redrawn until the DFA is minimal, so it keeps n states,
+    no self loops and distinct targets per state.
+    """
+    n_states = int(rng.integers(min_states, max_states + 1))
+    size = int(rng.integers(min_alphabet, max_alphabet + 1))
+    alphabet = sorted(int(a) for a in rng.choice(alphabet_size, size=size, replace=False))
+    for _ in range(max_attempts):
+        dfa = random_dfa(rng, n_states=n_states, alphabet=alphabet, min_edges=min_edges, max_edges=max_edges)
+        minimal = minimize(dfa)
+        if minimal.n_states == n_states:
+            return minimal
+    raise RuntimeError(
+        f"no minimal {n_states}-state DFA over {size} symbols in {max_attempts} draws; "
+        "widen the alphabet or the edge range"
+    )

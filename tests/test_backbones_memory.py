@@ -1,0 +1,292 @@
+"""RMT and ARMT: segment recurrence, memory read/write, truncated BPTT, no leaks under ACT."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ponderlab.core.interfaces import PonderOutput
+from ponderlab.core.segments import _concat_sites, run_segments, segment_bounds
+from ponderlab.plugins.backbones.armt import ARMTBackbone, AssociativeMemory, dpfp
+
+import ponderlab
+
+VOCAB = 11
+
+
+def build(name, halting=None, seed=0, **options):
+    backbone = {"name": name, "d_model": 16, "n_layers": 2, "memory_size": 3, "segment_size": 4, **options}
+    return ponderlab.build_model(backbone=backbone, halting=halting or {"name": "none"}, vocab_size=VOCAB, seed=seed)
+
+
+def enable_armt_values(model, std=0.3):
+    """W_v starts at zero (nothing is stored at init); give it values so memory carries information."""
+    torch.manual_seed(1)
+    for memory in model.backbone.memories:
+        torch.nn.init.normal_(memory.value.weight, std=std)
+
+
+# --------------------------------------------------------------------------- core/segments.py
+
+
+def test_segment_bounds():
+    assert segment_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert segment_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert segment_bounds(5, None) == [(0, 5)]
+
+
+def test_concat_sites_pads_shorter_hop_lists_with_zero_probability():
+    def site(length, n_hops, value, aux):
+        states = [torch.full((1, length, 2), value + n) for n in range(n_hops)]
+        probs = torch.full((1, length, n_hops), 1.0 / n_hops)
+        zeros = torch.zeros(1, length)
+        return PonderOutput(states[-1], zeros + n_hops, zeros, zeros, states, probs, torch.tensor(aux))
+
+    (joined,) = _concat_sites([[site(3, 2, 0.0, 1.0)], [site(1, 3, 10.0, 5.0)]])
+    assert len(joined.hop_states) == 3 and joined.hop_probs.shape == (1, 4, 3)
+    torch.testing.assert_close(joined.hop_probs.sum(-1), torch.ones(1, 4))
+    torch.testing.assert_close(joined.hop_probs[0, :3, 2], torch.zeros(3))  # padded hop
+    torch.testing.assert_close(joined.hop_states[2][0, :3], torch.full((3, 2), 1.0))  # = last real state
+    torch.testing.assert_close(joined.aux_loss, torch.tensor((1.0 * 3 + 5.0 * 1) / 4))  # token-weighted
+
+
+# --------------------------------------------------------------------------- RMT
+
+
+def test_rmt_wraps_each_segment_with_read_and_write_memory():
+    model = build("rmt")
+    backbone = model.backbone
+    memory = backbone.init_memory(2, torch.device("cpu"), torch.float32)
+    segment = torch.randn(2, 4, 16)
+    wrapped = backbone.wrap_segment(segment, memory)
+    assert wrapped.shape == (2, 3 + 4 + 3, 16)
+    torch.testing.assert_close(wrapped[:, :3], memory)
+    torch.testing.assert_close(wrapped[:, 7:], memory)
+    assert backbone.token_mask(memory, 4, torch.device("cpu")).tolist() == [False] * 3 + [True] * 4 + [False] * 3
+    tokens, new_memory = backbone.unwrap_segment(wrapped, memory, 4)
+    torch.testing.assert_close(tokens, segment)
+    torch.testing.assert_close(new_memory, backbone.norm(memory))
+
+
+def test_rmt_memory_carries_information_forward_only():
+    model = build("rmt").eval()
+    x = torch.randint(0, VOCAB, (2, 12))
+    y = x.clone()
+    y[:, 1] = (y[:, 1] + 1) % VOCAB  # first segment
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :1], b[:, :1])
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)  # later segments see it through memory
+
+
+def segment_gradients(model, length=12, segment=4):
+    """Gradient norm reaching each segment's input from a loss on the last segment only."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, length, model.backbone.d_model, requires_grad=True)
+    stack = run_segments(model, hidden)
+    stack.hidden[:, -segment:].pow(2).sum().backward()
+    return [float(hidden.grad[:, s : s + segment].abs().sum()) for s in range(0, length, segment)]
+
+
+@pytest.mark.parametrize("name", ["rmt", "armt"])
+@pytest.mark.parametrize("depth", [None, 1, 2])
+def test_truncated_bptt_really_truncates(name, depth):
+    model = build(name, bptt_depth=depth)
+    if name == "armt":
+        enable_armt_values(model)
+    grads = segment_gradients(model)  # 3 segments
+    reached = 3 if depth is None else depth
+    for index, norm in enumerate(grads):
+        if index >= 3 - reached:
+            assert norm > 0, f"segment {index} should get gradient (depth {depth}): {grads}"
+        else:
+            assert norm == 0.0, f"segment {index} is beyond the last {depth} segments: {grads}"
+
+
+def test_memory_and_segment_sizes_are_configurable():
+    model = build("rmt", memory_size=5, segment_size=3)
+    assert model.backbone.initial_memory.shape == (5, 16) and model.backbone.segment_size == 3
+    model = build("armt", memory_size=2, segment_size=6, d_mem=4)
+    assert model.backbone.memory_tokens.shape == (2, 16)
+    assert model.backbone.memories[0].d_key == 2 * 3 * 4
+    out = model(torch.randint(0, VOCAB, (2, 13)))
+    assert out.logits.shape == (2, 13, VOCAB) and out.stats.hops.shape == (2, 13)
+
+
+# --------------------------------------------------------------------------- ARMT formulas
+
+
+def literal_dpfp(x: list[float], nu: int) -> list[float]:
+    doubled = [max(v, 0.0) for v in x] + [max(-v, 0.0) for v in x]
+    n = len(doubled)
+    features = [doubled[i] * doubled[(i - j) % n] for j in range(1, nu + 1) for i in range(n)]
+    norm = math.sqrt(sum(f * f for f in features)) or 1.0
+    return [f / max(norm, 1e-12) for f in features]
+
+
+def literal_write(memory: AssociativeMemory, written, A, z):
+    """The ARMT write formulas, one batch row and one memory token at a time, in python floats."""
+    eps, nu = memory.eps, memory.nu
+    Wk, Wv = memory.key.weight.tolist(), memory.value.weight.tolist()
+    Wb, bb = memory.beta.weight[0].tolist(), float(memory.beta.bias.detach())
+    new_A, new_z = [], []
+    for b, rows in enumerate(written.tolist()):
+        A_b = [list(r) for r in A[b].tolist()]
+        z_b = list(z[b].tolist())
+        delta_A = [[0.0] * len(A_b[0]) for _ in A_b]
+        delta_z = [0.0] * len(z_b)
+        for m in rows:
+            k = literal_dpfp([sum(w * v for w, v in zip(row, m, strict=True)) for row in Wk], nu)
+            v = [sum(w * x for w, x in zip(row, m, strict=True)) for row in Wv]
+            beta = 1.0 / (1.0 + math.exp(-(sum(w * x for w, x in zip(Wb, m, strict=True)) + bb)))
+            kz = sum(ka * za for ka, za in zip(k, z_b, strict=True))
+            v_old = [sum(k[a] * A_b[a][c] for a in range(len(k))) / (kz + eps) for c in range(len(v))]
+            gamma = min(max(1.0 - kz / sum(ka * ka for ka in k), 0.0), 1.0)
+            for a in range(len(k)):
+                for c in range(len(v)):
+                    delta_A[a][c] += beta * k[a] * (v[c] - v_old[c])
+                delta_z[a] += gamma * k[a]
+        new_A.append([[A_b[a][c] + delta_A[a][c] for c in range(len(v))] for a in range(len(k))])
+        new_z.append([z_b[a] + delta_z[a] for a in range(len(k))])
+    return torch.tensor(new_A, dtype=torch.float64), torch.tensor(new_z, dtype=torch.float64)
+
+
+def literal_read(memory: AssociativeMemory, hidden, A, z):
+    Wq = memory.query.weight.tolist()
+    out = []
+    for b, rows in enumerate(hidden.tolist()):
+        out.append([])
+        for h in rows:
+            q = literal_dpfp([sum(w * v for w, v in zip(row, h, strict=True)) for row in Wq], memory.nu)
+            qz = sum(qa * za for qa, za in zip(q, z[b].tolist(), strict=True))
+            o = [sum(q[a] * float(A[b, a, c]) for a in range(len(q))) / (qz + memory.eps) for c in range(len(h))]
+            out[-1].append([hv + ov for hv, ov in zip(h, o, strict=True)])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_dpfp_matches_literal_definition():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    expected = torch.tensor([literal_dpfp(row, 3) for row in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(dpfp(x, 3), expected)
+    assert dpfp(x, 2).shape == (3, 2 * 2 * 4)
+
+
+def test_associative_write_and_read_match_the_literal_formulas():
+    torch.manual_seed(0)
+    memory = AssociativeMemory(d_model=5, d_mem=2, nu=3, eps=1e-5).double()
+    for linear in (memory.query, memory.key, memory.value, memory.beta):
+        torch.nn.init.normal_(linear.weight, std=0.7)
+    torch.nn.init.normal_(memory.beta.bias)
+    written = torch.randn(2, 3, 5, dtype=torch.float64)  # B=2, M=3
+    # First segment: no memory yet (A = 0, z = 0).
+    A1, z1 = memory.write(written, None)
+    zeros_A, zeros_z = torch.zeros(2, 12, 5, dtype=torch.float64), torch.zeros(2, 12, dtype=torch.float64)
+    expected_A1, expected_z1 = literal_write(memory, written, zeros_A, zeros_z)
+    torch.testing.assert_close(A1, expected_A1)
+    torch.testing.assert_close(z1, expected_z1)
+    # Second segment: delta rule against the stored values, gamma from the normaliser.
+    written2 = torch.randn(2, 3, 5, dtype=torch.float64)
+    A2, z2 = memory.write(written2, (A1, z1))
+    expected_A2, expected_z2 = literal_write(memory, written2, A1.detach(), z1.detach())
+    torch.testing.assert_close(A2, expected_A2)
+    torch.testing.assert_close(z2, expected_z2)
+    # Read: h + (q A) / (q . z + eps).
+    hidden = torch.randn(2, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(memory.read(hidden, (A2, z2)), literal_read(memory, hidden, A2.detach(), z2))
+    torch.testing.assert_close(memory.read(hidden, None), hidden)
+
+
+def test_gamma_carries_no_gradient():
+    memory = AssociativeMemory(d_model=4, d_mem=2, nu=3, eps=1e-5).double()
+    torch.nn.init.normal_(memory.value.weight)
+    A, z = memory.write(torch.randn(1, 2, 4, dtype=torch.float64), None)
+    z = z.detach().requires_grad_()
+    _, z2 = memory.write(torch.randn(1, 2, 4, dtype=torch.float64), (A.detach(), z))
+    (grad,) = torch.autograd.grad(z2.sum(), z)
+    torch.testing.assert_close(grad, torch.ones_like(grad))  # only the identity path, not through gamma
+
+
+# --------------------------------------------------------------------------- ARMT in the model
+
+
+class CountingARMT(ARMTBackbone):
+    """ARMT that counts its memory hook calls per (segment, layer)."""
+
+    def init_memory(self, batch_size, device, dtype):
+        self.reads, self.writes = [], []
+        return super().init_memory(batch_size, device, dtype)
+
+    def read_memory(self, layer, hidden, memory):
+        self.reads.append(layer)
+        return super().read_memory(layer, hidden, memory)
+
+    def write_memory(self, layer, hidden, memory):
+        self.writes.append(layer)
+        return super().write_memory(layer, hidden, memory)
+
+
+class LeakyARMT(ARMTBackbone):
+    """A deliberately wrong ARMT that writes memory on every hop (what the reference code did)."""
+
+    def init_memory(self, batch_size, device, dtype):
+        self.live = list(super().init_memory(batch_size, device, dtype))
+        return tuple(self.live)
+
+    def read_memory(self, layer, hidden, memory):
+        out = self.memories[layer].read(hidden, self.live[layer])
+        self.live[layer] = self.memories[layer].write(hidden[:, -self.memory_size :], self.live[layer])
+        return out
+
+
+def swap_backbone(model, cls):
+    backbone = model.backbone
+    backbone.__class__ = cls
+    return model
+
+
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_armt_writes_once_per_layer_per_segment_and_reads_every_hop(scope):
+    model = swap_backbone(build("armt", {"name": "constant", "steps": 3, "scope": scope}), CountingARMT)
+    model(torch.randint(0, VOCAB, (2, 12)))  # 3 segments, 2 layers, 3 hops each
+    backbone = model.backbone
+    assert sorted(backbone.writes) == [0, 0, 0, 1, 1, 1]
+    assert len(backbone.reads) == 3 * 2 * 3
+
+
+def leaks_future_tokens(model, position=6, length=8):
+    """True if changing token `position` changes any logit before it (same segment of 4..8)."""
+    model.eval()
+    x = torch.randint(0, VOCAB, (2, length))
+    y = x.clone()
+    y[:, position] = (y[:, position] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    return not torch.allclose(a[:, :position], b[:, :position], atol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_act_around_armt_layers_never_leaks_targets_through_memory(scope):
+    halting = {"name": "constant", "steps": 3, "scope": scope}
+    model = build("armt", halting)
+    enable_armt_values(model)
+    assert not leaks_future_tokens(model)
+    graves = build("armt", {"name": "graves", "max_steps": 3, "scope": scope})
+    enable_armt_values(graves)
+    assert not leaks_future_tokens(graves)
+    # The check is sensitive: writing on every hop (the reference bug) does leak.
+    leaky = swap_backbone(build("armt", halting), LeakyARMT)
+    enable_armt_values(leaky)
+    assert leaks_future_tokens(leaky)
+
+
+def test_armt_memory_carries_information_across_segments():
+    model = build("armt").eval()
+    enable_armt_values(model)
+    x = torch.randint(0, VOCAB, (2, 12))
+    y = x.clone()
+    y[:, 1] = (y[:, 1] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :1], b[:, :1])
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)

@@ -1,0 +1,133 @@
+"""Real early exit: halted tokens cost no position-wise work, and loops stop when all halted."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import torch
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from ponderlab.core.model import PonderModel
+from ponderlab.plugins.halting.common import apply_to_active
+from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
+from ponderlab.plugins.halting.reference import script_mlp
+from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
+from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
+from torch import nn
+
+D, VOCAB = 8, 6
+
+
+class CountingConfig(BackboneConfig):
+    name: Literal["counting_test"] = "counting_test"
+
+
+class CountingBlock(Block):
+    """Causal shift-mix (all tokens) + residual MLP on the active tokens; counts MLP rows."""
+
+    supports_active_subset = True
+
+    def __init__(self, subset: bool):
+        super().__init__()
+        self.subset = subset
+        self.mix = nn.Parameter(torch.full((D,), 0.1))
+        self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
+        self.register_buffer("keep_flag", torch.tensor([0.0] + [1.0] * (D - 1)))  # channel 0 untouched
+        self.rows: list[int] = []
+
+    def positionwise(self, x):
+        self.rows.append(x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[1])
+        return x + self.mlp(x) * self.keep_flag
+
+    def forward(self, hidden, context: BlockContext):
+        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        mixed = hidden + self.mix * previous * self.keep_flag  # (B, L, D), causal
+        return apply_to_active(self.positionwise, mixed, context.active if self.subset else None)
+
+
+class CountingBackbone(Backbone):
+    config_class = CountingConfig
+
+    def __init__(self, config, *, vocab_size, subset: bool = True):
+        super().__init__(config, vocab_size=vocab_size)
+        self.embedding = nn.Embedding(vocab_size, D)
+        with torch.no_grad():  # channel 0 = +20 for even token ids, -20 for odd ones
+            self.embedding.weight[:, 0] = torch.tensor([20.0 if i % 2 == 0 else -20.0 for i in range(vocab_size)])
+        self.blocks = nn.ModuleList(CountingBlock(subset) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(D)
+
+
+def twin_models(halting_cls, halting_config, n_layers: int):
+    """The same weights with and without subset computation."""
+    models = []
+    for subset in (True, False):
+        torch.manual_seed(0)
+        backbone = CountingBackbone(CountingConfig(d_model=D, n_layers=n_layers), vocab_size=VOCAB, subset=subset)
+        models.append(PonderModel(backbone, halting_cls, halting_config, vocab_size=VOCAB))
+    models[1].load_state_dict(models[0].state_dict())
+    return models
+
+
+def even_tokens_exit_after_layer_one(model: PonderModel) -> None:
+    """Threshold units: layer 1 halts even tokens (h = 1), no unit halts anyone else."""
+    units = model.sites[0].units
+    script_mlp(units[0].hidden, units[0].out, control_index=0)  # logit = channel 0 = +-20
+    for unit in units[1:]:
+        with torch.no_grad():
+            unit.out.weight.zero_()
+            unit.out.bias.fill_(-20.0)
+
+
+def test_threshold_skips_exited_tokens_and_matches_full_computation():
+    n_layers = 4
+    fast, full = twin_models(ThresholdACT, ThresholdConfig(threshold=0.99), n_layers)
+    for model in (fast, full):
+        even_tokens_exit_after_layer_one(model)
+        model.eval()
+    ids = torch.tensor([[0, 1, 2, 3, 5, 4], [1, 1, 0, 3, 2, 5]])
+    even = ids % 2 == 0
+    with torch.no_grad():
+        a, b = fast(ids), full(ids)
+    torch.testing.assert_close(a.logits, b.logits)
+    assert a.stats.hops[even].eq(1).all() and a.stats.hops[~even].eq(n_layers).all()
+    rows = [block.rows for block in fast.backbone.blocks]
+    assert rows[0] == [ids.numel()]
+    assert all(r == [int((~even).sum())] for r in rows[1:])  # only running tokens are computed
+    assert all(block.rows == [ids.numel()] for block in full.backbone.blocks)
+
+
+def test_threshold_stops_when_every_token_exited():
+    fast, _ = twin_models(ThresholdACT, ThresholdConfig(threshold=0.99), 3)
+    even_tokens_exit_after_layer_one(fast)
+    fast.eval()
+    with torch.no_grad():
+        out = fast(torch.tensor([[0, 2, 4, 2]]))
+    assert out.stats.hops.eq(1).all()
+    assert [len(block.rows) for block in fast.backbone.blocks] == [1, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "cls, config",
+    [(GravesACT, GravesConfig(max_steps=4, epsilon=0.1)), (UniversalTransformerACT, UTConfig(max_steps=4))],
+)
+def test_layer_scope_strategies_skip_halted_tokens(cls, config):
+    fast, full = twin_models(cls, config, n_layers=1)
+    for model in (fast, full):
+        unit = model.sites[0].units[0] if cls is GravesACT else model.sites[0].unit
+        with torch.no_grad():  # logit = channel 0 / 4: even tokens h = 0.993 (halt at hop 1), odd h = 0.007
+            unit.linear.weight.zero_()
+            unit.linear.weight[0, 0] = 0.25
+            unit.linear.bias.zero_()
+        model.train()
+    ids = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    a, b = fast(ids), full(ids)
+    torch.testing.assert_close(a.logits, b.logits)
+    hops = a.stats.hops[0].tolist()
+    assert hops == [1.0, 4.0, 1.0, 4.0, 1.0, 4.0]
+    assert fast.backbone.blocks[0].rows == [6, 3, 3, 3]
+    # gradients agree as well (the subset path is an exact reformulation)
+    a.logits.square().sum().backward()
+    b.logits.square().sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), full.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -1,0 +1,241 @@
+"""seq_icl backbones (s4d, h3, gilr, lru, rwkv, retnet) as whole plugins.
+
+Per backbone: fast form against the recurrent reference (float64, forward and gradients),
+causality, forward/backward, checkpoint round trip, every halting strategy and scope,
+the conformance contracts, config errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ponderlab.core import checkpoint as ckpt
+from ponderlab.core.errors import SpecError
+from ponderlab.core.registry import get_registry
+from ponderlab.core.spec import validate_spec
+from ponderlab.plugins.backbones.mixer_stack import MixerBlock, set_reference_mode
+from pydantic import ValidationError
+
+import ponderlab
+from ponderlab.testing import BackboneContract
+
+VOCAB = 11
+D_MODEL = 16
+#: Tiny options per backbone; chunk_size 4 makes RetNet cross chunk boundaries at L = 13.
+TINY = {
+    "s4d": {"d_state": 8},
+    "h3": {"d_state": 8, "shift_size": 5, "head_dim": 2},
+    "gilr": {},
+    "lru": {"d_state": 12},
+    "rwkv": {},
+    "retnet": {"n_heads": 2, "chunk_size": 4},
+}
+NAMES = list(TINY)
+
+
+def build(name, halting=None, seed=0, **options):
+    backbone = {"name": name, "d_model": D_MODEL, "n_layers": 2, **TINY[name], **options}
+    return ponderlab.build_model(
+        backbone=backbone, halting=halting or {"name": "none"}, vocab_size=VOCAB, seed=seed
+    )
+
+
+def tokens(batch=2, length=13, seed=0):
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def roughen(module, scale=0.3, seed=0):
+    """Add noise to every parameter, so that mixer outputs are far from their small init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_mixer_matches_its_recurrent_reference(name):
+    model = build(name).double()
+    mixer = model.backbone.blocks[0].mixer
+    roughen(mixer)
+    params = list(mixer.parameters())
+    x = torch.randn(2, 13, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_()
+    fast = mixer(x)
+    set_reference_mode(mixer, True)
+    reference = mixer(x)
+    assert fast.abs().max() > 1e-2, "mixer output too small to compare meaningfully"
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-10)
+    upstream = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad(fast, [x, *params], upstream)
+    grads_ref = torch.autograd.grad(reference, [x, *params], upstream)
+    names = ["input", *(n for n, _ in mixer.named_parameters())]
+    for label, g_fast, g_ref in zip(names, grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-8, atol=1e-10, msg=f"{name}: gradient of {label}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_whole_model_reference_mode_gives_the_same_logits_under_act(name):
+    model = build(name, halting={"name": "graves", "max_steps": 3, "epsilon": 0.1}).double()
+    roughen(model.backbone, scale=0.1)
+    ids = tokens()
+    fast = model(ids).logits
+    set_reference_mode(model, True)
+    reference = model(ids).logits
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)  # Graves sums in float32
+
+
+# --------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "halting",
+    [{"name": "none"}, {"name": "graves", "scope": "model", "max_steps": 3, "epsilon": 0.1}],
+    ids=["none", "graves-model"],
+)
+def test_outputs_up_to_t_ignore_inputs_after_t(name, halting):
+    model = build(name, halting=halting).double()
+    roughen(model.backbone, scale=0.1)
+    model.eval()
+    ids = tokens(length=12)
+    t = 6
+    changed = ids.clone()
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 1 + torch.arange(5).view(1, -1)) % VOCAB
+    with torch.no_grad():
+        before, after = model(ids).logits, model(changed).logits
+    # float64 so that FFT round-off (which touches every position) stays below 1e-10.
+    tol = 1e-10 if halting["name"] == "none" else 1e-6  # Graves accumulates in float32
+    assert (before[:, : t + 1] - after[:, : t + 1]).abs().max() < tol
+    assert (before[:, t + 1 :] - after[:, t + 1 :]).abs().max() > 1e-4, "later outputs should change"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_input_at_t_only_reaches_outputs_from_t_on(name):
+    model = build(name).double()
+    roughen(model.backbone, scale=0.1)
+    block = model.backbone.blocks[1]
+    assert isinstance(block, MixerBlock)
+    x = torch.randn(1, 10, D_MODEL, dtype=torch.float64, requires_grad=True)
+    from ponderlab.core.interfaces import BlockContext
+
+    out = block(x, BlockContext(layer=1))
+    (grad,) = torch.autograd.grad(out[0, 4].sum(), x)  # output at t = 4
+    assert grad[0, 5:].abs().max() < 1e-12
+    assert grad[0, :5].abs().sum(-1).min() > 0, "every earlier position should matter"
+
+
+# --------------------------------------------------------------------------- training basics
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_reaches_every_parameter(name):
+    model = build(name)
+    ids = tokens()
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 13, VOCAB)
+    out.loss.backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: no gradient for {param_name}"
+        assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient for {param_name}"
+        assert param.grad.abs().sum() > 0, f"{name}: zero gradient for {param_name}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_keeps_the_recurrence_in_float32(name):
+    model = build(name)
+    ids = tokens()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CUDA runs use the same code path
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    full = model(ids).logits
+    assert torch.isfinite(out.logits).all()
+    torch.testing.assert_close(out.logits.float(), full, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip(name, tmp_path):
+    model = build(name, seed=0)
+    ids = tokens()
+    path = tmp_path / "model.pt"
+    ckpt.save_checkpoint({"model": model.state_dict()}, path)
+    fresh = build(name, seed=1)
+    assert not torch.equal(fresh(ids).logits, model(ids).logits)
+    fresh.load_state_dict(ckpt.load_checkpoint(path)["model"])  # weights_only=True inside
+    torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def _halting_cases():
+    """Every registered halting strategy in every scope it declares, with default options."""
+    cases = []
+    for name in get_registry().names("halting"):
+        cls = get_registry().get("halting", name).cls
+        for scope in sorted(cls.supported_scopes):
+            cases.append({"name": name, "scope": scope})
+    return cases
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_halting_strategy_and_scope_runs(name):
+    ids = tokens(length=9)
+    ran = []
+    for halting in _halting_cases():
+        try:
+            model = build(name, halting=halting)
+        except (ValueError, SpecError) as exc:  # a strategy that refuses this setting says so
+            assert halting["name"] in str(exc) or halting["scope"] in str(exc), str(exc)
+            continue
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+        assert out.stats.hops.shape == ids.shape
+        ran.append(f"{halting['name']}/{halting['scope']}")
+    assert "graves/layer" in ran and "graves/model" in ran and "graves/depth" in ran, ran
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "backbone, key",
+    [
+        ({"name": "s4d", "d_state": 7}, "d_state"),
+        ({"name": "h3", "d_model": 16, "head_dim": 3}, "head_dim"),
+        ({"name": "retnet", "d_model": 16, "n_heads": 3}, "n_heads"),
+        ({"name": "lru", "r_min": 0.9, "r_max": 0.5}, "r_min"),
+        ({"name": "rwkv", "chunk": 4}, "chunk"),
+    ],
+)
+def test_bad_options_get_one_clear_error(backbone, key):
+    spec = {"task": {"name": "binary_copy"}, "backbone": backbone, "halting": {"name": "none"}}
+    with pytest.raises(SpecError) as info:
+        validate_spec(spec)
+    assert "backbone" in str(info.value) and key in str(info.value)
+    config_class = get_registry().get("backbone", backbone["name"]).cls.config_class
+    with pytest.raises(ValidationError):
+        config_class.model_validate(backbone)
+
+
+def test_retnet_default_heads_divide_the_width():
+    cls = get_registry().get("backbone", "retnet").cls
+    assert cls.config_class(d_model=32).heads == 4
+    assert cls.config_class(d_model=6).heads == 2
+    assert cls.config_class(d_model=7).heads == 1
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+def _contract(name):
+    cls = get_registry().get("backbone", name).cls
+    return type(f"Test{cls.__name__}Contract", (BackboneContract,), {"plugin": cls, "config": TINY[name]})
+
+
+TestS4DContract = _contract("s4d")
+TestH3Contract = _contract("h3")
+TestGILRContract = _contract("gilr")
+TestLRUContract = _contract("lru")
+TestRWKVContract = _contract("rwkv")
+TestRetNetContract = _contract("retnet")
