@@ -132,7 +132,7 @@ def test_active_subset_compute_mode_is_exact_on_active_tokens():
 
 def test_active_subset_skip_mode_treats_halted_feed_forward_as_zero():
     torch.manual_seed(5)
-    block = ResNetBKBlock(ResNetBKConfig(d_model=8, ffn_size=8, spectral_channels=2))
+    block = ResNetBKBlock(ResNetBKConfig(d_model=8, ffn_size=8, spectral_channels=2, halted_tokens="skip"))
     hidden = torch.randn(2, 7, 8)
     active = torch.tensor([[True, False, False, True, True, False, False], [False, True, True, False, True, True, False]])
     # Slow reference: every token through the MoE, then zero the halted ones' feed-forward.
@@ -145,7 +145,7 @@ def test_active_subset_skip_mode_treats_halted_feed_forward_as_zero():
 
 def test_bf16_autocast_with_active_subset_tracks_float32():
     torch.manual_seed(6)
-    block = ResNetBKBlock(ResNetBKConfig(d_model=8, ffn_size=8, top_k=2))
+    block = ResNetBKBlock(ResNetBKConfig(d_model=8, ffn_size=8, top_k=2, halted_tokens="skip"))
     hidden = torch.randn(2, 6, 8)
     active = torch.tensor([[True, False, True, True, False, True], [False, True, True, False, True, True]])
     reference = block(hidden, BlockContext(active=active))

@@ -22,9 +22,11 @@ Differences from the seed's code, on purpose:
 * early exit saves work: the block declares `supports_active_subset`, so under a
   depth-scope halting strategy the MoE runs only on tokens still active, and the
   causal recursion stops at the last active position. Halted tokens still shape
-  the potential that later tokens see: with `halted_tokens: skip` (default)
-  their feed-forward output counts as zero (their potential is W_v's bias); with
-  `compute` the MoE runs on every token (exact, no saving in the MoE).
+  the potential that later tokens see: with `halted_tokens: compute` (default)
+  the MoE still runs on every token, so early exit is exact but saves nothing in
+  the MoE; with `skip` their feed-forward output counts as zero (their potential
+  is W_v's bias), which saves the MoE work but changes what running tokens see
+  (a different model, trained the same way it is evaluated).
 
 Defaults: d_model 64, n_layers 4 (seed 002's ACT example), 4 experts, top-1,
 expert width 2 * d_model (GELU), one spectral channel, h0 = -2 (discrete
@@ -62,7 +64,7 @@ class ResNetBKConfig(BackboneConfig):
     shift_imag: float = Field(1.0, gt=0, description="Im z (> 0 keeps the resolvent bounded by 1/Im z).")
     spectral_scale_init: float = Field(1.0, description="Initial learned scale of the spectral features.")
     halted_tokens: Literal["skip", "compute"] = Field(
-        "skip",
+        "compute",
         description="skip: no MoE for inactive tokens (their feed-forward counts as zero); "
         "compute: run the MoE on every token (exact, saves nothing).",
     )
@@ -130,6 +132,9 @@ class ResNetBKBlock(Block):
 
 class ResNetBKBackbone(Backbone):
     config_class = ResNetBKConfig
+    #: The conformance suite routes every token to every expert: with top-1 routing an
+    #: expert that no token of a small batch picks gets no gradient, as in any switch MoE.
+    conformance_config = {"n_experts": 2, "top_k": 2}
 
     def __init__(self, config: ResNetBKConfig, *, vocab_size: int):
         super().__init__(config, vocab_size=vocab_size)
