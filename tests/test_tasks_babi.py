@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.plugins.tasks.babi import Babi, BabiConfig

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.plugins.tasks.binary import GEN, SEP

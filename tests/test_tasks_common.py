@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ponderlab.core.config import TrainingConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.model import PonderModel
 from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
@@ -23,7 +25,6 @@ from ponderlab.plugins.tasks.dfa import (
     dfa_prediction_right,
     render,
 )
-from torch import nn
 
 SMALL = dict(train_size=12, validation_size=6, test_size=6, min_strings=2, max_strings=4, max_string_length=8)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.plugins.tasks.icl import (
     MQAR,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.plugins.tasks.parity import EVEN, ODD, QUERY, Parity, ParityConfig, parity_example
 

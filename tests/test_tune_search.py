@@ -1,8 +1,8 @@
 """Ray Tune searches end to end on CPU: grid, ASHA, a failing trial, plugins, a cluster + resume.
 
-One Ray instance (ray.init(num_cpus=2)) is shared by the in-process searches; the cluster test
-starts its own with `ray start --head` on loopback, joins it through tune.address from driver
-processes (one interrupted, one resuming), and ends exactly the processes it started.
+One Ray instance (ray.init(num_cpus=2)) is shared by the in-process searches. The cluster test
+starts its own with `ray start --head` on loopback, joins it through tune.address (a driver
+process it interrupts, then a resuming one), and ends exactly the processes it started.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import yaml
 # Ray resolves 127.0.0.1 to the machine's outward address unless told it runs without a
 # cluster network; with this set before Ray is imported, every Ray socket binds to loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray token authentication (the default of clusters Ray starts) also for drivers that join a
+# cluster by its address; Ray reads this once, so it is set before Ray is imported.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import ponderlab  # noqa: E402
 from ponderlab.core.registry import reset_registry  # noqa: E402
 from ponderlab.tune.search import run_search  # noqa: E402
 from ponderlab.tune.spec import load_tune_spec  # noqa: E402
-
-import ponderlab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = REPO / "examples" / "plugins" / "ponderlab-example"
@@ -84,9 +86,152 @@ def ray_session():
         num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=str(root / "ray"),
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, logging_level="WARNING",
     )
-    yield SimpleNamespace(root=root, plugin_dir=plugin_dir, address=ray.get_runtime_context().gcs_address)
+    yield SimpleNamespace(root=root, plugin_dir=plugin_dir)
     ray.shutdown()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a real local cluster
+# (first in this file: it can then resume in this process, before the session's Ray starts)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def processes_under(marker: str) -> list[int]:
+    """PIDs whose command line names `marker` (this test's own Ray temp dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in command:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """End the processes of this test's cluster only (`ray stop` would end every Ray here)."""
+    pids = processes_under(str(temp_dir))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 3
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.3)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def local_cluster():
+    temp_dir = short_temp_dir("plc")
+    port = free_port()
+    ports = {name: free_port() for name in (
+        "ray-client-server-port", "node-manager-port", "object-manager-port", "metrics-export-port",
+        "runtime-env-agent-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+    )}
+    command = [
+        "ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+        *(f"--{name}={value}" for name, value in ports.items()),
+    ]
+    try:
+        started = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", temp_dir=temp_dir)
+    finally:
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+RESUME = TASK + """\
+training: {steps: 40, batch_size: 16, eval_every: 10, warmup_steps: 2, log_every: 10, num_threads: 1}
+backbone: {name: lstm, d_model: 16, n_layers: 1}
+search:
+  halting: {grid: [{name: graves, max_steps: 2}]}
+tune: {storage_path: STORAGE, verbose: 0}
+"""
+
+
+def wait_for_processed_checkpoint(experiment: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Until the driver has logged a result that carries a checkpoint (Ray's result.json)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the search ended before it could be interrupted:\n{process.stdout.read()[-3000:]}")
+        for result_file in experiment.glob("trial_*/result.json"):
+            if any(r.get("checkpoint_dir_name") for r in jsonl(result_file)):
+                return
+        time.sleep(0.2)
+    pytest.fail("no trial reported a checkpoint in time")
+
+
+def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp_path):
+    spec = write_search(tmp_path, "resume", RESUME)
+    experiment = tmp_path / "store" / "resume"
+    join = f"tune.address={local_cluster.address}"
+    # The driver joins the cluster, is stopped mid-way with SIGINT (Ctrl+C): Ray Tune saves the
+    # search state, the command writes a partial table and exits 130.
+    driver = cli("tune", str(spec), join)
+    try:
+        wait_for_processed_checkpoint(experiment, driver, timeout=300)
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, output[-3000:]
+    assert "--resume" in output
+    (partial,) = read_csv(experiment / "results.csv")
+    assert partial["status"] == "unfinished"
+
+    # Another driver continues the search on the same cluster: this process when it is not
+    # connected to Ray yet (this test runs first), else a second command.
+    import ray
+
+    if ray.is_initialized():
+        resumed = cli("tune", str(spec), join, "--resume")
+        output, _ = resumed.communicate(timeout=400)
+        assert resumed.returncode == 0, output[-3000:]
+    else:
+        outcome = run_search(load_tune_spec(spec, [join]), resume=True)
+        assert not outcome.interrupted and not ray.is_initialized()
+    (row,) = read_csv(experiment / "results.csv")
+    assert row["status"] == "completed" and row["step"] == "40"
+    starts = jsonl(experiment / "runs" / f"{row['trial']}.attempts.jsonl")
+    assert len(starts) == 2 and 0 < starts[1]["start_step"] < 40, starts
+    # Both attempts ran in workers of that cluster: their log files (named by pid) are there.
+    for start in starts:
+        pid = start["pid"]
+        logs = [*local_cluster.temp_dir.rglob(f"worker-*-{pid}.out"), *local_cluster.temp_dir.rglob(f"*_{pid}.log")]
+        assert logs, pid
+
+    # The trial continued from its checkpoint: its log has each step once, and it ends
+    # exactly where an uninterrupted run of the same spec ends.
+    run_dir = experiment / "runs" / row["trial"]
+    records = jsonl(run_dir / "metrics.jsonl")
+    for split in ("train", "validation"):
+        steps = [r["step"] for r in records if r["split"] == split]
+        assert steps == sorted(set(steps)), split
+    spec_of_trial = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    spec_of_trial.pop("output_dir")
+    straight = ponderlab.run(spec_of_trial, output_dir=tmp_path / "straight")
+    resumed_results = json.loads((run_dir / "results.json").read_text())
+    for key in ("test/loss", "test/token_accuracy", "validation/loss", "test/mean_hops"):
+        assert resumed_results[key] == pytest.approx(straight[key], abs=1e-5), key
 
 
 # --------------------------------------------------------------------------- a 2x2 grid
@@ -251,143 +396,3 @@ def test_third_party_plugin_works_inside_trials(example_plugin, tmp_path):
     (attempt,) = jsonl(outcome.experiment_dir / "runs" / f"{row.trial_id}.attempts.jsonl")
     assert attempt["pid"] != os.getpid()  # it ran in a Ray worker, which found the plugin itself
     assert "test/exact_match" in json.loads((run_dir / "results.json").read_text())
-
-
-# --------------------------------------------------------------------------- a real local cluster
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def processes_under(marker: str) -> list[int]:
-    """PIDs whose command line names `marker` (this test's own Ray temp dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in command:
-            found.append(int(entry.name))
-    return found
-
-
-def stop_cluster(temp_dir: Path) -> None:
-    """End the processes of this test's cluster only (`ray stop` would end every Ray here)."""
-    pids = processes_under(str(temp_dir))
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 15
-    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
-        time.sleep(0.3)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-# Clusters started by `ray start` use token authentication when a token exists; a driver
-# given an explicit address must ask for it.
-CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
-
-
-@pytest.fixture
-def local_cluster():
-    temp_dir = short_temp_dir("plc")
-    port = free_port()
-    ports = {name: free_port() for name in (
-        "ray-client-server-port", "node-manager-port", "object-manager-port", "metrics-export-port",
-        "runtime-env-agent-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-    )}
-    command = [
-        "ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-        "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
-        *(f"--{name}={value}" for name, value in ports.items()),
-    ]
-    try:
-        started = subprocess.run(command, capture_output=True, text=True, timeout=180, env=CLUSTER_ENV)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", temp_dir=temp_dir)
-    finally:
-        stop_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-RESUME = TASK + """\
-training: {steps: 40, batch_size: 16, eval_every: 10, warmup_steps: 2, log_every: 10, num_threads: 1}
-backbone: {name: lstm, d_model: 16, n_layers: 1}
-search:
-  halting: {grid: [{name: graves, max_steps: 2}]}
-tune: {storage_path: STORAGE, verbose: 0}
-"""
-
-
-def wait_for_processed_checkpoint(experiment: Path, process: subprocess.Popen, timeout: float) -> None:
-    """Until the driver has logged a result that carries a checkpoint (Ray's result.json)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the search ended before it could be interrupted:\n{process.stdout.read()[-3000:]}")
-        for result_file in experiment.glob("trial_*/result.json"):
-            if any(r.get("checkpoint_dir_name") for r in jsonl(result_file)):
-                return
-        time.sleep(0.2)
-    pytest.fail("no trial reported a checkpoint in time")
-
-
-def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp_path):
-    spec = write_search(tmp_path, "resume", RESUME)
-    experiment = tmp_path / "store" / "resume"
-    join = f"tune.address={local_cluster.address}"
-    # The driver joins the cluster, is stopped mid-way with SIGINT (Ctrl+C): Ray Tune saves the
-    # search state, the command writes a partial table and exits 130.
-    driver = cli("tune", str(spec), join, env=CLUSTER_ENV)
-    try:
-        wait_for_processed_checkpoint(experiment, driver, timeout=300)
-        driver.send_signal(signal.SIGINT)
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    assert driver.returncode == 130, output[-3000:]
-    assert "--resume" in output
-    (partial,) = read_csv(experiment / "results.csv")
-    assert partial["status"] == "unfinished"
-
-    # A second driver continues the search on the same cluster.
-    resumed = cli("tune", str(spec), join, "--resume", env=CLUSTER_ENV)
-    output, _ = resumed.communicate(timeout=400)
-    assert resumed.returncode == 0, output[-3000:]
-    (row,) = read_csv(experiment / "results.csv")
-    assert row["status"] == "completed" and row["step"] == "40"
-    starts = jsonl(experiment / "runs" / f"{row['trial']}.attempts.jsonl")
-    assert len(starts) == 2 and 0 < starts[1]["start_step"] < 40, starts
-    # Both attempts ran in workers of that cluster: their log files (named by pid) are there.
-    for start in starts:
-        pid = start["pid"]
-        logs = [*local_cluster.temp_dir.rglob(f"worker-*-{pid}.out"), *local_cluster.temp_dir.rglob(f"*_{pid}.log")]
-        assert logs, pid
-
-    # The trial continued from its checkpoint: its log has each step once, and it ends
-    # exactly where an uninterrupted run of the same spec ends.
-    run_dir = experiment / "runs" / row["trial"]
-    records = jsonl(run_dir / "metrics.jsonl")
-    for split in ("train", "validation"):
-        steps = [r["step"] for r in records if r["split"] == split]
-        assert steps == sorted(set(steps)), split
-    spec_of_trial = yaml.safe_load((run_dir / "spec.yaml").read_text())
-    spec_of_trial.pop("output_dir")
-    straight = ponderlab.run(spec_of_trial, output_dir=tmp_path / "straight")
-    resumed_results = json.loads((run_dir / "results.json").read_text())
-    for key in ("test/loss", "test/token_accuracy", "validation/loss", "test/mean_hops"):
-        assert resumed_results[key] == pytest.approx(straight[key], abs=1e-5), key

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from ponderlab.core.cli import main as cli_main
 from ponderlab.core.errors import SpecError
 from ponderlab.tune.spec import (
@@ -144,8 +145,9 @@ def test_resolved_mode_and_gpu_auto():
 
 
 def test_param_space_samples_indices_for_discrete_domains():
-    from ponderlab.tune.search import param_space
     from ray.tune.search.sample import Categorical, Float, Integer
+
+    from ponderlab.tune.search import param_space
 
     space = param_space([
         SearchDim(key="halting", kind="grid", values=({"name": "none"}, {"name": "graves"})),

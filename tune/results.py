@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.spec import PLUGIN_SECTIONS, validate_spec
 
@@ -120,9 +121,7 @@ def _params(tspec: TuneSpec, spec: dict, config: dict) -> dict[str, Any]:
 def build_table(tspec: TuneSpec, trials: list) -> ResultTable:
     """Rows from Ray Tune's trials, sorted by the metric (missing values last)."""
     options = tspec.options
-    metric_columns = [options.metric] + [
-        key for key in (*STANDARD_METRICS, *options.columns) if key != options.metric
-    ]
+    metric_columns = list(dict.fromkeys([options.metric, *STANDARD_METRICS, *options.columns]))
     table = ResultTable(
         metric=options.metric, mode=options.resolved_mode,
         param_columns=param_columns(tspec), metric_columns=metric_columns,

@@ -13,11 +13,13 @@ Layout of an experiment directory (`tune.storage_path/<name>/`):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.errors import PonderlabError, SpecError
 
@@ -151,6 +153,8 @@ def run_search(tspec: TuneSpec, *, resume: bool = False, retry_failed: bool = Fa
     from .trial import trial_main
 
     check_experiment_dir(tspec, resume)
+    # Trials checkpoint at every validation by design; Ray would warn about the state syncs.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connected = connect(tspec)
     try:
         resources = resolve_resources(tspec.options.resources, ray.cluster_resources())

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, ValidationError, field_validator, model_validator
+
 from ponderlab.core.config import StrictModel
 from ponderlab.core.errors import SpecError
 from ponderlab.core.registry import Registry, get_registry
@@ -42,7 +44,6 @@ from ponderlab.core.spec import (
     read_spec_file,
     validate_spec,
 )
-from pydantic import Field, ValidationError, field_validator, model_validator
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 DISCRETE_KINDS = ("grid", "choice")

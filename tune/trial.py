@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.tune
+
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.spec import SpecBase, spec_to_yaml, validate_spec
 
@@ -98,6 +99,7 @@ class Reporter:
 def trial_main(config: dict[str, Any], *, plan: dict[str, Any]) -> None:
     """The Ray Tune function trainable of `ponderlab tune`."""
     import torch
+
     from ponderlab.core.run import execute
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint

@@ -64,22 +64,25 @@ def analyze_run(run_dir: Path, difficulty: str | None, batch_size: int = 128, se
     torch.manual_seed(seed)  # random / sampled halting draw the same way on every call
 
     rows = TensorDataset(test, (column,))
-    hops, layers, solved, level = [], [], [], []
+    hops, hops_all, layers, solved, level = [], [], [], [], []
     for batch in rows.sequential_batches(batch_size):
         out = model(batch["input_ids"], mask=batch["mask"])
         scored = batch["labels"] != IGNORE_INDEX  # (B, L)
         right = (out.logits.argmax(-1) == batch["labels"]) & scored
         count = scored.sum(1).clamp_min(1)
         hops.append(((out.stats.hops.float() * scored).sum(1) / count).numpy())
+        real = batch["mask"].float()
+        hops_all.append(((out.stats.hops.float() * real).sum(1) / real.sum(1)).numpy())
         layers.append(((out.stats.layers.float() * scored).sum(1) / count).numpy())
         solved.append((right.sum(1) == scored.sum(1)).numpy())
         level.append(batch[column].numpy())
-    hops, layers = np.concatenate(hops), np.concatenate(layers)
+    hops, hops_all, layers = np.concatenate(hops), np.concatenate(hops_all), np.concatenate(layers)
     solved, level = np.concatenate(solved).astype(float), np.concatenate(level)
     per_level = {
         int(v): {
             "examples": int((level == v).sum()),
             "mean_hops": float(hops[level == v].mean()),
+            "mean_hops_all_tokens": float(hops_all[level == v].mean()),
             "accuracy": float(solved[level == v].mean()),
         }
         for v in np.unique(level)
@@ -92,30 +95,34 @@ def analyze_run(run_dir: Path, difficulty: str | None, batch_size: int = 128, se
         "examples": int(len(hops)),
         "accuracy": float(solved.mean()),
         "mean_hops": float(hops.mean()),
+        "mean_hops_all_tokens": float(hops_all.mean()),
         "mean_layers": float(layers.mean()),
         "pearson_hops_difficulty": pearson(hops, level.astype(float)),
         "spearman_hops_difficulty": spearman(hops, level.astype(float)),
+        "spearman_all_tokens_difficulty": spearman(hops_all, level.astype(float)),
         "per_difficulty": per_level,
     }
 
 
 def format_table(results: list[dict]) -> str:
     lines = [
-        "| run | halting | accuracy | mean hops | mean layers | Pearson r | Spearman rho |",
-        "|---|---|---|---|---|---|---|",
+        "| run | halting | accuracy | mean hops (scored / all tokens) | Pearson r | Spearman rho"
+        " (scored / all tokens) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {Path(r['run']).name} | {r['halting']} ({r['scope']}) | {r['accuracy']:.3f} | "
-            f"{r['mean_hops']:.2f} | {r['mean_layers']:.2f} | {r['pearson_hops_difficulty']:.2f} | "
-            f"{r['spearman_hops_difficulty']:.2f} |"
+            f"{r['mean_hops']:.2f} / {r['mean_hops_all_tokens']:.2f} | {r['pearson_hops_difficulty']:.2f} | "
+            f"{r['spearman_hops_difficulty']:.2f} / {r['spearman_all_tokens_difficulty']:.2f} |"
         )
     lines.append("")
     for r in results:
         cells = ", ".join(
-            f"{k}: {v['mean_hops']:.2f} hops / {v['accuracy']:.2f}" for k, v in r["per_difficulty"].items()
+            f"{k}: {v['mean_hops']:.2f} / {v['accuracy']:.2f} (n={v['examples']})"
+            for k, v in r["per_difficulty"].items()
         )
-        lines.append(f"- {Path(r['run']).name} ({r['difficulty']} -> hops / accuracy): {cells}")
+        lines.append(f"- {Path(r['run']).name} ({r['difficulty']}: scored-position hops / accuracy): {cells}")
     return "\n".join(lines)
 
 

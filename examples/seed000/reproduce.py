@@ -98,6 +98,7 @@ def run_grid(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) -> 
 def run_evals(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) -> None:
     """`ponderlab eval` of each finished run on the grid's generalisation settings (missing ones only)."""
     import torch
+
     from ponderlab.core.checkpoint import atomic_write_text
     from ponderlab.core.evaluation import evaluate_run, output_path
 

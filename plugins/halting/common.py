@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor, nn
+
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import HopFn, PonderOutput
-from torch import Tensor, nn
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
@@ -31,16 +32,20 @@ def accumulation_dtype(tensor: Tensor) -> torch.dtype:
 # --------------------------------------------------------------------------- active subsets
 
 
-def gather_active(hidden: Tensor, active: Tensor) -> Tensor:
-    """(B, L, D), (B, L) bool -> (K, D): the rows of the K active tokens, row-major order."""
-    return hidden[active]
+def active_rows(active: Tensor) -> Tensor:
+    """(B, L) bool -> (K,) long: flat indices (b * L + t) of the active tokens, row-major order."""
+    return active.reshape(-1).nonzero().squeeze(1)
 
 
-def scatter_active(base: Tensor, active: Tensor, rows: Tensor) -> Tensor:
-    """A copy of `base` (B, L, D) whose active rows are replaced by `rows` (K, D)."""
-    out = base.clone()
-    out[active] = rows.to(base.dtype)
-    return out
+def gather_active(hidden: Tensor, rows: Tensor) -> Tensor:
+    """(B, L, D), (K,) flat indices -> (K, D): the rows of the active tokens."""
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+
+
+def scatter_active(base: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """A copy of `base` (B, L, D) whose rows `rows` (K,) are replaced by `values` (K, D)."""
+    out = base.clone(memory_format=torch.contiguous_format)
+    return out.view(-1, out.shape[-1]).index_copy(0, rows, values.to(base.dtype)).view(base.shape)
 
 
 def apply_to_active(fn: Callable[[Tensor], Tensor], hidden: Tensor, active: Tensor | None) -> Tensor:
@@ -48,11 +53,13 @@ def apply_to_active(fn: Callable[[Tensor], Tensor], hidden: Tensor, active: Tens
 
     Inactive rows keep their input value. This is the helper a block with
     `supports_active_subset = True` uses for its position-wise work (MLP,
-    projections), so halted tokens cost nothing there.
+    projections), so halted tokens cost nothing there. Rows are gathered with
+    `index_select` on flat indices (much cheaper than boolean-mask indexing).
     """
     if active is None:
         return fn(hidden)
-    return scatter_active(hidden, active, fn(gather_active(hidden, active)))
+    rows = active_rows(active)
+    return scatter_active(hidden, rows, fn(gather_active(hidden, rows)))
 
 
 def running_as_active(running: Tensor) -> Tensor | None:
@@ -110,10 +117,10 @@ class HaltingMLP(nn.Module):
         dtype = accumulation_dtype(state)
         if active is None:
             return torch.sigmoid(self.logits(state).to(dtype))
-        rows = torch.sigmoid(self.logits(gather_active(state, active)).to(dtype))  # (K,)
-        out = torch.zeros(active.shape, dtype=dtype, device=state.device)
-        out[active] = rows
-        return out
+        rows = active_rows(active)
+        values = torch.sigmoid(self.logits(gather_active(state, rows)).to(dtype))  # (K,)
+        out = torch.zeros(active.numel(), dtype=dtype, device=state.device)
+        return out.index_copy(0, rows, values).view(active.shape)
 
 
 # --------------------------------------------------------------------------- the ACT loop

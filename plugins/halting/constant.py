@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+from torch import Tensor
+
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field
-from torch import Tensor
 
 from .common import depth_cap_error, fixed_hops_output
 

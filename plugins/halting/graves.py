@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field, model_validator
-from torch import Tensor, nn
 
 from .common import HaltingUnit, cumulative_halting_loop
 

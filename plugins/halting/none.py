@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from torch import Tensor
+
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from torch import Tensor
 
 from .common import fixed_hops_output
 

@@ -34,12 +34,13 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
 from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field, model_validator
-from torch import Tensor
 
 from .common import HaltingUnit, accumulation_dtype, running_as_active
 

@@ -21,11 +21,12 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field, model_validator
-from torch import Tensor
 
 from .common import depth_cap_error, fixed_hops_output, running_as_active
 

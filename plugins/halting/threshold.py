@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from pydantic import Field
+from torch import Tensor, nn
+
 from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field
-from torch import Tensor, nn
 
 from .common import HaltingMLP, cumulative_halting_loop, require_scope
 

@@ -34,11 +34,12 @@ from typing import ClassVar, Literal
 
 import datasets
 import numpy as np
+from pydantic import Field, model_validator
+
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from pydantic import Field, model_validator
 
 from .babi_files import (
     find_babi_text_files,

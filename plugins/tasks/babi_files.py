@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+
 from ponderlab.core.errors import SpecError
 
 

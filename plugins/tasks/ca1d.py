@@ -34,11 +34,12 @@ from typing import ClassVar, Literal
 
 import datasets
 import numpy as np
+from pydantic import Field, model_validator
+
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from pydantic import Field, model_validator
 
 from .binary import GEN, SEP, VOCAB_SIZE
 from .common import (

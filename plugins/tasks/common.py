@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX, TaskData
 

@@ -34,12 +34,13 @@ from typing import ClassVar, Literal
 import datasets
 import numpy as np
 import torch
+from pydantic import Field, model_validator
+from torch import nn
+
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.data import TensorDataset
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import IGNORE_INDEX, Task, TaskData
-from pydantic import Field, model_validator
-from torch import nn
 
 from .automata import DFA, random_minimal_dfa
 from .common import disjoint_splits, next_token_example, split_sizes

@@ -21,10 +21,11 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
+
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from pydantic import Field, model_validator
 
 from .common import disjoint_splits, lm_example, split_sizes
 
