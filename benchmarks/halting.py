@@ -5,15 +5,17 @@
     bias, so both run exactly the same blocks and the ratio isolates the halting
     unit, the weight bookkeeping and the weighted sum. Target <= 1.05.
 (b) early exit, inference: threshold ACT across depth vs fixed depth (`none`,
-    depth scope) on a position-wise-dominated backbone whose blocks compute only
-    active tokens (`supports_active_subset`). The halting units are set so that
+    depth scope) on a position-wise-dominated backbone (GPT-like projections and MLP,
+    a causal shift for token mixing) whose blocks compute only active tokens
+    (`supports_active_subset`). The halting units are set so that
     half of the tokens (even ids) exit after the first layer and the rest run all
     layers. efficiency = measured speedup / ideal speedup, where ideal =
     n_layers / mean layers executed. Target >= 0.9.
 
-Timings interleave the two models of a pair; each figure is the minimum (or median,
-`--stat median`) over `--repeats` runs. Single-threaded CPU runs are timed with the
-thread's CPU time, GPU runs with wall time around synchronisation.
+Timings alternate the two models of a pair (`--repeats` runs each); times are
+medians, ratios are medians of the per-pair ratios (two runs made back to back,
+so slow drifts of a shared machine cancel). Single-threaded CPU runs are timed
+with the thread's CPU time, GPU runs with wall time around synchronisation.
 
     python benchmarks/halting.py            # CPU, one thread
     python benchmarks/halting.py --device cuda
@@ -44,7 +46,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-CLOCK = {"name": "wall", "fn": time.perf_counter, "stat": "min"}
+CLOCK = {"name": "wall", "fn": time.perf_counter}
 
 
 def use_clock(device: torch.device, threads: int) -> None:
@@ -54,27 +56,30 @@ def use_clock(device: torch.device, threads: int) -> None:
         CLOCK.update(name="thread CPU time", fn=time.thread_time)
 
 
-def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Seconds of two callables, measured alternately (so load changes hit both).
+def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device) -> dict:
+    """Time two callables alternately, `repeats` times each.
 
-    The statistic is the minimum over repeats (`--stat min`, the least disturbed run,
-    the default on a shared machine) or the median.
+    Returns the median time of each (seconds) and the median of the per-repeat
+    ratios second/first: each ratio compares two runs made back to back, so slow
+    drifts of a shared machine cancel out of it.
     """
-    summarise = min if CLOCK["stat"] == "min" else statistics.median
     clock = CLOCK["fn"]
     for _ in range(warmup):
         first()
         second()
     sync(device)
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
+    for index in range(repeats):
+        order = ((first, times[0]), (second, times[1]))
+        for fn, bucket in order if index % 2 == 0 else order[::-1]:
             sync(device)
             start = clock()
             fn()
             sync(device)
             bucket.append(clock() - start)
-    return summarise(times[0]), summarise(times[1])
+    ratios = [b / a for a, b in zip(*times, strict=True)]
+    return {"first": statistics.median(times[0]), "second": statistics.median(times[1]),
+            "ratio": statistics.median(ratios)}
 
 
 # --------------------------------------------------------------------------- (a) overhead
@@ -122,11 +127,11 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
     for mode, make in (("inference", infer), ("train step", train)):
         for model in (constant, graves):
             model.train(mode == "train step")
-        t_const, t_graves = time_pair(make(constant), make(graves), repeats=args.repeats,
-                                      warmup=args.warmup, device=device)
+        timed = time_pair(make(constant), make(graves), repeats=args.repeats,
+                          warmup=args.warmup, device=device)
         rows.append({"backbone": backbone["name"], "mode": mode, "hops": hops,
-                     "constant_ms": 1e3 * t_const, "graves_ms": 1e3 * t_graves,
-                     "ratio": t_graves / t_const})
+                     "constant_ms": 1e3 * timed["first"], "graves_ms": 1e3 * timed["second"],
+                     "ratio": timed["ratio"]})
     return rows
 
 
@@ -139,18 +144,28 @@ class MLPStackConfig(BackboneConfig):
 
 
 class ShiftMLPBlock(Block):
-    """Causal token shift-mix + pre-norm residual MLP, computed for the active tokens only."""
+    """A transformer-like layer whose token mixing is a cheap causal shift.
+
+    Position-wise work as in a GPT layer (about 12 D^2 weights per token): a gated
+    "attention" unit with q/k/v and output projections, then a 4D MLP. The causal
+    mix adds the previous token's state. Only active tokens are computed.
+    """
 
     supports_active_subset = True
 
     def __init__(self, d_model: int, ffn: int):
         super().__init__()
         self.mix = nn.Parameter(torch.full((d_model,), 0.1))
-        self.norm = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
 
     def positionwise(self, x: torch.Tensor) -> torch.Tensor:  # (..., D)
-        return x + self.mlp(self.norm(x))
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        x = x + self.proj(v * torch.sigmoid(q + k))
+        return x + self.mlp(self.norm2(x))
 
     def forward(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
         active = context.active
@@ -199,8 +214,9 @@ def force_half_exit(model: PonderModel) -> None:
     # keep channel 0 (the flag) out of the residual updates of the blocks
     for block in model.backbone.blocks:
         with torch.no_grad():
-            block.mlp[2].weight[0].zero_()
-            block.mlp[2].bias[0] = 0.0
+            for linear in (block.mlp[2], block.proj):
+                linear.weight[0].zero_()
+                linear.bias[0] = 0.0
             block.mix[0] = 0.0
     assert d > 1
 
@@ -234,10 +250,11 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
                 model(ids)
         return run
 
-    t_fixed, t_threshold = time_pair(infer(models["fixed"]), infer(models["threshold"]),
-                                     repeats=args.repeats, warmup=args.warmup, device=device)
+    timed = time_pair(infer(models["fixed"]), infer(models["threshold"]),
+                      repeats=args.repeats, warmup=args.warmup, device=device)
+    t_fixed, t_threshold = timed["first"], timed["second"]
     ideal = n_layers / mean_layers
-    speedup = t_fixed / t_threshold
+    speedup = 1.0 / timed["ratio"]
     return {"n_layers": n_layers, "d_model": d_model, "tokens": batch * length,
             "exited_after_layer_1": float(even.float().mean()), "mean_layers": mean_layers,
             "fixed_ms": 1e3 * t_fixed, "threshold_ms": 1e3 * t_threshold,
@@ -247,24 +264,7 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--stat", default="min", choices=["min", "median"], help="summary of the repeats")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--hops", type=int, default=3, help="K for the overhead comparison")
-    parser.add_argument("--scale", type=int, default=1, help="multiply batch sizes (e.g. 8 on a GPU)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    use_clock(device, args.threads)
-    CLOCK["stat"] = args.stat
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
-          f"{args.threads} thread(s), {CLOCK['name']}, {args.stat} of {args.repeats} interleaved runs")
-
+def overhead_table(args, device) -> None:
     print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), target <= 1.05")
     print(f"{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}{'ratio':>8}  verdict")
     cases = [  # (backbone, batch, length): tiny, then small
@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['mode']:<12}{row['constant_ms']:>12.2f}{row['graves_ms']:>11.2f}"
                   f"{row['ratio']:>8.3f}  {verdict}")
 
+
+
+def early_exit_table(args, device) -> None:
     print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
           " target efficiency >= 0.9")
     print(f"{'layers':>6}{'d':>5}{'tokens':>8}{'mean layers':>12}{'fixed ms':>10}{'thresh ms':>10}"
@@ -290,6 +293,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>8}{row['mean_layers']:>12.2f}"
               f"{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}{row['speedup']:>9.2f}"
               f"{row['ideal']:>7.2f}{row['efficiency']:>8.3f}  {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--hops", type=int, default=3, help="K for the overhead comparison")
+    parser.add_argument("--scale", type=int, default=1, help="multiply batch sizes (e.g. 8 on a GPU)")
+    parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    use_clock(device, args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
+          f"{args.threads} thread(s), {CLOCK['name']}; medians of {args.repeats} alternating runs,\n"
+          "ratios = median of per-pair ratios")
+
+    if args.only != "b":
+        overhead_table(args, device)
+    if args.only != "a":
+        early_exit_table(args, device)
     return 0
 
 

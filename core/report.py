@@ -296,15 +296,23 @@ def runs_table_markdown(runs: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def display_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
-    """The runs table with full-precision numbers (plus the run path)."""
+    """The runs table with full-precision numbers (plus the run path, relative to the working dir)."""
     columns = _columns(runs)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([h for h, _ in columns] + ["path"])
         for run in runs:
             row = [run.value(key) for _, key in columns]
-            writer.writerow(["" if v is None else v for v in row] + [str(run.path)])
+            writer.writerow(["" if v is None else v for v in row] + [display_path(run.path)])
 
 
 def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
@@ -326,7 +334,7 @@ def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
                     "mean_hops": results.get(f"{split}/mean_hops"),
                     "trained_exact_match": run.results.get("test/exact_match"),
                     "trained_token_accuracy": run.results.get("test/token_accuracy"),
-                    "path": str(run.path),
+                    "path": display_path(run.path),
                 }
             )
     return rows
@@ -501,9 +509,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe version of a label."""
-    return _SAFE.sub("_", text).strip("_") or "run"
+    """A file-name-safe version of a label: `ca1d shifts=[1]` -> `ca1d_shifts_1`."""
+    return _SAFE.sub("_", re.sub(r"[\[\]'\"]", "", text)).strip("_") or "run"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.cli import main as cli_main
 from ponderlab.core.data import TensorDataset
 from ponderlab.core.evaluation import (
@@ -19,8 +21,6 @@ from ponderlab.core.evaluation import (
     load_trained_model,
     output_path,
 )
-
-import ponderlab
 
 
 @pytest.fixture(scope="module")

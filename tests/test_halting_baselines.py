@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from ponderlab.core.errors import SpecError
 from ponderlab.plugins.halting.constant import ConstantConfig, ConstantDepth
 from ponderlab.plugins.halting.none import NoHalting, NoHaltingConfig

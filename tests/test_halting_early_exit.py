@@ -6,6 +6,8 @@ from typing import Literal
 
 import pytest
 import torch
+from torch import nn
+
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
@@ -14,7 +16,6 @@ from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import script_mlp
 from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
 from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
-from torch import nn
 
 D, VOCAB = 8, 6
 

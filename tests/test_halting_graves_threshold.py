@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from torch.func import functional_call
+
 from ponderlab.core.errors import SpecError
 from ponderlab.plugins.halting.common import HaltingMLP
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
@@ -16,7 +18,6 @@ from ponderlab.plugins.halting.reference import (
     script_mlp,
 )
 from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
-from torch.func import functional_call
 
 D64 = torch.float64
 

@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
+
+import ponderlab
 from ponderlab.core.errors import SpecError
 from ponderlab.plugins.halting.pondernet import (
     PonderNet,
@@ -16,9 +19,6 @@ from ponderlab.plugins.halting.pondernet import (
     truncated_geometric,
 )
 from ponderlab.plugins.halting.reference import ScriptedHop, pondernet_token, script_linear
-from torch.func import functional_call
-
-import ponderlab
 
 D64 = torch.float64
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from ponderlab.core.halting_report import HEATMAP_FILE
 
 import ponderlab
+from ponderlab.core.halting_report import HEATMAP_FILE
 
 
 @pytest.fixture(scope="module")

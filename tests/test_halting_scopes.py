@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.errors import SpecError
 from ponderlab.core.run import build_model_from_spec
 from ponderlab.core.spec import validate_spec
-
-import ponderlab
 
 VOCAB = 11
 LSTM = {"name": "lstm", "d_model": 8, "n_layers": 2}

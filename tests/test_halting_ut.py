@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from torch.func import functional_call
+
 from ponderlab.core.errors import SpecError
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear, ut_act_token
 from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
-from torch.func import functional_call
 
 D64 = torch.float64
 

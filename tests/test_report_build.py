@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import pytest
+
+import ponderlab
 from ponderlab.core.cli import main as cli_main
 from ponderlab.core.plots import pareto_front
 from ponderlab.core.report import RunRecord, collect_runs, label_runs, write_report
-
-import ponderlab
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

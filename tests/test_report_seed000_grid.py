@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ponderlab.core.spec import validate_spec
 
 HERE = Path(__file__).resolve().parents[1] / "examples" / "seed000"

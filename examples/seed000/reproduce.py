@@ -115,6 +115,28 @@ def run_evals(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) ->
                   f"{record['results']['test/exact_match']:.3f}", flush=True)
 
 
+def summary_table(runs, metric: str = "test/token_accuracy") -> str:
+    """Markdown pivot: one row per task, one column per backbone, `none / constant / graves (hops)`."""
+    cells: dict[tuple[str, str], dict[str, object]] = {}
+    for run in runs:
+        cells.setdefault((run.task_label, run.backbone), {})[run.halting] = run
+    tasks = list(dict.fromkeys(r.task_label for r in runs))
+    backbones = list(dict.fromkeys(r.backbone for r in sorted(runs, key=lambda r: r.backbone)))
+    lines = ["| task | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+    for task in tasks:
+        row = []
+        for backbone in backbones:
+            by_halting = cells.get((task, backbone), {})
+            values = [by_halting.get(h) for h in ("none", "constant", "graves")]
+            if None in values:
+                row.append("-")
+                continue
+            numbers = " / ".join(f"{v.results[metric]:.3f}" for v in values)
+            row.append(f"{numbers} ({values[2].results['test/mean_hops']:.2f})")
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(HERE / "grid.yaml"), help="grid file (default: next to this script)")
@@ -161,17 +183,25 @@ def main() -> int:
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     import torch
 
-    def total(key: str) -> float | None:
-        values = [t.get(key) for t in timings.values() if isinstance(t, dict)]
-        return round(sum(values), 1) if values and None not in values else None
+    timings = {k: v if isinstance(v, dict) else {"wall_seconds": v} for k, v in timings.items()}
+
+    def total(key: str) -> dict:
+        values = [t[key] for t in timings.values() if key in t]
+        return {"seconds": round(sum(values), 1), "runs": len(values)}
 
     (report_dir / "timings.json").write_text(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
         "1 thread per run",
-        "total_wall_seconds": total("wall_seconds"),
-        "total_cpu_seconds": total("cpu_seconds"),
+        "total_wall": total("wall_seconds"),
+        "total_cpu": total("cpu_seconds"),
         "runs": timings,
     }, indent=1, sort_keys=True))
+    (report_dir / "summary.md").write_text(
+        "Test token accuracy, none / constant / graves (graves mean hops):\n\n"
+        + summary_table(written["runs"])
+        + "\nTest exact match, none / constant / graves (graves mean hops):\n\n"
+        + summary_table(written["runs"], "test/exact_match")
+    )
     for warning in written["warnings"]:
         print(f"warning: {warning}")
     print(f"report: {report_dir / 'report.md'} ({len(written['runs'])} runs)")
