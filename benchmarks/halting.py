@@ -78,8 +78,9 @@ def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device)
             sync(device)
             bucket.append(clock() - start)
     ratios = [b / a for a, b in zip(*times, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4)
     return {"first": statistics.median(times[0]), "second": statistics.median(times[1]),
-            "ratio": statistics.median(ratios)}
+            "ratio": statistics.median(ratios), "ratio_iqr": (quartiles[0], quartiles[2])}
 
 
 # --------------------------------------------------------------------------- (a) overhead
@@ -131,7 +132,7 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
                           warmup=args.warmup, device=device)
         rows.append({"backbone": backbone["name"], "mode": mode, "hops": hops,
                      "constant_ms": 1e3 * timed["first"], "graves_ms": 1e3 * timed["second"],
-                     "ratio": timed["ratio"]})
+                     "ratio": timed["ratio"], "iqr": timed["ratio_iqr"]})
     return rows
 
 
@@ -255,10 +256,12 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
     t_fixed, t_threshold = timed["first"], timed["second"]
     ideal = n_layers / mean_layers
     speedup = 1.0 / timed["ratio"]
+    low, high = timed["ratio_iqr"]
     return {"n_layers": n_layers, "d_model": d_model, "tokens": batch * length,
             "exited_after_layer_1": float(even.float().mean()), "mean_layers": mean_layers,
             "fixed_ms": 1e3 * t_fixed, "threshold_ms": 1e3 * t_threshold,
-            "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal}
+            "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal,
+            "iqr": (1.0 / high / ideal, 1.0 / low / ideal)}
 
 
 # --------------------------------------------------------------------------- main
@@ -266,7 +269,7 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
 
 def overhead_table(args, device) -> None:
     print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), target <= 1.05")
-    print(f"{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}{'ratio':>8}  verdict")
+    print(f"{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}{'ratio':>8}{'IQR':>14}  verdict")
     cases = [  # (backbone, batch, length): tiny, then small
         ({"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_size": 256}, 16, 64),
         ({"name": "transformer", "d_model": 128, "n_layers": 2, "n_heads": 4, "ffn_size": 512}, 16, 128),
@@ -278,7 +281,7 @@ def overhead_table(args, device) -> None:
             verdict = "ok" if row["ratio"] <= 1.05 else "MISS"
             print(f"{row['backbone']:<12}{backbone['d_model']:>4}{batch * args.scale * length:>7}  "
                   f"{row['mode']:<12}{row['constant_ms']:>12.2f}{row['graves_ms']:>11.2f}"
-                  f"{row['ratio']:>8.3f}  {verdict}")
+                  f"{row['ratio']:>8.3f}{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
 
 
 
@@ -286,13 +289,13 @@ def early_exit_table(args, device) -> None:
     print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
           " target efficiency >= 0.9")
     print(f"{'layers':>6}{'d':>5}{'tokens':>8}{'mean layers':>12}{'fixed ms':>10}{'thresh ms':>10}"
-          f"{'speedup':>9}{'ideal':>7}{'effic.':>8}  verdict")
+          f"{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
     for n_layers, d_model, batch, length in ((4, 128, 16, 128), (8, 128, 16, 128), (8, 256, 16, 128)):
         row = early_exit_case(n_layers, d_model, batch * args.scale, length, args, device)
         verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
         print(f"{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>8}{row['mean_layers']:>12.2f}"
               f"{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}{row['speedup']:>9.2f}"
-              f"{row['ideal']:>7.2f}{row['efficiency']:>8.3f}  {verdict}")
+              f"{row['ideal']:>7.2f}{row['efficiency']:>8.3f}{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
+
+import ponderlab
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.errors import SpecError
 from ponderlab.core.registry import get_registry
 from ponderlab.core.spec import validate_spec
 from ponderlab.plugins.backbones.mixer_stack import MixerBlock, set_reference_mode
-from pydantic import ValidationError
-
-import ponderlab
 from ponderlab.testing import BackboneContract
 
 VOCAB = 11

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+
 from ponderlab.plugins.backbones.linear_recurrence import (
     DiagonalSSM,
     causal_fft_conv,

@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import compute_dtype, full_precision, linear_scan, linear_scan_reference
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer

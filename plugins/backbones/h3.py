@@ -25,9 +25,10 @@ import math
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import DiagonalSSM, causal_fft_conv, compute_dtype, full_precision
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer

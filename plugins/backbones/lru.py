@@ -24,10 +24,11 @@ import math
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import compute_dtype, full_precision, linear_scan, linear_scan_reference
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 
-from ponderlab.core.config import BackboneConfig
-from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from pydantic import Field
 from torch import Tensor, nn
+
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
 
 class MixerStackConfig(BackboneConfig):

@@ -26,10 +26,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import compute_dtype, full_precision
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer

@@ -28,9 +28,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
 from pydantic import Field
 from torch import Tensor, nn
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import compute_dtype, full_precision, log_space_linear_scan
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer

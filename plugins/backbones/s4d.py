@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ponderlab.core.hookspecs import hookimpl
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import DiagonalSSM
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
