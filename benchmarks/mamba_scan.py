@@ -19,9 +19,10 @@ import statistics
 import time
 
 import torch
-from ponderlab.plugins.backbones.mamba import mixer_forward
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaBlock
+
+from ponderlab.plugins.backbones.mamba import mixer_forward
 
 
 def build_blocks(config: MambaConfig, device: torch.device) -> torch.nn.ModuleList:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.checkpoint import load_checkpoint, save_checkpoint
 from ponderlab.core.errors import SpecError
 from ponderlab.core.registry import get_registry
-
-import ponderlab
 
 VOCAB = 11
 BATCH, LENGTH = 2, 8

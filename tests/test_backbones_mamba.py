@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.models.mamba.modeling_mamba import MambaMixer
+
+import ponderlab
 from ponderlab.plugins.backbones.mamba import (
     MambaConfig,
     _use_kernels,
@@ -15,9 +18,6 @@ from ponderlab.plugins.backbones.selective_scan import (
     selective_scan,
     selective_scan_reference,
 )
-from transformers.models.mamba.modeling_mamba import MambaMixer
-
-import ponderlab
 
 
 def scan_inputs(batch, length, channels, n_state, dtype=torch.float64, seed=0, device="cpu"):

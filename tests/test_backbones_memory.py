@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.interfaces import PonderOutput
 from ponderlab.core.segments import _concat_sites, run_segments, segment_bounds
 from ponderlab.plugins.backbones.armt import ARMTBackbone, AssociativeMemory, dpfp
-
-import ponderlab
 
 VOCAB = 11
 

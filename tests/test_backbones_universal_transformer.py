@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import BlockContext
 from ponderlab.core.registry import get_registry
 from ponderlab.plugins.backbones.universal_transformer import sinusoidal_signal
-
-import ponderlab
 
 TINY = {"name": "universal_transformer", "d_model": 16, "n_heads": 2}
 

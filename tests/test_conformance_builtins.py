@@ -8,8 +8,8 @@ contract the plugin broke.
 from __future__ import annotations
 
 import pytest
-from ponderlab.core.registry import get_registry
 
+from ponderlab.core.registry import get_registry
 from ponderlab.testing import check_plugin
 
 PLUGINS = get_registry().all()

@@ -13,6 +13,9 @@ from typing import ClassVar, Literal
 import datasets
 import pytest
 import torch
+from pydantic import ConfigDict, Field, field_serializer
+from torch import Tensor, nn
+
 from ponderlab.core.config import BackboneConfig, HaltingConfig, TaskConfig
 from ponderlab.core.interfaces import (
     IGNORE_INDEX,
@@ -24,9 +27,6 @@ from ponderlab.core.interfaces import (
     Task,
     TaskData,
 )
-from pydantic import ConfigDict, Field, field_serializer
-from torch import Tensor, nn
-
 from ponderlab.testing import (
     CONTRACTS,
     BackboneContract,

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from ponderlab.core import hookspecs
-
 from ponderlab.testing import CONTRACTS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"

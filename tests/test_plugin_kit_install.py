@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ponderlab.core.cli import main as cli_main
 
 pytestmark = pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ponderlab.core import scaffold
 from ponderlab.core.cli import main as cli_main
 

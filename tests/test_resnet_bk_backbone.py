@@ -5,12 +5,12 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
+
+import ponderlab
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import BlockContext
 from ponderlab.plugins.backbones.bk_moe import MoEFeedForward
 from ponderlab.plugins.backbones.resnet_bk import ResNetBKBlock, ResNetBKConfig
-
-import ponderlab
 
 VOCAB = 11
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ponderlab.plugins.backbones.bk_core import (
     causal_resolvent_diagonal,
     resolvent_diagonal,

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from ponderlab.core.checkpoint import latest_checkpoint, load_checkpoint
-from ponderlab.core.data import TensorDataset
 
 import ponderlab
+from ponderlab.core.checkpoint import latest_checkpoint, load_checkpoint
+from ponderlab.core.data import TensorDataset
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("test/token_accuracy", "test/exact_match", "test/dfa_accuracy", "test/loss")

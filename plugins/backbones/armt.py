@@ -29,10 +29,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone
 from pydantic import Field
 from torch import Tensor, nn
+
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone
 
 from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
 

@@ -24,13 +24,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from ponderlab.core.config import BackboneConfig
-from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from pydantic import Field
 from torch import Tensor, nn
 from transformers import MambaConfig as HFMambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
+
+from ponderlab.core.config import BackboneConfig
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
 from .selective_scan import cuda_kernels, kernels_usable, selective_scan, selective_scan_reference
 

@@ -39,12 +39,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from pydantic import Field, model_validator
-from torch import Tensor, nn
 
 from .bk_core import causal_resolvent_diagonal, resolvent_diagonal, tridiagonal_diagonal_shift
 from .bk_moe import MoEFeedForward

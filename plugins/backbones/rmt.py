@@ -20,10 +20,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone
 from pydantic import Field
 from torch import Tensor, nn
+
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone
 
 from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
 

@@ -19,10 +19,11 @@ import math
 from typing import Literal
 
 import torch
-from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone, BlockContext
 from pydantic import Field
 from torch import Tensor, nn
+
+from ponderlab.core.hookspecs import hookimpl
+from ponderlab.core.interfaces import Backbone, BlockContext
 
 from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
 

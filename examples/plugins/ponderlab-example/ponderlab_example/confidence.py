@@ -21,11 +21,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from pydantic import Field
-from torch import Tensor, nn
 
 
 class ConfidenceExitConfig(HaltingConfig):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+from torch import Tensor, nn
+
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from pydantic import Field
-from torch import Tensor, nn
 
 
 class GRUConfig(BackboneConfig):

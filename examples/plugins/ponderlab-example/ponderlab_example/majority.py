@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
+
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
 from ponderlab.plugins.tasks.common import disjoint_splits, lm_example
-from pydantic import Field, field_validator
 
 BOS, QUERY = 2, 3
 

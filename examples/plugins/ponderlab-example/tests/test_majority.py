@@ -1,10 +1,11 @@
 """Behaviour specific to the example plugins."""
 
 import pytest
+from ponderlab_example.majority import BOS, QUERY, Majority, MajorityConfig
+
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.spec import validate_spec
-from ponderlab_example.majority import BOS, QUERY, Majority, MajorityConfig
 
 
 def test_answer_is_the_majority_bit_scored_at_the_query():
