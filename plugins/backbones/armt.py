@@ -33,9 +33,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone
 
-from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
+from .transformer import TransformerBackbone, TransformerConfig
 
 #: One layer's memory: (A (B, d_key, D), z (B, d_key)), or None before the first write.
 LayerMemory = tuple[Tensor, Tensor] | None
@@ -112,26 +111,20 @@ class AssociativeMemory(nn.Module):
         return A, z
 
 
-class ARMTBackbone(Backbone):
+class ARMTBackbone(TransformerBackbone):
     config_class = ARMTConfig
     uses_segments = True
 
     def __init__(self, config: ARMTConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)
-        hf = neox_config(config, vocab_size)
+        super().__init__(config, vocab_size=vocab_size)  # embedding, GPT-NeoX blocks, norm, init
         self.segment_size = config.segment_size
         self.bptt_depth = config.bptt_depth
         self.memory_size = config.memory_size
-        self.embedding = nn.Embedding(vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(NeoXBlock(hf, i) for i in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.d_model)
         self.memory_tokens = nn.Parameter(torch.empty(config.memory_size, config.d_model))
         self.memories = nn.ModuleList(
             AssociativeMemory(config.d_model, config.d_mem, config.dpfp_nu, config.eps)
             for _ in range(config.n_layers)
         )
-        init_weights(self.embedding)
-        init_weights(self.blocks)
         nn.init.normal_(self.memory_tokens, std=0.02)
 
     # memory: tuple of one LayerMemory per layer

@@ -24,9 +24,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone
 
-from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
+from .transformer import TransformerBackbone, TransformerConfig
 
 
 class RMTConfig(TransformerConfig):
@@ -38,22 +37,16 @@ class RMTConfig(TransformerConfig):
     )
 
 
-class RMTBackbone(Backbone):
+class RMTBackbone(TransformerBackbone):
     config_class = RMTConfig
     uses_segments = True
 
     def __init__(self, config: RMTConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)
-        hf = neox_config(config, vocab_size)
+        super().__init__(config, vocab_size=vocab_size)  # embedding, GPT-NeoX blocks, norm, init
         self.segment_size = config.segment_size
         self.bptt_depth = config.bptt_depth
         self.memory_size = config.memory_size
-        self.embedding = nn.Embedding(vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(NeoXBlock(hf, i) for i in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.d_model)
         self.initial_memory = nn.Parameter(torch.empty(config.memory_size, config.d_model))
-        init_weights(self.embedding)
-        init_weights(self.blocks)
         nn.init.normal_(self.initial_memory, std=0.02)
 
     # memory: (B, M, D), the read tokens of the next segment
