@@ -36,7 +36,7 @@ from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
-from ponderlab.plugins.halting.common import active_rows
+from ponderlab.plugins.halting.common import active_rows, scatter_active
 
 # --------------------------------------------------------------------------- timing
 
@@ -153,6 +153,7 @@ class ShiftMLPBlock(Block):
     """
 
     supports_active_subset = True
+    keeps_inactive_rows = True
 
     def __init__(self, d_model: int, ffn: int):
         super().__init__()
@@ -177,9 +178,8 @@ class ShiftMLPBlock(Block):
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
         first = (rows % hidden.shape[1] == 0).unsqueeze(-1)  # position 0 has no previous token
         previous = flat.index_select(0, (rows - 1).clamp_min(0)).masked_fill(first, 0.0)  # (K, D)
-        values = self.positionwise(flat.index_select(0, rows) + self.mix * previous)
-        # rows of halted tokens are left unset: the core keeps their old state (interfaces.Block)
-        return torch.empty_like(flat).index_copy_(0, rows, values).view(hidden.shape)
+        values = self.positionwise(flat.index_select(0, rows) + self.mix * previous)  # (K, D)
+        return scatter_active(hidden, rows, values)  # halted tokens keep their rows
 
 
 class MLPStack(Backbone):

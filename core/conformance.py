@@ -654,17 +654,25 @@ class Conformance:
         active = torch.rand(2, length, generator=generator) > 0.5  # (B, L)
         active[0, 0], active[1, -1] = True, False
         for index, block in enumerate(backbone.blocks):
-            if not getattr(block, "supports_active_subset", False):
+            subset_claim = getattr(block, "supports_active_subset", False)
+            keeps_claim = getattr(block, "keeps_inactive_rows", False)
+            if not (subset_claim or keeps_claim):
                 continue
             with torch.no_grad():
                 full = block(hidden, BlockContext(layer=index, step=1))
                 subset = block(hidden, BlockContext(layer=index, step=1, active=active))
             _expect_shape(f"blocks[{index}] with an active mask", subset, tuple(hidden.shape))
+            claim = "supports_active_subset" if subset_claim else "keeps_inactive_rows"
             gap = _max_abs(full[active] - subset[active])
             if gap > 1e-5 * max(1.0, _max_abs(full)):
                 _fail(
-                    f"blocks[{index}] declares supports_active_subset but its output for active tokens "
+                    f"blocks[{index}] declares {claim} but its output for active tokens "
                     f"changes by {gap:.2e} when an active mask is given"
+                )
+            if keeps_claim and not torch.equal(subset[~active], hidden[~active]):
+                _fail(
+                    f"blocks[{index}] declares keeps_inactive_rows but changes the rows of inactive "
+                    f"tokens (max change {_max_abs(subset[~active] - hidden[~active]):.2e})"
                 )
 
     # ------------------------------------------------------------------ halting

@@ -55,9 +55,17 @@ class BlockContext:
 
 
 class Block(nn.Module):
-    """One backbone layer applied to a whole sequence (or segment)."""
+    """One backbone layer applied to a whole sequence (or segment).
+
+    supports_active_subset: the block skips position-wise work for tokens outside
+        `context.active` (their output rows may hold anything; the core restores them).
+    keeps_inactive_rows: the block's output already equals its input at inactive
+        rows (e.g. built with `halting.common.scatter_active`), so the core skips its
+        own full-size masking. The conformance kit checks both claims.
+    """
 
     supports_active_subset: ClassVar[bool] = False
+    keeps_inactive_rows: ClassVar[bool] = False
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         raise NotImplementedError

@@ -88,8 +88,8 @@ class PonderModel(nn.Module):
         inputs = self.backbone.read_memory(index, state, memory)
         context = BlockContext(layer=index, step=step, active=active, memory=memory)
         output = block(inputs, context)  # (B, L, D)
-        if active is not None:
-            output = torch.where(active.unsqueeze(-1), output, state)
+        if active is not None and not (block.keeps_inactive_rows and inputs is state):
+            output = torch.where(active.unsqueeze(-1), output, state)  # halted tokens keep their state
         return output
 
     def run_stack(self, hidden: Tensor, memory: object = None) -> StackOutput:

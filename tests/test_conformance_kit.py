@@ -27,6 +27,8 @@ from ponderlab.core.interfaces import (
     Task,
     TaskData,
 )
+from ponderlab.core.model import PonderModel
+from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
 from ponderlab.testing import (
     CONTRACTS,
     BackboneContract,
@@ -349,6 +351,52 @@ class SkippingBackbone(KitBackbone):
 
 def test_active_subset_must_not_change_active_tokens():
     broken(SkippingBackbone, "active subset", "declares supports_active_subset")
+
+
+class KeepingBlock(KitBlock):
+    """Claims keeps_inactive_rows and honours it: inactive rows are the input rows."""
+
+    keeps_inactive_rows = True
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+        output = super().forward(hidden, context)
+        if context.active is None:
+            return output
+        return torch.where(context.active.unsqueeze(-1), output, hidden)
+
+
+class KeepingBackbone(KitBackbone):
+    block_class = KeepingBlock
+
+
+class LeakyKeepingBlock(KitBlock):
+    """Claims keeps_inactive_rows but updates every row."""
+
+    keeps_inactive_rows = True
+
+
+class LeakyKeepingBackbone(KitBackbone):
+    block_class = LeakyKeepingBlock
+
+
+def test_keeps_inactive_rows_claim_is_checked():
+    check_contract(KeepingBackbone, "active subset")
+    broken(LeakyKeepingBackbone, "active subset", "declares keeps_inactive_rows but changes the rows")
+
+
+def test_core_trusts_keeps_inactive_rows_and_masks_otherwise():
+    """The model's output is the same whether the block or the core keeps halted rows."""
+    torch.manual_seed(0)
+    outputs = []
+    for backbone_cls in (KitBackbone, KeepingBackbone):
+        torch.manual_seed(0)
+        backbone = backbone_cls(KitBackboneConfig(n_layers=2), vocab_size=11)
+        model = PonderModel(backbone, ThresholdACT, ThresholdConfig(threshold=0.5, halting_bias_init=0.0),
+                            vocab_size=11)
+        nn.init.normal_(model.sites[0].units[0].out.weight, std=3.0, generator=torch.Generator().manual_seed(2))
+        outputs.append(model.eval()(torch.randint(0, 11, (2, 7), generator=torch.Generator().manual_seed(1))))
+    assert set(outputs[0].stats.layers.flatten().tolist()) == {1.0, 2.0}  # some tokens exit after layer 1
+    torch.testing.assert_close(outputs[0].logits, outputs[1].logits)
 
 
 # --------------------------------------------------------------------------- halting

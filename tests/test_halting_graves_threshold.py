@@ -147,9 +147,9 @@ def test_graves_matches_per_token_reference():
     assert len(seen_hops) >= 3  # the cases really exercise different halting steps
 
 
-def test_graves_depth_scope_uses_one_unit_per_layer():
+def test_graves_depth_scope_uses_one_unit_per_layer_but_the_last():
     site = GravesACT(GravesConfig(scope="depth", epsilon=0.2), d_model=5, n_layers=4).double()
-    assert len(site.units) == 4 and site.max_hops() == 4
+    assert len(site.units) == 3 and site.max_hops() == 4  # the last layer always halts
     torch.manual_seed(0)
     for unit in site.units:
         torch.nn.init.normal_(unit.linear.weight, std=1.5)
@@ -212,7 +212,7 @@ def test_gradcheck_float64(name):
         sums = []
         s = state.detach()
         total = torch.zeros(1, 3, dtype=D64)
-        for step in range(site.max_hops()):
+        for step in range(site.max_hops() - 1):  # the last hop halts every token without an h
             s = hop(s, step, None)
             total = total + site.halting_probability(step, s, None)
             sums.append(total)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
@@ -70,6 +71,23 @@ def running_as_active(running: Tensor) -> Tensor | None:
 # --------------------------------------------------------------------------- halting units
 
 
+def rowwise_linear(state: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """(..., D) @ (1, D)^T + (1,) -> (...), without copying a state whose leading dims are permuted.
+
+    An LSTM with batch_first returns a (B, L, D) view of an (L, B, D) buffer; F.linear
+    would copy it before the matrix-vector product. Permuting the leading dims into
+    memory order first makes it a free view.
+    """
+    leading = state.dim() - 1
+    if not state.is_contiguous() and leading > 1:
+        order = sorted(range(leading), key=lambda d: -state.stride(d))
+        permuted = state.permute(*order, leading)
+        if permuted.is_contiguous():
+            logits = F.linear(permuted, weight, bias).squeeze(-1)
+            return logits.permute(*(order.index(d) for d in range(leading)))
+    return F.linear(state, weight, bias).squeeze(-1)
+
+
 class HaltingUnit(nn.Module):
     """h = sigmoid(W s + b): per-token halting probability, (B, L, D) -> (B, L).
 
@@ -84,11 +102,14 @@ class HaltingUnit(nn.Module):
         nn.init.constant_(self.linear.bias, bias_init)
 
     def logits(self, state: Tensor) -> Tensor:  # (..., D) -> (...)
-        return self.linear(state).squeeze(-1)
+        return rowwise_linear(state, self.linear.weight, self.linear.bias)
 
     def forward(self, state: Tensor, active: Tensor | None = None) -> Tensor:  # (B, L, D) -> (B, L)
         # A linear unit is cheaper to run on every token than to gather the active ones.
-        return torch.sigmoid(self.logits(state).to(accumulation_dtype(state)))
+        logits = self.logits(state)
+        if state.dtype != torch.float64:
+            logits = logits.float()
+        return torch.sigmoid(logits)
 
 
 class HaltingMLP(nn.Module):
@@ -149,36 +170,52 @@ def cumulative_halting_loop(
     Weights: p_n = h_n for n < N and p_N = R = 1 - sum_{m<N} h_m, so they sum to 1
     for every token, capped ones included. Output y = sum_n p_n s_n (a sum, not an
     interpolation); ponder cost N + R, with gradient through R only.
+
+    Kept to a handful of small ops per hop (the loop runs after every hop of every
+    site): h >= 0 makes the running sum c_n monotone, so "running after hop n" is
+    just c_n < threshold, and hop counts and remainders are read off the per-hop
+    masks and weights once, after the loop.
     """
-    dtype = accumulation_dtype(state)
-    shape = state.shape[:-1]  # (B, L)
-    halting_sum = torch.zeros(shape, dtype=dtype, device=state.device)  # sum of h while continuing
-    n_updates = torch.zeros_like(halting_sum)
-    running = torch.ones(shape, dtype=torch.bool, device=state.device)
-    output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # (B, L, D)
+    total = remaining = one = zero = limit = None  # (B, L) tensors, made at the first hop
+    halt_index: Tensor | None = None  # N - 1: the number of hops after which a token continued
+    output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
+    weights: list[Tensor] = []  # p_n, (B, L) each
+    active: Tensor | None = None
     for step in range(n_hops):
-        active = None if step == 0 else running_as_active(running)
         state = hop(state, step, active)  # (B, L, D); halted tokens keep their state
-        h = halting_probability(step, state, active)  # (B, L)
-        new_sum = halting_sum + h
-        if step == n_hops - 1:  # the cap: every running token halts here
-            continues = torch.zeros_like(running)
+        if step == n_hops - 1:  # the cap: every running token halts with its remainder
+            weight = remaining if remaining is not None else state.new_ones(state.shape[:-1])
+            running = None
         else:
-            continues = running & (new_sum < threshold)
-        halts_now = running ^ continues  # running & ~continues
-        # p_n = h_n while continuing, R = 1 - sum_{m<n} h_m at the halting hop, 0 once halted
-        weight = torch.where(continues, h, torch.where(halts_now, 1.0 - halting_sum, 0.0))
-        output = accumulate(output, weight, state)
-        halting_sum = torch.where(continues, new_sum, halting_sum)
-        n_updates = n_updates + running
-        running = continues
-        if not bool(running.any()):
+            h = halting_probability(step, state, active)  # (B, L), >= 0
+            if total is None:
+                total = h
+                remaining = one = torch.ones_like(h)  # remaining = 1 - c_0
+                zero = h.new_zeros(())
+                limit = h.new_full((), threshold)
+            else:
+                total = total + h  # c_n
+            running = total < limit  # (B, L) bool; c_n only grows, so a halted token stays halted
+            # p_n = h_n while continuing, R = 1 - c_{n-1} at the halting hop, 0 once halted
+            weight = torch.where(running, h, remaining)
+            remaining = torch.where(running, one - total, zero)
+            halt_index = running.long() if halt_index is None else halt_index.add_(running)
+        weights.append(weight)
+        output = weight.unsqueeze(-1) * state if output is None else accumulate(output, weight, state)
+        if running is None:
             break
-    remainder = 1.0 - halting_sum  # R = 1 - sum_{m<N} h_m (halting_sum stopped growing at N)
+        n_running = int(torch.count_nonzero(running))
+        if n_running == 0:
+            break
+        active = None if n_running == running.numel() else running
+    if halt_index is None:  # a single hop
+        halt_index = torch.zeros(weights[0].shape, dtype=torch.long, device=weights[0].device)
+    remainder = torch.stack(weights).gather(0, halt_index.unsqueeze(0)).squeeze(0)  # R = p_N
+    hops = halt_index.to(remainder.dtype).add_(1)  # N
     return PonderOutput(
         output=output.to(state.dtype),
-        hops=n_updates,
-        ponder_cost=n_updates + remainder,
+        hops=hops,
+        ponder_cost=hops + remainder,
         remainder=remainder,
     )
 

@@ -54,11 +54,13 @@ class GravesACT(HaltingStrategy):
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
-        units = n_layers if config.scope == "depth" else 1
+        # depth scope: one unit per layer but the last (every token halts after the last layer)
+        self.per_layer = config.scope == "depth"
+        units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        unit = self.units[step if len(self.units) > 1 else 0]
+        unit = self.units[step if self.per_layer else 0]
         return unit(state, active)  # (B, L)
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:

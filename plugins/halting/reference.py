@@ -24,8 +24,8 @@ def cumulative_act_token(s0: Tensor, step_fn: StepFn, halt_fn: HaltFn, *, n_hops
     state, total, weights, output = s0, 0.0, [], torch.zeros_like(s0)
     for step in range(n_hops):
         state = step_fn(step, state)
-        h = halt_fn(step, state)
-        if total + h >= threshold or step == n_hops - 1:
+        h = None if step == n_hops - 1 else halt_fn(step, state)  # the cap needs no h
+        if h is None or total + h >= threshold:
             remainder = 1.0 - total
             weights.append(remainder)
             output = output + remainder * state

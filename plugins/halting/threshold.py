@@ -53,7 +53,7 @@ def full_depth_bias(n_layers: int) -> float:
 
 
 class ThresholdACT(HaltingStrategy):
-    """Early-exit ACT across the distinct layers (one halting MLP per layer)."""
+    """Early-exit ACT across the distinct layers (a halting MLP after each layer but the last)."""
 
     config_class = ThresholdConfig
     supported_scopes = frozenset({"depth"})
@@ -65,8 +65,9 @@ class ThresholdACT(HaltingStrategy):
         bias = config.halting_bias_init
         if bias is None:
             bias = full_depth_bias(n_layers)
+        # one halting MLP per layer but the last: every running token exits after the last layer
         self.units = nn.ModuleList(
-            HaltingMLP(d_model, bias, config.halting_hidden) for _ in range(n_layers)
+            HaltingMLP(d_model, bias, config.halting_hidden) for _ in range(n_layers - 1)
         )
 
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
