@@ -11,6 +11,7 @@ from torch import nn
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
+from ponderlab.plugins.backbones.transformer import NeoXBlock, TransformerBackbone, TransformerConfig
 from ponderlab.plugins.halting.common import apply_to_active
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import script_mlp
@@ -128,6 +129,70 @@ def test_layer_scope_strategies_skip_halted_tokens(cls, config):
     assert hops == [1.0, 4.0, 1.0, 4.0, 1.0, 4.0]
     assert fast.backbone.blocks[0].rows == [6, 3, 3, 3]
     # gradients agree as well (the subset path is an exact reformulation)
+    a.logits.square().sum().backward()
+    b.logits.square().sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), full.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+# --------------------------------------------------------------------------- GPT-NeoX
+
+
+class MaskedNeoXBlock(NeoXBlock):
+    """The same layer always computed in full; the core then freezes halted tokens."""
+
+    supports_active_subset = False
+    keeps_inactive_rows = False
+
+    def forward(self, hidden, context: BlockContext):
+        return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))
+
+
+def neox_twins(halting_cls, halting_config, *, parallel_residual: bool):
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        config = TransformerConfig(d_model=16, n_layers=3, n_heads=2, ffn_size=32,
+                                   parallel_residual=parallel_residual)
+        model = PonderModel(TransformerBackbone(config, vocab_size=VOCAB), halting_cls, halting_config,
+                            vocab_size=VOCAB).double()
+        for site in model.sites:  # halting that depends on the token: some halt early, some run on
+            for unit in site.units:  # states are small at init (embedding std 0.02): large weights
+                for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
+                    nn.init.normal_(linear.weight, std=30.0, generator=torch.Generator().manual_seed(3))
+        models.append(model)
+    fast, full = models
+    for block in full.backbone.blocks:
+        block.__class__ = MaskedNeoXBlock
+    mlp_rows: list[int] = []
+    for block in fast.backbone.blocks:
+        block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp_rows.append(args[0].shape[:-1].numel()))
+    return fast, full, mlp_rows
+
+
+@pytest.mark.parametrize("parallel_residual", [True, False])
+def test_neox_threshold_early_exit_runs_the_mlp_only_for_running_tokens(parallel_residual):
+    config = ThresholdConfig(threshold=0.6, halting_bias_init=0.0)
+    fast, full, mlp_rows = neox_twins(ThresholdACT, config, parallel_residual=parallel_residual)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = fast.eval()(ids), full.eval()(ids)
+    layers = a.stats.layers
+    assert 1 < len(set(layers.flatten().tolist()))  # a mix of early and late exits
+    torch.testing.assert_close(a.logits, b.logits)
+    assert torch.equal(layers, b.stats.layers)
+    running = [int((layers >= n).sum()) for n in range(1, 4)]
+    assert mlp_rows == [ids.numel()] + [r for r in running[1:] if r]
+
+
+def test_neox_active_path_gives_the_same_gradients_in_training():
+    config = GravesConfig(max_steps=3, epsilon=0.1, halting_bias_init=-1.0)
+    fast, full, mlp_rows = neox_twins(GravesACT, config, parallel_residual=True)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+    a, b = fast.train()(ids), full.train()(ids)
+    assert len(set(a.stats.hops.flatten().tolist())) > 1
+    assert min(mlp_rows) < ids.numel()  # later hops computed a subset
+    torch.testing.assert_close(a.logits, b.logits)
     a.logits.square().sum().backward()
     b.logits.square().sum().backward()
     for (name, p), q in zip(fast.named_parameters(), full.parameters(), strict=True):

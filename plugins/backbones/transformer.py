@@ -13,11 +13,17 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import GPTNeoXConfig
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXRotaryEmbedding
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.gpt_neox.modeling_gpt_neox import (
+    GPTNeoXLayer,
+    GPTNeoXRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
 
 class TransformerConfig(BackboneConfig):
@@ -56,7 +62,19 @@ def neox_config(config: TransformerConfig, vocab_size: int) -> GPTNeoXConfig:
 
 
 class NeoXBlock(Block):
-    """A GPT-NeoX layer with its rotary embedding: (B, L, D) -> (B, L, D), causal."""
+    """A GPT-NeoX layer with its rotary embedding: (B, L, D) -> (B, L, D), causal.
+
+    With every token active this is `GPTNeoXLayer.forward`. With `context.active`
+    (halted tokens frozen by early exit) only token mixing runs for every token:
+    layer norm, the fused QKV projection and causal attention, because running
+    tokens still attend to the keys and values of halted ones (taken from their
+    frozen states, as in CALM). The attention output projection and the MLP, most
+    of the layer's position-wise work, run only for the running tokens, and
+    halted tokens' rows come back unchanged.
+    """
+
+    supports_active_subset = True
+    keeps_inactive_rows = True
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
         super().__init__()
@@ -66,7 +84,38 @@ class NeoXBlock(Block):
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, L)
         cos_sin = self.rotary(hidden, positions)
-        return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
+        if context.active is None or bool(context.active.all()):
+            return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
+        return self.forward_active(hidden, context.active, cos_sin)
+
+    def attention_context(self, normed: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """Causal multi-head attention before its output projection: (B, L, D) -> (B, L, D)."""
+        attention = self.layer.attention
+        batch, length, _ = normed.shape
+        qkv = attention.query_key_value(normed).view(batch, length, -1, 3 * attention.head_size)
+        query, key, value = qkv.transpose(1, 2).chunk(3, dim=-1)  # (B, H, L, dh) each
+        query, key = apply_rotary_pos_emb(query, key, *cos_sin)
+        context, _ = sdpa_attention_forward(
+            attention, query, key, value, None,
+            dropout=attention.attention_dropout if self.training else 0.0,
+            scaling=attention.scaling,
+        )  # (B, L, H, dh)
+        return context.reshape(batch, length, -1)
+
+    def forward_active(self, hidden: Tensor, active: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """The layer for the running tokens only; halted tokens keep their rows."""
+        layer = self.layer
+        rows = active_rows(active)  # (K,)
+        context = gather_active(self.attention_context(layer.input_layernorm(hidden), cos_sin), rows)  # (K, D)
+        attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
+        residual = gather_active(hidden, rows)  # (K, D)
+        if layer.use_parallel_residual:
+            mlp = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
+            updated = residual + attn + mlp
+        else:
+            attn = attn + residual
+            updated = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
+        return scatter_active(hidden, rows, updated)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
