@@ -162,6 +162,10 @@ class PonderOutput:
     hop_states:  per-hop states, for strategies whose loss is an expectation over hops.
     hop_probs:   (B, L, N) halting distribution matching hop_states.
     aux_loss:    scalar, already weighted, added to the training loss (e.g. PonderNet KL).
+    hop_weights: per executed hop, (B, L) weights w_n with output = sum_n w_n * s_n, for
+                 strategies that combine hop states; None when the output is each
+                 token's state after its last hop. The core combines per-layer
+                 states with them for memory writes in model scope.
     """
 
     output: Tensor
@@ -171,13 +175,18 @@ class PonderOutput:
     hop_states: list[Tensor] | None = None
     hop_probs: Tensor | None = None
     aux_loss: Tensor | None = None
+    hop_weights: list[Tensor] | None = None
 
 
 class HaltingStrategy(nn.Module):
-    """One ponder site. Subclasses implement `forward(state, hop, max_hops)`.
+    """One ponder site. Subclasses implement `forward(state, hop, mask=None)`.
 
-    `max_hops` is the number of hop functions available: the strategy's own cap for
+    `max_hops()` is the number of hops available: the strategy's own cap for
     `layer`/`model` scopes, the number of distinct layers for `depth`.
+    `mask` (B, L) bool is True at real tokens and is given only for padded batches:
+    padding should halt after its first hop (so it neither costs compute nor keeps
+    the loop running) and stay out of auxiliary losses. A strategy whose `forward`
+    has no `mask` parameter is called without it.
     """
 
     config_class: ClassVar[type[HaltingConfig]]
@@ -195,7 +204,7 @@ class HaltingStrategy(nn.Module):
             return self.n_layers
         return int(getattr(self.config, "max_steps", 1))
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         raise NotImplementedError
 
     def loss_weight(self) -> float:

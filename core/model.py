@@ -8,6 +8,7 @@ Scopes (see docs/architecture.md):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,25 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: list[Tensor | None]) -> Tensor:
+    """One layer's ACT-combined output over the hops of a model-scope loop: (B, L, D).
+
+    With the site's hop weights: sum_n w_n s_n, the same combination as the stack's
+    output. Without (the output is each token's last state): each token's output
+    from the last hop it took (halted tokens pass through later hops frozen, so
+    their later rows hold another layer's state).
+    """
+    if weights is not None:
+        combined = weights[0].unsqueeze(-1).to(states[0].dtype) * states[0]
+        for weight, state in zip(weights[1:], states[1:], strict=True):
+            combined = combined + weight.unsqueeze(-1).to(state.dtype) * state
+        return combined
+    combined = states[0]
+    for state, mask in zip(states[1:], active[1:], strict=True):
+        combined = state if mask is None else torch.where(mask.unsqueeze(-1), state, combined)
+    return combined
+
+
 class PonderModel(nn.Module):
     """A causal language model whose layers ponder according to a halting strategy."""
 
@@ -74,6 +94,7 @@ class PonderModel(nn.Module):
             for _ in range(n_sites)
         )
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
+        self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
 
     @property
     def n_layers(self) -> int:
@@ -92,8 +113,17 @@ class PonderModel(nn.Module):
             output = torch.where(active.unsqueeze(-1), output, state)  # halted tokens keep their state
         return output
 
-    def run_stack(self, hidden: Tensor, memory: object = None) -> StackOutput:
-        """Run every layer under the halting scope; write memory once per layer per segment."""
+    def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
+        """Call one ponder site, with the padding mask when there is padding and it takes one."""
+        if mask is None or not self.sites_take_mask:
+            return site(hidden, hop)
+        return site(hidden, hop, mask=mask)
+
+    def run_stack(self, hidden: Tensor, memory: object = None, mask: Tensor | None = None) -> StackOutput:
+        """Run every layer under the halting scope; write memory once per layer per segment.
+
+        mask (B, L) bool marks real tokens of a padded batch (None: no padding).
+        """
         backbone = self.backbone
         if self.scope == "layer":
             sites = []
@@ -102,31 +132,39 @@ class PonderModel(nn.Module):
                 def hop(state, step, active, _index=index, _memory=memory):
                     return self._apply_block(_index, state, step, active, _memory)
 
-                result = self.sites[index](hidden, hop)
+                result = self._ponder(self.sites[index], hidden, hop, mask)
                 hidden = result.output
                 memory = backbone.write_memory(index, hidden, memory)
                 sites.append(result)
             return StackOutput(hidden, sites, memory)
 
-        last_outputs: dict[int, Tensor] = {}
+        track = memory is not None  # per-layer outputs are needed only for memory writes
+        layer_outputs: dict[int, list[Tensor]] = {}  # per layer: its output at every hop
+        hop_active: list[Tensor | None] = []
         if self.scope == "model":
 
             def hop(state, step, active):
+                hop_active.append(active)
                 for index in range(self.n_layers):
                     state = self._apply_block(index, state, step, active, memory)
-                    last_outputs[index] = state
+                    if track:
+                        layer_outputs.setdefault(index, []).append(state)
                 return state
 
-        else:  # depth
+        else:  # depth: layer n runs once, at hop n
 
             def hop(state, step, active):
                 state = self._apply_block(step, state, 0, active, memory)
-                last_outputs[step] = state
+                if track:
+                    layer_outputs[step] = [state]
                 return state
 
-        result = self.sites[0](hidden, hop)
-        for index in sorted(last_outputs):
-            memory = backbone.write_memory(index, last_outputs[index], memory)
+        result = self._ponder(self.sites[0], hidden, hop, mask)
+        for index in sorted(layer_outputs):
+            states = layer_outputs[index]
+            if self.scope == "model":
+                states = [combine_hops(states, result.hop_weights, hop_active)]
+            memory = backbone.write_memory(index, states[0], memory)
         return StackOutput(result.output, [result], memory)
 
     # ------------------------------------------------------------------ forward
@@ -135,12 +173,13 @@ class PonderModel(nn.Module):
     ) -> ModelOutput:
         """input_ids (B, L), labels (B, L) with IGNORE_INDEX where unscored, mask (B, L) valid."""
         hidden = self.backbone.embed(input_ids)  # (B, L, D)
+        padding = None if mask is None or bool(mask.all()) else mask.bool()  # (B, L) real tokens
         if self.backbone.uses_segments:
             from .segments import run_segments
 
-            stack = run_segments(self, hidden)
+            stack = run_segments(self, hidden, padding)
         else:
-            stack = self.run_stack(hidden)
+            stack = self.run_stack(hidden, mask=padding)
         final = self.backbone.finalize(stack.hidden)
         logits = self.head(final)  # (B, L, V)
         stats = self.aggregate_stats(stack.sites, mask)

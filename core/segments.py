@@ -96,8 +96,17 @@ def segment_bounds(length: int, segment_size: int | None) -> list[tuple[int, int
     return [(start, min(start + size, length)) for start in range(0, length, size)]
 
 
-def run_segments(model: PonderModel, hidden: Tensor) -> StackOutput:
-    """hidden (B, L, D) -> StackOutput with hidden (B, L, D) and per-site stats over real tokens."""
+def wrapped_mask(mask: Tensor | None, keep: Tensor | None, wrapped_length: int) -> Tensor | None:
+    """The padding mask of a wrapped segment: memory tokens count as real. (B, Ls) -> (B, Lw)."""
+    if mask is None or keep is None:
+        return mask
+    out = mask.new_ones(mask.shape[0], wrapped_length)
+    out[:, keep] = mask
+    return out
+
+
+def run_segments(model: PonderModel, hidden: Tensor, mask: Tensor | None = None) -> StackOutput:
+    """hidden (B, L, D), padding mask (B, L) or None -> StackOutput over the real tokens."""
     from .model import StackOutput
 
     backbone = model.backbone
@@ -112,7 +121,10 @@ def run_segments(model: PonderModel, hidden: Tensor) -> StackOutput:
         seg_len = end - start
         keep = backbone.token_mask(memory, seg_len, hidden.device)  # (Lw,) or None
         wrapped = backbone.wrap_segment(segment, memory)  # (B, Lw, D)
-        stack = model.run_stack(wrapped, memory)
+        segment_mask = None if mask is None else mask[:, start:end]  # (B, Ls)
+        if segment_mask is not None and bool(segment_mask.all()):
+            segment_mask = None
+        stack = model.run_stack(wrapped, memory, wrapped_mask(segment_mask, keep, wrapped.shape[1]))
         out, memory = backbone.unwrap_segment(stack.hidden, stack.memory, seg_len)  # (B, Ls, D)
         outputs.append(out)
         per_segment.append([_token_slice(site, keep) for site in stack.sites])

@@ -290,3 +290,57 @@ def test_armt_memory_carries_information_across_segments():
         a, b = model(x).logits, model(y).logits
     torch.testing.assert_close(a[:, :1], b[:, :1])
     assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)
+
+
+class RecordingARMT(ARMTBackbone):
+    """ARMT that records what each memory write received, per segment and layer."""
+
+    def init_memory(self, batch_size, device, dtype):
+        self.written = []
+        return super().init_memory(batch_size, device, dtype)
+
+    def write_memory(self, layer, hidden, memory):
+        self.written.append((layer, hidden.detach().clone()))
+        return super().write_memory(layer, hidden, memory)
+
+
+def record_model_scope(halting):
+    """One segment of ARMT under a model-scope site: block outputs per hop and the site's result."""
+    model = swap_backbone(build("armt", halting, segment_size=8), RecordingARMT).eval()
+    for site in model.sites:  # token-dependent halting
+        for module in site.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+                torch.nn.init.normal_(module.weight, std=30.0, generator=torch.Generator().manual_seed(1))
+    block_outputs = {index: [] for index in range(2)}
+    for index, block in enumerate(model.backbone.blocks):
+        block.register_forward_hook(lambda m, args, out, _i=index: block_outputs[_i].append(out.detach()))
+    results = []
+    site = model.sites[0]
+    site.register_forward_hook(lambda m, args, out: results.append(out))
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(2)))
+    return model.backbone.written, block_outputs, results[0]
+
+
+def test_model_scope_memory_writes_use_the_act_combined_layer_outputs():
+    """act.md 3: written once, after the loop, from sum_n p_n s_n of that layer (not the last hop)."""
+    written, outputs, result = record_model_scope({"name": "graves", "scope": "model", "max_steps": 3,
+                                                   "halting_bias_init": 0.0})
+    assert len(set(result.hops.flatten().tolist())) > 1  # tokens halted at different hops
+    assert [layer for layer, _ in written] == [0, 1]
+    for layer, hidden in written:
+        expected = sum(w.unsqueeze(-1) * s for w, s in zip(result.hop_weights, outputs[layer], strict=True))
+        torch.testing.assert_close(hidden, expected)
+    torch.testing.assert_close(written[1][1], result.output)  # last layer: the site's own output
+    assert not torch.allclose(written[0][1], outputs[0][-1])  # differs from the last hop's output
+
+
+def test_model_scope_memory_writes_without_weights_take_each_tokens_last_hop():
+    written, outputs, result = record_model_scope({"name": "random", "scope": "model", "max_steps": 3,
+                                                   "mean_hops": 1.7})
+    hops = result.hops.long()  # (B, Lw)
+    assert len(set(hops.flatten().tolist())) > 1
+    for layer, hidden in written:
+        stacked = torch.stack(outputs[layer])  # (N, B, Lw, D): raw block outputs per hop
+        index = (hops - 1)[None, ..., None].expand(1, *hidden.shape)
+        torch.testing.assert_close(hidden, stacked.gather(0, index)[0])

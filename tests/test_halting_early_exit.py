@@ -11,7 +11,11 @@ from torch import nn
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
-from ponderlab.plugins.backbones.transformer import NeoXBlock, TransformerBackbone, TransformerConfig
+from ponderlab.plugins.backbones.transformer import (
+    NeoXBlock,
+    TransformerBackbone,
+    TransformerConfig,
+)
 from ponderlab.plugins.halting.common import apply_to_active
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import script_mlp

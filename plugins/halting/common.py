@@ -162,6 +162,7 @@ def cumulative_halting_loop(
     n_hops: int,
     threshold: float,
     halting_probability: HaltingFn,
+    mask: Tensor | None = None,
 ) -> PonderOutput:
     """Graves ACT bookkeeping, shared by `graves` (any scope) and `threshold` (depth).
 
@@ -174,7 +175,8 @@ def cumulative_halting_loop(
     Kept to a handful of small ops per hop (the loop runs after every hop of every
     site): h >= 0 makes the running sum c_n monotone, so "running after hop n" is
     just c_n < threshold, and hop counts and remainders are read off the per-hop
-    masks and weights once, after the loop.
+    masks and weights once, after the loop. Padding (`mask` False) halts after
+    its first hop with weight 1.
     """
     total = remaining = one = zero = limit = None  # (B, L) tensors, made at the first hop
     halt_index: Tensor | None = None  # N - 1: the number of hops after which a token continued
@@ -189,7 +191,7 @@ def cumulative_halting_loop(
         else:
             h = halting_probability(step, state, active)  # (B, L), >= 0
             if total is None:
-                total = h
+                total = h if mask is None else h.masked_fill(~mask, threshold + 1.0)  # pads halt now
                 remaining = one = torch.ones_like(h)  # remaining = 1 - c_0
                 zero = h.new_zeros(())
                 limit = h.new_full((), threshold)
@@ -217,6 +219,7 @@ def cumulative_halting_loop(
         hops=hops,
         ponder_cost=hops + remainder,
         remainder=remainder,
+        hop_weights=weights,
     )
 
 

@@ -63,13 +63,14 @@ class GravesACT(HaltingStrategy):
         unit = self.units[step if self.per_layer else 0]
         return unit(state, active)  # (B, L)
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         return cumulative_halting_loop(
             state,
             hop,
             n_hops=self.max_hops(),
             threshold=1.0 - self.config.epsilon,
             halting_probability=self.halting_probability,
+            mask=mask,
         )
 
 

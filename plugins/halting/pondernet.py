@@ -114,13 +114,13 @@ class PonderNet(HaltingStrategy):
     def lambda_at(self, step: int, state: Tensor) -> Tensor:
         return self.units[step if len(self.units) > 1 else 0](state)  # (B, L)
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         if self.training:
-            return self._expected(state, hop)
-        return self._halted(state, hop)
+            return self._expected(state, hop, mask)
+        return self._halted(state, hop, mask)
 
     # ------------------------------------------------------------------ training
-    def _expected(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def _expected(self, state: Tensor, hop: HopFn, mask: Tensor | None) -> PonderOutput:
         n_hops = self.max_hops()
         dtype = accumulation_dtype(state)
         states, lambdas = [], []
@@ -143,11 +143,12 @@ class PonderNet(HaltingStrategy):
             remainder=p[..., -1] if n_hops > 1 else torch.zeros_like(p[..., 0]),
             hop_states=states,
             hop_probs=p,
-            aux_loss=self.config.beta * kl.mean(),
+            hop_weights=[(chosen == n).to(dtype) for n in range(n_hops)],  # the sampled state
+            aux_loss=self.config.beta * (kl.mean() if mask is None else kl[mask].mean()),  # real tokens
         )
 
     # ------------------------------------------------------------------ inference
-    def _halted(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def _halted(self, state: Tensor, hop: HopFn, mask: Tensor | None) -> PonderOutput:
         n_hops = self.max_hops()
         most_likely = self.config.inference == "most_likely"
         dtype = accumulation_dtype(state)
@@ -173,8 +174,12 @@ class PonderNet(HaltingStrategy):
                 stops = running & ((best >= survive) | last)
             else:
                 stops = running & ((torch.rand_like(lam) < lam) | last)
+                if step == 0 and mask is not None:
+                    stops = stops | ~mask  # padding halts after its first hop
                 output = torch.where(stops.unsqueeze(-1), state, output)
                 halting_step = torch.where(stops, torch.full_like(hops, step + 1.0), halting_step)
+            if most_likely and step == 0 and mask is not None:
+                stops = stops | ~mask  # padding halts after its first hop (its output is this state)
             running = running & ~stops
             if not bool(running.any()):
                 break
@@ -183,6 +188,7 @@ class PonderNet(HaltingStrategy):
             hops=hops,
             ponder_cost=halting_step,
             remainder=torch.zeros_like(hops),
+            hop_weights=[(halting_step == n + 1).to(dtype) for n in range(int(hops.max()))],
         )
 
 

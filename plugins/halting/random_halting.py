@@ -98,7 +98,7 @@ class RandomHalting(HaltingStrategy):
         if config.scope == "depth" and config.mean_hops > n_layers:
             raise depth_cap_error("random", "mean_hops", config.mean_hops, n_layers)
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         cap = self.max_hops()
         counts = sample_hops(
             state.shape[:-1],
@@ -107,6 +107,8 @@ class RandomHalting(HaltingStrategy):
             distribution=self.config.distribution,
             device=state.device,
         )  # (B, L)
+        if mask is not None:
+            counts = counts.masked_fill(~mask, 1)  # padding takes one hop
         for step in range(cap):
             running = counts > step
             if not bool(running.any()):

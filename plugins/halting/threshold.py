@@ -73,13 +73,14 @@ class ThresholdACT(HaltingStrategy):
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
         return self.units[step](state, active)  # (B, L), zero for inactive tokens
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         return cumulative_halting_loop(
             state,
             hop,
             n_hops=self.n_layers,
             threshold=self.config.threshold,
             halting_probability=self.halting_probability,
+            mask=mask,
         )
 
 

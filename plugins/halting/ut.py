@@ -68,7 +68,7 @@ class UniversalTransformerACT(HaltingStrategy):
                       "; for halting across distinct layers use graves or threshold")
         self.unit = HaltingUnit(d_model, config.halting_bias_init)
 
-    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         cfg = self.config
         threshold = 1.0 - cfg.epsilon
         max_steps = self.max_hops()
@@ -79,12 +79,15 @@ class UniversalTransformerACT(HaltingStrategy):
         n_updates = torch.zeros_like(halting)  # N
         running = torch.ones(shape, dtype=torch.bool, device=state.device)
         output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # y, (B, L, D)
+        weights: list[Tensor] = []  # w_n per hop
         for step in range(max_steps):
             p = self.unit(state)  # (B, L), from the state entering this hop
             run = running.to(dtype)
             reached = halting + p * run > threshold
             if step == max_steps - 1:
                 reached = torch.ones_like(reached)
+            elif step == 0 and mask is not None:
+                reached = reached | ~mask  # padding halts after its first hop
             new_halted = (reached & running).to(dtype)
             still = (~reached & running).to(dtype)
             halting = halting + p * still
@@ -92,6 +95,7 @@ class UniversalTransformerACT(HaltingStrategy):
             halting = halting + new_halted * remainder
             n_updates = n_updates + still + new_halted
             weight = p * still + new_halted * remainder  # (B, L)
+            weights.append(weight)
             state = hop(state, step, None if step == 0 else running_as_active(running))
             if cfg.combine == "accumulated":  # y = y + w s
                 output = accumulate(output, weight, state)
@@ -106,7 +110,17 @@ class UniversalTransformerACT(HaltingStrategy):
             hops=n_updates,
             ponder_cost=n_updates + remainder,
             remainder=remainder,
+            hop_weights=weights if cfg.combine == "accumulated" else interpolation_weights(weights),
         )
+
+
+def interpolation_weights(weights: list[Tensor]) -> list[Tensor]:
+    """Weights of y_N for y_n = w_n s_n + (1 - w_n) y_{n-1}: e_n = w_n prod_{m>n} (1 - w_m)."""
+    effective, keep = [], torch.ones_like(weights[0])
+    for weight in reversed(weights):
+        effective.append(weight * keep)
+        keep = keep * (1.0 - weight)
+    return effective[::-1]
 
 
 @hookimpl
