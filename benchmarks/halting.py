@@ -24,6 +24,7 @@ with the thread's CPU time, GPU runs with wall time around synchronisation.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
 import statistics
 import time
@@ -47,6 +48,22 @@ def sync(device: torch.device) -> None:
 
 
 CLOCK = {"name": "wall", "fn": time.perf_counter}
+
+
+def steady_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of returning it to the OS after every op.
+
+    With the defaults, large CPU tensors are mmap-ed and unmapped per op, so each run
+    pays page faults whose cost depends on the other tenants of a shared machine and
+    on allocation order, not on the work compared. Both sides of every ratio run
+    under the same setting (`--default-allocator` turns it off). No effect off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 34))
 
 
 def use_clock(device: torch.device, threads: int) -> None:
@@ -197,12 +214,22 @@ class MLPStack(Backbone):
         self.norm = nn.LayerNorm(d)
 
 
+def flag_preserving_linears(backbone: Backbone) -> list[nn.Linear]:
+    """The linears that write each block's residual update (channel 0 must stay the input flag)."""
+    if isinstance(backbone, MLPStack):
+        return [linear for block in backbone.blocks for linear in (block.mlp[2], block.proj)]
+    return [linear for block in backbone.blocks  # GPT-NeoX: attention output and MLP output
+            for linear in (block.layer.attention.dense, block.layer.mlp.dense_4h_to_h)]
+
+
 def force_half_exit(model: PonderModel) -> None:
     """Layer-1 unit reads the input flag (even ids: h ~ 1, exit); later units never halt anyone."""
+    backbone = model.backbone
     units = model.sites[0].units
-    d = model.backbone.d_model
     first = units[0]
     with torch.no_grad():
+        backbone.embedding.weight[:, 0] = torch.tensor(
+            [1.0 if i % 2 == 0 else -1.0 for i in range(backbone.embedding.num_embeddings)])
         first.hidden.weight.zero_()
         first.hidden.bias.zero_()
         first.hidden.weight[0, 0] = 1.0  # hidden unit 0 = flag of the layer-1 output
@@ -212,28 +239,38 @@ def force_half_exit(model: PonderModel) -> None:
         for unit in units[1:]:
             unit.out.weight.zero_()
             unit.out.bias.fill_(-30.0)
-    # keep channel 0 (the flag) out of the residual updates of the blocks
-    for block in model.backbone.blocks:
-        with torch.no_grad():
-            for linear in (block.mlp[2], block.proj):
-                linear.weight[0].zero_()
-                linear.bias[0] = 0.0
-            block.mix[0] = 0.0
-    assert d > 1
+        for linear in flag_preserving_linears(backbone):  # channel 0 keeps the flag
+            linear.weight[0].zero_()
+            linear.bias[0] = 0.0
+        for block in backbone.blocks:
+            if isinstance(block, ShiftMLPBlock):
+                block.mix[0] = 0.0
 
 
-def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, device) -> dict:
+def early_exit_backbones(backbone: dict, vocab: int) -> tuple[Backbone, Backbone]:
+    """Two copies of one backbone: the synthetic position-wise stack or a registered one."""
+    copies = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        if backbone["name"] == "bench_mlp_stack":
+            copies.append(MLPStack(MLPStackConfig(**backbone), vocab_size=vocab))
+        else:
+            info = get_registry().get("backbone", backbone["name"])
+            copies.append(info.cls(info.cls.config_class.model_validate(backbone), vocab_size=vocab))
+    return copies[0], copies[1]
+
+
+def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> dict:
     vocab = 32
     registry = get_registry()
-    config = MLPStackConfig(d_model=d_model, n_layers=n_layers)
+    n_layers = backbone["n_layers"]
     models = {}
-    for name, halting in (("fixed", {"name": "none", "scope": "depth"}),
-                          ("threshold", {"name": "threshold", "threshold": 0.99})):
-        torch.manual_seed(0)
+    for body, (name, halting) in zip(early_exit_backbones(backbone, vocab),
+                                     (("fixed", {"name": "none", "scope": "depth"}),
+                                      ("threshold", {"name": "threshold", "threshold": 0.99})), strict=True):
         info = registry.get("halting", halting["name"])
-        models[name] = PonderModel(MLPStack(config, vocab_size=vocab), info.cls,
-                                   info.cls.config_class.model_validate(halting), vocab_size=vocab)
-    models["threshold"].backbone.load_state_dict(models["fixed"].backbone.state_dict())
+        models[name] = PonderModel(body, info.cls, info.cls.config_class.model_validate(halting),
+                                   vocab_size=vocab)
     force_half_exit(models["threshold"])
     models["fixed"].backbone.load_state_dict(models["threshold"].backbone.state_dict())
     for model in models.values():
@@ -257,7 +294,7 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
     ideal = n_layers / mean_layers
     speedup = 1.0 / timed["ratio"]
     low, high = timed["ratio_iqr"]
-    return {"n_layers": n_layers, "d_model": d_model, "tokens": batch * length,
+    return {"n_layers": n_layers, "d_model": backbone["d_model"], "tokens": batch * length,
             "exited_after_layer_1": float(even.float().mean()), "mean_layers": mean_layers,
             "fixed_ms": 1e3 * t_fixed, "threshold_ms": 1e3 * t_threshold,
             "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal,
@@ -267,53 +304,80 @@ def early_exit_case(n_layers: int, d_model: int, batch: int, length: int, args, 
 # --------------------------------------------------------------------------- main
 
 
+#: (size, backbone, batch, length). "tiny" is seed 000's model size (GPT-NeoX hidden 128,
+#: heads = layers, FFN 128; LSTM hidden 128); "micro" is below it and shown for scale.
+OVERHEAD_CASES = [
+    ("micro", {"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_size": 256}, 16, 64),
+    ("micro", {"name": "lstm", "d_model": 64, "n_layers": 2}, 16, 64),
+    ("tiny", {"name": "transformer", "d_model": 128, "n_layers": 2}, 16, 128),
+    ("tiny", {"name": "lstm", "d_model": 128, "n_layers": 2}, 16, 128),
+    ("small", {"name": "transformer", "d_model": 256, "n_layers": 2, "n_heads": 4, "ffn_size": 1024}, 16, 128),
+    ("small", {"name": "lstm", "d_model": 256, "n_layers": 2}, 16, 128),
+]
+
+
 def overhead_table(args, device) -> None:
-    print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), target <= 1.05")
-    print(f"{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}{'ratio':>8}{'IQR':>14}  verdict")
-    cases = [  # (backbone, batch, length): tiny, then small
-        ({"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_size": 256}, 16, 64),
-        ({"name": "transformer", "d_model": 128, "n_layers": 2, "n_heads": 4, "ffn_size": 512}, 16, 128),
-        ({"name": "lstm", "d_model": 64, "n_layers": 2}, 16, 64),
-        ({"name": "lstm", "d_model": 128, "n_layers": 2}, 16, 128),
-    ]
-    for backbone, batch, length in cases:
+    print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), "
+          "target <= 1.05 from tiny up")
+    print(f"{'size':<6}{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}"
+          f"{'ratio':>8}{'IQR':>14}  verdict")
+    for size, backbone, batch, length in OVERHEAD_CASES:
         for row in overhead_case(backbone, args.hops, batch * args.scale, length, args, device):
             verdict = "ok" if row["ratio"] <= 1.05 else "MISS"
-            print(f"{row['backbone']:<12}{backbone['d_model']:>4}{batch * args.scale * length:>7}  "
+            if size == "micro":
+                verdict = f"({verdict}: below tiny)"
+            print(f"{size:<6}{row['backbone']:<12}{backbone['d_model']:>4}{batch * args.scale * length:>7}  "
                   f"{row['mode']:<12}{row['constant_ms']:>12.2f}{row['graves_ms']:>11.2f}"
                   f"{row['ratio']:>8.3f}{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
 
+
+#: (size, backbone, batch, length). The synthetic stack is the target; GPT-NeoX rows show a
+#: real layer, where attention and its QKV projection still run for halted tokens.
+EARLY_EXIT_CASES = [
+    ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 4}, 16, 128),
+    ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 8}, 16, 128),
+    ("small", {"name": "bench_mlp_stack", "d_model": 256, "n_layers": 8}, 16, 128),
+    ("tiny", {"name": "transformer", "d_model": 128, "n_layers": 8, "n_heads": 4, "ffn_size": 512}, 16, 128),
+    ("small", {"name": "transformer", "d_model": 256, "n_layers": 8, "n_heads": 4, "ffn_size": 1024}, 16, 128),
+]
 
 
 def early_exit_table(args, device) -> None:
     print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
           " target efficiency >= 0.9")
-    print(f"{'layers':>6}{'d':>5}{'tokens':>8}{'mean layers':>12}{'fixed ms':>10}{'thresh ms':>10}"
-          f"{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
-    for n_layers, d_model, batch, length in ((4, 128, 16, 128), (8, 128, 16, 128), (8, 256, 16, 128)):
-        row = early_exit_case(n_layers, d_model, batch * args.scale, length, args, device)
+    print(f"{'size':<6}{'backbone':<16}{'layers':>6}{'d':>5}{'tokens':>7}{'mean layers':>12}{'fixed ms':>10}"
+          f"{'thresh ms':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
+    for size, backbone, batch, length in EARLY_EXIT_CASES:
+        row = early_exit_case(backbone, batch * args.scale, length, args, device)
         verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
-        print(f"{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>8}{row['mean_layers']:>12.2f}"
-              f"{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}{row['speedup']:>9.2f}"
-              f"{row['ideal']:>7.2f}{row['efficiency']:>8.3f}{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
+        if backbone["name"] != "bench_mlp_stack":
+            verdict = f"({verdict}: attention for all tokens)"
+        print(f"{size:<6}{backbone['name']:<16}{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>7}"
+              f"{row['mean_layers']:>12.2f}{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}"
+              f"{row['speedup']:>9.2f}{row['ideal']:>7.2f}{row['efficiency']:>8.3f}"
+              f"{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--hops", type=int, default=3, help="K for the overhead comparison")
     parser.add_argument("--scale", type=int, default=1, help="multiply batch sizes (e.g. 8 on a GPU)")
     parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's default mmap/trim thresholds (noisier on a shared machine)")
     args = parser.parse_args(argv)
+    allocator = "glibc default" if args.default_allocator or not steady_allocator() else "glibc, no trim/mmap churn"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     use_clock(device, args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
-          f"{args.threads} thread(s), {CLOCK['name']}; medians of {args.repeats} alternating runs,\n"
+          f"{args.threads} thread(s), {CLOCK['name']}, allocator {allocator};\n"
+          f"medians of {args.repeats} alternating runs, "
           "ratios = median of per-pair ratios")
 
     if args.only != "b":

@@ -148,11 +148,13 @@ class HaltingMLP(nn.Module):
 
 
 def accumulate(output: Tensor, weight: Tensor, state: Tensor) -> Tensor:
-    """output + weight * state: (B, L, D) + (B, L) * (B, L, D), one fused op (in place without grad)."""
-    state = state.to(output.dtype)
-    if torch.is_grad_enabled() and (output.requires_grad or weight.requires_grad or state.requires_grad):
-        return torch.addcmul(output, weight.unsqueeze(-1), state)
-    return output.addcmul_(weight.unsqueeze(-1), state)
+    """output += weight * state: (B, L, D) + (B, L) * (B, L, D), one fused in-place op.
+
+    `output` must be the loop's own accumulator. In place is autograd-safe here:
+    addcmul's backward needs only `weight` and `state`, and no other op saves the
+    accumulator, so no new (B, L, D) buffer is allocated per hop, in training too.
+    """
+    return output.addcmul_(weight.unsqueeze(-1), state.to(output.dtype))
 
 
 def cumulative_halting_loop(
