@@ -190,12 +190,13 @@ class ShiftMLPBlock(Block):
         active = context.active
         if active is None:
             previous = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))  # (B, L, D), token t-1
-            return self.positionwise(hidden + self.mix * previous)
+            return self.positionwise(torch.addcmul(hidden, self.mix, previous))
         rows = active_rows(active)  # (K,) flat indices of the running tokens
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
-        first = (rows % hidden.shape[1] == 0).unsqueeze(-1)  # position 0 has no previous token
-        previous = flat.index_select(0, (rows - 1).clamp_min(0)).masked_fill(first, 0.0)  # (K, D)
-        values = self.positionwise(flat.index_select(0, rows) + self.mix * previous)  # (K, D)
+        previous = flat.index_select(0, (rows - 1).clamp_min(0))  # (K, D), token t-1
+        starts = (rows % hidden.shape[1] == 0).nonzero().squeeze(1)  # position 0 has no previous token
+        previous.index_fill_(0, starts, 0.0)
+        values = self.positionwise(torch.addcmul(flat.index_select(0, rows), self.mix, previous))  # (K, D)
         return scatter_active(hidden, rows, values)  # halted tokens keep their rows
 
 

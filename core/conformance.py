@@ -989,83 +989,37 @@ class _ContractTests:
             cls._conformance = checker
         checker.check(contract)
 
-    def test_config(self) -> None:
-        self._check("config")
 
-    def test_yaml_round_trip(self) -> None:
-        self._check("yaml round trip")
-
-    def test_entry_point(self) -> None:
-        self._check("entry point")
+def _test_name(contract: str) -> str:
+    return "test_" + contract.replace(" ", "_")
 
 
-class BackboneContract(_ContractTests):
-    """Conformance tests for a backbone: `class TestMine(BackboneContract): plugin = Mine`."""
+def _contract_test(contract: str):
+    """A pytest method that checks one contract, named test_<contract with underscores>."""
 
-    def test_construction(self) -> None:
-        self._check("construction")
+    def test(self: _ContractTests) -> None:
+        self._check(contract)
 
-    def test_output_shapes(self) -> None:
-        self._check("output shapes")
-
-    def test_causality(self) -> None:
-        self._check("causality")
-
-    def test_active_subset(self) -> None:
-        self._check("active subset")
-
-    def test_gradient_flow(self) -> None:
-        self._check("gradient flow")
-
-    def test_determinism(self) -> None:
-        self._check("determinism")
-
-    def test_checkpoint(self) -> None:
-        self._check("checkpoint")
+    test.__name__ = _test_name(contract)
+    test.__doc__ = f"The {contract!r} contract."
+    return test
 
 
-class HaltingContract(_ContractTests):
-    """Conformance tests for a halting strategy: `class TestMine(HaltingContract): plugin = Mine`."""
-
-    def test_scopes(self) -> None:
-        self._check("scopes")
-
-    def test_hop_protocol(self) -> None:
-        self._check("hop protocol")
-
-    def test_halting_weights(self) -> None:
-        self._check("halting weights")
-
-    def test_halting_stats(self) -> None:
-        self._check("halting stats")
-
-    def test_causality(self) -> None:
-        self._check("causality")
-
-    def test_gradient_flow(self) -> None:
-        self._check("gradient flow")
-
-    def test_determinism(self) -> None:
-        self._check("determinism")
-
-    def test_checkpoint(self) -> None:
-        self._check("checkpoint")
+def _contract_suite(kind: str, doc: str) -> type[_ContractTests]:
+    """The pytest base class with one test method per contract of `kind` (see CONTRACTS)."""
+    methods = {test.__name__: test for test in map(_contract_test, CONTRACTS[kind])}
+    return type(f"{kind.capitalize()}Contract", (_ContractTests,), {"__doc__": doc, **methods})
 
 
-class TaskContract(_ContractTests):
-    """Conformance tests for a task: `class TestMine(TaskContract): plugin = Mine`."""
-
-    def test_task_data(self) -> None:
-        self._check("task data")
-
-    def test_split_overlap(self) -> None:
-        self._check("split overlap")
-
-    def test_determinism(self) -> None:
-        self._check("determinism")
-
-    def test_extra_metrics(self) -> None:
-        self._check("extra metrics")
+BackboneContract = _contract_suite(
+    "backbone", "Conformance tests for a backbone: `class TestMine(BackboneContract): plugin = Mine`."
+)
+HaltingContract = _contract_suite(
+    "halting", "Conformance tests for a halting strategy: `class TestMine(HaltingContract): plugin = Mine`."
+)
+TaskContract = _contract_suite(
+    "task", "Conformance tests for a task: `class TestMine(TaskContract): plugin = Mine`."
+)
 
 
 CONTRACT_CLASSES: dict[str, type[_ContractTests]] = {
@@ -1077,7 +1031,7 @@ CONTRACT_CLASSES: dict[str, type[_ContractTests]] = {
 
 def contract_test_names(kind: str) -> dict[str, str]:
     """contract -> the test method of the pytest base class that checks it."""
-    return {contract: "test_" + contract.replace(" ", "_") for contract in CONTRACTS[kind]}
+    return {contract: _test_name(contract) for contract in CONTRACTS[kind]}
 
 
 __all__ = [
