@@ -352,7 +352,7 @@ def early_exit_table(args, device) -> None:
         row = early_exit_case(backbone, batch * args.scale, length, args, device)
         verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
         if backbone["name"] != "bench_mlp_stack":
-            verdict = f"({verdict}: attention for all tokens)"
+            verdict = f"({verdict}: K/V for halted tokens)"
         print(f"{size:<6}{backbone['name']:<16}{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>7}"
               f"{row['mean_layers']:>12.2f}{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}"
               f"{row['speedup']:>9.2f}{row['ideal']:>7.2f}{row['efficiency']:>8.3f}"

@@ -201,3 +201,27 @@ def test_neox_active_path_gives_the_same_gradients_in_training():
     b.logits.square().sum().backward()
     for (name, p), q in zip(fast.named_parameters(), full.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_neox_attention_queries_only_for_running_tokens(monkeypatch):
+    """Halted tokens contribute keys and values, but no query is computed for them."""
+    import ponderlab.plugins.backbones.transformer as transformer_module
+
+    query_lengths: list[tuple[int, int]] = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, *args, **kwargs):
+        query_lengths.append((query.shape[-2], key.shape[-2]))
+        return real_sdpa(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(transformer_module.F, "scaled_dot_product_attention", recording_sdpa)
+    config = ThresholdConfig(threshold=0.6, halting_bias_init=0.0)
+    fast, _, _ = neox_twins(ThresholdACT, config, parallel_residual=True)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        layers = fast.eval()(ids).stats.layers
+    length = ids.shape[1]
+    packed = [int((layers >= n).sum(1).max()) for n in (2, 3)]  # most running tokens in a sequence
+    assert 0 < packed[0] < length
+    # layer 1: every token (the HF layer); later layers: packed running queries over every key
+    assert query_lengths == [(length, length)] + [(k, length) for k in packed if k]

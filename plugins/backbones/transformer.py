@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import GPTNeoXConfig
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.gpt_neox.modeling_gpt_neox import (
     GPTNeoXLayer,
     GPTNeoXRotaryEmbedding,
-    apply_rotary_pos_emb,
+    rotate_half,
 )
 
 from ponderlab.core.config import BackboneConfig
@@ -65,12 +65,11 @@ class NeoXBlock(Block):
     """A GPT-NeoX layer with its rotary embedding: (B, L, D) -> (B, L, D), causal.
 
     With every token active this is `GPTNeoXLayer.forward`. With `context.active`
-    (halted tokens frozen by early exit) only token mixing runs for every token:
-    layer norm, the fused QKV projection and causal attention, because running
-    tokens still attend to the keys and values of halted ones (taken from their
-    frozen states, as in CALM). The attention output projection and the MLP, most
-    of the layer's position-wise work, run only for the running tokens, and
-    halted tokens' rows come back unchanged.
+    (halted tokens frozen by early exit) halted tokens cost only layer norm and
+    their key/value projection, because running tokens still attend to them (keys
+    and values from their frozen states, as in CALM). Queries, attention, the
+    output projection and the MLP run for the running tokens only, and halted
+    tokens' rows come back unchanged.
     """
 
     supports_active_subset = True
@@ -88,25 +87,49 @@ class NeoXBlock(Block):
             return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
         return self.forward_active(hidden, context.active, cos_sin)
 
-    def attention_context(self, normed: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-        """Causal multi-head attention before its output projection: (B, L, D) -> (B, L, D)."""
+    def running_attention(self, normed: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """Causal attention for the running tokens' queries over every token's keys and values.
+
+        normed (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
+        output projection. Keys and values come from the fused QKV weights for every
+        token; queries only for the K running ones, packed per sequence (Kq = the most
+        running tokens in one sequence) with an explicit causal mask at their positions.
+        """
         attention = self.layer.attention
-        batch, length, _ = normed.shape
-        qkv = attention.query_key_value(normed).view(batch, length, -1, 3 * attention.head_size)
-        query, key, value = qkv.transpose(1, 2).chunk(3, dim=-1)  # (B, H, L, dh) each
-        query, key = apply_rotary_pos_emb(query, key, *cos_sin)
-        context, _ = sdpa_attention_forward(
-            attention, query, key, value, None,
-            dropout=attention.attention_dropout if self.training else 0.0,
-            scaling=attention.scaling,
-        )  # (B, L, H, dh)
-        return context.reshape(batch, length, -1)
+        batch, length, width = normed.shape
+        size = attention.head_size
+        heads = width // size
+        weight = attention.query_key_value.weight.view(heads, 3, size, width)  # per head: q, k, v
+        bias = attention.query_key_value.bias
+        bias = None if bias is None else bias.view(heads, 3, size)
+
+        def project(part: slice, x: Tensor) -> Tensor:
+            return F.linear(x, weight[:, part].reshape(-1, width), None if bias is None else bias[:, part].reshape(-1))
+
+        key, value = project(slice(1, 3), normed).view(batch, length, heads, 2, size).permute(3, 0, 2, 1, 4)
+        cos, sin = cos_sin  # (1, L, r)
+        key = rotary(key, cos.unsqueeze(1), sin.unsqueeze(1))  # (B, H, L, dh)
+
+        counts = active.sum(1)  # (B,)
+        packed = int(counts.max())  # Kq
+        positions = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, Kq)
+        valid = torch.arange(packed, device=active.device) < counts.unsqueeze(1)  # (B, Kq)
+        query = normed.new_zeros(batch * packed, heads * size)
+        query[valid.reshape(-1)] = project(slice(0, 1), gather_active(normed, rows))  # row-major = rows order
+        query = query.view(batch, packed, heads, size).transpose(1, 2)  # (B, H, Kq, dh)
+        query = rotary(query, cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1))
+        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L)
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed.unsqueeze(1),
+            dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
+        )  # (B, H, Kq, dh)
+        return context.transpose(1, 2).reshape(batch * packed, width)[valid.reshape(-1)]  # (K, D)
 
     def forward_active(self, hidden: Tensor, active: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """The layer for the running tokens only; halted tokens keep their rows."""
         layer = self.layer
         rows = active_rows(active)  # (K,)
-        context = gather_active(self.attention_context(layer.input_layernorm(hidden), cos_sin), rows)  # (K, D)
+        context = self.running_attention(layer.input_layernorm(hidden), active, rows, cos_sin)  # (K, D)
         attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
         residual = gather_active(hidden, rows)  # (K, D)
         if layer.use_parallel_residual:
@@ -116,6 +139,13 @@ class NeoXBlock(Block):
             attn = attn + residual
             updated = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
         return scatter_active(hidden, rows, updated)
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """GPT-NeoX partial rotary embedding on the first cos.shape[-1] channels of x (..., dh)."""
+    span = cos.shape[-1]
+    turned, kept = x[..., :span], x[..., span:]
+    return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
