@@ -27,6 +27,8 @@ import argparse
 import ctypes
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Literal
 
@@ -318,11 +320,13 @@ OVERHEAD_CASES = [
 
 
 def overhead_table(args, device) -> None:
-    print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), "
-          "target <= 1.05 from tiny up")
-    print(f"{'size':<6}{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}"
-          f"{'ratio':>8}{'IQR':>14}  verdict")
-    for size, backbone, batch, length in OVERHEAD_CASES:
+    if args.case is None:
+        print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), "
+              "target <= 1.05 from tiny up")
+        print(f"{'size':<6}{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}"
+              f"{'ratio':>8}{'IQR':>14}  verdict")
+    for index in cases_to_run(args, "a", len(OVERHEAD_CASES)):
+        size, backbone, batch, length = OVERHEAD_CASES[index]
         for row in overhead_case(backbone, args.hops, batch * args.scale, length, args, device):
             verdict = "ok" if row["ratio"] <= 1.05 else "MISS"
             if size == "micro":
@@ -344,11 +348,13 @@ EARLY_EXIT_CASES = [
 
 
 def early_exit_table(args, device) -> None:
-    print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
-          " target efficiency >= 0.9")
-    print(f"{'size':<6}{'backbone':<16}{'layers':>6}{'d':>5}{'tokens':>7}{'mean layers':>12}{'fixed ms':>10}"
-          f"{'thresh ms':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
-    for size, backbone, batch, length in EARLY_EXIT_CASES:
+    if args.case is None:
+        print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
+              " target efficiency >= 0.9")
+        print(f"{'size':<6}{'backbone':<16}{'layers':>6}{'d':>5}{'tokens':>7}{'mean layers':>12}{'fixed ms':>10}"
+              f"{'thresh ms':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
+    for index in cases_to_run(args, "b", len(EARLY_EXIT_CASES)):
+        size, backbone, batch, length = EARLY_EXIT_CASES[index]
         row = early_exit_case(backbone, batch * args.scale, length, args, device)
         verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
         if backbone["name"] != "bench_mlp_stack":
@@ -357,6 +363,22 @@ def early_exit_table(args, device) -> None:
               f"{row['mean_layers']:>12.2f}{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}"
               f"{row['speedup']:>9.2f}{row['ideal']:>7.2f}{row['efficiency']:>8.3f}"
               f"{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
+
+
+def cases_to_run(args, part: str, count: int) -> list[int]:
+    """The case indices this process times itself.
+
+    By default every case runs in a fresh child process (`--only PART --case I`), so
+    no case inherits the heap, caches or allocator state left by the ones before it
+    (on the shared CPU, part (b) measured 5-10% lower after part (a) in the same
+    process). The child prints its rows; this process prints them in order.
+    """
+    if args.case is not None or args.in_process:
+        return [args.case] if args.case is not None else list(range(count))
+    for index in range(count):
+        child = [sys.executable, __file__, *args.argv, "--only", part, "--case", str(index)]
+        print(subprocess.run(child, check=True, capture_output=True, text=True).stdout, end="", flush=True)
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,16 +392,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (noisier on a shared machine)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--in-process", action="store_true",
+                        help="time every case in this process instead of one fresh process per case")
+    parser.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)  # set for child processes
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.argv = [a for a in raw if a not in ("--only", "a", "b")]  # forwarded to child processes
     allocator = "glibc default" if args.default_allocator or not steady_allocator() else "glibc, no trim/mmap churn"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     use_clock(device, args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if args.case is not None:  # a child process: rows only
+        (overhead_table if args.only == "a" else early_exit_table)(args, device)
+        return 0
     print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
           f"{args.threads} thread(s), {CLOCK['name']}, allocator {allocator};\n"
-          f"medians of {args.repeats} alternating runs, "
-          "ratios = median of per-pair ratios")
+          f"medians of {args.repeats} alternating runs, ratios = median of per-pair ratios, "
+          f"{'all cases in one process' if args.in_process else 'one fresh process per case'}")
 
     if args.only != "b":
         overhead_table(args, device)
