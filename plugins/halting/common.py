@@ -205,7 +205,10 @@ def cumulative_halting_loop(
             remaining = torch.where(running, one - total, zero)
             halt_index = running.long() if halt_index is None else halt_index.add_(running)
         weights.append(weight)
-        output = weight.unsqueeze(-1) * state if output is None else accumulate(output, weight, state)
+        if output is None:  # state first: the product keeps the state's memory layout (an LSTM's
+            output = state * weight.unsqueeze(-1)  # is permuted), so the next layer gets it unchanged
+        else:
+            output = accumulate(output, weight, state)
         if running is None:
             break
         n_running = int(torch.count_nonzero(running))

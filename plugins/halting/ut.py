@@ -78,7 +78,7 @@ class UniversalTransformerACT(HaltingStrategy):
         remainder = torch.zeros_like(halting)  # R
         n_updates = torch.zeros_like(halting)  # N
         running = torch.ones(shape, dtype=torch.bool, device=state.device)
-        output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # y, (B, L, D)
+        output = torch.zeros_like(state, dtype=dtype)  # y, (B, L, D), in the state's memory layout
         weights: list[Tensor] = []  # w_n per hop
         for step in range(max_steps):
             p = self.unit(state)  # (B, L), from the state entering this hop
