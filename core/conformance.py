@@ -794,6 +794,15 @@ class Conformance:
             beyond = (hop_index >= counted.unsqueeze(-1)) & (weights.abs() > 1e-4)
             if bool(beyond.any()):
                 _fail(f"the output uses states of hops beyond the `hops` it reports for {int(beyond.any(-1).sum())} tokens ({where})")
+            if out.hop_weights is not None:
+                given = torch.stack([w.float() for w in out.hop_weights], dim=-1)  # (B, L, n)
+                count = given.shape[-1]
+                if count > cap or given.shape[:2] != weights.shape[:2]:
+                    _fail(f"hop_weights has {count} entries of shape {tuple(given.shape[:2])}; expected at most "
+                          f"{cap} of shape {tuple(weights.shape[:2])} ({where})")
+                gap = max(_max_abs(given - weights[..., :count]), _max_abs(weights[..., count:]))
+                if gap > 1e-4:
+                    _fail(f"hop_weights do not give the output's combination of hop states (off by {gap:.2e}) ({where})")
 
     def _check_halting_stats(self) -> None:
         for run in self._synthetic():

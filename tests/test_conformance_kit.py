@@ -413,6 +413,29 @@ def test_weights_must_sum_to_one():
     broken(ShrinkingHalting, "halting weights", r"sum to values in \[0\.9000, 0\.9000\], not 1")
 
 
+class LastHopWeightsHalting(KitHalting):
+    """Reports hop_weights: all weight on each token's last hop, which is what its output is."""
+
+    def forward(self, state, hop):
+        out = super().forward(state, hop)
+        out.hop_weights = [(out.hops == n + 1).float() for n in range(int(out.hops.max()))]
+        return out
+
+
+class FirstHopWeightsHalting(KitHalting):
+    """Reports hop_weights that put everything on the first hop, which its output is not."""
+
+    def forward(self, state, hop):
+        out = super().forward(state, hop)
+        out.hop_weights = [torch.ones_like(out.hops)] + [torch.zeros_like(out.hops)] * (int(out.hops.max()) - 1)
+        return out
+
+
+def test_hop_weights_must_reproduce_the_output():
+    check_contract(LastHopWeightsHalting, "halting weights")
+    broken(FirstHopWeightsHalting, "halting weights", "hop_weights do not give the output's combination")
+
+
 class InputKeepingHalting(KitHalting):
     def forward(self, state, hop):
         out = super().forward(state, hop)
