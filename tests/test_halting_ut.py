@@ -206,3 +206,29 @@ def test_scopes():
     with pytest.raises(ValueError):
         UTConfig(combine="basic")
     assert UTConfig().time_penalty == 0.01 and UTConfig().halting_bias_init == 1.0
+
+
+@pytest.mark.parametrize("combine", ["accumulated", "interpolate"])
+def test_hop_weights_reproduce_the_output(combine):
+    """sum_n hop_weights[n] * s_n is the output; interpolate leaves weight on the zero start (t2t)."""
+    torch.manual_seed(0)
+    site = UniversalTransformerACT(UTConfig(max_steps=4, combine=combine, halting_bias_init=-0.5),
+                                   d_model=6, n_layers=1).double()
+    torch.nn.init.normal_(site.unit.linear.weight, std=2.0)
+    weights = [torch.randn(6, 6, dtype=torch.float64) * 0.5 for _ in range(4)]
+    states = []
+
+    def hop(s, step, active):
+        new = torch.tanh(s @ weights[step])
+        states.append(new if active is None else torch.where(active.unsqueeze(-1), new, s))
+        return states[-1]
+
+    out = site(torch.randn(2, 5, 6, dtype=torch.float64), hop)
+    assert len(set(out.hops.flatten().tolist())) > 1
+    rebuilt = sum(w.unsqueeze(-1) * s for w, s in zip(out.hop_weights, states, strict=True))
+    torch.testing.assert_close(rebuilt, out.output)
+    total = torch.stack(out.hop_weights).sum(0)
+    if combine == "accumulated":
+        torch.testing.assert_close(total, torch.ones_like(total))
+    else:
+        assert bool((total < 1).any())
