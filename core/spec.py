@@ -153,6 +153,26 @@ def parse_override(raw: str) -> tuple[tuple[str, ...], Any]:
     return tuple(key.split(".")), value
 
 
+def is_plugin_switch(path: tuple) -> bool:
+    """True for `<plugin section>.name`: setting it to a new plugin starts the section afresh."""
+    return len(path) == 2 and path[0] in PLUGIN_SECTIONS and path[1] == "name"
+
+
+def parent_mapping(data: dict, path: tuple, where: str | None = None) -> dict:
+    """The mapping that holds `path[-1]`, creating missing mappings on the way."""
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(
+                f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping", where=where
+            )
+        node = child
+    return node
+
+
 def apply_overrides(data: dict, overrides: list[str], source: _Source | None = None) -> dict:
     """Apply `dotted.key=value` overrides; a new plugin `name` resets that section first."""
     data = copy.deepcopy(data)
@@ -160,19 +180,8 @@ def apply_overrides(data: dict, overrides: list[str], source: _Source | None = N
     # A plugin switch (`halting.name=none`) starts its section afresh, before other keys apply.
     parsed.sort(key=lambda item: not (len(item[1]) == 2 and item[1][1] == "name"))
     for raw, path, value in parsed:
-        node = data
-        for depth, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise SpecError(
-                    f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping",
-                    where=f"override {raw!r}",
-                )
-            node = child
-        is_plugin_switch = len(path) == 2 and path[0] in PLUGIN_SECTIONS and path[1] == "name"
-        if is_plugin_switch and node.get("name") != value:
+        node = parent_mapping(data, path, where=f"override {raw!r}")
+        if is_plugin_switch(path) and node.get("name") != value:
             node.clear()
         node[path[-1]] = value
         if source is not None:

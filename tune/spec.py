@@ -40,6 +40,8 @@ from ponderlab.core.spec import (
     _dotted,
     _Source,
     apply_overrides,
+    is_plugin_switch,
+    parent_mapping,
     parse_override,
     read_spec_file,
     validate_spec,
@@ -243,13 +245,9 @@ def format_value(value: Any) -> str:
 # --------------------------------------------------------------------------- applying values
 
 
-def _is_plugin_switch(path: tuple) -> bool:
-    return len(path) == 2 and path[0] in PLUGIN_SECTIONS and path[1] == "name"
-
-
 def _apply_order(dim: SearchDim) -> tuple:
     # Whole sections first, then plugin switches (`backbone.name`), then deeper keys.
-    return (len(dim.path) - (0.5 if _is_plugin_switch(dim.path) else 0),)
+    return (len(dim.path) - (0.5 if is_plugin_switch(dim.path) else 0),)
 
 
 def _merge(target: dict, value: dict) -> None:
@@ -262,14 +260,7 @@ def _merge(target: dict, value: dict) -> None:
 
 def assign(data: dict, path: tuple, value: Any) -> None:
     """Set a searched value at `path`: merge mappings, restart a plugin section on a new name."""
-    node = data
-    for depth, part in enumerate(path[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping")
-        node = child
+    node = parent_mapping(data, path)
     last = path[-1]
     existing = node.get(last)
     if isinstance(value, dict) and isinstance(existing, dict):
@@ -279,7 +270,7 @@ def assign(data: dict, path: tuple, value: Any) -> None:
         else:
             _merge(existing, value)
         return
-    if _is_plugin_switch(path) and existing != value:
+    if is_plugin_switch(path) and existing != value:
         node.clear()
     node[last] = copy.deepcopy(value)
 
