@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch.func import functional_call
 
 from ponderlab.core.errors import SpecError
-from ponderlab.plugins.halting.common import HaltingMLP
+from ponderlab.plugins.halting.common import HaltingMLP, logit
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import (
     ScriptedHop,
@@ -21,9 +19,6 @@ from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
 
 D64 = torch.float64
 
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 # Three tokens, threshold 0.9 (epsilon 0.1), cap 3. Halting probabilities per hop:

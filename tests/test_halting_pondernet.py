@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 import ponderlab
 from ponderlab.core.errors import SpecError
+from ponderlab.plugins.halting.common import logit
 from ponderlab.plugins.halting.pondernet import (
     PonderNet,
     PonderNetConfig,
@@ -22,9 +23,6 @@ from ponderlab.plugins.halting.reference import ScriptedHop, pondernet_token, sc
 
 D64 = torch.float64
 
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 # lambda per hop (the third is ignored: the last hop takes the remaining mass)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch.func import functional_call
 
 from ponderlab.core.errors import SpecError
+from ponderlab.plugins.halting.common import logit
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear, ut_act_token
 from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
 
 D64 = torch.float64
 
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 # p is computed on the state ENTERING each hop (t2t). Threshold 0.9, cap 3.

@@ -12,6 +12,7 @@ Conventions used by every strategy here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,11 @@ from ponderlab.core.interfaces import HopFn, PonderOutput
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
+
+
+def logit(p: float) -> float:
+    """The bias that makes a zero-weight halting unit output sigmoid(bias) = p."""
+    return math.log(p / (1.0 - p))
 
 
 def accumulation_dtype(tensor: Tensor) -> torch.dtype:

@@ -30,7 +30,6 @@ needs the states that reach the head).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -42,7 +41,7 @@ from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
-from .common import HaltingUnit, accumulation_dtype, running_as_active
+from .common import HaltingUnit, accumulation_dtype, logit, running_as_active
 
 
 class PonderNetConfig(HaltingConfig):
@@ -104,7 +103,7 @@ class PonderNet(HaltingStrategy):
             )
         bias = config.halting_bias_init
         if bias is None:
-            bias = math.log(config.lambda_p / (1.0 - config.lambda_p))
+            bias = logit(config.lambda_p)
         units = n_layers if config.scope == "depth" else 1
         self.units = torch.nn.ModuleList(HaltingUnit(d_model, bias) for _ in range(units))
 

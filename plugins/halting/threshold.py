@@ -22,7 +22,6 @@ Scope: depth only (for re-applied layers use `graves` or `ut`).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import Field
@@ -32,7 +31,7 @@ from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
-from .common import HaltingMLP, cumulative_halting_loop, require_scope
+from .common import HaltingMLP, cumulative_halting_loop, logit, require_scope
 
 
 class ThresholdConfig(HaltingConfig):
@@ -48,8 +47,7 @@ class ThresholdConfig(HaltingConfig):
 
 def full_depth_bias(n_layers: int) -> float:
     """logit(1 / (n_layers + 1)): cumulative h stays below 1 until the last layer."""
-    p = 1.0 / (n_layers + 1)
-    return math.log(p / (1.0 - p))
+    return logit(1.0 / (n_layers + 1))
 
 
 class ThresholdACT(HaltingStrategy):
