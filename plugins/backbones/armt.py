@@ -34,22 +34,18 @@ from torch import Tensor, nn
 
 from ponderlab.core.hookspecs import hookimpl
 
-from .transformer import TransformerBackbone, TransformerConfig
+from .memory_transformer import MemoryTransformerBackbone, MemoryTransformerConfig
 
 #: One layer's memory: (A (B, d_key, D), z (B, d_key)), or None before the first write.
 LayerMemory = tuple[Tensor, Tensor] | None
 
 
-class ARMTConfig(TransformerConfig):
+class ARMTConfig(MemoryTransformerConfig):
     name: Literal["armt"] = "armt"
     memory_size: int = Field(16, ge=1, description="Memory tokens appended to every segment (write positions).")
     d_mem: int = Field(32, ge=1, description="Width of the key/query projections before DPFP.")
     dpfp_nu: int = Field(3, ge=1, description="DPFP order nu: d_key = 2 * nu * d_mem.")
     eps: float = Field(1e-5, gt=0, description="Added to the normaliser q . z in reads and v_old.")
-    segment_size: int | None = Field(None, ge=1, description="Tokens per segment (None: one segment).")
-    bptt_depth: int | None = Field(
-        None, ge=1, description="Backpropagate through memory over the last k segments only (None: all)."
-    )
 
 
 def dpfp(x: Tensor, nu: int) -> Tensor:
@@ -111,15 +107,11 @@ class AssociativeMemory(nn.Module):
         return A, z
 
 
-class ARMTBackbone(TransformerBackbone):
+class ARMTBackbone(MemoryTransformerBackbone):
     config_class = ARMTConfig
-    uses_segments = True
 
     def __init__(self, config: ARMTConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)  # embedding, GPT-NeoX blocks, norm, init
-        self.segment_size = config.segment_size
-        self.bptt_depth = config.bptt_depth
-        self.memory_size = config.memory_size
+        super().__init__(config, vocab_size=vocab_size)
         self.memory_tokens = nn.Parameter(torch.empty(config.memory_size, config.d_model))
         self.memories = nn.ModuleList(
             AssociativeMemory(config.d_model, config.d_mem, config.dpfp_nu, config.eps)

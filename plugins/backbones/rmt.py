@@ -25,27 +25,19 @@ from torch import Tensor, nn
 
 from ponderlab.core.hookspecs import hookimpl
 
-from .transformer import TransformerBackbone, TransformerConfig
+from .memory_transformer import MemoryTransformerBackbone, MemoryTransformerConfig
 
 
-class RMTConfig(TransformerConfig):
+class RMTConfig(MemoryTransformerConfig):
     name: Literal["rmt"] = "rmt"
     memory_size: int = Field(16, ge=1, description="Memory tokens M (read at the front, written at the back).")
-    segment_size: int | None = Field(None, ge=1, description="Tokens per segment (None: one segment).")
-    bptt_depth: int | None = Field(
-        None, ge=1, description="Backpropagate through memory over the last k segments only (None: all)."
-    )
 
 
-class RMTBackbone(TransformerBackbone):
+class RMTBackbone(MemoryTransformerBackbone):
     config_class = RMTConfig
-    uses_segments = True
 
     def __init__(self, config: RMTConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)  # embedding, GPT-NeoX blocks, norm, init
-        self.segment_size = config.segment_size
-        self.bptt_depth = config.bptt_depth
-        self.memory_size = config.memory_size
+        super().__init__(config, vocab_size=vocab_size)
         self.initial_memory = nn.Parameter(torch.empty(config.memory_size, config.d_model))
         nn.init.normal_(self.initial_memory, std=0.02)
 
