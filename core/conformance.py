@@ -1045,6 +1045,7 @@ def contract_test_names(kind: str) -> dict[str, str]:
 
 __all__ = [
     "CONTRACTS",
+    "SMALL_OPTIONS",
     "BackboneContract",
     "ConformanceError",
     "Conformance",
