@@ -203,7 +203,7 @@ class ShiftMLPBlock(Block):
 
 
 class MLPStack(Backbone):
-    """Position-wise-dominated backbone; channel 0 of the embedding carries a +-1 'easy' flag."""
+    """Position-wise-dominated backbone of ShiftMLPBlocks (`force_half_exit` sets its flag channel)."""
 
     config_class = MLPStackConfig
 
@@ -211,8 +211,6 @@ class MLPStack(Backbone):
         super().__init__(config, vocab_size=vocab_size)
         d = config.d_model
         self.embedding = nn.Embedding(vocab_size, d)
-        with torch.no_grad():
-            self.embedding.weight[:, 0] = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(vocab_size)])
         self.blocks = nn.ModuleList(ShiftMLPBlock(d, config.ffn_mult * d) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(d)
 
@@ -375,8 +373,12 @@ def cases_to_run(args, part: str, count: int) -> list[int]:
     """
     if args.case is not None or args.in_process:
         return [args.case] if args.case is not None else list(range(count))
+    options = [f"--device={args.device}", f"--threads={args.threads}", f"--repeats={args.repeats}",
+               f"--warmup={args.warmup}", f"--hops={args.hops}", f"--scale={args.scale}"]
+    if args.default_allocator:
+        options.append("--default-allocator")
     for index in range(count):
-        child = [sys.executable, __file__, *args.argv, "--only", part, "--case", str(index)]
+        child = [sys.executable, __file__, *options, f"--only={part}", f"--case={index}"]
         print(subprocess.run(child, check=True, capture_output=True, text=True).stdout, end="", flush=True)
     return []
 
@@ -395,9 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-process", action="store_true",
                         help="time every case in this process instead of one fresh process per case")
     parser.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)  # set for child processes
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(raw)
-    args.argv = [a for a in raw if a not in ("--only", "a", "b")]  # forwarded to child processes
+    args = parser.parse_args(argv)
     allocator = "glibc default" if args.default_allocator or not steady_allocator() else "glibc, no trim/mmap churn"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
