@@ -200,3 +200,15 @@ def test_resume_after_kill_matches_uninterrupted_run_exactly(tmp_path):
     new_records = [json.loads(x) for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"]) for r in new_records] == [(r["step"], r["split"]) for r in ref_records]
     assert [r["loss"] for r in new_records] == [r["loss"] for r in ref_records]
+
+
+@pytest.mark.gpu
+def test_run_on_gpu_trains_under_bf16_and_saves_cpu_loadable_checkpoints(tmp_path):
+    results, run_dir = execute(tiny_spec(device="cuda"), output_dir=tmp_path / "run", progress=False)
+    assert results["device"].startswith("cuda")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    _, last = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+    state = ckpt.load_checkpoint(last)  # weights_only, mapped to the CPU
+    assert all(t.device.type == "cpu" for t in state["model"].values())

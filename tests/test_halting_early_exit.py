@@ -152,14 +152,14 @@ class MaskedNeoXBlock(NeoXBlock):
         return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))
 
 
-def neox_twins(halting_cls, halting_config, *, parallel_residual: bool):
+def neox_twins(halting_cls, halting_config, *, parallel_residual: bool, dtype: torch.dtype = torch.float64):
     models = []
     for _ in range(2):
         torch.manual_seed(0)
         config = TransformerConfig(d_model=16, n_layers=3, n_heads=2, ffn_size=32,
                                    parallel_residual=parallel_residual)
         model = PonderModel(TransformerBackbone(config, vocab_size=VOCAB), halting_cls, halting_config,
-                            vocab_size=VOCAB).double()
+                            vocab_size=VOCAB).to(dtype)
         for site in model.sites:  # halting that depends on the token: some halt early, some run on
             for unit in site.units:  # states are small at init (embedding std 0.02): large weights
                 for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
@@ -203,6 +203,19 @@ def test_neox_active_path_gives_the_same_gradients_in_training():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+def test_neox_active_path_under_bf16_autocast_matches_the_full_layer():
+    """Mixed precision as the trainer runs it: projections in bf16, the frozen rows in float32."""
+    config = ThresholdConfig(threshold=0.6, halting_bias_init=0.0)
+    fast, full, mlp_rows = neox_twins(ThresholdACT, config, parallel_residual=False, dtype=torch.float32)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = fast.eval()(ids), full.eval()(ids)
+    assert 1 < len(set(a.stats.layers.flatten().tolist()))  # the active path ran
+    assert min(mlp_rows) < ids.numel()
+    assert torch.equal(a.stats.layers, b.stats.layers)
+    torch.testing.assert_close(a.logits.float(), b.logits.float(), rtol=0.02, atol=0.02)
+
+
 def test_neox_attention_queries_only_for_running_tokens(monkeypatch):
     """Halted tokens contribute keys and values, but no query is computed for them."""
     import ponderlab.plugins.backbones.transformer as transformer_module
@@ -225,3 +238,20 @@ def test_neox_attention_queries_only_for_running_tokens(monkeypatch):
     assert 0 < packed[0] < length
     # layer 1: every token (the HF layer); later layers: packed running queries over every key
     assert query_lengths == [(length, length)] + [(k, length) for k in packed if k]
+
+
+@pytest.mark.gpu
+def test_neox_early_exit_on_gpu_matches_full_computation_on_cpu():
+    """Packed queries, explicit causal mask and subset MLP give the CPU's full-layer result on CUDA."""
+    config = ThresholdConfig(threshold=0.6, halting_bias_init=0.0)
+    fast, full, mlp_rows = neox_twins(ThresholdACT, config, parallel_residual=False)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = full.eval()(ids)
+        got = fast.cuda().eval()(ids.cuda())
+    layers = got.stats.layers.cpu()
+    assert 1 < len(set(layers.flatten().tolist()))  # a mix of early and late exits
+    torch.testing.assert_close(got.logits.cpu(), expected.logits)
+    assert torch.equal(layers, expected.stats.layers)
+    running = [int((layers >= n).sum()) for n in range(1, 4)]
+    assert mlp_rows == [ids.numel()] + [r for r in running[1:] if r]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -35,7 +36,12 @@ class LSTMBlock(Block):
         self.residual = residual
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
-        output, _ = self.lstm(hidden)  # (B, L, D)
+        if hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM on CPUs without native bf16: run this layer in float32.
+            with torch.autocast("cpu", enabled=False):
+                output, _ = self.lstm(hidden.float())  # (B, L, D)
+        else:
+            output, _ = self.lstm(hidden)  # (B, L, D)
         output = self.dropout(output)
         return hidden + output if self.residual else output
 

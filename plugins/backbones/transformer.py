@@ -114,8 +114,9 @@ class NeoXBlock(Block):
         packed = int(counts.max())  # Kq
         positions = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, Kq)
         valid = torch.arange(packed, device=active.device) < counts.unsqueeze(1)  # (B, Kq)
-        query = normed.new_zeros(batch * packed, heads * size)
-        query[valid.reshape(-1)] = project(slice(0, 1), gather_active(normed, rows))  # row-major = rows order
+        running_query = project(slice(0, 1), gather_active(normed, rows))  # (K, H*dh), row-major = rows order
+        query = running_query.new_zeros(batch * packed, heads * size)  # the projection's dtype (autocast)
+        query[valid.reshape(-1)] = running_query
         query = query.view(batch, packed, heads, size).transpose(1, 2)  # (B, H, Kq, dh)
         query = rotary(query, cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1))
         allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L)
