@@ -53,6 +53,11 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def padding_mask(mask: Tensor | None) -> Tensor | None:
+    """(B, L) bool at real tokens of a padded batch; None when nothing is padding."""
+    return None if mask is None or bool(mask.all()) else mask.bool()
+
+
 def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: list[Tensor | None]) -> Tensor:
     """One layer's ACT-combined output over the hops of a model-scope loop: (B, L, D).
 
@@ -173,7 +178,7 @@ class PonderModel(nn.Module):
     ) -> ModelOutput:
         """input_ids (B, L), labels (B, L) with IGNORE_INDEX where unscored, mask (B, L) valid."""
         hidden = self.backbone.embed(input_ids)  # (B, L, D)
-        padding = None if mask is None or bool(mask.all()) else mask.bool()  # (B, L) real tokens
+        padding = padding_mask(mask)  # (B, L) or None
         if self.backbone.uses_segments:
             from .segments import run_segments
 

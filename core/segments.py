@@ -107,7 +107,7 @@ def wrapped_mask(mask: Tensor | None, keep: Tensor | None, wrapped_length: int) 
 
 def run_segments(model: PonderModel, hidden: Tensor, mask: Tensor | None = None) -> StackOutput:
     """hidden (B, L, D), padding mask (B, L) or None -> StackOutput over the real tokens."""
-    from .model import StackOutput
+    from .model import StackOutput, padding_mask
 
     backbone = model.backbone
     batch, length, _ = hidden.shape
@@ -121,9 +121,7 @@ def run_segments(model: PonderModel, hidden: Tensor, mask: Tensor | None = None)
         seg_len = end - start
         keep = backbone.token_mask(memory, seg_len, hidden.device)  # (Lw,) or None
         wrapped = backbone.wrap_segment(segment, memory)  # (B, Lw, D)
-        segment_mask = None if mask is None else mask[:, start:end]  # (B, Ls)
-        if segment_mask is not None and bool(segment_mask.all()):
-            segment_mask = None
+        segment_mask = None if mask is None else padding_mask(mask[:, start:end])  # (B, Ls) or None
         stack = model.run_stack(wrapped, memory, wrapped_mask(segment_mask, keep, wrapped.shape[1]))
         out, memory = backbone.unwrap_segment(stack.hidden, stack.memory, seg_len)  # (B, Ls, D)
         outputs.append(out)

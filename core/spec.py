@@ -178,7 +178,7 @@ def apply_overrides(data: dict, overrides: list[str], source: _Source | None = N
     data = copy.deepcopy(data)
     parsed = [(raw, *parse_override(raw)) for raw in overrides]
     # A plugin switch (`halting.name=none`) starts its section afresh, before other keys apply.
-    parsed.sort(key=lambda item: not (len(item[1]) == 2 and item[1][1] == "name"))
+    parsed.sort(key=lambda item: not is_plugin_switch(item[1]))
     for raw, path, value in parsed:
         node = parent_mapping(data, path, where=f"override {raw!r}")
         if is_plugin_switch(path) and node.get("name") != value:

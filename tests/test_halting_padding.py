@@ -115,6 +115,28 @@ def test_random_halting_gives_pads_one_hop():
     assert out.stats.hops[~mask].eq(1).all() and out.stats.hops[mask].gt(1).any()
 
 
+def test_pondernet_sampled_inference_gives_pads_one_hop_and_their_first_state():
+    model = build(PonderNet, PonderNetConfig(scope="model", max_steps=4, lambda_p=0.2, inference="sample"))
+    ids = torch.randint(0, VOCAB, (4, 6), generator=torch.Generator().manual_seed(7))
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [4], [2], [1]])
+    first: list[torch.Tensor] = []
+    original = model._apply_block
+
+    def record(index, state, step, active, memory):  # the stack's output after hop 1
+        out = original(index, state, step, active, memory)
+        if step == 0 and index == model.n_layers - 1:
+            first.append(out)
+        return out
+
+    model._apply_block = record
+    torch.manual_seed(8)
+    with torch.no_grad():
+        out = model(ids, mask=mask)
+        expected = model.head(model.backbone.finalize(first[0]))
+    assert out.stats.hops[~mask].eq(1).all() and out.stats.hops[mask].gt(1).any()
+    torch.testing.assert_close(out.logits[~mask], expected[~mask])
+
+
 def test_memory_backbone_gets_the_segment_mask():
     """ARMT: segments of padding halt at once; memory tokens and real tokens are unaffected."""
     model = build(GravesACT, GravesConfig(max_steps=3, halting_bias_init=-2.0), backbone="armt")

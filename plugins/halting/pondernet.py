@@ -162,6 +162,8 @@ class PonderNet(HaltingStrategy):
             state = hop(state, step, None if step == 0 else running_as_active(running))
             lam = self.lambda_at(step, state)
             last = step == n_hops - 1
+            # tokens that must stop now: all at the cap, padding after its first hop
+            forced = ~mask if step == 0 and mask is not None and not last else last
             hops = hops + running.to(dtype)
             if most_likely:
                 p_n = survive if last else lam * survive
@@ -170,15 +172,11 @@ class PonderNet(HaltingStrategy):
                 halting_step = torch.where(better, torch.full_like(hops, step + 1.0), halting_step)
                 best = torch.where(better, p_n, best)
                 survive = survive * (1.0 - lam)
-                stops = running & ((best >= survive) | last)
+                stops = running & ((best >= survive) | forced)  # at step 0 every token is `better`
             else:
-                stops = running & ((torch.rand_like(lam) < lam) | last)
-                if step == 0 and mask is not None:
-                    stops = stops | ~mask  # padding halts after its first hop
+                stops = running & ((torch.rand_like(lam) < lam) | forced)
                 output = torch.where(stops.unsqueeze(-1), state, output)
                 halting_step = torch.where(stops, torch.full_like(hops, step + 1.0), halting_step)
-            if most_likely and step == 0 and mask is not None:
-                stops = stops | ~mask  # padding halts after its first hop (its output is this state)
             running = running & ~stops
             if not bool(running.any()):
                 break
