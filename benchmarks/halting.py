@@ -102,6 +102,14 @@ def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device)
             "ratio": statistics.median(ratios), "ratio_iqr": (quartiles[0], quartiles[2])}
 
 
+def inference_pass(model: nn.Module, ids: torch.Tensor):
+    """A callable running one forward pass without autograd."""
+    def run():
+        with torch.no_grad():
+            model(ids)
+    return run
+
+
 # --------------------------------------------------------------------------- (a) overhead
 
 
@@ -131,12 +139,6 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
     labels = torch.randint(0, vocab, (batch, length), device=device)
     assert bool((graves.eval()(ids).stats.hops == hops).all()), "graves was not forced to the cap"
 
-    def infer(model):
-        def run():
-            with torch.no_grad():
-                model(ids)
-        return run
-
     def train(model):
         def run():
             model.zero_grad(set_to_none=True)
@@ -144,7 +146,7 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
         return run
 
     rows = []
-    for mode, make in (("inference", infer), ("train step", train)):
+    for mode, make in (("inference", lambda model: inference_pass(model, ids)), ("train step", train)):
         for model in (constant, graves):
             model.train(mode == "train step")
         timed = time_pair(make(constant), make(graves), repeats=args.repeats,
@@ -283,13 +285,7 @@ def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> di
     assert bool((stats.layers[even] == 1).all()) and bool((stats.layers[~even] == n_layers).all())
     mean_layers = float(stats.layers.float().mean())
 
-    def infer(model):
-        def run():
-            with torch.no_grad():
-                model(ids)
-        return run
-
-    timed = time_pair(infer(models["fixed"]), infer(models["threshold"]),
+    timed = time_pair(inference_pass(models["fixed"], ids), inference_pass(models["threshold"], ids),
                       repeats=args.repeats, warmup=args.warmup, device=device)
     t_fixed, t_threshold = timed["first"], timed["second"]
     ideal = n_layers / mean_layers
