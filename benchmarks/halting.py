@@ -18,7 +18,8 @@ so slow drifts of a shared machine cancel). Single-threaded CPU runs are timed
 with the thread's CPU time, GPU runs with wall time around synchronisation.
 
     python benchmarks/halting.py            # CPU, one thread
-    python benchmarks/halting.py --device cuda
+    python benchmarks/halting.py --device cuda --scale 64
+    python benchmarks/halting.py --device cuda --scale 64 --hop-policy exact  # a host sync per hop
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
+from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.halting.common import active_rows, scatter_active
 
 # --------------------------------------------------------------------------- timing
@@ -370,7 +372,8 @@ def cases_to_run(args, part: str, count: int) -> list[int]:
     if args.case is not None or args.in_process:
         return [args.case] if args.case is not None else list(range(count))
     options = [f"--device={args.device}", f"--threads={args.threads}", f"--repeats={args.repeats}",
-               f"--warmup={args.warmup}", f"--hops={args.hops}", f"--scale={args.scale}"]
+               f"--warmup={args.warmup}", f"--hops={args.hops}", f"--scale={args.scale}",
+               f"--hop-policy={args.hop_policy}"]
     if args.default_allocator:
         options.append("--default-allocator")
     for index in range(count):
@@ -388,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hops", type=int, default=3, help="K for the overhead comparison")
     parser.add_argument("--scale", type=int, default=1, help="multiply batch sizes (e.g. 8 on a GPU)")
     parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
+    parser.add_argument("--hop-policy", choices=["auto", "exact", "speculative"], default="auto",
+                        help="when halting loops may queue a hop before reading the running count "
+                             "(core/speculation.py); exact = one host sync per hop")
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (noisier on a shared machine)")
     parser.add_argument("--in-process", action="store_true",
@@ -400,17 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     use_clock(device, args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     if args.case is not None:  # a child process: rows only
-        (overhead_table if args.only == "a" else early_exit_table)(args, device)
+        with hop_policy(args.hop_policy):
+            (overhead_table if args.only == "a" else early_exit_table)(args, device)
         return 0
     print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
-          f"{args.threads} thread(s), {CLOCK['name']}, allocator {allocator};\n"
+          f"{args.threads} thread(s), {CLOCK['name']}, allocator {allocator}, hop policy {args.hop_policy};\n"
           f"medians of {args.repeats} alternating runs, ratios = median of per-pair ratios, "
           f"{'all cases in one process' if args.in_process else 'one fresh process per case'}")
 
-    if args.only != "b":
-        overhead_table(args, device)
-    if args.only != "a":
-        early_exit_table(args, device)
+    with hop_policy(args.hop_policy):
+        if args.only != "b":
+            overhead_table(args, device)
+        if args.only != "a":
+            early_exit_table(args, device)
     return 0
 
 

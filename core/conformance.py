@@ -674,6 +674,21 @@ class Conformance:
                     f"blocks[{index}] declares keeps_inactive_rows but changes the rows of inactive "
                     f"tokens (max change {_max_abs(subset[~active] - hidden[~active]):.2e})"
                 )
+            self._check_no_active_token(index, block, hidden, claim, keeps=keeps_claim)
+
+    @staticmethod
+    def _check_no_active_token(index: int, block: Block, hidden: Tensor, claim: str, *, keeps: bool) -> None:
+        """A loop on a GPU may queue a hop after every token halted (core/speculation.py)."""
+        nobody = torch.zeros(hidden.shape[:2], dtype=torch.bool)  # (B, L)
+        try:
+            with torch.no_grad():
+                idle = block(hidden, BlockContext(layer=index, step=1, active=nobody))
+        except Exception as error:  # noqa: BLE001 - any failure is the finding
+            _fail(f"blocks[{index}] declares {claim} but fails when no token is active "
+                  f"(halting loops on a GPU may queue such a hop): {type(error).__name__}: {error}")
+        _expect_shape(f"blocks[{index}] with no active token", idle, tuple(hidden.shape))
+        if keeps and not torch.equal(idle, hidden):
+            _fail(f"blocks[{index}] declares keeps_inactive_rows but changes rows when no token is active")
 
     # ------------------------------------------------------------------ halting
     def _config_for_scope(self, scope: str) -> HaltingConfig:

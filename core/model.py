@@ -9,6 +9,7 @@ Scopes (see docs/architecture.md):
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ from .interfaces import (
     HaltingStrategy,
     PonderOutput,
 )
+from .rows import where_rows
+from .speculation import hop_policy
 
 
 @dataclass
@@ -73,7 +76,7 @@ def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: lis
         return combined
     combined = states[0]
     for state, mask in zip(states[1:], active[1:], strict=True):
-        combined = state if mask is None else torch.where(mask.unsqueeze(-1), state, combined)
+        combined = state if mask is None else where_rows(mask, state, combined)
     return combined
 
 
@@ -115,7 +118,7 @@ class PonderModel(nn.Module):
         context = BlockContext(layer=index, step=step, active=active, memory=memory)
         output = block(inputs, context)  # (B, L, D)
         if active is not None and not (block.keeps_inactive_rows and inputs is state):
-            output = torch.where(active.unsqueeze(-1), output, state)  # halted tokens keep their state
+            output = where_rows(active, output, state)  # halted tokens keep their state
         return output
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
@@ -164,7 +167,9 @@ class PonderModel(nn.Module):
                     layer_outputs[step] = [state]
                 return state
 
-        result = self._ponder(self.sites[0], hidden, hop, mask)
+        # Hops that record layer outputs must not be queued speculatively (see core/speculation.py).
+        with hop_policy("exact") if track else nullcontext():
+            result = self._ponder(self.sites[0], hidden, hop, mask)
         for index in sorted(layer_outputs):
             states = layer_outputs[index]
             if self.scope == "model":

@@ -384,6 +384,25 @@ def test_keeps_inactive_rows_claim_is_checked():
     broken(LeakyKeepingBackbone, "active subset", "declares keeps_inactive_rows but changes the rows")
 
 
+class EmptySubsetBlock(KitBlock):
+    """Claims supports_active_subset; records the peak of the running rows, which fails at K = 0."""
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+        output = super().forward(hidden, context)
+        if context.active is not None:
+            running = output[context.active]  # (K, D)
+            self.peak = float(running.abs().max())  # max() of an empty tensor raises
+        return output
+
+
+class EmptySubsetBackbone(KitBackbone):
+    block_class = EmptySubsetBlock
+
+
+def test_a_block_must_accept_a_hop_with_no_active_token():
+    broken(EmptySubsetBackbone, "active subset", r"fails when no token is active .*RuntimeError")
+
+
 def test_core_trusts_keeps_inactive_rows_and_masks_otherwise():
     """The model's output is the same whether the block or the core keeps halted rows."""
     torch.manual_seed(0)

@@ -216,7 +216,7 @@ def test_gradcheck_float64(name):
 
     def run(x, *values):
         out = functional_call(site, dict(zip(names, values, strict=True)), (x, hop))
-        return out.output, out.ponder_cost
+        return out.output, out.ponder_cost, *out.hop_weights
 
     assert torch.autograd.gradcheck(run, (state, *params), eps=1e-6, atol=1e-6)
 

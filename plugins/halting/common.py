@@ -5,7 +5,8 @@ Conventions used by every strategy here:
 * A token is *running* while it still takes hops. Hops after the first get
   `active = running` (or None while every token runs), so the core freezes
   halted tokens and a block with `supports_active_subset = True` computes only
-  the running ones (see `apply_to_active`). Loops stop as soon as no token runs.
+  the running ones (see `apply_to_active`). Loops stop as soon as no token runs
+  (`RunningTokens`; on a GPU without a host sync per hop).
 * Bookkeeping is done in float32 (float64 when the state is float64, so that
   gradient checks in double precision see double precision everywhere).
 """
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import HopFn, PonderOutput
+from ponderlab.core.speculation import hop_policy_now, speculate_for
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
@@ -69,9 +71,71 @@ def apply_to_active(fn: Callable[[Tensor], Tensor], hidden: Tensor, active: Tens
     return scatter_active(hidden, rows, fn(gather_active(hidden, rows)))
 
 
-def running_as_active(running: Tensor) -> Tensor | None:
-    """The `active` argument for the next hop: None while every token runs (no masking cost)."""
-    return None if bool(running.all()) else running
+class RunningTokens:
+    """Which tokens a halting loop still runs, and whether the loop goes on.
+
+    Exact mode (the CPU): after each hop the number of running tokens is read at
+    once, which costs nothing on a CPU; `record` returns False as soon as no token
+    runs, and `active` is None while every token runs (no masking cost).
+
+    Speculative mode (see `ponderlab.core.speculation`): a host read waits for all
+    queued kernels and leaves the GPU idle while the host prepares the next hop.
+    So `record` copies "any token running?" to the host without blocking, the loop
+    queues the next hop with the mask as `active`, and `keep_hop` reads the answer
+    after that. When no token was running the queued hop is dropped and the loop
+    stops: outputs, weights and hop counts are those of the exact mode (the dropped
+    hop froze every token, and freezing with an all-True mask is the identity).
+
+    On CUDA (policy "auto") the choice is made per hop: speculate only while the
+    GPU is still busy with the hop just queued. When it has already finished it
+    (small work, the host is the bottleneck) a read costs no GPU time, and the
+    exact mode saves the masking and copy launches of the speculative one.
+
+        tokens = RunningTokens(state)
+        for step in range(cap):
+            new_state = hop(state, step, tokens.active)
+            if not tokens.keep_hop():
+                break
+            ...  # bookkeeping with new_state, giving `running`
+            if not tokens.record(running):
+                break
+    """
+
+    def __init__(self, state: Tensor):
+        self.speculative = speculate_for(state)
+        self.adaptive = self.speculative and state.is_cuda and hop_policy_now() == "auto"
+        self.active: Tensor | None = None  # the `active` argument of the next hop
+        self.speculated = False  # whether the last `record` left its answer in flight
+        self._any_running: Tensor | None = None  # host copy, in flight after a speculative record
+        self._copied: torch.cuda.Event | None = None  # marks the end of that copy
+        self._hop_queued: torch.cuda.Event | None = None  # marks the end of the last hop (adaptive)
+
+    def record(self, running: Tensor) -> bool:
+        """Note the (B, L) mask after a hop; False when the loop must stop now."""
+        gpu_busy = self._hop_queued is None or not self._hop_queued.query()
+        self.speculated = self.speculative and (gpu_busy or not self.adaptive)
+        if not self.speculated:
+            count = int(torch.count_nonzero(running))
+            self.active = None if count == running.numel() else running
+            return count > 0
+        self.active = running
+        self._any_running = running.any().to("cpu", non_blocking=True)
+        if running.is_cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        return True
+
+    def keep_hop(self) -> bool:
+        """Call after queuing a hop: False when no token was running (drop the hop, stop)."""
+        if self.adaptive:
+            self._hop_queued = torch.cuda.Event()
+            self._hop_queued.record()
+        if self._any_running is None:
+            return True
+        if self._copied is not None:
+            self._copied.synchronize()
+        any_running, self._any_running = bool(self._any_running), None
+        return any_running
 
 
 # --------------------------------------------------------------------------- halting units
@@ -125,7 +189,9 @@ class HaltingMLP(nn.Module):
     so its cost counts against the early-exit speedup.
 
     The output weight starts at zero, so h = sigmoid(bias_init) for every token at
-    init. With `active` given, only the active tokens are evaluated (the others get 0).
+    init. With `active` given, only the active tokens are evaluated (the others get 0),
+    except where loops avoid host syncs (a GPU): there every token is evaluated, which
+    costs a fraction of a layer, and the loop ignores h of halted tokens.
     """
 
     def __init__(self, d_model: int, bias_init: float, hidden: int | None = None):
@@ -142,7 +208,7 @@ class HaltingMLP(nn.Module):
 
     def forward(self, state: Tensor, active: Tensor | None = None) -> Tensor:  # (B, L, D) -> (B, L)
         dtype = accumulation_dtype(state)
-        if active is None:
+        if active is None or speculate_for(state):  # gathering rows costs a host sync on a GPU
             return torch.sigmoid(self.logits(state).to(dtype))
         rows = active_rows(active)
         values = torch.sigmoid(self.logits(gather_active(state, rows)).to(dtype))  # (K,)
@@ -184,20 +250,24 @@ def cumulative_halting_loop(
     site): h >= 0 makes the running sum c_n monotone, so "running after hop n" is
     just c_n < threshold, and hop counts and remainders are read off the per-hop
     masks and weights once, after the loop. Padding (`mask` False) halts after
-    its first hop with weight 1.
+    its first hop with weight 1. `RunningTokens` decides when the loop stops
+    (without a host sync per hop on a GPU).
     """
     total = remaining = one = zero = limit = None  # (B, L) tensors, made at the first hop
     halt_index: Tensor | None = None  # N - 1: the number of hops after which a token continued
     output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
     weights: list[Tensor] = []  # p_n, (B, L) each
-    active: Tensor | None = None
+    tokens = RunningTokens(state)
     for step in range(n_hops):
-        state = hop(state, step, active)  # (B, L, D); halted tokens keep their state
+        next_state = hop(state, step, tokens.active)  # (B, L, D); halted tokens keep their state
+        if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
+            break
+        state = next_state
         if step == n_hops - 1:  # the cap: every running token halts with its remainder
             weight = remaining if remaining is not None else state.new_ones(state.shape[:-1])
             running = None
         else:
-            h = halting_probability(step, state, active)  # (B, L), >= 0
+            h = halting_probability(step, state, tokens.active)  # (B, L), >= 0
             if total is None:
                 total = h if mask is None else h.masked_fill(~mask, threshold + 1.0)  # pads halt now
                 remaining = one = torch.ones_like(h)  # remaining = 1 - c_0
@@ -215,12 +285,8 @@ def cumulative_halting_loop(
             output = state * weight.unsqueeze(-1)  # is permuted), so the next layer gets it unchanged
         else:
             output = accumulate(output, weight, state)
-        if running is None:
+        if running is None or not tokens.record(running):
             break
-        n_running = int(torch.count_nonzero(running))
-        if n_running == 0:
-            break
-        active = None if n_running == running.numel() else running
     if halt_index is None:  # a single hop
         halt_index = torch.zeros(weights[0].shape, dtype=torch.long, device=weights[0].device)
     remainder = torch.stack(weights).gather(0, halt_index.unsqueeze(0)).squeeze(0)  # R = p_N

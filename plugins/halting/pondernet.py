@@ -40,8 +40,9 @@ from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from ponderlab.core.rows import where_rows
 
-from .common import HaltingUnit, accumulation_dtype, logit, running_as_active
+from .common import HaltingUnit, RunningTokens, accumulation_dtype, logit
 
 
 class PonderNetConfig(HaltingConfig):
@@ -158,8 +159,12 @@ class PonderNet(HaltingStrategy):
         halting_step = torch.zeros_like(hops)
         survive = torch.ones_like(hops)  # prod_{j<n}(1 - lambda_j)
         best = torch.full(shape, -1.0, dtype=dtype, device=state.device)  # best p_n so far
+        tokens = RunningTokens(state)
         for step in range(n_hops):
-            state = hop(state, step, None if step == 0 else running_as_active(running))
+            next_state = hop(state, step, tokens.active)
+            if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
+                break
+            state = next_state
             lam = self.lambda_at(step, state)
             last = step == n_hops - 1
             # tokens that must stop now: all at the cap, padding after its first hop
@@ -168,17 +173,17 @@ class PonderNet(HaltingStrategy):
             if most_likely:
                 p_n = survive if last else lam * survive
                 better = running & (p_n > best)
-                output = torch.where(better.unsqueeze(-1), state, output)
+                output = where_rows(better, state, output)
                 halting_step = torch.where(better, torch.full_like(hops, step + 1.0), halting_step)
                 best = torch.where(better, p_n, best)
                 survive = survive * (1.0 - lam)
                 stops = running & ((best >= survive) | forced)  # at step 0 every token is `better`
             else:
                 stops = running & ((torch.rand_like(lam) < lam) | forced)
-                output = torch.where(stops.unsqueeze(-1), state, output)
+                output = where_rows(stops, state, output)
                 halting_step = torch.where(stops, torch.full_like(hops, step + 1.0), halting_step)
             running = running & ~stops
-            if not bool(running.any()):
+            if not tokens.record(running):
                 break
         return PonderOutput(
             output=output,

@@ -28,7 +28,7 @@ from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
-from .common import depth_cap_error, fixed_hops_output, running_as_active
+from .common import RunningTokens, depth_cap_error, fixed_hops_output
 
 
 class RandomHaltingConfig(HaltingConfig):
@@ -109,11 +109,14 @@ class RandomHalting(HaltingStrategy):
         )  # (B, L)
         if mask is not None:
             counts = counts.masked_fill(~mask, 1)  # padding takes one hop
+        tokens = RunningTokens(state)
         for step in range(cap):
-            running = counts > step
-            if not bool(running.any()):
+            if step > 0 and not tokens.record(counts > step):  # (B, L) running mask
                 break
-            state = hop(state, step, None if step == 0 else running_as_active(running))
+            next_state = hop(state, step, tokens.active)
+            if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
+                break
+            state = next_state
         return fixed_hops_output(state, counts)
 
 

@@ -37,10 +37,10 @@ from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .common import (
     HaltingUnit,
+    RunningTokens,
     accumulate,
     accumulation_dtype,
     require_scope,
-    running_as_active,
 )
 
 
@@ -80,6 +80,7 @@ class UniversalTransformerACT(HaltingStrategy):
         running = torch.ones(shape, dtype=torch.bool, device=state.device)
         output = torch.zeros_like(state, dtype=dtype)  # y, (B, L, D), in the state's memory layout
         weights: list[Tensor] = []  # w_n per hop
+        tokens = RunningTokens(state)
         for step in range(max_steps):
             p = self.unit(state)  # (B, L), from the state entering this hop
             run = running.to(dtype)
@@ -90,20 +91,23 @@ class UniversalTransformerACT(HaltingStrategy):
                 reached = reached | ~mask  # padding halts after its first hop
             new_halted = (reached & running).to(dtype)
             still = (~reached & running).to(dtype)
+            next_state = hop(state, step, tokens.active)
+            if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
+                break
+            state = next_state
             halting = halting + p * still
             remainder = remainder + new_halted * (1.0 - halting)
             halting = halting + new_halted * remainder
             n_updates = n_updates + still + new_halted
             weight = p * still + new_halted * remainder  # (B, L)
             weights.append(weight)
-            state = hop(state, step, None if step == 0 else running_as_active(running))
             if cfg.combine == "accumulated":  # y = y + w s
                 output = accumulate(output, weight, state)
             else:  # y = w s + (1 - w) y
                 w = weight.unsqueeze(-1)
                 output = w * state.to(dtype) + (1.0 - w) * output
             running = still.bool()
-            if not bool(running.any()):
+            if not tokens.record(running):
                 break
         return PonderOutput(
             output=output.to(state.dtype),
