@@ -39,12 +39,14 @@ def hop_policy(policy: HopPolicy) -> Iterator[None]:
         _POLICY.reset(token)
 
 
-def hop_policy_now() -> HopPolicy:
-    """The policy in force."""
-    return _POLICY.get()
+#: How a loop over a given state decides to stop: "exact" reads the running count
+#: after every hop, "adaptive" speculates while the GPU is busy, "always" speculates.
+SpeculationMode = Literal["exact", "adaptive", "always"]
 
 
-def speculate_for(state: Tensor) -> bool:
-    """True when a loop over `state` may queue a hop before knowing any token still runs."""
+def speculation_mode(state: Tensor) -> SpeculationMode:
+    """The mode of halting loops over `state` under the policy in force."""
     policy = _POLICY.get()
-    return policy == "speculative" or (policy == "auto" and state.is_cuda)
+    if policy == "speculative":
+        return "always"
+    return "adaptive" if policy == "auto" and state.is_cuda else "exact"

@@ -14,7 +14,7 @@ from test_halting_graves_threshold import graves_site, positionwise_hop, thresho
 import ponderlab
 from ponderlab.core.registry import get_registry
 from ponderlab.core.rows import where_rows
-from ponderlab.core.speculation import hop_policy, speculate_for
+from ponderlab.core.speculation import hop_policy, speculation_mode
 from ponderlab.plugins.halting.common import RunningTokens
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear
 
@@ -29,9 +29,12 @@ def run_site(site, state, hop, policy):
 
 def test_policy_defaults_to_exact_on_the_cpu_and_is_validated():
     state = torch.zeros(1, 2, 3)
-    assert not speculate_for(state) and not RunningTokens(state).speculative
+    assert speculation_mode(state) == "exact" and not RunningTokens(state).speculative
     with hop_policy("speculative"):
-        assert RunningTokens(state).speculative
+        assert speculation_mode(state) == "always" and RunningTokens(state).speculative
+        assert not RunningTokens(state).adaptive
+    with hop_policy("exact"):
+        assert speculation_mode(state) == "exact"
     with pytest.raises(ValueError, match="unknown hop policy 'fast'"), hop_policy("fast"):
         pass
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import HopFn, PonderOutput
-from ponderlab.core.speculation import hop_policy_now, speculate_for
+from ponderlab.core.speculation import speculation_mode
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
@@ -102,8 +102,9 @@ class RunningTokens:
     """
 
     def __init__(self, state: Tensor):
-        self.speculative = speculate_for(state)
-        self.adaptive = self.speculative and state.is_cuda and hop_policy_now() == "auto"
+        mode = speculation_mode(state)
+        self.speculative = mode != "exact"
+        self.adaptive = mode == "adaptive"
         self.active: Tensor | None = None  # the `active` argument of the next hop
         self.speculated = False  # whether the last `record` left its answer in flight
         self._any_running: Tensor | None = None  # host copy, in flight after a speculative record
@@ -208,7 +209,7 @@ class HaltingMLP(nn.Module):
 
     def forward(self, state: Tensor, active: Tensor | None = None) -> Tensor:  # (B, L, D) -> (B, L)
         dtype = accumulation_dtype(state)
-        if active is None or speculate_for(state):  # gathering rows costs a host sync on a GPU
+        if active is None or speculation_mode(state) != "exact":  # gathering rows costs a host sync on a GPU
             return torch.sigmoid(self.logits(state).to(dtype))
         rows = active_rows(active)
         values = torch.sigmoid(self.logits(gather_active(state, rows)).to(dtype))  # (K,)
