@@ -14,7 +14,9 @@
 
 Timings alternate the two models of a pair (`--repeats` runs each); times are
 medians, ratios are medians of the per-pair ratios (two runs made back to back,
-so slow drifts of a shared machine cancel). Single-threaded CPU runs are timed
+so slow drifts of a shared machine cancel), printed with a distribution-free 95%
+confidence interval for that median. A verdict is taken on the median and says when
+the interval reaches both sides of the target. Single-threaded CPU runs are timed
 with the thread's CPU time, GPU runs with wall time around synchronisation.
 
     python benchmarks/halting.py            # CPU, one thread
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import platform
 import statistics
 import subprocess
@@ -77,12 +80,40 @@ def use_clock(device: torch.device, threads: int) -> None:
         CLOCK.update(name="thread CPU time", fn=time.thread_time)
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval for the median: a pair of order statistics.
+
+    With n samples, the k-th smallest and the k-th largest bracket the true median
+    with probability 1 - 2 P(Binomial(n, 1/2) < k); k is the largest value that keeps
+    this at least `confidence` (n = 31: the 10th smallest and 10th largest, 97%).
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1.0 - confidence) / 2
+    k, below = 0, 0.0  # below = P(Binomial(n, 1/2) < k)
+    while k < n // 2 and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:  # too few samples for this confidence: the full range
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
+
+
+def verdict(value: float, interval: tuple[float, float], meets) -> str:
+    """"ok" / "MISS" by the median (`meets(x)`: x meets the target), noting when the
+    confidence interval reaches both sides of the target."""
+    low_meets, high_meets = meets(interval[0]), meets(interval[1])
+    word = "ok" if meets(value) else "MISS"
+    return word if low_meets == high_meets else f"{word}, CI spans target"
+
+
 def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device) -> dict:
     """Time two callables alternately, `repeats` times each.
 
-    Returns the median time of each (seconds) and the median of the per-repeat
-    ratios second/first: each ratio compares two runs made back to back, so slow
-    drifts of a shared machine cancel out of it.
+    Returns the median time of each (seconds), the median of the per-repeat
+    ratios second/first (each ratio compares two runs made back to back, so slow
+    drifts of a shared machine cancel out of it) and a 95% confidence interval for
+    that median (`median_interval`).
     """
     clock = CLOCK["fn"]
     for _ in range(warmup):
@@ -99,9 +130,8 @@ def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device)
             sync(device)
             bucket.append(clock() - start)
     ratios = [b / a for a, b in zip(*times, strict=True)]
-    quartiles = statistics.quantiles(ratios, n=4)
     return {"first": statistics.median(times[0]), "second": statistics.median(times[1]),
-            "ratio": statistics.median(ratios), "ratio_iqr": (quartiles[0], quartiles[2])}
+            "ratio": statistics.median(ratios), "ratio_ci": median_interval(ratios)}
 
 
 def inference_pass(model: nn.Module, ids: torch.Tensor):
@@ -155,7 +185,7 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
                           warmup=args.warmup, device=device)
         rows.append({"backbone": backbone["name"], "mode": mode, "hops": hops,
                      "constant_ms": 1e3 * timed["first"], "graves_ms": 1e3 * timed["second"],
-                     "ratio": timed["ratio"], "iqr": timed["ratio_iqr"]})
+                     "ratio": timed["ratio"], "ci": timed["ratio_ci"]})
     return rows
 
 
@@ -292,12 +322,12 @@ def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> di
     t_fixed, t_threshold = timed["first"], timed["second"]
     ideal = n_layers / mean_layers
     speedup = 1.0 / timed["ratio"]
-    low, high = timed["ratio_iqr"]
+    low, high = timed["ratio_ci"]
     return {"n_layers": n_layers, "d_model": backbone["d_model"], "tokens": batch * length,
             "exited_after_layer_1": float(even.float().mean()), "mean_layers": mean_layers,
             "fixed_ms": 1e3 * t_fixed, "threshold_ms": 1e3 * t_threshold,
             "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal,
-            "iqr": (1.0 / high / ideal, 1.0 / low / ideal)}
+            "ci": (1.0 / high / ideal, 1.0 / low / ideal)}
 
 
 # --------------------------------------------------------------------------- main
@@ -320,16 +350,16 @@ def overhead_table(args, device) -> None:
         print(f"\n(a) overhead: graves forced to K={args.hops} hops / constant K hops (layer scope), "
               "target <= 1.05 from tiny up")
         print(f"{'size':<6}{'backbone':<12}{'d':>4}{'tokens':>7}  {'mode':<12}{'constant ms':>12}{'graves ms':>11}"
-              f"{'ratio':>8}{'IQR':>14}  verdict")
+              f"{'ratio':>8}{'95% CI':>14}  verdict")
     for index in cases_to_run(args, "a", len(OVERHEAD_CASES)):
         size, backbone, batch, length = OVERHEAD_CASES[index]
         for row in overhead_case(backbone, args.hops, batch * args.scale, length, args, device):
-            verdict = "ok" if row["ratio"] <= 1.05 else "MISS"
+            result = verdict(row["ratio"], row["ci"], lambda ratio: ratio <= 1.05)
             if size == "micro":
-                verdict = f"({verdict}: below tiny)"
+                result = f"({result}: below tiny)"
             print(f"{size:<6}{row['backbone']:<12}{backbone['d_model']:>4}{batch * args.scale * length:>7}  "
                   f"{row['mode']:<12}{row['constant_ms']:>12.2f}{row['graves_ms']:>11.2f}"
-                  f"{row['ratio']:>8.3f}{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
+                  f"{row['ratio']:>8.3f}{row['ci'][0]:>8.3f}-{row['ci'][1]:.3f}  {result}")
 
 
 #: (size, backbone, batch, length). The synthetic stack is the target; GPT-NeoX rows show a
@@ -348,17 +378,17 @@ def early_exit_table(args, device) -> None:
         print("\n(b) early exit (inference): threshold vs fixed depth, half the tokens exit after layer 1,"
               " target efficiency >= 0.9")
         print(f"{'size':<6}{'backbone':<16}{'layers':>6}{'d':>5}{'tokens':>7}{'mean layers':>12}{'fixed ms':>10}"
-              f"{'thresh ms':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}{'IQR':>14}  verdict")
+              f"{'thresh ms':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}{'95% CI':>14}  verdict")
     for index in cases_to_run(args, "b", len(EARLY_EXIT_CASES)):
         size, backbone, batch, length = EARLY_EXIT_CASES[index]
         row = early_exit_case(backbone, batch * args.scale, length, args, device)
-        verdict = "ok" if row["efficiency"] >= 0.9 else "MISS"
+        result = verdict(row["efficiency"], row["ci"], lambda efficiency: efficiency >= 0.9)
         if backbone["name"] != "bench_mlp_stack":
-            verdict = f"({verdict}: K/V for halted tokens)"
+            result = f"({result}: K/V for halted tokens)"
         print(f"{size:<6}{backbone['name']:<16}{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>7}"
               f"{row['mean_layers']:>12.2f}{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}"
               f"{row['speedup']:>9.2f}{row['ideal']:>7.2f}{row['efficiency']:>8.3f}"
-              f"{row['iqr'][0]:>8.3f}-{row['iqr'][1]:.3f}  {verdict}")
+              f"{row['ci'][0]:>8.3f}-{row['ci'][1]:.3f}  {result}")
 
 
 def cases_to_run(args, part: str, count: int) -> list[int]:
@@ -411,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"halting benchmark on {device.type} ({name}), torch {torch.__version__}, "
           f"{args.threads} thread(s), {CLOCK['name']}, allocator {allocator}, hop policy {args.hop_policy};\n"
-          f"medians of {args.repeats} alternating runs, ratios = median of per-pair ratios, "
+          f"medians of {args.repeats} alternating runs, ratios = median of per-pair ratios (95% CI), "
           f"{'all cases in one process' if args.in_process else 'one fresh process per case'}")
 
     with hop_policy(args.hop_policy):

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"graves (K={args.hops}, layer scope, {args.backbone} d={args.d_model}, {batch * length} tokens) "
           f"train step vs a variant; thread CPU time, one thread, {args.repeats} alternating pairs")
-    print(f"{'variant':<22}{'graves ms':>10}{'variant ms':>11}{'variant/graves':>16}{'IQR':>16}")
+    print(f"{'variant':<22}{'graves ms':>10}{'variant ms':>11}{'variant/graves':>16}{'95% CI':>16}")
     for variant in args.variants:
         if variant == "constant":
             other = registry_model(backbone, {"name": "constant", "steps": args.hops}, vocab, device).train()
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             override_halting(other, variant)
         timed = time_pair(train_step(graves), train_step(other), repeats=args.repeats,
                           warmup=args.warmup, device=device)
-        low, high = timed["ratio_iqr"]
+        low, high = timed["ratio_ci"]
         print(f"{variant:<22}{1e3 * timed['first']:>10.1f}{1e3 * timed['second']:>11.1f}"
               f"{timed['ratio']:>16.4f}{low:>9.3f}-{high:.3f}", flush=True)
     return 0

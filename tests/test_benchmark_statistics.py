@@ -1,0 +1,57 @@
+"""The statistics that benchmarks/halting.py prints next to each median ratio."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "halting.py"
+
+
+@pytest.fixture(scope="module")
+def halting_benchmark():
+    spec = importlib.util.spec_from_file_location("halting_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def binomial_below(n: int, k: int) -> float:
+    """P(Binomial(n, 1/2) < k), summed term by term."""
+    return sum(math.comb(n, i) for i in range(k)) / 2**n
+
+
+def test_median_interval_of_31_runs_is_the_10th_smallest_and_largest(halting_benchmark):
+    values = [float(v) for v in range(31)]
+    random.Random(0).shuffle(values)
+    assert halting_benchmark.median_interval(values) == (9.0, 21.0)
+    # by hand: P(B < 10) = 0.0147 <= 0.025 < P(B < 11) = 0.0354, so coverage 1 - 2 * 0.0147 = 0.97
+    assert binomial_below(31, 10) == pytest.approx(0.01472, abs=1e-5)
+    assert binomial_below(31, 11) == pytest.approx(0.03537, abs=1e-5)
+
+
+@pytest.mark.parametrize("n", [6, 9, 15, 31, 101])
+def test_median_interval_is_the_narrowest_pair_with_95_percent_coverage(halting_benchmark, n):
+    low, high = halting_benchmark.median_interval([float(v) for v in range(n)])
+    k = int(low) + 1  # the interval is the k-th smallest and the k-th largest
+    assert high == n - k
+    assert 1 - 2 * binomial_below(n, k) >= 0.95
+    assert 1 - 2 * binomial_below(n, k + 1) < 0.95
+
+
+def test_too_few_runs_give_the_full_range(halting_benchmark):
+    assert halting_benchmark.median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)
+
+
+def test_verdict_names_an_interval_on_both_sides_of_the_target(halting_benchmark):
+    def at_most_105(ratio):
+        return ratio <= 1.05
+
+    assert halting_benchmark.verdict(1.02, (1.01, 1.04), at_most_105) == "ok"
+    assert halting_benchmark.verdict(1.08, (1.06, 1.10), at_most_105) == "MISS"
+    assert halting_benchmark.verdict(1.04, (1.03, 1.06), at_most_105) == "ok, CI spans target"
+    assert halting_benchmark.verdict(1.06, (1.04, 1.07), at_most_105) == "MISS, CI spans target"
