@@ -100,8 +100,8 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 
 
 def verdict(value: float, interval: tuple[float, float], meets) -> str:
-    """"ok" / "MISS" by the median (`meets(x)`: x meets the target), noting when the
-    confidence interval reaches both sides of the target."""
+    """The verdict on the median, ok or MISS (`meets(x)`: x meets the target), noting
+    when the confidence interval reaches both sides of the target."""
     low_meets, high_meets = meets(interval[0]), meets(interval[1])
     word = "ok" if meets(value) else "MISS"
     return word if low_meets == high_meets else f"{word}, CI spans target"
@@ -142,6 +142,14 @@ def inference_pass(model: nn.Module, ids: torch.Tensor):
     return run
 
 
+def train_pass(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor):
+    """A callable running one training step's forward and backward (no optimizer)."""
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=labels).loss.backward()
+    return run
+
+
 # --------------------------------------------------------------------------- (a) overhead
 
 
@@ -171,14 +179,9 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
     labels = torch.randint(0, vocab, (batch, length), device=device)
     assert bool((graves.eval()(ids).stats.hops == hops).all()), "graves was not forced to the cap"
 
-    def train(model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=labels).loss.backward()
-        return run
-
     rows = []
-    for mode, make in (("inference", lambda model: inference_pass(model, ids)), ("train step", train)):
+    for mode, make in (("inference", lambda model: inference_pass(model, ids)),
+                       ("train step", lambda model: train_pass(model, ids, labels))):
         for model in (constant, graves):
             model.train(mode == "train step")
         timed = time_pair(make(constant), make(graves), repeats=args.repeats,

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import registry_model, steady_allocator, time_pair, use_clock  # noqa: E402
+from halting import registry_model, steady_allocator, time_pair, train_pass, use_clock  # noqa: E402
 
 VARIANTS = ("same", "no_halting_grad", "unit_input_detached", "bias_only_unit", "constant")
 
@@ -71,12 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(0, vocab, (batch, length))
     labels = torch.randint(0, vocab, (batch, length))
 
-    def train_step(model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=labels).loss.backward()
-        return run
-
     print(f"graves (K={args.hops}, layer scope, {args.backbone} d={args.d_model}, {batch * length} tokens) "
           f"train step vs a variant; thread CPU time, one thread, {args.repeats} alternating pairs")
     print(f"{'variant':<22}{'graves ms':>10}{'variant ms':>11}{'variant/graves':>16}{'95% CI':>16}")
@@ -87,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             other = copy.deepcopy(graves)
             override_halting(other, variant)
-        timed = time_pair(train_step(graves), train_step(other), repeats=args.repeats,
+        timed = time_pair(train_pass(graves, ids, labels), train_pass(other, ids, labels), repeats=args.repeats,
                           warmup=args.warmup, device=device)
         low, high = timed["ratio_ci"]
         print(f"{variant:<22}{1e3 * timed['first']:>10.1f}{1e3 * timed['second']:>11.1f}"
