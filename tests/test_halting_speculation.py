@@ -44,13 +44,15 @@ def test_record_and_keep_hop_in_both_modes():
     exact = RunningTokens(state)
     assert exact.record(torch.tensor([[True, True, True]])) and exact.active is None  # all run: no mask
     assert exact.record(torch.tensor([[True, False, True]])) and exact.active is not None
+    assert not exact.speculated  # the count was read at once
     assert not exact.record(torch.tensor([[False, False, False]]))  # stop now
     with hop_policy("speculative"):
         speculative = RunningTokens(state)
     assert speculative.keep_hop()  # nothing recorded yet
     all_running = torch.tensor([[True, True, True]])
     assert speculative.record(all_running) and speculative.active is all_running  # always the mask
-    assert speculative.keep_hop()
+    assert speculative.speculated  # the answer is read by the next keep_hop
+    assert speculative.keep_hop() and not speculative.speculated
     assert speculative.record(torch.tensor([[False, False, False]]))  # not read yet: go on ...
     assert not speculative.keep_hop()  # ... and drop the hop queued after it
 

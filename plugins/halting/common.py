@@ -106,7 +106,6 @@ class RunningTokens:
         self.speculative = mode != "exact"
         self.adaptive = mode == "adaptive"
         self.active: Tensor | None = None  # the `active` argument of the next hop
-        self.speculated = False  # whether the last `record` left its answer in flight
         self._any_running: Tensor | None = None  # host copy, in flight after a speculative record
         self._copied: torch.cuda.Event | None = None  # marks the end of that copy
         self._hop_queued: torch.cuda.Event | None = None  # marks the end of the last hop (adaptive)
@@ -114,8 +113,7 @@ class RunningTokens:
     def record(self, running: Tensor) -> bool:
         """Note the (B, L) mask after a hop; False when the loop must stop now."""
         gpu_busy = self._hop_queued is None or not self._hop_queued.query()
-        self.speculated = self.speculative and (gpu_busy or not self.adaptive)
-        if not self.speculated:
+        if not (self.speculative and (gpu_busy or not self.adaptive)):
             count = int(torch.count_nonzero(running))
             self.active = None if count == running.numel() else running
             return count > 0
@@ -126,12 +124,17 @@ class RunningTokens:
             self._copied.record()
         return True
 
+    @property
+    def speculated(self) -> bool:
+        """Whether the last `record` left its answer in flight (read by the next `keep_hop`)."""
+        return self._any_running is not None
+
     def keep_hop(self) -> bool:
         """Call after queuing a hop: False when no token was running (drop the hop, stop)."""
         if self.adaptive:
             self._hop_queued = torch.cuda.Event()
             self._hop_queued.record()
-        if self._any_running is None:
+        if not self.speculated:
             return True
         if self._copied is not None:
             self._copied.synchronize()
