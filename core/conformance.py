@@ -679,7 +679,7 @@ class Conformance:
     @staticmethod
     def _check_no_active_token(index: int, block: Block, hidden: Tensor, claim: str, *, keeps: bool) -> None:
         """A loop on a GPU may queue a hop after every token halted (core/speculation.py)."""
-        nobody = torch.zeros(hidden.shape[:2], dtype=torch.bool)  # (B, L)
+        nobody = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)  # (B, L)
         try:
             with torch.no_grad():
                 idle = block(hidden, BlockContext(layer=index, step=1, active=nobody))

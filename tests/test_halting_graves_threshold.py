@@ -20,7 +20,6 @@ from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
 D64 = torch.float64
 
 
-
 # Three tokens, threshold 0.9 (epsilon 0.1), cap 3. Halting probabilities per hop:
 #   A: 0.5, 0.45      -> 0.5 < 0.9, 0.95 >= 0.9: N = 2, R = 1 - 0.5 = 0.5, p = [0.5, 0.5, 0]
 #   B: 0.95           -> N = 1, R = 1, p = [1, 0, 0]

@@ -24,7 +24,6 @@ from ponderlab.plugins.halting.reference import ScriptedHop, pondernet_token, sc
 D64 = torch.float64
 
 
-
 # lambda per hop (the third is ignored: the last hop takes the remaining mass)
 LAMBDAS = [[0.5, 0.4, 0.7], [0.2, 0.9, 0.7], [0.1, 0.1, 0.7]]
 # p_n = lambda_n prod_{j<n}(1 - lambda_j); p_3 = prod_{j<3}(1 - lambda_j)

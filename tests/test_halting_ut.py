@@ -14,7 +14,6 @@ from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
 D64 = torch.float64
 
 
-
 # p is computed on the state ENTERING each hop (t2t). Threshold 0.9, cap 3.
 #   A: p = 0.5, 0.45     -> still (H=0.5), then 0.95 > 0.9 halts: R = 0.5, N = 2, w = [0.5, 0.5]
 #   B: p = 0.95          -> halts at hop 1: R = 1, N = 1, w = [1]
