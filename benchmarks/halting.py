@@ -57,20 +57,28 @@ def sync(device: torch.device) -> None:
 CLOCK = {"name": "wall", "fn": time.perf_counter}
 
 
+#: glibc `mallopt` settings of `steady_allocator`: (parameter, value). mallopt takes a
+#: C int, and ctypes silently truncates a larger value (2**34 became a trim threshold
+#: of 0, which trims the heap at every free: the opposite of the intent).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+STEADY_MALLOPT = ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def steady_allocator() -> bool:
     """Keep freed memory in glibc's heap instead of returning it to the OS after every op.
 
-    With the defaults, large CPU tensors are mmap-ed and unmapped per op, so each run
-    pays page faults whose cost depends on the other tenants of a shared machine and
-    on allocation order, not on the work compared. Both sides of every ratio run
-    under the same setting (`--default-allocator` turns it off). No effect off glibc.
+    With the defaults, large CPU tensors are mmap-ed and unmapped per op, and freed
+    memory at the top of the heap is trimmed, so each run pays page faults whose
+    cost depends on the other tenants of a shared machine and on allocation order,
+    not on the work compared. Both sides of every ratio run under the same setting
+    (`--default-allocator` turns it off). No effect off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 34))
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in STEADY_MALLOPT)
 
 
 def use_clock(device: torch.device, threads: int) -> None:
@@ -78,6 +86,16 @@ def use_clock(device: torch.device, threads: int) -> None:
     time mostly measures the other tenants. GPU runs use wall time around synchronisation."""
     if device.type == "cpu" and threads == 1:
         CLOCK.update(name="thread CPU time", fn=time.thread_time)
+
+
+def single_thread_cpu() -> torch.device:
+    """The set-up of the CPU A/B scripts: one torch thread, the steady allocator,
+    the thread's CPU time as the clock."""
+    torch.set_num_threads(1)
+    steady_allocator()
+    device = torch.device("cpu")
+    use_clock(device, 1)
+    return device
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -233,8 +251,7 @@ class ShiftMLPBlock(Block):
         rows = active_rows(active)  # (K,) flat indices of the running tokens
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
         previous = flat.index_select(0, (rows - 1).clamp_min(0))  # (K, D), token t-1
-        starts = (rows % hidden.shape[1] == 0).nonzero().squeeze(1)  # position 0 has no previous token
-        previous.index_fill_(0, starts, 0.0)
+        previous.mul_((rows % hidden.shape[1] != 0).unsqueeze(1))  # position 0 has no previous token
         values = self.positionwise(torch.addcmul(flat.index_select(0, rows), self.mix, previous))  # (K, D)
         return scatter_active(hidden, rows, values)  # halted tokens keep their rows
 
@@ -298,10 +315,10 @@ def early_exit_backbones(backbone: dict, vocab: int) -> tuple[Backbone, Backbone
     return copies[0], copies[1]
 
 
-def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> dict:
-    vocab = 32
+def early_exit_models(backbone: dict, vocab: int, device: torch.device) -> dict[str, PonderModel]:
+    """The pair of part (b), in eval mode: "fixed" (`none`, depth scope) and "threshold",
+    same weights, with threshold's halting units set by `force_half_exit`."""
     registry = get_registry()
-    n_layers = backbone["n_layers"]
     models = {}
     for body, (name, halting) in zip(early_exit_backbones(backbone, vocab),
                                      (("fixed", {"name": "none", "scope": "depth"}),
@@ -313,6 +330,13 @@ def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> di
     models["fixed"].backbone.load_state_dict(models["threshold"].backbone.state_dict())
     for model in models.values():
         model.to(device).eval()
+    return models
+
+
+def early_exit_case(backbone: dict, batch: int, length: int, args, device) -> dict:
+    vocab = 32
+    n_layers = backbone["n_layers"]
+    models = early_exit_models(backbone, vocab, device)
     ids = torch.randint(0, vocab, (batch, length), device=device)
     with torch.no_grad():
         stats = models["threshold"](ids).stats

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import registry_model, steady_allocator, time_pair, train_pass, use_clock  # noqa: E402
+from halting import registry_model, single_thread_cpu, time_pair, train_pass  # noqa: E402
 
 VARIANTS = ("same", "no_halting_grad", "unit_input_detached", "bias_only_unit", "constant")
 
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    steady_allocator()
-    device = torch.device("cpu")
-    use_clock(device, 1)
+    device = single_thread_cpu()
 
     backbone = {"name": args.backbone, "d_model": args.d_model, "n_layers": 2}
     vocab, batch, length = 32, 16, 128

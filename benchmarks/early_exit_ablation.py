@@ -1,0 +1,119 @@
+"""Where threshold ACT's early-exit time goes: A/B of threshold against variants of itself.
+
+Part (b) of `halting.py` divides threshold's measured speedup over fixed depth by
+the ideal n_layers / mean layers executed. This script times the threshold model
+against variants with one piece of its work removed, alternating the two
+(`--repeats` pairs, thread CPU time on one CPU thread, as in `halting.py`), on the
+tiny 8-layer row of part (b) by default. A ratio variant/threshold below 1 is the
+share of the threshold pass that piece costs. With `fixed` among the variants, the
+script ends with the efficiency (speedup over fixed depth / ideal) of threshold
+and the one each variant would reach.
+
+  same             an identical copy (the noise floor of one A/B)
+  free_halting     the halting probabilities threshold's units computed for this
+                   batch, returned from a cache: the same exits and weights, no
+                   halting MLP
+  execution_only   the same blocks with the same running tokens (every token in
+                   layer 1, the ones threshold keeps in layers 2..n): no halting
+                   MLP, no bookkeeping, no weighted sum; the last layer's state
+                   goes to the head
+  fixed            fixed depth (part (b)'s speedup, inverted)
+
+    python benchmarks/early_exit_ablation.py
+    python benchmarks/early_exit_ablation.py --layers 4 --variants same execution_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from halting import early_exit_models, inference_pass, single_thread_cpu, time_pair  # noqa: E402
+
+from ponderlab.core.model import PonderModel  # noqa: E402
+
+VARIANTS = ("same", "free_halting", "execution_only", "fixed")
+
+
+def cache_halting(model: PonderModel, ids: Tensor) -> None:
+    """Make the model's strategy return the halting probabilities it computes on `ids`."""
+    strategy = model.sites[0]
+    computed: dict[int, Tensor] = {}
+
+    def recording(step: int, state: Tensor, active: Tensor | None) -> Tensor:
+        computed[step] = strategy.units[step](state, active)  # (B, L)
+        return computed[step]
+
+    strategy.halting_probability = recording
+    with torch.no_grad():
+        model(ids)
+    strategy.halting_probability = lambda step, state, active: computed[step]
+
+
+def execution_only_pass(model: PonderModel, ids: Tensor, layer_masks: list[Tensor | None]):
+    """A callable running the blocks on the given running tokens per layer, then the head."""
+    def run():
+        with torch.no_grad():
+            hidden = model.backbone.embed(ids)  # (B, L, D)
+            for index, active in enumerate(layer_masks):
+                hidden = model._apply_block(index, hidden, 0, active, None)
+            model.head(model.backbone.finalize(hidden))
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=61)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    args = parser.parse_args(argv)
+    device = single_thread_cpu()
+
+    vocab, batch, length = 32, 16, 128
+    backbone = {"name": "bench_mlp_stack", "d_model": args.d_model, "n_layers": args.layers}
+    models = early_exit_models(backbone, vocab, device)
+    threshold = models["threshold"]
+    ids = torch.randint(0, vocab, (batch, length))
+    with torch.no_grad():
+        layers = threshold(ids).stats.layers  # (B, L) layers executed per token
+    ideal = args.layers / float(layers.float().mean())
+    layer_masks = [None] + [layers > index for index in range(1, args.layers)]  # running in layer index+1
+
+    print(f"threshold (depth scope, position-wise stack, {args.layers} layers, d={args.d_model}, "
+          f"{batch * length} tokens, ideal speedup {ideal:.2f}) inference vs a variant; "
+          f"thread CPU time, one thread, {args.repeats} alternating pairs")
+    print(f"{'variant':<16}{'threshold ms':>13}{'variant ms':>11}{'variant/threshold':>19}{'95% CI':>16}")
+    ratios = {}
+    for variant in args.variants:
+        if variant == "fixed":
+            run = inference_pass(models["fixed"], ids)
+        elif variant == "execution_only":
+            run = execution_only_pass(threshold, ids, layer_masks)
+        else:
+            other = copy.deepcopy(threshold)
+            if variant == "free_halting":
+                cache_halting(other, ids)
+            run = inference_pass(other, ids)
+        timed = time_pair(inference_pass(threshold, ids), run, repeats=args.repeats,
+                          warmup=args.warmup, device=device)
+        ratios[variant] = timed["ratio"]
+        low, high = timed["ratio_ci"]
+        print(f"{variant:<16}{1e3 * timed['first']:>13.1f}{1e3 * timed['second']:>11.1f}"
+              f"{timed['ratio']:>19.4f}{low:>9.3f}-{high:.3f}", flush=True)
+    if "fixed" in ratios:
+        speedup = ratios["fixed"]  # fixed time / threshold time
+        print(f"efficiency (speedup over fixed depth / ideal): threshold {speedup / ideal:.3f}" + "".join(
+            f", {variant} {speedup / ratio / ideal:.3f}" for variant, ratio in ratios.items() if variant != "fixed"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
