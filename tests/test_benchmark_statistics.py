@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import math
+import platform
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,9 +61,16 @@ def test_verdict_names_an_interval_on_both_sides_of_the_target(halting_benchmark
     assert halting_benchmark.verdict(1.06, (1.04, 1.07), at_most_105) == "MISS, CI spans target"
 
 
-
 def test_steady_allocator_settings_fit_mallopts_int(halting_benchmark):
     # Found broken: a trim threshold of 2**34 reached mallopt truncated to 0 (trim at every free).
     for parameter, value in halting_benchmark.STEADY_MALLOPT:
         assert ctypes.c_int(parameter).value == parameter
         assert ctypes.c_int(value).value == value > 0
+
+
+def test_glibc_accepts_the_steady_allocator_settings():
+    # In a child process: mallopt changes the allocator of the whole process.
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('b', sys.argv[1]); "
+            "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); print(b.steady_allocator())")
+    result = subprocess.run([sys.executable, "-c", code, str(BENCHMARK)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
