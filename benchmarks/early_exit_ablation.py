@@ -14,9 +14,9 @@ and the one each variant would reach.
                    batch, returned from a cache: the same exits and weights, no
                    halting MLP
   execution_only   the same blocks with the same running tokens (every token in
-                   layer 1, the ones threshold keeps in layers 2..n): no halting
-                   MLP, no bookkeeping, no weighted sum; the last layer's state
-                   goes to the head
+                   layer 1, the ones threshold keeps in layers 2..n), on packed
+                   rows as threshold's inference: no halting MLP, no bookkeeping,
+                   no weighted sum; each token's last state goes to the head
   fixed            fixed depth (part (b)'s speedup, inverted)
 
     python benchmarks/early_exit_ablation.py
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from halting import early_exit_models, inference_pass, single_thread_cpu, time_pair  # noqa: E402
 
 from ponderlab.core.model import PonderModel  # noqa: E402
+from ponderlab.core.row_hops import DepthRowHops  # noqa: E402
+from ponderlab.plugins.halting.common import active_rows  # noqa: E402
 
 VARIANTS = ("same", "free_halting", "execution_only", "fixed")
 
@@ -58,13 +60,25 @@ def cache_halting(model: PonderModel, ids: Tensor) -> None:
 
 def execution_only_pass(model: PonderModel, ids: Tensor, layer_masks: list[Tensor | None]):
     """A callable running the blocks on the given running tokens per layer, then the head;
-    it returns the logits (B, L, V)."""
+    it returns the logits (B, L, V). Hops on packed rows, as threshold's inference
+    (`DepthRowHops`), with the running tokens' rows of each layer known in advance."""
+    layer_rows = [None if active is None else active_rows(active) for active in layer_masks]
+    previous_rows = [None, *layer_rows[:-1]]
+    changed = [rows is not None and (before is None or not torch.equal(rows, before))
+               for before, rows in zip(previous_rows, layer_rows, strict=True)]  # the running set shrank
+
     def run() -> Tensor:
         with torch.no_grad():
-            hidden = model.backbone.embed(ids)  # (B, L, D)
-            for index, active in enumerate(layer_masks):
-                hidden = model._apply_block(index, hidden, 0, active, None)
-            return model.head(model.backbone.finalize(hidden))
+            hops = DepthRowHops(model.backbone.blocks, model.backbone.embed(ids))
+            states = None
+            for index, rows in enumerate(layer_rows):
+                if changed[index]:  # (K, D): the latest states of the tokens that go on
+                    states = hops.hidden.reshape(-1, hops.width).index_select(0, rows)
+                states = hops(index, rows, states)
+            hidden = hops.hidden.view(-1, hops.width)
+            if layer_rows[-1] is not None:  # the last layer's states are not written back
+                hidden.index_copy_(0, layer_rows[-1], states)
+            return model.head(model.backbone.finalize(hidden.view_as(hops.hidden)))
     return run
 
 

@@ -44,7 +44,7 @@ from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
 from ponderlab.core.speculation import hop_policy
-from ponderlab.plugins.halting.common import active_rows, scatter_active
+from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
 # --------------------------------------------------------------------------- timing
 
@@ -228,6 +228,7 @@ class ShiftMLPBlock(Block):
 
     supports_active_subset = True
     keeps_inactive_rows = True
+    supports_packed_rows = True
 
     def __init__(self, d_model: int, ffn: int):
         super().__init__()
@@ -249,11 +250,15 @@ class ShiftMLPBlock(Block):
             previous = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))  # (B, L, D), token t-1
             return self.positionwise(torch.addcmul(hidden, self.mix, previous))
         rows = active_rows(active)  # (K,) flat indices of the running tokens
+        values = self.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
+        return scatter_active(hidden, rows, values)  # halted tokens keep their rows
+
+    def forward_rows(self, hidden: torch.Tensor, rows: torch.Tensor, states: torch.Tensor,
+                     context: BlockContext) -> torch.Tensor:  # (K, D) for the tokens at rows (K,)
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
         previous = flat.index_select(0, (rows - 1).clamp_min(0))  # (K, D), token t-1
         previous.mul_((rows % hidden.shape[1] != 0).unsqueeze(1))  # position 0 has no previous token
-        values = self.positionwise(torch.addcmul(flat.index_select(0, rows), self.mix, previous))  # (K, D)
-        return scatter_active(hidden, rows, values)  # halted tokens keep their rows
+        return self.positionwise(torch.addcmul(states, self.mix, previous))
 
 
 class MLPStack(Backbone):

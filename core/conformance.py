@@ -8,8 +8,8 @@ Contracts (see docs/plugins.md):
   all kinds   config, yaml round trip, entry point
   backbone    construction, output shapes, causality, active subset, gradient flow,
               determinism, checkpoint
-  halting     scopes, hop protocol, halting weights, halting stats, causality,
-              gradient flow, determinism, checkpoint
+  halting     scopes, hop protocol, halting weights, halting stats, packed depth,
+              causality, gradient flow, determinism, checkpoint
   task        task data, split overlap, determinism, extra metrics
 
 Model-level checks wrap the plugin in a real `PonderModel` with small probe
@@ -69,6 +69,7 @@ CONTRACTS: dict[str, tuple[str, ...]] = {
         "hop protocol",
         "halting weights",
         "halting stats",
+        "packed depth",
         "causality",
         "gradient flow",
         "determinism",
@@ -137,7 +138,13 @@ class ProbeBackboneConfig(BackboneConfig):
 
 
 class _ProbeBlock(Block):
-    """Position-wise residual layer h + tanh(W h + b): causal by construction."""
+    """Position-wise residual layer h + tanh(W h + b): causal by construction.
+
+    It computes packed rows too, so depth-scope inference of a strategy under
+    test takes its packed path (`forward_packed`) where it has one.
+    """
+
+    supports_packed_rows = True
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -145,6 +152,9 @@ class _ProbeBlock(Block):
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
         return hidden + torch.tanh(self.linear(hidden))
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        return states + torch.tanh(self.linear(states))  # (K, D)
 
 
 class ProbeBackbone(Backbone):
@@ -656,6 +666,8 @@ class Conformance:
         for index, block in enumerate(backbone.blocks):
             subset_claim = getattr(block, "supports_active_subset", False)
             keeps_claim = getattr(block, "keeps_inactive_rows", False)
+            if getattr(block, "supports_packed_rows", False):
+                self._check_packed_rows(index, block, hidden, active)
             if not (subset_claim or keeps_claim):
                 continue
             with torch.no_grad():
@@ -675,6 +687,26 @@ class Conformance:
                     f"tokens (max change {_max_abs(subset[~active] - hidden[~active]):.2e})"
                 )
             self._check_no_active_token(index, block, hidden, claim, keeps=keeps_claim)
+
+    @staticmethod
+    def _check_packed_rows(index: int, block: Block, hidden: Tensor, active: Tensor) -> None:
+        """forward_rows gives the rows of the full forward, for a subset and for every token."""
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
+        with torch.no_grad():
+            full = block(hidden, BlockContext(layer=index, step=1)).reshape(flat.shape)
+            for rows in (active.reshape(-1).nonzero().squeeze(1), torch.arange(len(flat))):
+                try:
+                    packed = block.forward_rows(hidden, rows, flat.index_select(0, rows),
+                                                BlockContext(layer=index, step=1))
+                except Exception as error:  # noqa: BLE001 - any failure is the finding
+                    _fail(f"blocks[{index}] declares supports_packed_rows but forward_rows fails: "
+                          f"{type(error).__name__}: {error}")
+                _expect_shape(f"blocks[{index}].forward_rows for {len(rows)} rows", packed,
+                              (len(rows), flat.shape[-1]))
+                gap = _max_abs(packed - full.index_select(0, rows))
+                if gap > 1e-5 * max(1.0, _max_abs(full)):
+                    _fail(f"blocks[{index}] declares supports_packed_rows but forward_rows differs from "
+                          f"forward at those rows by {gap:.2e} ({len(rows)} of {len(flat)} rows)")
 
     @staticmethod
     def _check_no_active_token(index: int, block: Block, hidden: Tensor, claim: str, *, keeps: bool) -> None:
@@ -847,6 +879,42 @@ class Conformance:
                 probs = out.hop_probs.float()
                 if float(probs.min()) < -1e-6 or _max_abs(probs.sum(-1) - 1.0) > 1e-4:
                     _fail(f"hop_probs must be non-negative and sum to 1 over hops ({where})")
+
+    def _check_packed_depth(self) -> None:
+        """forward_packed (depth-scope inference on packed rows) gives what forward gives."""
+        if not getattr(self.plugin, "supports_packed_depth", False):
+            return
+        if "depth" not in self._scopes():
+            _fail("supports_packed_depth is True but depth is not in supported_scopes")
+        layers = self._layers_for("depth")
+        ids = _token_ids(3, 7, seed=5)
+        padded = torch.ones(3, 7, dtype=torch.bool)
+        padded[1, 4:] = False
+        for scale in (0.5, 3.0):  # small and large halting weights: mixed exit layers
+            seed_everything(0)
+            backbone = ProbeBackbone(ProbeBackboneConfig(n_layers=layers), vocab_size=VOCAB)
+            model = PonderModel(backbone, self.plugin, self._config_for_scope("depth"), vocab_size=VOCAB).eval()
+            _perturb(model.sites[0], seed=3, scale=scale)
+            for mask in (None, padded):
+                where = f"depth scope, weights perturbed by {scale}, {'padded' if mask is not None else 'no padding'}"
+                outputs = []
+                for packed in (True, False):
+                    model.packed_inference = packed
+                    seed_everything(1)
+                    with torch.no_grad():
+                        try:
+                            outputs.append(model(ids, mask=mask))
+                        except NotImplementedError as error:
+                            _fail(f"supports_packed_depth is True but {error} ({where})")
+                packed_out, dense_out = outputs
+                gap = _max_abs(packed_out.logits - dense_out.logits)
+                if gap > 1e-5 * max(1.0, _max_abs(dense_out.logits)):
+                    _fail(f"forward_packed gives logits {gap:.2e} away from forward's ({where})")
+                for field_name in ("hops", "layers", "remainder", "ponder_cost"):
+                    given, expected = getattr(packed_out.stats, field_name), getattr(dense_out.stats, field_name)
+                    _expect_shape(f"{field_name} from forward_packed ({where})", given, tuple(expected.shape))
+                    if _max_abs(given.float() - expected.float()) > 1e-5:
+                        _fail(f"forward_packed gives other {field_name} than forward ({where})")
 
     # ------------------------------------------------------------------ tasks
     def _task(self) -> Task:

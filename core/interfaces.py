@@ -61,14 +61,28 @@ class Block(nn.Module):
         `context.active` (their output rows may hold anything; the core restores them).
     keeps_inactive_rows: the block's output already equals its input at inactive
         rows (e.g. built with `halting.common.scatter_active`), so the core skips its
-        own full-size masking. The conformance kit checks both claims.
+        own full-size masking.
+    supports_packed_rows: the block implements `forward_rows`, so inference in depth
+        scope can keep the running tokens packed from layer to layer (see
+        `ponderlab.core.row_hops`). The conformance kit checks all three claims.
     """
 
     supports_active_subset: ClassVar[bool] = False
     keeps_inactive_rows: ClassVar[bool] = False
+    supports_packed_rows: ClassVar[bool] = False
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         raise NotImplementedError
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        """New states of the tokens at `rows` only: (K, D).
+
+        hidden (B, L, D) holds every token's current state (the context that token
+        mixing reads), rows (K,) the ascending flat indices b * L + t of the tokens
+        to compute and states (K, D) their current states (hidden's rows at `rows`).
+        Must equal `forward(hidden, context)` at those rows.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward_rows")
 
 
 # --------------------------------------------------------------------------- backbones
@@ -150,6 +164,10 @@ def _detach_tree(value: Any) -> Any:
 #: hop(state (B, L, D), step, active (B, L) bool | None) -> new state (B, L, D)
 HopFn = Callable[[Tensor, int, "Tensor | None"], Tensor]
 
+#: row_hop(step, rows (K,) | None, states (K, D) | None) -> new states (K, D) of the tokens
+#: at flat indices `rows` (None: every token, in row-major order; `states` is then ignored)
+RowHopFn = Callable[[int, "Tensor | None", "Tensor | None"], Tensor]
+
 
 @dataclass
 class PonderOutput:
@@ -187,10 +205,15 @@ class HaltingStrategy(nn.Module):
     padding should halt after its first hop (so it neither costs compute nor keeps
     the loop running) and stay out of auxiliary losses. A strategy whose `forward`
     has no `mask` parameter is called without it.
+
+    `supports_packed_depth`: the strategy implements `forward_packed`, which the
+    core calls instead of `forward` for inference in depth scope when every block
+    supports packed rows. It must return what `forward` returns.
     """
 
     config_class: ClassVar[type[HaltingConfig]]
     supported_scopes: ClassVar[frozenset[str]] = frozenset({"layer", "model", "depth"})
+    supports_packed_depth: ClassVar[bool] = False
 
     def __init__(self, config: HaltingConfig, *, d_model: int, n_layers: int):
         super().__init__()
@@ -206,6 +229,10 @@ class HaltingStrategy(nn.Module):
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         raise NotImplementedError
+
+    def forward_packed(self, state: Tensor, row_hop: RowHopFn, mask: Tensor | None = None) -> PonderOutput:
+        """`forward` in depth scope without autograd, with hops on packed rows of running tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward_packed")
 
     def loss_weight(self) -> float:
         """Weight of the mean ponder cost in the loss (tau / lambda)."""

@@ -25,6 +25,7 @@ from .interfaces import (
     HaltingStrategy,
     PonderOutput,
 )
+from .row_hops import DepthRowHops, packs_rows
 from .rows import where_rows
 from .speculation import hop_policy
 
@@ -81,7 +82,14 @@ def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: lis
 
 
 class PonderModel(nn.Module):
-    """A causal language model whose layers ponder according to a halting strategy."""
+    """A causal language model whose layers ponder according to a halting strategy.
+
+    `packed_inference` (default True): without autograd, depth scope runs on packed
+    rows of running tokens where the strategy and every block support it
+    (`ponderlab.core.row_hops`); False keeps the dense hops (for comparisons).
+    """
+
+    packed_inference: bool = True
 
     def __init__(
         self,
@@ -147,6 +155,11 @@ class PonderModel(nn.Module):
             return StackOutput(hidden, sites, memory)
 
         track = memory is not None  # per-layer outputs are needed only for memory writes
+        site = self.sites[0]
+        packed = self.scope == "depth" and self.packed_inference and not (track or backbone.uses_segments)
+        if packed and packs_rows(site, backbone.blocks, hidden):
+            result = site.forward_packed(hidden, DepthRowHops(backbone.blocks, hidden), mask=mask)
+            return StackOutput(result.output, [result], memory)
         layer_outputs: dict[int, list[Tensor]] = {}  # per layer: its output at every hop
         hop_active: list[Tensor | None] = []
         if self.scope == "model":
@@ -169,7 +182,7 @@ class PonderModel(nn.Module):
 
         # Hops that record layer outputs must not be queued speculatively (see core/speculation.py).
         with hop_policy("exact") if track else nullcontext():
-            result = self._ponder(self.sites[0], hidden, hop, mask)
+            result = self._ponder(site, hidden, hop, mask)
         for index in sorted(layer_outputs):
             states = layer_outputs[index]
             if self.scope == "model":

@@ -17,3 +17,27 @@ def where_rows(mask: Tensor, chosen: Tensor, other: Tensor) -> Tensor:
     if not chosen.is_contiguous() and chosen.dim() == 3 and chosen.stride(0) < chosen.stride(1):
         mask = mask.t().contiguous().t()  # (B, L) view of an (L, B) buffer, like chosen
     return torch.where(mask.unsqueeze(-1), chosen, other)
+
+
+def copy_rows_(target: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """target[rows] = values in place: target (N, D), rows (K,) long, values (K, D).
+
+    PyTorch's CPU `index_copy_` moves one element at a time; on contiguous rows
+    whose byte width divides by 16 it runs on a complex128 view instead (the same
+    bytes in wider elements), several times faster for float32 rows. Bitwise the
+    same copy either way.
+    """
+    row_bytes = target.shape[-1] * target.element_size()
+    wide = (
+        not target.is_cuda
+        and target.dtype == values.dtype
+        and target.is_contiguous()
+        and values.is_contiguous()
+        and row_bytes % 16 == 0
+        and target.storage_offset() * target.element_size() % 16 == 0
+        and values.storage_offset() * values.element_size() % 16 == 0
+    )
+    if wide:
+        target.view(torch.complex128).index_copy_(0, rows, values.view(torch.complex128))
+        return target
+    return target.index_copy_(0, rows, values.to(target.dtype))

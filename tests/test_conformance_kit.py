@@ -403,6 +403,37 @@ def test_a_block_must_accept_a_hop_with_no_active_token():
     broken(EmptySubsetBackbone, "active subset", r"fails when no token is active .*RuntimeError")
 
 
+class RowsBlock(KitBlock):
+    """Claims supports_packed_rows and honours it: the running mean reads every token from `hidden`."""
+
+    supports_packed_rows = True
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        mixed = self.running_mean(self.mix(hidden)).reshape(-1, hidden.shape[-1]).index_select(0, rows)
+        return states + torch.tanh(self.mlp(states) + mixed)  # (K, D)
+
+
+class RowsBackbone(KitBackbone):
+    block_class = RowsBlock
+
+
+class RowsOnlyBlock(RowsBlock):
+    """Claims supports_packed_rows but averages over the computed rows only, dropping the others."""
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        counts = torch.arange(1, len(rows) + 1, dtype=states.dtype).unsqueeze(1)
+        return states + torch.tanh(self.mlp(states) + self.mix(states).cumsum(0) / counts)
+
+
+class RowsOnlyBackbone(KitBackbone):
+    block_class = RowsOnlyBlock
+
+
+def test_packed_rows_claim_is_checked():
+    check_contract(RowsBackbone, "active subset")
+    broken(RowsOnlyBackbone, "active subset", "declares supports_packed_rows but forward_rows differs")
+
+
 def test_core_trusts_keeps_inactive_rows_and_masks_otherwise():
     """The model's output is the same whether the block or the core keeps halted rows."""
     torch.manual_seed(0)
@@ -488,6 +519,31 @@ class StepSkippingHalting(KitHalting):
 
 def test_hops_must_be_called_with_steps_in_order():
     broken(StepSkippingHalting, "hop protocol", r"step 1 after steps \[\]; steps must be 0, 1, 2")
+
+
+class FirstLayerPackedHalting(KitHalting):
+    """Claims supports_packed_depth, but its packed form stops every token after layer 1."""
+
+    supports_packed_depth = True
+
+    def forward_packed(self, state, row_hop, mask=None):
+        hops = torch.ones(state.shape[:-1])
+        zeros = torch.zeros_like(hops)
+        return PonderOutput(output=row_hop(0, None, None).view(state.shape), hops=hops, ponder_cost=zeros,
+                            remainder=zeros)
+
+
+class UnpackedHalting(KitHalting):
+    """Claims supports_packed_depth without implementing forward_packed."""
+
+    supports_packed_depth = True
+
+
+def test_packed_depth_must_give_what_forward_gives():
+    check_contract(KitHalting, "packed depth")  # no claim: nothing to compare
+    check_contract(ThresholdACT, "packed depth")
+    broken(FirstLayerPackedHalting, "packed depth", "forward_packed gives logits .* away from forward's")
+    broken(UnpackedHalting, "packed depth", "supports_packed_depth is True but .* does not implement forward_packed")
 
 
 class DetachingHalting(KitHalting):

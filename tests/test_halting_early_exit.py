@@ -147,6 +147,7 @@ class MaskedNeoXBlock(NeoXBlock):
 
     supports_active_subset = False
     keeps_inactive_rows = False
+    supports_packed_rows = False  # inference keeps the dense hops: the reference for the packed ones
 
     def forward(self, hidden, context: BlockContext):
         return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))

@@ -23,7 +23,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import (
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
+from ponderlab.plugins.halting.common import active_rows, gather_active, rows_mask, scatter_active
 
 
 class TransformerConfig(BackboneConfig):
@@ -74,18 +74,30 @@ class NeoXBlock(Block):
 
     supports_active_subset = True
     keeps_inactive_rows = True
+    supports_packed_rows = True
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
         super().__init__()
         self.layer = GPTNeoXLayer(hf_config, layer_index)
         self.rotary = GPTNeoXRotaryEmbedding(hf_config)
 
-    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+    def rotary_tables(self, hidden: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Positions (1, L) and the rotary (cos, sin) tables for them."""
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, L)
-        cos_sin = self.rotary(hidden, positions)
-        if context.active is None or bool(context.active.all()):
+        return positions, self.rotary(hidden, positions)
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+        positions, cos_sin = self.rotary_tables(hidden)
+        active = context.active
+        if active is None or bool(active.all()):
             return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
-        return self.forward_active(hidden, context.active, cos_sin)
+        rows = active_rows(active)  # (K,)
+        updated = self.update_rows(hidden, active, rows, gather_active(hidden, rows), cos_sin)  # (K, D)
+        return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        _, cos_sin = self.rotary_tables(hidden)
+        return self.update_rows(hidden, rows_mask(rows, hidden.shape[:2]), rows, states, cos_sin)
 
     def running_attention(self, normed: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """Causal attention for the running tokens' queries over every token's keys and values.
@@ -126,20 +138,21 @@ class NeoXBlock(Block):
         )  # (B, H, Kq, dh)
         return context.transpose(1, 2).reshape(batch * packed, width)[valid.reshape(-1)]  # (K, D)
 
-    def forward_active(self, hidden: Tensor, active: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-        """The layer for the running tokens only; halted tokens keep their rows."""
+    def update_rows(
+        self, hidden: Tensor, active: Tensor, rows: Tensor, residual: Tensor, cos_sin: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """The layer's new states (K, D) for the running tokens: active (B, L) and rows (K,)
+        mark them, residual (K, D) holds their current states, hidden (B, L, D) every token's."""
         layer = self.layer
-        rows = active_rows(active)  # (K,)
         context = self.running_attention(layer.input_layernorm(hidden), active, rows, cos_sin)  # (K, D)
         attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
-        residual = gather_active(hidden, rows)  # (K, D)
         if layer.use_parallel_residual:
             mlp = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
             updated = residual + attn + mlp
         else:
             attn = attn + residual
             updated = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
-        return scatter_active(hidden, rows, updated)
+        return updated
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

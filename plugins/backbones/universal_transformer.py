@@ -81,6 +81,10 @@ class UTBlock(NeoXBlock):
         hidden = hidden + self.depth(context.step, hidden)  # (B, L, D) + (D,)
         return super().forward(hidden, context)
 
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        signal = self.depth(context.step, hidden)  # (D,): every token's input gets it, as in forward
+        return super().forward_rows(hidden + signal, rows, states + signal, context)  # (K, D)
+
 
 class UniversalTransformerBackbone(Backbone):
     config_class = UniversalTransformerConfig

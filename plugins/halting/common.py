@@ -46,6 +46,12 @@ def active_rows(active: Tensor) -> Tensor:
     return active.reshape(-1).nonzero().squeeze(1)
 
 
+def rows_mask(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """(K,) flat indices -> (B, L) bool mask, True at those tokens (the inverse of `active_rows`)."""
+    mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=rows.device)
+    return mask.index_fill_(0, rows, True).view(shape)
+
+
 def gather_active(hidden: Tensor, rows: Tensor) -> Tensor:
     """(B, L, D), (K,) flat indices -> (K, D): the rows of the active tokens."""
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
@@ -202,7 +208,7 @@ class HaltingMLP(nn.Module):
         super().__init__()
         width = hidden or max(1, d_model // 2)
         self.hidden = nn.Linear(d_model, width)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # on the linear's own output: safe under autograd
         self.out = nn.Linear(width, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, bias_init)

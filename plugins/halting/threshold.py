@@ -17,6 +17,8 @@ that makes every token run every layer at init: sigmoid(b) = 1 / (n_layers + 1).
 Early exit: exited tokens are passed as inactive to later layers (a block with
 `supports_active_subset` skips their position-wise work, and the halting MLP is
 evaluated only on running tokens); the loop stops once every token has exited.
+For inference with blocks that support packed rows, `forward_packed` keeps the
+running tokens packed from layer to layer (plugins/halting/packed.py).
 Scope: depth only (for re-applied layers use `graves` or `ut`).
 """
 
@@ -29,9 +31,10 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput, RowHopFn
 
 from .common import HaltingMLP, cumulative_halting_loop, logit, require_scope
+from .packed import packed_cumulative_halting_loop
 
 
 class ThresholdConfig(HaltingConfig):
@@ -55,6 +58,7 @@ class ThresholdACT(HaltingStrategy):
 
     config_class = ThresholdConfig
     supported_scopes = frozenset({"depth"})
+    supports_packed_depth = True
 
     def __init__(self, config: ThresholdConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
@@ -71,15 +75,15 @@ class ThresholdACT(HaltingStrategy):
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
         return self.units[step](state, active)  # (B, L), zero for inactive tokens
 
+    def loop_options(self) -> dict:
+        return {"n_hops": self.n_layers, "threshold": self.config.threshold,
+                "halting_probability": self.halting_probability}
+
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
-        return cumulative_halting_loop(
-            state,
-            hop,
-            n_hops=self.n_layers,
-            threshold=self.config.threshold,
-            halting_probability=self.halting_probability,
-            mask=mask,
-        )
+        return cumulative_halting_loop(state, hop, mask=mask, **self.loop_options())
+
+    def forward_packed(self, state: Tensor, row_hop: RowHopFn, mask: Tensor | None = None) -> PonderOutput:
+        return packed_cumulative_halting_loop(state, row_hop, mask=mask, **self.loop_options())
 
 
 @hookimpl
