@@ -6,8 +6,9 @@
     unit, the weight bookkeeping and the weighted sum. Target <= 1.05.
 (b) early exit, inference: threshold ACT across depth vs fixed depth (`none`,
     depth scope) on a position-wise-dominated backbone (GPT-like projections and MLP,
-    a causal shift for token mixing) whose blocks compute only active tokens
-    (`supports_active_subset`). The halting units are set so that
+    a causal shift for token mixing) whose blocks compute only running tokens
+    (`supports_packed_rows`: inference keeps them packed across layers, see
+    core/row_hops.py). The halting units are set so that
     half of the tokens (even ids) exit after the first layer and the rest run all
     layers. efficiency = measured speedup / ideal speedup, where ideal =
     n_layers / mean layers executed. Target >= 0.9.
