@@ -27,10 +27,9 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput, RowHopFn
 
-from .common import HaltingUnit, cumulative_halting_loop
-from .packed import packed_cumulative_halting_loop
+from .common import HaltingUnit
+from .cumulative import CumulativeHalting
 
 
 class GravesConfig(HaltingConfig):
@@ -49,12 +48,11 @@ class GravesConfig(HaltingConfig):
         return self
 
 
-class GravesACT(HaltingStrategy):
+class GravesACT(CumulativeHalting):
     """Vectorised Graves ACT over all tokens of a (B, L, D) state."""
 
     config_class = GravesConfig
     supported_scopes = frozenset({"layer", "model", "depth"})
-    supports_packed_depth = True
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
@@ -67,16 +65,8 @@ class GravesACT(HaltingStrategy):
         unit = self.units[step if self.per_layer else 0]
         return unit(state, active)  # (B, L)
 
-    def loop_options(self) -> dict:
-        return {"n_hops": self.max_hops(), "threshold": 1.0 - self.config.epsilon,
-                "halting_probability": self.halting_probability}
-
-    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
-        return cumulative_halting_loop(state, hop, mask=mask, **self.loop_options())
-
-    def forward_packed(self, state: Tensor, row_hop: RowHopFn, mask: Tensor | None = None) -> PonderOutput:
-        """Depth scope only (the core calls it there): hop n is layer n on packed rows."""
-        return packed_cumulative_halting_loop(state, row_hop, mask=mask, **self.loop_options())
+    def halting_threshold(self) -> float:
+        return 1.0 - self.config.epsilon
 
 
 @hookimpl

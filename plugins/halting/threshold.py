@@ -31,10 +31,9 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput, RowHopFn
 
-from .common import HaltingMLP, cumulative_halting_loop, logit, require_scope
-from .packed import packed_cumulative_halting_loop
+from .common import HaltingMLP, logit, require_scope
+from .cumulative import CumulativeHalting
 
 
 class ThresholdConfig(HaltingConfig):
@@ -53,12 +52,11 @@ def full_depth_bias(n_layers: int) -> float:
     return logit(1.0 / (n_layers + 1))
 
 
-class ThresholdACT(HaltingStrategy):
+class ThresholdACT(CumulativeHalting):
     """Early-exit ACT across the distinct layers (a halting MLP after each layer but the last)."""
 
     config_class = ThresholdConfig
     supported_scopes = frozenset({"depth"})
-    supports_packed_depth = True
 
     def __init__(self, config: ThresholdConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
@@ -75,15 +73,8 @@ class ThresholdACT(HaltingStrategy):
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
         return self.units[step](state, active)  # (B, L), zero for inactive tokens
 
-    def loop_options(self) -> dict:
-        return {"n_hops": self.n_layers, "threshold": self.config.threshold,
-                "halting_probability": self.halting_probability}
-
-    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
-        return cumulative_halting_loop(state, hop, mask=mask, **self.loop_options())
-
-    def forward_packed(self, state: Tensor, row_hop: RowHopFn, mask: Tensor | None = None) -> PonderOutput:
-        return packed_cumulative_halting_loop(state, row_hop, mask=mask, **self.loop_options())
+    def halting_threshold(self) -> float:
+        return self.config.threshold
 
 
 @hookimpl
