@@ -29,7 +29,7 @@ def copy_rows_(target: Tensor, rows: Tensor, values: Tensor) -> Tensor:
     """
     row_bytes = target.shape[-1] * target.element_size()
     wide = (
-        not target.is_cuda
+        target.device.type == "cpu"
         and target.dtype == values.dtype
         and target.is_contiguous()
         and values.is_contiguous()

@@ -221,15 +221,28 @@ def test_packed_rows_only_without_autograd_and_where_every_part_supports_them():
     assert not packs_rows(site, blocks, hidden)  # autograd on: training keeps the dense hops
 
 
-def test_training_uses_the_dense_hops_and_their_gradients():
+def test_training_keeps_the_dense_hops_and_inference_takes_the_packed_ones(monkeypatch):
+    import ponderlab.core.model as model_module
+
+    packed_passes: list[int] = []
+
+    class CountingRowHops(DepthRowHops):
+        def __init__(self, blocks, hidden):
+            packed_passes.append(1)
+            super().__init__(blocks, hidden)
+
+    monkeypatch.setattr(model_module, "DepthRowHops", CountingRowHops)
     model = mixed_exit_model(0).train()
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
     out = model(ids, labels=ids)
     out.loss.backward()
-    # dense hops: every layer computed through forward, with its active mask (halting begins at init)
-    assert [block.computed for block in model.backbone.blocks] == [[int((out.stats.layers > n).sum())]
-                                                                   for n in range(4)]
-    assert model.backbone.blocks[1].own.weight.grad is not None
+    assert packed_passes == []  # autograd on: the dense hops, whose state is never written in place
+    reached = [int((out.stats.layers > n).sum()) for n in range(4)]
+    for block, tokens in zip(model.backbone.blocks, reached, strict=True):
+        assert (block.own.weight.grad is not None) == (tokens > 0)
+    with torch.no_grad():
+        model.eval()(ids)
+    assert packed_passes == [1]
 
 
 class IdentityBlock(Block):
@@ -270,3 +283,17 @@ def test_copy_rows_is_index_copy(width, dtype, offset):
     expected = target.clone().index_copy_(0, rows, values)
     assert copy_rows_(target, rows, values) is target
     assert torch.equal(target, expected)
+
+
+def test_copy_rows_keeps_every_bit_of_float32_rows():
+    """The wide path moves float32 pairs as complex128 halves; bit patterns that read as
+    double NaNs (quiet and signalling), infinities, signed zeros and denormals must arrive
+    unchanged."""
+    patterns = [0x7FF80001, 0x00000001, 0x7FF00001, 0x00000002, 0x7F800000, 0xFF800000,
+                0x80000000, 0x00000000, 0x00000003, 0x7FC00000, 0xFFFFFFFF, 0x00400000]
+    values = torch.tensor(patterns, dtype=torch.int64).to(torch.int32).view(torch.float32).view(3, 4)
+    target = torch.zeros(5, 4)
+    rows = torch.tensor([1, 2, 4])
+    copy_rows_(target, rows, values)
+    assert target.view(torch.int32)[rows].tolist() == values.view(torch.int32).tolist()
+    assert target[[0, 3]].eq(0).all()
