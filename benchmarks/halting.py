@@ -45,6 +45,7 @@ from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
 from ponderlab.core.speculation import hop_policy
+from ponderlab.plugins.backbones.mixer_stack import MixerBackbone
 from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
 # --------------------------------------------------------------------------- timing
@@ -279,6 +280,8 @@ def flag_preserving_linears(backbone: Backbone) -> list[nn.Linear]:
     """The linears that write each block's residual update (channel 0 must stay the input flag)."""
     if isinstance(backbone, MLPStack):
         return [linear for block in backbone.blocks for linear in (block.mlp[2], block.proj)]
+    if isinstance(backbone, MixerBackbone):  # seq_icl: the mixer's and the FFN's output projections
+        return [linear for block in backbone.blocks for linear in (block.mixer.out_proj, block.ffn.out_proj)]
     return [linear for block in backbone.blocks  # GPT-NeoX: attention output and MLP output
             for linear in (block.layer.attention.dense, block.layer.mlp.dense_4h_to_h)]
 
@@ -302,7 +305,8 @@ def force_half_exit(model: PonderModel) -> None:
             unit.out.bias.fill_(-30.0)
         for linear in flag_preserving_linears(backbone):  # channel 0 keeps the flag
             linear.weight[0].zero_()
-            linear.bias[0] = 0.0
+            if linear.bias is not None:
+                linear.bias[0] = 0.0
         for block in backbone.blocks:
             if isinstance(block, ShiftMLPBlock):
                 block.mix[0] = 0.0
@@ -395,15 +399,23 @@ def overhead_table(args, device) -> None:
                   f"{row['ratio']:>8.3f}{row['ci'][0]:>8.3f}-{row['ci'][1]:.3f}  {result}")
 
 
-#: (size, backbone, batch, length). The synthetic stack is the target; GPT-NeoX rows show a
-#: real layer, where attention and its QKV projection still run for halted tokens.
+#: (size, backbone, batch, length). The synthetic stack is the target. The other rows show real
+#: layers whose token mixing still runs over halted tokens: GPT-NeoX's keys and values, and the
+#: sequence mixer of the seq_icl stacks (S4D, RWKV), whose FFNs run for running tokens only.
 EARLY_EXIT_CASES = [
     ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 4}, 16, 128),
     ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 8}, 16, 128),
     ("small", {"name": "bench_mlp_stack", "d_model": 256, "n_layers": 8}, 16, 128),
     ("tiny", {"name": "transformer", "d_model": 128, "n_layers": 8, "n_heads": 4, "ffn_size": 512}, 16, 128),
     ("small", {"name": "transformer", "d_model": 256, "n_layers": 8, "n_heads": 4, "ffn_size": 1024}, 16, 128),
+    ("tiny", {"name": "s4d", "d_model": 128, "n_layers": 8}, 16, 128),
+    ("tiny", {"name": "rwkv", "d_model": 128, "n_layers": 8}, 16, 128),
 ]
+
+
+#: What the informational rows of part (b) still compute for halted tokens.
+EVERY_TOKEN_WORK = {"transformer": "K/V for halted tokens", "s4d": "mixer for all tokens",
+                    "rwkv": "mixer for all tokens"}
 
 
 def early_exit_table(args, device) -> None:
@@ -416,8 +428,8 @@ def early_exit_table(args, device) -> None:
         size, backbone, batch, length = EARLY_EXIT_CASES[index]
         row = early_exit_case(backbone, batch * args.scale, length, args, device)
         result = verdict(row["efficiency"], row["ci"], lambda efficiency: efficiency >= 0.9)
-        if backbone["name"] != "bench_mlp_stack":
-            result = f"({result}: K/V for halted tokens)"
+        if backbone["name"] in EVERY_TOKEN_WORK:
+            result = f"({result}: {EVERY_TOKEN_WORK[backbone['name']]})"
         print(f"{size:<6}{backbone['name']:<16}{row['n_layers']:>6}{row['d_model']:>5}{row['tokens']:>7}"
               f"{row['mean_layers']:>12.2f}{row['fixed_ms']:>10.2f}{row['threshold_ms']:>10.2f}"
               f"{row['speedup']:>9.2f}{row['ideal']:>7.2f}{row['efficiency']:>8.3f}"

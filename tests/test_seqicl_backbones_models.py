@@ -10,13 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
+from twin_checks import assert_same_logits_and_gradients
 
 import ponderlab
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.errors import SpecError
+from ponderlab.core.interfaces import BlockContext
 from ponderlab.core.registry import get_registry
 from ponderlab.core.spec import validate_spec
-from ponderlab.plugins.backbones.mixer_stack import MixerBlock, set_reference_mode
+from ponderlab.core.speculation import hop_policy
+from ponderlab.plugins.backbones.mixer_stack import MixerBlock, SequenceMixer, set_reference_mode
 from ponderlab.testing import BackboneContract
 
 VOCAB = 11
@@ -119,7 +122,6 @@ def test_block_input_at_t_only_reaches_outputs_from_t_on(name):
     block = model.backbone.blocks[1]
     assert isinstance(block, MixerBlock)
     x = torch.randn(1, 10, D_MODEL, dtype=torch.float64, requires_grad=True)
-    from ponderlab.core.interfaces import BlockContext
 
     out = block(x, BlockContext(layer=1))
     (grad,) = torch.autograd.grad(out[0, 4].sum(), x)  # output at t = 4
@@ -193,6 +195,131 @@ def test_every_halting_strategy_and_scope_runs(name):
         assert out.stats.hops.shape == ids.shape
         ran.append(f"{halting['name']}/{halting['scope']}")
     assert "graves/layer" in ran and "graves/model" in ran and "graves/depth" in ran, ran
+
+
+# --------------------------------------------------------------------------- early exit
+
+
+class FullMixerBlock(MixerBlock):
+    """The same layer always computed for every token; the core then freezes halted ones."""
+
+    supports_active_subset = False
+    keeps_inactive_rows = False
+    supports_packed_rows = False
+
+    def forward(self, hidden, context):
+        return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))
+
+
+def early_exit_twins(name, halting, unit_std):
+    """(fast, full, ffn_rows, projection_rows): the same 3-layer depth-scope model with subset
+    blocks and with full ones; halting units with random weights (std `unit_std`), so that
+    tokens exit at different layers. The lists record how many tokens each call of the fast
+    model's FFN and mixer output projection computes."""
+    models = []
+    for _ in range(2):
+        model = build(name, halting={**halting, "scope": "depth"}, n_layers=3).double()
+        roughen(model.backbone)
+        for unit in model.sites[0].units:
+            for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
+                torch.nn.init.normal_(linear.weight, std=unit_std, generator=torch.Generator().manual_seed(3))
+        models.append(model)
+    fast, full = models
+    for block in full.backbone.blocks:
+        block.__class__ = FullMixerBlock
+    ffn_rows: list[int] = []
+    projection_rows: list[int] = []
+    for block in fast.backbone.blocks:
+        first = block.ffn.key if name == "rwkv" else block.ffn  # RWKV's channel mix: its first projection
+        first.register_forward_pre_hook(lambda module, args: ffn_rows.append(args[0].shape[:-1].numel()))
+        block.mixer.out_proj.register_forward_pre_hook(
+            lambda module, args: projection_rows.append(args[0].shape[:-1].numel()))
+    return fast, full, ffn_rows, projection_rows
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_depth_early_exit_runs_the_ffn_only_for_running_tokens(name):
+    fast, full, ffn_rows, projection_rows = early_exit_twins(
+        name, {"name": "threshold", "threshold": 0.6}, unit_std=5.0)
+    ids = tokens(batch=3, length=13, seed=4)
+    with torch.no_grad():
+        a, b = fast.eval()(ids), full.eval()(ids)
+    layers = a.stats.layers
+    assert 1 < len(set(layers.flatten().tolist()))  # a mix of early and late exits
+    assert torch.equal(layers, b.stats.layers)
+    torch.testing.assert_close(a.logits, b.logits)
+    running = [int((layers >= n).sum()) for n in range(1, 4)]
+    assert ffn_rows == [ids.numel()] + [count for count in running[1:] if count]
+    if name == "rwkv":  # its channel mix reads the previous token's mixer output, halted or not
+        assert projection_rows == [ids.numel()] * len(ffn_rows)
+    else:
+        assert projection_rows == ffn_rows
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_active_subset_path_gives_the_full_layers_gradients(name):
+    fast, full, ffn_rows, _ = early_exit_twins(
+        name, {"name": "graves", "epsilon": 0.4, "halting_bias_init": 0.0}, unit_std=0.1)
+    ids = tokens(batch=2, length=11, seed=5)
+    a, b = fast.train()(ids), full.train()(ids)
+    assert 1 < len(set(a.stats.layers.flatten().tolist()))
+    assert min(ffn_rows) < ids.numel()  # later layers computed a subset
+    assert_same_logits_and_gradients(fast, full, a.logits, b.logits)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_without_host_reads_gives_the_subset_result(name):
+    """Under speculative hops (a GPU's loops) a block computes every token and keeps the rows
+    of inactive ones itself, as it declares keeps_inactive_rows: the same output as the
+    row path."""
+    model = build(name).double()
+    roughen(model)
+    block = model.backbone.blocks[0]
+    hidden = torch.randn(2, 13, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    active = torch.rand(2, 13, generator=torch.Generator().manual_seed(7)) > 0.5
+    context = BlockContext(active=active)
+    with torch.no_grad():
+        exact = block(hidden, context)
+        with hop_policy("speculative"):
+            speculative = block(hidden, context)
+    torch.testing.assert_close(speculative, exact)
+    assert torch.equal(speculative[~active], hidden[~active])
+
+
+class CumulativeMeanMixer(SequenceMixer):
+    """A third-party style mixer that implements `mix` alone: the running mean of x."""
+
+    def mix(self, x, *, reference):
+        counts = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
+        return x.cumsum(1) / counts
+
+
+class ShiftFeedForward(torch.nn.Module):
+    """An FFN that reads the previous token and declares neither `positionwise` nor rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(D_MODEL, D_MODEL)
+
+    def forward(self, x):
+        return self.linear(torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)) + x
+
+
+@pytest.mark.parametrize("ffn", ["shift", "none"])
+def test_block_rows_fall_back_for_parts_without_a_row_form(ffn):
+    torch.manual_seed(0)
+    block = MixerBlock(CumulativeMeanMixer(), ShiftFeedForward() if ffn == "shift" else None, D_MODEL, 0.0)
+    block = block.double()
+    hidden = torch.randn(2, 9, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    active = torch.rand(2, 9, generator=torch.Generator().manual_seed(9)) > 0.4
+    rows = active.reshape(-1).nonzero().squeeze(1)
+    with torch.no_grad():
+        full = block(hidden, BlockContext())
+        subset = block(hidden, BlockContext(active=active))
+        packed = block.forward_rows(hidden, rows, hidden.reshape(-1, D_MODEL)[rows], BlockContext())
+    torch.testing.assert_close(subset[active], full[active])
+    assert torch.equal(subset[~active], hidden[~active])
+    torch.testing.assert_close(packed, full.reshape(-1, D_MODEL)[rows])
 
 
 # --------------------------------------------------------------------------- configs

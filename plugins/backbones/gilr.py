@@ -43,7 +43,7 @@ class GILRMixer(SequenceMixer):
         self.norm = nn.LayerNorm(d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         impulse, gate, out_gate = self.in_proj(x).chunk(3, dim=-1)  # (B, L, D) each
         dtype = compute_dtype(x)
         with full_precision(x):
@@ -51,7 +51,10 @@ class GILRMixer(SequenceMixer):
             inputs = (1 - gate) * torch.tanh(impulse.to(dtype))
             scan = linear_scan_reference if reference else linear_scan
             hidden = scan(gate, inputs).to(x.dtype)  # (B, L, D)
-        return self.out_proj(self.norm(hidden * F.silu(out_gate)))
+        return hidden * F.silu(out_gate)
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return self.out_proj(self.norm(mixed))
 
 
 class GILRBackbone(MixerBackbone):

@@ -91,7 +91,7 @@ class H3Mixer(SequenceMixer):
         self.diag = DiagonalSSM(self.heads, config.d_state, config.dt_min, config.dt_max)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         batch, length, _ = x.shape
         heads, size = self.heads, self.head_dim
         q, k, v = self.in_proj(x).chunk(3, dim=-1)  # (B, L, D) each
@@ -104,7 +104,10 @@ class H3Mixer(SequenceMixer):
         with full_precision(y):
             q = q.view(batch, length, heads, size).to(y.dtype)  # (B, L, H, d1)
             out = torch.einsum("blhi,bijhl->blhj", q, y)  # (B, L, H, d2)
-        return self.out_proj(out.reshape(batch, length, heads * size).to(x.dtype))
+        return out.reshape(batch, length, heads * size).to(x.dtype)
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return self.out_proj(mixed)
 
 
 class H3Backbone(MixerBackbone):

@@ -70,10 +70,13 @@ class LRUMixer(SequenceMixer):
             torch.complex(-torch.exp(self.nu_log.to(dtype)), torch.exp(self.theta_log.to(dtype)))
         )
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         with full_precision(x):
             y = self._recurrence(x.to(compute_dtype(x)), reference)  # (B, L, D)
-        return F.glu(self.out_proj(F.gelu(y.to(x.dtype))), dim=-1)
+        return F.gelu(y.to(x.dtype))
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return F.glu(self.out_proj(mixed), dim=-1)
 
     def _recurrence(self, u: Tensor, reference: bool) -> Tensor:
         """y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t: (B, L, D)."""

@@ -10,6 +10,11 @@ Each mixer has a fast form (scan, FFT convolution or chunked matrix form) and an
 obviously-correct step-by-step reference, both behind `mix(x, reference=...)`;
 `set_reference_mode(model, True)` switches every mixer of a model to the reference, which
 is how the tests check one against the other.
+
+Early exit: a block computes its position-wise work (the FFN and the mixer's output
+projection) only for the tokens still running (`active`, or packed rows at inference, see
+`ponderlab.core.row_hops`). The mixer's token mixing still runs over every token, since
+running tokens read halted tokens' frozen states through it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from ponderlab.core.rows import where_rows
+from ponderlab.core.speculation import speculation_mode
+from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
 
 class MixerStackConfig(BackboneConfig):
@@ -33,8 +41,15 @@ class MixerStackConfig(BackboneConfig):
 
 
 class SequenceMixer(nn.Module):
-    """(B, L, D) -> (B, L, D), causal. Subclasses implement `mix(x, reference=...)`:
-    the fast form when `reference` is False, the step-by-step loop when it is True."""
+    """(B, L, D) -> (B, L, D), causal, in two parts that subclasses implement:
+
+    * `mix_tokens(x, reference=...)`: the token mixing, (B, L, D) -> (B, L, F); the fast
+      form when `reference` is False, the step-by-step loop when it is True;
+    * `project(mixed, x)`: the position-wise rest, (..., F) and the token's own input
+      (..., D) -> (..., D), so that `forward_rows` runs it for some tokens only.
+
+    A subclass may implement `mix(x, reference=...)` alone instead (no row savings).
+    """
 
     #: When True, `forward` runs the step-by-step reference instead of the fast form.
     reference_mode: bool = False
@@ -43,7 +58,21 @@ class SequenceMixer(nn.Module):
         return self.mix(x, reference=self.reference_mode)
 
     def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+        return self.project(self.mix_tokens(x, reference=reference), x)
+
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:
         raise NotImplementedError
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:
+        return mixed
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """The output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D).
+        Token mixing still reads every token; the projection runs for those rows."""
+        if type(self).mix_tokens is SequenceMixer.mix_tokens:  # a subclass with `mix` only
+            return gather_active(self(x), rows)
+        mixed = self.mix_tokens(x, reference=self.reference_mode)  # (B, L, F)
+        return self.project(gather_active(mixed, rows), gather_active(x, rows))
 
 
 def set_reference_mode(module: nn.Module, enabled: bool = True) -> None:
@@ -56,6 +85,11 @@ def set_reference_mode(module: nn.Module, enabled: bool = True) -> None:
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(D, rD) -> GELU -> Linear(rD, D)."""
 
+    #: Each token's output depends on that token's input only, so a block may run it on
+    #: any subset of rows. An FFN that also reads neighbouring tokens leaves this False and
+    #: may implement `forward_rows(x (B, L, D), rows (K,)) -> (K, D)` instead.
+    positionwise = True
+
     def __init__(self, d_model: int, ratio: int):
         super().__init__()
         self.up = nn.Linear(d_model, ratio * d_model)
@@ -67,7 +101,15 @@ class FeedForward(nn.Module):
 
 
 class MixerBlock(Block):
-    """Pre-norm residual layer: x + mixer(LN(x)), then x + ffn(LN(x)) when there is an FFN."""
+    """Pre-norm residual layer: x + mixer(LN(x)), then x + ffn(LN(x)) when there is an FFN.
+
+    With an active subset (or packed rows) the FFN and the mixer's projection run for those
+    tokens only; the mixer's token mixing runs over the whole sequence.
+    """
+
+    supports_active_subset = True
+    keeps_inactive_rows = True
+    supports_packed_rows = True
 
     def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, dropout: float):
         super().__init__()
@@ -78,10 +120,44 @@ class MixerBlock(Block):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
+        active = context.active
+        if active is None:
+            return self.every_token(hidden)
+        if speculation_mode(hidden) != "exact":  # a loop that avoids host reads (GPU): no row lookup
+            return where_rows(active, self.every_token(hidden), hidden)
+        if bool(active.all()):
+            return self.every_token(hidden)
+        rows = active_rows(active)  # (K,) flat indices of the running tokens
+        updated = self.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
+        return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
+
+    def every_token(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden)))
         if self.ffn is not None:
             hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
         return hidden
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        normed = self.mixer_norm(hidden)  # (B, L, D): the mixer reads every token
+        if self.ffn is None or getattr(self.ffn, "positionwise", False):
+            updated = states + self.dropout(mixer_rows(self.mixer, normed, rows))  # (K, D)
+            if self.ffn is None:
+                return updated
+            return updated + self.dropout(self.ffn(self.ffn_norm(updated)))
+        # The FFN reads neighbouring tokens (RWKV's channel mix): it needs every token's state.
+        mixed = self.dropout(self.mixer(normed))  # (B, L, D)
+        every = hidden + mixed
+        updated = states + gather_active(mixed, rows)  # (K, D)
+        if hasattr(self.ffn, "forward_rows"):
+            return updated + self.dropout(self.ffn.forward_rows(self.ffn_norm(every), rows))
+        return updated + self.dropout(gather_active(self.ffn(self.ffn_norm(every)), rows))
+
+
+def mixer_rows(mixer: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
+    """A mixer's output at the tokens of rows (K,) only: (B, L, D) -> (K, D)."""
+    if isinstance(mixer, SequenceMixer):
+        return mixer.forward_rows(x, rows)
+    return gather_active(mixer(x), rows)
 
 
 def gpt_init(module: nn.Module, std: float, n_layers: int) -> None:

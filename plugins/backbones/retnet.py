@@ -139,7 +139,7 @@ class MultiScaleRetention(SequenceMixer):
         batch, length, width = x.shape
         return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2).to(dtype)
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, H * dv)
         batch, length, _ = x.shape
         dtype = compute_dtype(x)
         q, k, v = (self._split(p(x), dtype) for p in (self.q_proj, self.k_proj, self.v_proj))
@@ -153,8 +153,10 @@ class MultiScaleRetention(SequenceMixer):
             else:
                 y = retention_chunked(q, k, v, gamma, self.chunk_size)  # (B, H, L, dv)
         y = y.transpose(1, 2).reshape(batch * length, -1).to(x.dtype)  # (B*L, H*dv)
-        y = self.group_norm(y).view(batch, length, -1)
-        return self.out_proj(F.silu(self.g_proj(x)) * y)
+        return self.group_norm(y).view(batch, length, -1)
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., H * dv), (..., D) -> (..., D)
+        return self.out_proj(F.silu(self.g_proj(x)) * mixed)
 
 
 class RetNetBackbone(MixerBackbone):

@@ -103,7 +103,7 @@ class RWKVTimeMix(SequenceMixer):
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         previous = token_shift(x)
         k = self.key(interpolate(x, previous, self.mix_k))  # (B, L, D)
         v = self.value(interpolate(x, previous, self.mix_v))
@@ -114,7 +114,10 @@ class RWKVTimeMix(SequenceMixer):
         with full_precision(x):
             k, v = k.to(dtype), v.to(dtype)
             wkv = wkv_recurrent(w, u, k, v) if reference else wkv_parallel(w, u, k, v)
-        return self.out_proj(torch.sigmoid(r) * wkv.to(x.dtype))
+        return torch.sigmoid(r) * wkv.to(x.dtype)
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return self.out_proj(mixed)
 
 
 class RWKVChannelMix(nn.Module):
@@ -130,7 +133,16 @@ class RWKVChannelMix(nn.Module):
         self.out_proj = nn.Linear(ratio * d_model, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        previous = token_shift(x)
+        return self.mix(x, token_shift(x))
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """The output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D)."""
+        flat = x.reshape(-1, x.shape[-1])  # (B*L, D)
+        previous = flat.index_select(0, (rows - 1).clamp_min(0))  # (K, D): token t-1
+        previous = previous * (rows % x.shape[1] != 0).unsqueeze(1).to(x.dtype)  # x_{-1} = 0
+        return self.mix(flat.index_select(0, rows), previous)
+
+    def mix(self, x: Tensor, previous: Tensor) -> Tensor:  # (..., D), (..., D) -> (..., D)
         k = torch.relu(self.key(interpolate(x, previous, self.mix_k))) ** 2
         r = torch.sigmoid(self.receptance(interpolate(x, previous, self.mix_r)))
         return r * self.out_proj(k)

@@ -53,11 +53,13 @@ class S4DMixer(SequenceMixer):
         self.ssm = DiagonalSSM(d_model, d_state, dt_min, dt_max)
         self.out_proj = nn.Linear(d_model, 2 * d_model)
 
-    def mix(self, x: Tensor, *, reference: bool) -> Tensor:
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         u = x.transpose(1, 2)  # (B, D, L): one SSM per channel
         y = self.ssm.recurrence(u) if reference else self.ssm(u)
-        y = F.gelu(y.transpose(1, 2).to(x.dtype))
-        return F.glu(self.out_proj(y), dim=-1)
+        return F.gelu(y.transpose(1, 2).to(x.dtype))
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return F.glu(self.out_proj(mixed), dim=-1)
 
 
 class S4DBackbone(MixerBackbone):
