@@ -45,6 +45,7 @@ from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
 from ponderlab.core.speculation import hop_policy
+from ponderlab.plugins.backbones.mamba import MambaBackbone
 from ponderlab.plugins.backbones.mixer_stack import MixerBackbone
 from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
@@ -282,6 +283,8 @@ def flag_preserving_linears(backbone: Backbone) -> list[nn.Linear]:
         return [linear for block in backbone.blocks for linear in (block.mlp[2], block.proj)]
     if isinstance(backbone, MixerBackbone):  # seq_icl: the mixer's and the FFN's output projections
         return [linear for block in backbone.blocks for linear in (block.mixer.out_proj, block.ffn.out_proj)]
+    if isinstance(backbone, MambaBackbone):  # the mixer's output projection
+        return [block.mixer.out_proj for block in backbone.blocks]
     return [linear for block in backbone.blocks  # GPT-NeoX: attention output and MLP output
             for linear in (block.layer.attention.dense, block.layer.mlp.dense_4h_to_h)]
 
@@ -401,7 +404,8 @@ def overhead_table(args, device) -> None:
 
 #: (size, backbone, batch, length). The synthetic stack is the target. The other rows show real
 #: layers whose token mixing still runs over halted tokens: GPT-NeoX's keys and values, and the
-#: sequence mixer of the seq_icl stacks (S4D, RWKV), whose FFNs run for running tokens only.
+#: sequence mixer of the seq_icl stacks (S4D, RWKV), whose FFNs run for running tokens only, and
+#: Mamba's input projection, convolution and scan (its output projection runs for running tokens).
 EARLY_EXIT_CASES = [
     ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 4}, 16, 128),
     ("tiny", {"name": "bench_mlp_stack", "d_model": 128, "n_layers": 8}, 16, 128),
@@ -410,12 +414,13 @@ EARLY_EXIT_CASES = [
     ("small", {"name": "transformer", "d_model": 256, "n_layers": 8, "n_heads": 4, "ffn_size": 1024}, 16, 128),
     ("tiny", {"name": "s4d", "d_model": 128, "n_layers": 8}, 16, 128),
     ("tiny", {"name": "rwkv", "d_model": 128, "n_layers": 8}, 16, 128),
+    ("tiny", {"name": "mamba", "d_model": 128, "n_layers": 8}, 16, 128),
 ]
 
 
 #: What the informational rows of part (b) still compute for halted tokens.
 EVERY_TOKEN_WORK = {"transformer": "K/V for halted tokens", "s4d": "mixer for all tokens",
-                    "rwkv": "mixer for all tokens"}
+                    "rwkv": "mixer for all tokens", "mamba": "scan for all tokens"}
 
 
 def early_exit_table(args, device) -> None:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers.models.mamba.modeling_mamba import MambaMixer
+from twin_checks import (
+    assert_same_inference,
+    assert_same_logits_and_gradients,
+    count_rows,
+    make_full_computation,
+    randomize_halting_units,
+)
 
 import ponderlab
 from ponderlab.plugins.backbones.mamba import (
@@ -174,3 +181,41 @@ def test_fast_scan_without_gradients_gives_the_same_output():
     with torch.no_grad():
         no_grad = selective_scan(*inputs)
     torch.testing.assert_close(no_grad, selective_scan(*inputs).detach())
+
+
+# --------------------------------------------------------------------------- early exit
+
+
+def mamba_early_exit_twins(halting):
+    """(fast, full, projection_rows): a 3-layer depth-scope Mamba whose layers skip halted tokens'
+    output projection, and the same weights computing every token; random halting units."""
+    models = []
+    for _ in range(2):
+        model = ponderlab.build_model(
+            backbone={"name": "mamba", "d_model": 16, "n_layers": 3, "d_state": 4, "scan": "torch"},
+            halting={**halting, "scope": "depth"}, vocab_size=11, seed=0,
+        ).double()
+        randomize_halting_units(model, std=3.0)
+        models.append(model)
+    fast, full = models
+    make_full_computation(full)
+    projection_rows: list[int] = []
+    for block in fast.backbone.blocks:
+        count_rows(block.mixer.out_proj, projection_rows)
+    return fast, full, projection_rows
+
+
+def test_mamba_depth_early_exit_projects_only_running_tokens():
+    fast, full, projection_rows = mamba_early_exit_twins({"name": "threshold", "threshold": 0.6})
+    ids = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
+    assert projection_rows == assert_same_inference(fast, full, ids)
+
+
+def test_mamba_active_subset_path_gives_the_full_layers_gradients():
+    fast, full, projection_rows = mamba_early_exit_twins(
+        {"name": "graves", "epsilon": 0.4, "halting_bias_init": 0.0})
+    ids = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(4))
+    a, b = fast.train()(ids), full.train()(ids)
+    assert 1 < len(set(a.stats.layers.flatten().tolist()))
+    assert min(projection_rows) < ids.numel()  # later layers projected a subset
+    assert_same_logits_and_gradients(fast, full, a.logits, b.logits)

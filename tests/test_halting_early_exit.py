@@ -7,13 +7,12 @@ from typing import Literal
 import pytest
 import torch
 from torch import nn
-from twin_checks import assert_same_logits_and_gradients
+from twin_checks import assert_same_logits_and_gradients, make_full_computation
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.plugins.backbones.transformer import (
-    NeoXBlock,
     TransformerBackbone,
     TransformerConfig,
 )
@@ -139,17 +138,6 @@ def test_layer_scope_strategies_skip_halted_tokens(cls, config):
 # --------------------------------------------------------------------------- GPT-NeoX
 
 
-class MaskedNeoXBlock(NeoXBlock):
-    """The same layer always computed in full; the core then freezes halted tokens."""
-
-    supports_active_subset = False
-    keeps_inactive_rows = False
-    supports_packed_rows = False  # inference keeps the dense hops: the reference for the packed ones
-
-    def forward(self, hidden, context: BlockContext):
-        return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))
-
-
 def neox_twins(halting_cls, halting_config, *, parallel_residual: bool, dtype: torch.dtype = torch.float64):
     models = []
     for _ in range(2):
@@ -164,8 +152,7 @@ def neox_twins(halting_cls, halting_config, *, parallel_residual: bool, dtype: t
                     nn.init.normal_(linear.weight, std=30.0, generator=torch.Generator().manual_seed(3))
         models.append(model)
     fast, full = models
-    for block in full.backbone.blocks:
-        block.__class__ = MaskedNeoXBlock
+    make_full_computation(full)  # inference keeps the dense hops: the reference for the packed ones
     mlp_rows: list[int] = []
     for block in fast.backbone.blocks:
         block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp_rows.append(args[0].shape[:-1].numel()))

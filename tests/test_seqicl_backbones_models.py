@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
-from twin_checks import assert_same_logits_and_gradients
+from twin_checks import (
+    assert_same_inference,
+    assert_same_logits_and_gradients,
+    count_rows,
+    make_full_computation,
+    randomize_halting_units,
+)
 
 import ponderlab
 from ponderlab.core import checkpoint as ckpt
@@ -200,17 +206,6 @@ def test_every_halting_strategy_and_scope_runs(name):
 # --------------------------------------------------------------------------- early exit
 
 
-class FullMixerBlock(MixerBlock):
-    """The same layer always computed for every token; the core then freezes halted ones."""
-
-    supports_active_subset = False
-    keeps_inactive_rows = False
-    supports_packed_rows = False
-
-    def forward(self, hidden, context):
-        return super().forward(hidden, BlockContext(layer=context.layer, step=context.step))
-
-
 def early_exit_twins(name, halting, unit_std):
     """(fast, full, ffn_rows, projection_rows): the same 3-layer depth-scope model with subset
     blocks and with full ones; halting units with random weights (std `unit_std`), so that
@@ -220,20 +215,15 @@ def early_exit_twins(name, halting, unit_std):
     for _ in range(2):
         model = build(name, halting={**halting, "scope": "depth"}, n_layers=3).double()
         roughen(model.backbone)
-        for unit in model.sites[0].units:
-            for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
-                torch.nn.init.normal_(linear.weight, std=unit_std, generator=torch.Generator().manual_seed(3))
+        randomize_halting_units(model, unit_std)
         models.append(model)
     fast, full = models
-    for block in full.backbone.blocks:
-        block.__class__ = FullMixerBlock
+    make_full_computation(full)
     ffn_rows: list[int] = []
     projection_rows: list[int] = []
     for block in fast.backbone.blocks:
-        first = block.ffn.key if name == "rwkv" else block.ffn  # RWKV's channel mix: its first projection
-        first.register_forward_pre_hook(lambda module, args: ffn_rows.append(args[0].shape[:-1].numel()))
-        block.mixer.out_proj.register_forward_pre_hook(
-            lambda module, args: projection_rows.append(args[0].shape[:-1].numel()))
+        count_rows(block.ffn.key if name == "rwkv" else block.ffn, ffn_rows)  # RWKV: the channel mix's first linear
+        count_rows(block.mixer.out_proj, projection_rows)
     return fast, full, ffn_rows, projection_rows
 
 
@@ -242,14 +232,7 @@ def test_depth_early_exit_runs_the_ffn_only_for_running_tokens(name):
     fast, full, ffn_rows, projection_rows = early_exit_twins(
         name, {"name": "threshold", "threshold": 0.6}, unit_std=5.0)
     ids = tokens(batch=3, length=13, seed=4)
-    with torch.no_grad():
-        a, b = fast.eval()(ids), full.eval()(ids)
-    layers = a.stats.layers
-    assert 1 < len(set(layers.flatten().tolist()))  # a mix of early and late exits
-    assert torch.equal(layers, b.stats.layers)
-    torch.testing.assert_close(a.logits, b.logits)
-    running = [int((layers >= n).sum()) for n in range(1, 4)]
-    assert ffn_rows == [ids.numel()] + [count for count in running[1:] if count]
+    assert ffn_rows == assert_same_inference(fast, full, ids)
     if name == "rwkv":  # its channel mix reads the previous token's mixer output, halted or not
         assert projection_rows == [ids.numel()] * len(ffn_rows)
     else:

@@ -14,7 +14,8 @@ the scan is fast everywhere (see `selective_scan.py`):
 
 Defaults: d_state 32 (seed 000's Mamba), expand 2, conv kernel 4,
 dt_rank ceil(d_model / 16). A Mamba layer mixes the whole sequence, so with ACT
-around a layer it is re-run over the full sequence on every hop.
+around a layer it is re-run over the full sequence on every hop. Halted tokens skip
+the output projection only (early exit, `forward_rows`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
+from ponderlab.plugins.halting.common import gather_active, rows_or_every_token
 
 from .selective_scan import cuda_kernels, kernels_usable, selective_scan, selective_scan_reference
 
@@ -83,6 +85,11 @@ def _use_kernels(scan: ScanImpl, hidden: Tensor) -> bool:
 
 def mixer_forward(mixer: MambaMixer, hidden: Tensor, scan: ScanImpl = "auto") -> Tensor:
     """The MambaMixer computation on `mixer`'s weights: (B, L, D) -> (B, L, D)."""
+    return mixer.out_proj(gated_scan(mixer, hidden, scan).to(hidden.dtype))
+
+
+def gated_scan(mixer: MambaMixer, hidden: Tensor, scan: ScanImpl = "auto") -> Tensor:
+    """The mixer up to its output projection (which is position-wise): (B, L, D) -> (B, L, E)."""
     n_state, rank = mixer.ssm_state_size, mixer.time_step_rank
     x, z = mixer.in_proj(hidden).chunk(2, dim=-1)  # (B, L, E) each
     A = -torch.exp(mixer.A_log.float())  # (E, N)
@@ -103,17 +110,24 @@ def mixer_forward(mixer: MambaMixer, hidden: Tensor, scan: ScanImpl = "auto") ->
             delta_bias=mixer.dt_proj.bias.float(),
             delta_softplus=True,
         )  # (B, E, L)
-        return mixer.out_proj(y.transpose(1, 2).to(hidden.dtype))
+        return y.transpose(1, 2)
     x = F.silu(causal_depthwise_conv(x, conv_weight, mixer.conv1d.bias))  # (B, L, E)
     dt, B, C = torch.split(mixer.x_proj(x), [rank, n_state, n_state], dim=-1)
     delta = F.softplus(mixer.dt_proj(dt))  # (B, L, E)
     scan_fn = selective_scan_reference if scan == "reference" else selective_scan
-    y = scan_fn(x, delta, A, B, C, mixer.D, z)  # (B, L, E)
-    return mixer.out_proj(y.to(hidden.dtype))
+    return scan_fn(x, delta, A, B, C, mixer.D, z)  # (B, L, E)
 
 
 class MambaLayer(Block):
-    """Pre-norm residual Mamba layer: (B, L, D) -> (B, L, D), causal."""
+    """Pre-norm residual Mamba layer: (B, L, D) -> (B, L, D), causal.
+
+    With an active subset (or packed rows) the output projection runs for those tokens
+    only; the input projection, convolution and scan run over the whole sequence.
+    """
+
+    supports_active_subset = True
+    keeps_inactive_rows = True
+    supports_packed_rows = True
 
     def __init__(self, hf_config: HFMambaConfig, layer_index: int, scan: ScanImpl):
         super().__init__()
@@ -122,7 +136,15 @@ class MambaLayer(Block):
         self.scan = scan
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
+        return rows_or_every_token(self, hidden, context, self.every_token)
+
+    def every_token(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         return hidden + mixer_forward(self.mixer, self.norm(hidden), self.scan)
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        normed = self.norm(hidden)  # (B, L, D)
+        gated = gated_scan(self.mixer, normed, self.scan)  # (B, L, E): the scan reads every token
+        return states + self.mixer.out_proj(gather_active(gated, rows).to(normed.dtype))  # (K, D)
 
 
 class MambaBackbone(Backbone):

@@ -26,9 +26,7 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.core.rows import where_rows
-from ponderlab.core.speculation import speculation_mode
-from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
+from ponderlab.plugins.halting.common import gather_active, rows_or_every_token
 
 
 class MixerStackConfig(BackboneConfig):
@@ -120,16 +118,7 @@ class MixerBlock(Block):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
-        active = context.active
-        if active is None:
-            return self.every_token(hidden)
-        if speculation_mode(hidden) != "exact":  # a loop that avoids host reads (GPU): no row lookup
-            return where_rows(active, self.every_token(hidden), hidden)
-        if bool(active.all()):
-            return self.every_token(hidden)
-        rows = active_rows(active)  # (K,) flat indices of the running tokens
-        updated = self.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
-        return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
+        return rows_or_every_token(self, hidden, context, self.every_token)
 
     def every_token(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden)))

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
-from ponderlab.core.interfaces import HopFn, PonderOutput
+from ponderlab.core.interfaces import BlockContext, HopFn, PonderOutput
+from ponderlab.core.rows import where_rows
 from ponderlab.core.speculation import speculation_mode
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
@@ -75,6 +76,28 @@ def apply_to_active(fn: Callable[[Tensor], Tensor], hidden: Tensor, active: Tens
         return fn(hidden)
     rows = active_rows(active)
     return scatter_active(hidden, rows, fn(gather_active(hidden, rows)))
+
+
+def rows_or_every_token(block: nn.Module, hidden: Tensor, context: BlockContext,
+                        every_token: Callable[[Tensor], Tensor]) -> Tensor:
+    """The forward of a block with `forward_rows` that keeps inactive rows: (B, L, D) -> (B, L, D).
+
+    Without an active mask (or with every token active) `every_token(hidden)`. Under a
+    loop that avoids host reads (a GPU, see `ponderlab.core.speculation`) also every
+    token, the inactive rows kept by one `where`: finding the active rows would read
+    the mask on the host. Otherwise `block.forward_rows` on the active tokens, written
+    into a copy of `hidden`.
+    """
+    active = context.active
+    if active is None:
+        return every_token(hidden)
+    if speculation_mode(hidden) != "exact":
+        return where_rows(active, every_token(hidden), hidden)
+    if bool(active.all()):
+        return every_token(hidden)
+    rows = active_rows(active)  # (K,) flat indices of the running tokens
+    updated = block.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
+    return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
 
 
 class RunningTokens:
