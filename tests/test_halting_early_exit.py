@@ -7,7 +7,13 @@ from typing import Literal
 import pytest
 import torch
 from torch import nn
-from twin_checks import assert_same_logits_and_gradients, make_full_computation
+from twin_checks import (
+    assert_same_inference,
+    assert_same_logits_and_gradients,
+    count_rows,
+    make_full_computation,
+    randomize_halting_units,
+)
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
@@ -146,16 +152,14 @@ def neox_twins(halting_cls, halting_config, *, parallel_residual: bool, dtype: t
                                    parallel_residual=parallel_residual)
         model = PonderModel(TransformerBackbone(config, vocab_size=VOCAB), halting_cls, halting_config,
                             vocab_size=VOCAB).to(dtype)
-        for site in model.sites:  # halting that depends on the token: some halt early, some run on
-            for unit in site.units:  # states are small at init (embedding std 0.02): large weights
-                for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
-                    nn.init.normal_(linear.weight, std=30.0, generator=torch.Generator().manual_seed(3))
+        # halting that depends on the token; states are small at init (embedding std 0.02): large weights
+        randomize_halting_units(model, std=30.0)
         models.append(model)
     fast, full = models
     make_full_computation(full)  # inference keeps the dense hops: the reference for the packed ones
     mlp_rows: list[int] = []
     for block in fast.backbone.blocks:
-        block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp_rows.append(args[0].shape[:-1].numel()))
+        count_rows(block.layer.mlp, mlp_rows)
     return fast, full, mlp_rows
 
 
@@ -164,14 +168,7 @@ def test_neox_threshold_early_exit_runs_the_mlp_only_for_running_tokens(parallel
     config = ThresholdConfig(threshold=0.6, halting_bias_init=0.0)
     fast, full, mlp_rows = neox_twins(ThresholdACT, config, parallel_residual=parallel_residual)
     ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        a, b = fast.eval()(ids), full.eval()(ids)
-    layers = a.stats.layers
-    assert 1 < len(set(layers.flatten().tolist()))  # a mix of early and late exits
-    torch.testing.assert_close(a.logits, b.logits)
-    assert torch.equal(layers, b.stats.layers)
-    running = [int((layers >= n).sum()) for n in range(1, 4)]
-    assert mlp_rows == [ids.numel()] + [r for r in running[1:] if r]
+    assert mlp_rows == assert_same_inference(fast, full, ids)
 
 
 def test_neox_active_path_gives_the_same_gradients_in_training():

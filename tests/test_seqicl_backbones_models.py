@@ -277,6 +277,13 @@ class CumulativeMeanMixer(SequenceMixer):
         return x.cumsum(1) / counts
 
 
+class PlainCumulativeMean(torch.nn.Module):
+    """The same mixer as a plain module, not a SequenceMixer."""
+
+    def forward(self, x):
+        return CumulativeMeanMixer().mix(x, reference=False)
+
+
 class ShiftFeedForward(torch.nn.Module):
     """An FFN that reads the previous token and declares neither `positionwise` nor rows."""
 
@@ -288,10 +295,11 @@ class ShiftFeedForward(torch.nn.Module):
         return self.linear(torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)) + x
 
 
+@pytest.mark.parametrize("mixer", [CumulativeMeanMixer, PlainCumulativeMean], ids=["mix-only", "plain-module"])
 @pytest.mark.parametrize("ffn", ["shift", "none"])
-def test_block_rows_fall_back_for_parts_without_a_row_form(ffn):
+def test_block_rows_fall_back_for_parts_without_a_row_form(mixer, ffn):
     torch.manual_seed(0)
-    block = MixerBlock(CumulativeMeanMixer(), ShiftFeedForward() if ffn == "shift" else None, D_MODEL, 0.0)
+    block = MixerBlock(mixer(), ShiftFeedForward() if ffn == "shift" else None, D_MODEL, 0.0)
     block = block.double()
     hidden = torch.randn(2, 9, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     active = torch.rand(2, 9, generator=torch.Generator().manual_seed(9)) > 0.4
