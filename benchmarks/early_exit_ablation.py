@@ -38,7 +38,7 @@ from halting import early_exit_models, inference_pass, single_thread_cpu, time_p
 
 from ponderlab.core.model import PonderModel  # noqa: E402
 from ponderlab.core.row_hops import DepthRowHops  # noqa: E402
-from ponderlab.plugins.halting.common import active_rows  # noqa: E402
+from ponderlab.core.rows import active_rows  # noqa: E402
 
 VARIANTS = ("same", "free_halting", "execution_only", "fixed")
 

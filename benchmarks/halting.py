@@ -44,10 +44,10 @@ from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
+from ponderlab.core.rows import active_rows, gather_active, scatter_active
 from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.mamba import MambaBackbone
 from ponderlab.plugins.backbones.mixer_stack import MixerBackbone
-from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 
 # --------------------------------------------------------------------------- timing
 

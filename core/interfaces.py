@@ -60,7 +60,7 @@ class Block(nn.Module):
     supports_active_subset: the block skips position-wise work for tokens outside
         `context.active` (their output rows may hold anything; the core restores them).
     keeps_inactive_rows: the block's output already equals its input at inactive
-        rows (e.g. built with `halting.common.scatter_active`), so the core skips its
+        rows (e.g. built with `core.rows.scatter_active`), so the core skips its
         own full-size masking.
     supports_packed_rows: the block implements `forward_rows`, so inference in depth
         scope can keep the running tokens packed from layer to layer (see

@@ -18,11 +18,11 @@ from twin_checks import (
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
+from ponderlab.core.rows import apply_to_active
 from ponderlab.plugins.backbones.transformer import (
     TransformerBackbone,
     TransformerConfig,
 )
-from ponderlab.plugins.halting.common import apply_to_active
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import script_mlp
 from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig

@@ -12,10 +12,9 @@ from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.row_hops import DepthRowHops, packs_rows
-from ponderlab.core.rows import copy_rows_
+from ponderlab.core.rows import active_rows, copy_rows_, gather_active, scatter_active
 from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.transformer import TransformerBackbone, TransformerConfig
-from ponderlab.plugins.halting.common import active_rows, gather_active, scatter_active
 from ponderlab.plugins.halting.constant import ConstantConfig, ConstantDepth
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.packed import packed_cumulative_halting_loop

@@ -33,7 +33,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.plugins.halting.common import gather_active, rows_or_every_token
+from ponderlab.core.rows import gather_active, rows_or_every_token
 
 from .selective_scan import cuda_kernels, kernels_usable, selective_scan, selective_scan_reference
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.plugins.halting.common import gather_active, rows_or_every_token
+from ponderlab.core.rows import gather_active, rows_or_every_token
 
 
 class MixerStackConfig(BackboneConfig):

@@ -23,7 +23,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import (
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.plugins.halting.common import active_rows, gather_active, rows_mask, scatter_active
+from ponderlab.core.rows import active_rows, gather_active, rows_mask, scatter_active
 
 
 class TransformerConfig(BackboneConfig):

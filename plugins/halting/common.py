@@ -1,11 +1,11 @@
-"""Pieces shared by halting strategies: halting units, the cumulative ACT loop, subset helpers.
+"""Pieces shared by halting strategies: halting units and the cumulative ACT loop.
 
 Conventions used by every strategy here:
 
 * A token is *running* while it still takes hops. Hops after the first get
   `active = running` (or None while every token runs), so the core freezes
   halted tokens and a block with `supports_active_subset = True` computes only
-  the running ones (see `apply_to_active`). Loops stop as soon as no token runs
+  the running ones (see `ponderlab.core.rows`). Loops stop as soon as no token runs
   (`RunningTokens`; on a GPU without a host sync per hop).
 * Bookkeeping is done in float32 (float64 when the state is float64, so that
   gradient checks in double precision see double precision everywhere).
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
-from ponderlab.core.interfaces import BlockContext, HopFn, PonderOutput
-from ponderlab.core.rows import where_rows
+from ponderlab.core.interfaces import HopFn, PonderOutput
+from ponderlab.core.rows import active_rows, gather_active
 from ponderlab.core.speculation import speculation_mode
 
 #: halting_probability(step, state (B, L, D), active (B, L) bool | None) -> (B, L) in [0, 1]
@@ -37,67 +37,6 @@ def logit(p: float) -> float:
 def accumulation_dtype(tensor: Tensor) -> torch.dtype:
     """float64 for float64 inputs, float32 otherwise (also under bf16 autocast)."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-# --------------------------------------------------------------------------- active subsets
-
-
-def active_rows(active: Tensor) -> Tensor:
-    """(B, L) bool -> (K,) long: flat indices (b * L + t) of the active tokens, row-major order."""
-    return active.reshape(-1).nonzero().squeeze(1)
-
-
-def rows_mask(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """(K,) flat indices -> (B, L) bool mask, True at those tokens (the inverse of `active_rows`)."""
-    mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=rows.device)
-    return mask.index_fill_(0, rows, True).view(shape)
-
-
-def gather_active(hidden: Tensor, rows: Tensor) -> Tensor:
-    """(B, L, D), (K,) flat indices -> (K, D): the rows of the active tokens."""
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
-
-
-def scatter_active(base: Tensor, rows: Tensor, values: Tensor) -> Tensor:
-    """A copy of `base` (B, L, D) whose rows `rows` (K,) are replaced by `values` (K, D)."""
-    out = base.clone(memory_format=torch.contiguous_format)
-    return out.view(-1, out.shape[-1]).index_copy(0, rows, values.to(base.dtype)).view(base.shape)
-
-
-def apply_to_active(fn: Callable[[Tensor], Tensor], hidden: Tensor, active: Tensor | None) -> Tensor:
-    """Apply a position-wise `fn` ((..., D) -> (..., D)) to the active tokens only.
-
-    Inactive rows keep their input value. This is the helper a block with
-    `supports_active_subset = True` uses for its position-wise work (MLP,
-    projections), so halted tokens cost nothing there. Rows are gathered with
-    `index_select` on flat indices (much cheaper than boolean-mask indexing).
-    """
-    if active is None:
-        return fn(hidden)
-    rows = active_rows(active)
-    return scatter_active(hidden, rows, fn(gather_active(hidden, rows)))
-
-
-def rows_or_every_token(block: nn.Module, hidden: Tensor, context: BlockContext,
-                        every_token: Callable[[Tensor], Tensor]) -> Tensor:
-    """The forward of a block with `forward_rows` that keeps inactive rows: (B, L, D) -> (B, L, D).
-
-    Without an active mask (or with every token active) `every_token(hidden)`. Under a
-    loop that avoids host reads (a GPU, see `ponderlab.core.speculation`) also every
-    token, the inactive rows kept by one `where`: finding the active rows would read
-    the mask on the host. Otherwise `block.forward_rows` on the active tokens, written
-    into a copy of `hidden`.
-    """
-    active = context.active
-    if active is None:
-        return every_token(hidden)
-    if speculation_mode(hidden) != "exact":
-        return where_rows(active, every_token(hidden), hidden)
-    if bool(active.all()):
-        return every_token(hidden)
-    rows = active_rows(active)  # (K,) flat indices of the running tokens
-    updated = block.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
-    return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
 
 
 class RunningTokens:
