@@ -1,5 +1,6 @@
-"""A check shared by the early-exit tests: a model that skips halted tokens against its twin
-that computes every token, with the same weights."""
+"""Helpers shared by the early-exit tests, which check a model that skips halted tokens
+against its twin that computes every token, with the same weights: the full-computation
+block classes, random halting units, row counters and the comparisons of the two."""
 
 from __future__ import annotations
 
