@@ -3,7 +3,9 @@
 (a) overhead = time(graves forced to K hops) / time(constant K hops), same backbone,
     same K, layer scope; graves is forced to the cap by a very negative halting
     bias, so both run exactly the same blocks and the ratio isolates the halting
-    unit, the weight bookkeeping and the weighted sum. Target <= 1.05.
+    unit, the weight bookkeeping and the weighted sum. Target <= 1.05. On a CPU,
+    graves' loop runs in the fused kernel (plugins/halting/fused.py); the rows
+    "infer. eager" and "train eager" time the same passes with the eager loop.
 (b) early exit, inference: threshold ACT across depth vs fixed depth (`none`,
     depth scope) on a position-wise-dominated backbone (GPT-like projections and MLP,
     a causal shift for token mixing) whose blocks compute only running tokens
@@ -48,6 +50,7 @@ from ponderlab.core.rows import active_rows, gather_active, scatter_active
 from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.mamba import MambaBackbone
 from ponderlab.plugins.backbones.mixer_stack import MixerBackbone
+from ponderlab.plugins.halting.fused import fused_bookkeeping, load_kernel
 
 # --------------------------------------------------------------------------- timing
 
@@ -155,19 +158,22 @@ def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device)
             "ratio": statistics.median(ratios), "ratio_ci": median_interval(ratios)}
 
 
-def inference_pass(model: nn.Module, ids: torch.Tensor):
-    """A callable running one forward pass without autograd."""
+def inference_pass(model: nn.Module, ids: torch.Tensor, *, fused: bool = True):
+    """A callable running one forward pass without autograd (`fused`: allow the fused
+    CPU kernel of the ACT loop, plugins/halting/fused.py; False keeps the eager loop)."""
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), fused_bookkeeping(fused):
             model(ids)
     return run
 
 
-def train_pass(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor):
+def train_pass(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, fused: bool = True):
     """A callable running one training step's forward and backward (no optimizer)."""
     def run():
         model.zero_grad(set_to_none=True)
-        model(ids, labels=labels).loss.backward()
+        with fused_bookkeeping(fused):
+            loss = model(ids, labels=labels).loss
+        loss.backward()
     return run
 
 
@@ -200,11 +206,15 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
     labels = torch.randint(0, vocab, (batch, length), device=device)
     assert bool((graves.eval()(ids).stats.hops == hops).all()), "graves was not forced to the cap"
 
+    modes = [("inference", lambda model: inference_pass(model, ids)),
+             ("train step", lambda model: train_pass(model, ids, labels))]
+    if device.type == "cpu" and load_kernel() is not None:  # the same passes without the fused kernel
+        modes.insert(1, ("infer. eager", lambda model: inference_pass(model, ids, fused=False)))
+        modes.append(("train eager", lambda model: train_pass(model, ids, labels, fused=False)))
     rows = []
-    for mode, make in (("inference", lambda model: inference_pass(model, ids)),
-                       ("train step", lambda model: train_pass(model, ids, labels))):
+    for mode, make in modes:
         for model in (constant, graves):
-            model.train(mode == "train step")
+            model.train(mode.startswith("train"))
         timed = time_pair(make(constant), make(graves), repeats=args.repeats,
                           warmup=args.warmup, device=device)
         rows.append({"backbone": backbone["name"], "mode": mode, "hops": hops,

@@ -2,7 +2,10 @@
 
 The speculative mode queues the next hop before it knows whether any token still
 runs and drops that hop afterwards if none did. On the CPU it is off by default;
-`hop_policy("speculative")` turns it on here so both paths can be compared.
+`hop_policy("speculative")` turns it on here so both paths can be compared. Both
+run the eager loop: exact CPU loops would otherwise take graves' fused kernel,
+whose results agree with the eager loop's to rounding, not bit for bit
+(tests/test_halting_fused.py compares those two).
 """
 
 from __future__ import annotations
@@ -16,10 +19,17 @@ from ponderlab.core.registry import get_registry
 from ponderlab.core.rows import where_rows
 from ponderlab.core.speculation import hop_policy, speculation_mode
 from ponderlab.plugins.halting.common import RunningTokens
+from ponderlab.plugins.halting.fused import fused_bookkeeping
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear
 
 D64 = torch.float64
 VOCAB = 7
+
+
+@pytest.fixture(autouse=True)
+def eager_loops():
+    with fused_bookkeeping(False):
+        yield
 
 
 def run_site(site, state, hop, policy):

@@ -2,7 +2,8 @@
 
 A subclass gives the halting threshold and the per-hop halting probability; this
 class runs the dense loop (`forward`, any scope) and, for inference in depth scope,
-the same loop on packed rows of running tokens (`forward_packed`).
+the same loop on packed rows of running tokens (`forward_packed`). Where the unit
+is linear (`linear_unit`), CPU inference runs the fused kernel (fused.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from torch import Tensor
 
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput, RowHopFn
 
-from .common import cumulative_halting_loop
+from .common import HaltingUnit, cumulative_halting_loop
+from .fused import fused_cumulative_halting_loop, fused_loop_applies
 from .packed import packed_cumulative_halting_loop
 
 
@@ -27,8 +29,17 @@ class CumulativeHalting(HaltingStrategy):
         """h_n after hop `step`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
         raise NotImplementedError
 
+    def linear_unit(self, step: int) -> HaltingUnit | None:
+        """The linear unit giving h after hop `step`, or None where the unit is not linear."""
+        return None
+
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
-        return cumulative_halting_loop(state, hop, mask=mask, n_hops=self.max_hops(),
+        n_hops = self.max_hops()
+        if n_hops > 1 and fused_loop_applies(state, n_hops, self.linear_unit(0)):
+            return fused_cumulative_halting_loop(state, hop, mask=mask, n_hops=n_hops,
+                                                 threshold=self.halting_threshold(),
+                                                 unit_for_step=self.linear_unit)
+        return cumulative_halting_loop(state, hop, mask=mask, n_hops=n_hops,
                                        threshold=self.halting_threshold(),
                                        halting_probability=self.halting_probability)
 

@@ -15,7 +15,8 @@ distinct layers, one halting unit each; the cap is the number of layers, so
 Halted tokens are frozen (passed as inactive to later hops), so a block that
 supports it skips their work, and the loop stops as soon as every token halted.
 Inference in depth scope runs on packed rows where the blocks support it
-(`forward_packed`, plugins/halting/packed.py).
+(`forward_packed`, plugins/halting/packed.py); other inference on a CPU runs the
+fused kernel (plugins/halting/fused.py).
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ class GravesACT(CumulativeHalting):
         units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
+    def linear_unit(self, step: int) -> HaltingUnit:
+        return self.units[step if self.per_layer else 0]
+
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        unit = self.units[step if self.per_layer else 0]
-        return unit(state, active)  # (B, L)
+        return self.linear_unit(step)(state, active)  # (B, L)
 
     def halting_threshold(self) -> float:
         return 1.0 - self.config.epsilon
