@@ -151,17 +151,34 @@ def test_fused_path_matches_per_token_reference():
         eager_tests.test_graves_depth_scope_uses_one_unit_per_layer_but_the_last()
 
 
+def in_three_slices(monkeypatch, run):
+    """`run()` with the kernels split into 3 parallel slices per call; returns its result and
+    the number of slices of every kernel call."""
+    slice_counts = []
+    run_in_slices = fused.run_in_slices
+
+    def counting(call, state):
+        results = run_in_slices(call, state)
+        slice_counts.append(len(results))
+        return results
+
+    monkeypatch.setattr(fused, "run_in_slices", counting)
+    monkeypatch.setattr(fused, "ELEMENTS_PER_WORKER", 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        return run(), slice_counts
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_parallel_slices_give_the_single_slice_result(monkeypatch):
     state = torch.randn(6, 7, 16, generator=torch.Generator().manual_seed(5))
     unit = linear_unit(16, -0.3, torch.float32, seed=6)
     (single, _), _ = both_loops(state, unit, n_hops=4, threshold=0.9)
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(fused, "ELEMENTS_PER_WORKER", 16)
-    torch.set_num_threads(3)
-    try:
-        (sliced, _), _ = both_loops(state, unit, n_hops=4, threshold=0.9)
-    finally:
-        torch.set_num_threads(threads)
+    ((sliced, _), _), slice_counts = in_three_slices(
+        monkeypatch, lambda: both_loops(state, unit, n_hops=4, threshold=0.9))
+    assert slice_counts and all(count == 3 for count in slice_counts)
     assert torch.equal(sliced.output, single.output)
     assert torch.equal(sliced.hops, single.hops)
     assert all(torch.equal(a, b) for a, b in zip(sliced.hop_weights, single.hop_weights, strict=True))
@@ -323,13 +340,8 @@ def test_backward_in_parallel_slices_gives_the_single_slice_gradients(monkeypatc
     state = torch.randn(6, 7, 16, dtype=D64, generator=torch.Generator().manual_seed(5))
     unit = linear_unit(16, -0.3, D64, seed=6)
     single = gradients(state, unit, fused_path=True)
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(fused, "ELEMENTS_PER_WORKER", 16)
-    torch.set_num_threads(3)
-    try:
-        sliced = gradients(state, unit, fused_path=True)
-    finally:
-        torch.set_num_threads(threads)
+    sliced, slice_counts = in_three_slices(monkeypatch, lambda: gradients(state, unit, fused_path=True))
+    assert len(slice_counts) >= 2 and all(count == 3 for count in slice_counts)  # forward hops and backward
     for a, b in zip(sliced[1:], single[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 

@@ -3,7 +3,8 @@
 A subclass gives the halting threshold and the per-hop halting probability; this
 class runs the dense loop (`forward`, any scope) and, for inference in depth scope,
 the same loop on packed rows of running tokens (`forward_packed`). Where the unit
-is linear (`linear_unit`), CPU inference runs the fused kernel (fused.py).
+is linear (`linear_unit`), the dense loop on a CPU runs in fused kernels (fused.py),
+in training and at inference.
 """
 
 from __future__ import annotations

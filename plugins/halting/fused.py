@@ -285,7 +285,7 @@ class FusedBookkeeping(torch.autograd.Function):
         grad_states = [torch.empty_like(state) for state in states]
         unit_weights: list[Tensor | None] = [None] * hops_run  # (D,) per hop, None at the cap
         for index, n in enumerate(ctx.unit_hops):
-            unit_weights[n] = parameters[2 * index].detach().reshape(-1).to(dtype).contiguous()
+            unit_weights[n] = flat_weight(parameters[2 * index], dtype)
         backward_kernel = getattr(load_kernel(), BACKWARD_SYMBOLS[dtype])
 
         def call(start: int, stop: int, order: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -353,8 +353,12 @@ def worker_pool() -> ThreadPoolExecutor:
 
 
 def unit_parameters(unit: HaltingUnit | None, dtype: torch.dtype) -> tuple[Tensor | None, float]:
-    """The unit's weight as a contiguous (D,) tensor of `dtype` (no autograd), and its bias."""
+    """The unit's weight as the kernels read it (`flat_weight`), and its bias."""
     if unit is None:
         return None, 0.0
-    weight = unit.linear.weight.detach().reshape(-1).to(dtype).contiguous()  # (D,)
-    return weight, float(unit.linear.bias.detach())
+    return flat_weight(unit.linear.weight, dtype), float(unit.linear.bias.detach())
+
+
+def flat_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """A (1, D) unit weight as a contiguous (D,) tensor of `dtype`, outside autograd."""
+    return weight.detach().reshape(-1).to(dtype).contiguous()

@@ -15,8 +15,8 @@ distinct layers, one halting unit each; the cap is the number of layers, so
 Halted tokens are frozen (passed as inactive to later hops), so a block that
 supports it skips their work, and the loop stops as soon as every token halted.
 Inference in depth scope runs on packed rows where the blocks support it
-(`forward_packed`, plugins/halting/packed.py); other inference on a CPU runs the
-fused kernel (plugins/halting/fused.py).
+(`forward_packed`, plugins/halting/packed.py). Otherwise, on a CPU, the loop runs in
+fused kernels, forward and backward (plugins/halting/fused.py).
 """
 
 from __future__ import annotations
