@@ -18,7 +18,8 @@ and selectable: tokens stopped by the cap get no remainder (`cap_remainder`), ha
 tokens keep being transformed (`freeze_halted`). With both corrections this is `ut`
 with `combine: interpolate` and `epsilon = 1 - threshold`.
 
-Self-contained on purpose: it imports nothing from the other halting modules.
+Kept apart from the other halting modules on purpose: it borrows only `ut`'s
+`interpolation_weights` (the effective hop weights of an interpolated output).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ponderlab.core.config import HaltingConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+
+from .ut import interpolation_weights  # the effective weights of y = w s + (1 - w) y
 
 
 class Seed000ACTConfig(HaltingConfig):
@@ -140,17 +143,8 @@ class Seed000ACT(HaltingStrategy):
             hops=n_updates,
             ponder_cost=cost,
             remainder=remainder,
-            hop_weights=weights if cfg.combine == "accumulated" else effective_weights(weights),
+            hop_weights=weights if cfg.combine == "accumulated" else interpolation_weights(weights),
         )
-
-
-def effective_weights(weights: list[Tensor]) -> list[Tensor]:
-    """Weights of s_n in y_N when y_n = w_n s_n + (1 - w_n) y_{n-1}, y_0 = 0: w_n prod_{m>n}(1 - w_m)."""
-    effective, kept = [], torch.ones_like(weights[0])  # (B, L)
-    for weight in reversed(weights):
-        effective.append(weight * kept)
-        kept = kept * (1.0 - weight)
-    return effective[::-1]
 
 
 @hookimpl
