@@ -147,3 +147,63 @@ def test_word_vocabulary_gives_every_word_its_own_id():
     assert split_words("Don't go, John's dog!") == ["don't", "go", "john's", "dog"]
     with pytest.raises(KeyError, match="zanzibar"):
         vocabulary.encode("zanzibar")
+
+
+# --------------------------------------------------------------------------- statistics of the real files
+
+# ../shared/reference/tasks.md, measured on the real bAbI en files
+REAL_QA1_WENT_BACK = 0.19  # share of qa1 sentences, mostly on first visits to the room
+REAL_QA2_THERE_AFTER_DROP = 0.18  # "there" ends every grab and about this share of drops
+REAL_QA2_STORY = (15.4, 56)  # statements before a question: mean, max
+REAL_QA3_STORY = (50, 224)
+
+
+def stories(qa: str, n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [random_story(rng, qa) for _ in range(n)]
+
+
+def test_qa1_went_back_is_a_fifth_of_sentences_mostly_on_first_visits():
+    went_back = first_visits = total = 0
+    for story in stories("qa1", 600):
+        been: dict[str, set[str]] = {}
+        for words in story.facts:
+            actor, room = words[0], words[-2]
+            total += 1
+            if words[1:3] == ["went", "back"]:
+                went_back += 1
+                first_visits += room not in been.get(actor, set())
+            been.setdefault(actor, set()).add(room)
+    share = went_back / total  # ~3600 sentences: standard deviation about 0.007
+    assert abs(share - REAL_QA1_WENT_BACK) < 0.03, share
+    assert first_visits > 0.5 * went_back
+
+
+def test_qa2_there_ends_every_grab_and_some_drops():
+    grabs = drops = drops_there = 0
+    for story in stories("qa2", 300):
+        for words in story.facts:
+            if words[1] in GRABS:
+                grabs += 1
+                assert words[-2:] == ["there", "."], words
+            elif words[1] in DROPS:
+                drops += 1
+                drops_there += words[-2] == "there"
+    share = drops_there / drops  # ~900 drops: standard deviation about 0.013
+    assert grabs > 500 and abs(share - REAL_QA2_THERE_AFTER_DROP) < 0.05, share
+
+
+@pytest.mark.parametrize(("qa", "n", "real"), [("qa2", 1000, REAL_QA2_STORY), ("qa3", 250, REAL_QA3_STORY)])
+def test_story_lengths_match_the_real_files(qa, n, real):
+    lengths = np.array([len(story.facts) for story in stories(qa, n)])
+    real_mean, real_max = real
+    standard_error = lengths.std() / np.sqrt(n)
+    assert abs(lengths.mean() - real_mean) < 4 * standard_error + 0.02 * real_mean, lengths.mean()
+    assert 0.5 * real_max < lengths.max() < 1.5 * real_max, lengths.max()
+
+
+@pytest.mark.parametrize("qa", ["qa1", "qa2", "qa3"])
+def test_bounded_story_lengths_stay_within_the_bounds(qa):
+    rng = np.random.default_rng(0)
+    lengths = {len(random_story(rng, qa, 3, 5).facts) for _ in range(60)}
+    assert lengths == {3, 4, 5}

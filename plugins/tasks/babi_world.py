@@ -211,23 +211,24 @@ def random_story(
 
     Its length is bAbI's (`babi_story_length`) or, with both bounds given,
     U[min_facts, max_facts]; where no question of this kind is answerable yet,
-    the story goes on until one is (bAbI asks only answerable questions), or
-    starts again after `max_extra_facts` more statements.
+    a bAbI-length story goes on until one is (bAbI asks only answerable
+    questions), or starts again after `max_extra_facts` more statements; a
+    bounded story starts again at once, so it keeps within the bounds.
     """
     if qa not in SIMULATED_TASKS:
         raise ValueError(f"the simulator writes {SIMULATED_TASKS} stories, not {qa}")
+    bounded = min_facts is not None and max_facts is not None
     for _ in range(max_attempts):
-        if min_facts is None or max_facts is None:
-            n_facts = babi_story_length(rng, qa)
-        else:
-            n_facts = int(rng.integers(min_facts, max_facts + 1))
+        n_facts = int(rng.integers(min_facts, max_facts + 1)) if bounded else babi_story_length(rng, qa)
         writer = StoryWriter(qa)
         for _ in range(n_facts):
             writer.step(rng)
-        for _ in range(max_extra_facts):  # a qa3 story can run out of questions: then start again
+        for extra in range(max_extra_facts + 1):  # a qa3 story can run out of questions: then start again
             asked = ask(rng, writer.world, qa)
             if asked is not None:
                 return Story(writer.facts, *asked)
+            if bounded or extra == max_extra_facts:
+                break
             writer.step(rng)
     raise RuntimeError(f"no {qa} question in {max_attempts} stories")
 
