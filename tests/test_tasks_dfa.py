@@ -144,6 +144,11 @@ def test_prompts_are_strings_the_dfa_accepts():
         assert row["labels"] == [IGNORE_INDEX if t == SEP else t for t in prompt[1:]], "`|` targets masked"
 
 
+def test_score_separator_option_scores_every_next_token():
+    row = RegBench(DFAConfig(**SMALL, score_separator=True)).build(0).train[0]
+    assert row["labels"] == full_prompt(row)[1:] and SEP in row["labels"]
+
+
 def test_splits_never_share_a_dfa():
     data = RegBench(DFAConfig(**SMALL)).build(1)
     tables = {split: {tuple(r["dfa"]) for r in data.split(split)} for split in ("train", "validation", "test")}

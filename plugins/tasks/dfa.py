@@ -16,7 +16,8 @@ appears in two splits (seq_icl does not deduplicate).
 Vocabulary (20 ids, no tokenizer): letters a-r are 0-17, `|` = 18, `.` = 19
 (seq_icl's padding; never generated). Next-token layout: input_ids = prompt[:-1],
 labels[t] = prompt[t+1], with `|` targets masked (-100) in every split as seq_icl
-does, so token accuracy is teacher-forced next-letter accuracy.
+does, so token accuracy is teacher-forced next-letter accuracy
+(`score_separator: true` scores them too, as ponderlab did before).
 
 DFA accuracy (`extra_metrics`, reported as `<split>/dfa_accuracy` and per number
 of states), seq_icl's eval.py `_get_dfa_accuracy`: at every position whose next
@@ -76,6 +77,9 @@ class DFAConfig(TaskConfig):
     validation_size: int = Field(250, ge=1)
     test_size: int = Field(250, ge=1)
     eval_batch_size: int = Field(32, ge=1, description="Batch size of the DFA-accuracy pass.")
+    score_separator: bool = Field(
+        False, description="Also score `|` targets (seq_icl masks them; ponderlab did before issue 22)."
+    )
     sampling: Literal["seq_icl", "minimal_redraw"] = Field(
         "seq_icl",
         description="seq_icl: minimise one random DFA (2-12 states); minimal_redraw: redraw until minimal with n states.",
@@ -176,8 +180,8 @@ class RegBench(Task):
             prompt = dfa_prompt(rng, dfa, n_strings, cfg.min_string_length, cfg.max_string_length)
             if len(prompt) < 2:  # a one-letter prompt has no next token to score
                 prompt = prompt + [SEP] + dfa.walk(rng, 1)
-            letters = [t for t, token in enumerate(prompt[1:]) if token != SEP]  # `|` targets masked
-            row = next_token_example(prompt, letters)
+            scored = [t for t, token in enumerate(prompt[1:]) if token != SEP or cfg.score_separator]
+            row = next_token_example(prompt, scored)
             row.update(
                 states=dfa.n_states, drawn_states=n_states, strings=n_strings, dfa=dfa.to_table(N_LETTERS), alphabet=alphabet
             )
