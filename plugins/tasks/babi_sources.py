@@ -78,8 +78,8 @@ def load_source(source: str, qa: str, *, babi_folder: str, babilong_lengths: lis
     if is_hub_id(source):
         if babilong_lengths is None:
             raise SpecError(
-                f"name the BABILong lengths to read from hub dataset {source!r} in task.babilong_lengths "
-                "(e.g. ['0k', '4k']); a 10M table alone is gigabytes",
+                f"{source!r} is no local folder, so it names a hub dataset: list the BABILong lengths to "
+                "read from it in task.babilong_lengths (e.g. ['0k', '4k']); a 10M table alone is gigabytes",
                 path="task.babilong_lengths",
             )
         return load_babilong(source, qa, babilong_lengths)
