@@ -148,14 +148,6 @@ class StoryWriter:
         getattr(world, kind)(who, what)
 
 
-def simulate(rng: np.random.Generator, n_facts: int, qa: str) -> tuple[list[list[str]], World]:
-    """`n_facts` sentences of random possible actions (moves only for qa1)."""
-    writer = StoryWriter(qa)
-    for _ in range(n_facts):
-        writer.step(rng)
-    return writer.facts, writer.world
-
-
 def babi_story_length(rng: np.random.Generator, qa: str) -> int:
     """Statements before a question, as in the bAbI files: the question is one of a story's first five.
 
