@@ -257,6 +257,8 @@ def test_sanity_scores_on_sampled_dfas():
     assert scores["separator"] == 0.0 and scores["true"] == 1.0
     p, n = scores["random_expected"], scores["scored"]
     assert abs(scores["random"] - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 0.01  # positions within a row correlate
+    # seq_icl's own sampler and _get_dfa_accuracy, run side by side: 0.222 on 200 of its prompts
+    assert 0.17 < scores["random"] < 0.28
 
 
 class OracleModel(nn.Module):
