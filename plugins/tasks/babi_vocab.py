@@ -5,8 +5,9 @@ apostrophe) and the two marks `.` and `?`; every other character is dropped.
 `WordVocabulary` gives each word of its list one id (0 is padding), so two words
 never share an id. A task builds its vocabulary from the words its data can
 hold (the simulator's words, or every word of the files it reads) and encodes
-and decodes through it; another tokenizer can replace it by offering the same
-three members (`size`, `encode`, `decode`).
+and decodes through it (`Babi.vocabulary`); another tokenizer can replace it by
+offering the same members: `size`, `encode(text)`, `encode_words(words)` (the
+simulator's sentences and the distractors come as word lists) and `decode(ids)`.
 """
 
 from __future__ import annotations
