@@ -87,7 +87,7 @@ def test_archive_root_with_en_and_en_10k_picks_a_folder(tmp_path):
     ten_k_test = BABI_TEST.replace("garden", "office")
     write_task(root / "en-10k", "qa1_single-supporting-fact", BABI_TRAIN, ten_k_test)
     valid = "1 Sandra moved to the bedroom.\n2 Where is Sandra? \tbedroom\t1\n"
-    write_task(root / "en-valid", "qa1_single-supporting-fact", BABI_TRAIN, BABI_TEST, valid)
+    write_task(root / "en-valid", "qa1", BABI_TRAIN, BABI_TEST, valid)  # short names: qa1_train.txt
 
     def test_answer(**options) -> tuple[list[str], list[str]]:
         task = Babi(BabiConfig(source=str(tmp_path), validation_size=1, **options))

@@ -68,13 +68,20 @@ def parse_babi_text(text: str, where: str = "<text>") -> list[BabiQuestion]:
     return questions
 
 
-def find_babi_text_files(root: Path, qa: str, folder: str) -> dict[str, Path]:
-    """{"train": ..., "test": ...[, "valid": ...]}: `qa1_*_<split>.txt` files of one folder under `root`.
+def _task_files(folder: Path, qa: str, split: str, recursive: bool) -> list[Path]:
+    """`qa1_<name>_<split>.txt` and `qa1_<split>.txt` files in `folder` (or anywhere under it)."""
+    glob = folder.rglob if recursive else folder.glob
+    return sorted({*glob(f"{qa}_*_{split}.txt"), *glob(f"{qa}_{split}.txt")})
 
+
+def find_babi_text_files(root: Path, qa: str, folder: str) -> dict[str, Path]:
+    """{"train": ..., "test": ...[, "valid": ...]}: one folder's files of task `qa` under `root`.
+
+    Files are named `qa1_<name>_<split>.txt` (en/, en-10k/) or `qa1_<split>.txt`.
     Where several folders hold the task (en/, en-10k/, ...), the one named
     `folder` is taken; the other splits come from the train file's folder.
     """
-    matches = sorted(root.rglob(f"{qa}_*_train.txt"))
+    matches = _task_files(root, qa, "train", recursive=True)
     if len(matches) > 1:
         chosen = [m for m in matches if m.parent.name == folder]
         if len(chosen) != 1:
@@ -90,7 +97,7 @@ def find_babi_text_files(root: Path, qa: str, folder: str) -> dict[str, Path]:
     train = matches[0]
     found = {"train": train}
     for split in ("valid", "test"):
-        candidates = sorted(train.parent.glob(f"{qa}_*_{split}.txt"))
+        candidates = _task_files(train.parent, qa, split, recursive=False)
         if candidates:
             found[split] = candidates[0]
     return found
