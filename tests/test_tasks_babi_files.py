@@ -243,3 +243,12 @@ def test_source_without_files_is_a_clear_error(tmp_path):
         Babi(BabiConfig(source=str(tmp_path))).build(0)
     with pytest.raises(SpecError, match="neither a folder"):
         Babi(BabiConfig(source=str(tmp_path / "missing"))).build(0)
+
+
+def test_bad_babilong_tables_are_clear_errors(tmp_path):
+    write_current(tmp_path, "0k", [{"input": "Mary moved to the office.", "question": "Where is Mary?"}])
+    with pytest.raises(SpecError, match=r"data/qa1/0k.json.*lack column\(s\) \['target'\]"):
+        Babi(BabiConfig(source=str(tmp_path))).build(0)
+    (tmp_path / "data" / "qa1" / "0k.json").write_text("{not json")
+    with pytest.raises(SpecError, match=r"cannot read \['data/qa1/0k.json'\]"):
+        Babi(BabiConfig(source=str(tmp_path))).build(0)
