@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .config import BackboneConfig, HaltingConfig, PluginConfig, TaskConfig
+from .early_exit import computes_rows, layer_update
 from .errors import PluginError, SpecError
 from .interfaces import (
     IGNORE_INDEX,
@@ -140,11 +141,9 @@ class ProbeBackboneConfig(BackboneConfig):
 class _ProbeBlock(Block):
     """Position-wise residual layer h + tanh(W h + b): causal by construction.
 
-    It computes packed rows too, so depth-scope inference of a strategy under
-    test takes its packed path (`forward_packed`) where it has one.
+    It computes rows too (`forward_rows`), so depth-scope inference of a strategy
+    under test takes the packed path where the strategy's loop has one.
     """
-
-    supports_packed_rows = True
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -655,6 +654,8 @@ class Conformance:
                     _expect_finite(f"logits ({scope} scope)", out.logits)
 
     def _check_active_subset(self) -> None:
+        """With an active mask, the core's layer update (dense, or `forward_rows` on the running
+        tokens) gives the full forward's rows at active tokens and keeps the others."""
         backbone = self._backbone().eval()
         if backbone.uses_segments:
             return  # blocks need segment memory; the model-level checks cover them
@@ -663,33 +664,27 @@ class Conformance:
         hidden = torch.randn(2, length, backbone.d_model, generator=generator)  # (B, L, D)
         active = torch.rand(2, length, generator=generator) > 0.5  # (B, L)
         active[0, 0], active[1, -1] = True, False
+        nobody = torch.zeros_like(active)  # a GPU loop may queue a hop after every token halted
         for index, block in enumerate(backbone.blocks):
-            subset_claim = getattr(block, "supports_active_subset", False)
-            keeps_claim = getattr(block, "keeps_inactive_rows", False)
-            if getattr(block, "supports_packed_rows", False):
-                self._check_packed_rows(index, block, hidden, active)
-            if not (subset_claim or keeps_claim):
-                continue
+            if computes_rows(block):
+                self._check_rows(index, block, hidden, active)
             with torch.no_grad():
                 full = block(hidden, BlockContext(layer=index, step=1))
-                subset = block(hidden, BlockContext(layer=index, step=1, active=active))
-            _expect_shape(f"blocks[{index}] with an active mask", subset, tuple(hidden.shape))
-            claim = "supports_active_subset" if subset_claim else "keeps_inactive_rows"
-            gap = _max_abs(full[active] - subset[active])
-            if gap > 1e-5 * max(1.0, _max_abs(full)):
-                _fail(
-                    f"blocks[{index}] declares {claim} but its output for active tokens "
-                    f"changes by {gap:.2e} when an active mask is given"
-                )
-            if keeps_claim and not torch.equal(subset[~active], hidden[~active]):
-                _fail(
-                    f"blocks[{index}] declares keeps_inactive_rows but changes the rows of inactive "
-                    f"tokens (max change {_max_abs(subset[~active] - hidden[~active]):.2e})"
-                )
-            self._check_no_active_token(index, block, hidden, claim, keeps=keeps_claim)
+                for mask, what in ((active, "an active mask"), (nobody, "no active token")):
+                    try:
+                        update = layer_update(block, hidden, hidden, BlockContext(layer=index, step=1, active=mask))
+                    except Exception as error:  # noqa: BLE001 - any failure is the finding
+                        _fail(f"blocks[{index}] fails with {what}: {type(error).__name__}: {error}")
+                    _expect_shape(f"blocks[{index}] with {what}", update, tuple(hidden.shape))
+                    gap = _max_abs(full[mask] - update[mask]) if bool(mask.any()) else 0.0
+                    if gap > 1e-5 * max(1.0, _max_abs(full)):
+                        _fail(f"blocks[{index}]: the output for active tokens changes by {gap:.2e} "
+                              "when an active mask is given")
+                    if not torch.equal(update[~mask], hidden[~mask]):
+                        _fail(f"blocks[{index}]: the rows of inactive tokens change with {what}")
 
     @staticmethod
-    def _check_packed_rows(index: int, block: Block, hidden: Tensor, active: Tensor) -> None:
+    def _check_rows(index: int, block: Block, hidden: Tensor, active: Tensor) -> None:
         """forward_rows gives the rows of the full forward, for a subset and for every token."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
         with torch.no_grad():
@@ -699,28 +694,13 @@ class Conformance:
                     packed = block.forward_rows(hidden, rows, flat.index_select(0, rows),
                                                 BlockContext(layer=index, step=1))
                 except Exception as error:  # noqa: BLE001 - any failure is the finding
-                    _fail(f"blocks[{index}] declares supports_packed_rows but forward_rows fails: "
-                          f"{type(error).__name__}: {error}")
+                    _fail(f"blocks[{index}].forward_rows fails: {type(error).__name__}: {error}")
                 _expect_shape(f"blocks[{index}].forward_rows for {len(rows)} rows", packed,
                               (len(rows), flat.shape[-1]))
                 gap = _max_abs(packed - full.index_select(0, rows))
                 if gap > 1e-5 * max(1.0, _max_abs(full)):
-                    _fail(f"blocks[{index}] declares supports_packed_rows but forward_rows differs from "
-                          f"forward at those rows by {gap:.2e} ({len(rows)} of {len(flat)} rows)")
-
-    @staticmethod
-    def _check_no_active_token(index: int, block: Block, hidden: Tensor, claim: str, *, keeps: bool) -> None:
-        """A loop on a GPU may queue a hop after every token halted (core/speculation.py)."""
-        nobody = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)  # (B, L)
-        try:
-            with torch.no_grad():
-                idle = block(hidden, BlockContext(layer=index, step=1, active=nobody))
-        except Exception as error:  # noqa: BLE001 - any failure is the finding
-            _fail(f"blocks[{index}] declares {claim} but fails when no token is active "
-                  f"(halting loops on a GPU may queue such a hop): {type(error).__name__}: {error}")
-        _expect_shape(f"blocks[{index}] with no active token", idle, tuple(hidden.shape))
-        if keeps and not torch.equal(idle, hidden):
-            _fail(f"blocks[{index}] declares keeps_inactive_rows but changes rows when no token is active")
+                    _fail(f"blocks[{index}].forward_rows differs from forward at those rows by "
+                          f"{gap:.2e} ({len(rows)} of {len(flat)} rows)")
 
     # ------------------------------------------------------------------ halting
     def _config_for_scope(self, scope: str) -> HaltingConfig:
@@ -881,11 +861,9 @@ class Conformance:
                     _fail(f"hop_probs must be non-negative and sum to 1 over hops ({where})")
 
     def _check_packed_depth(self) -> None:
-        """forward_packed (depth-scope inference on packed rows) gives what forward gives."""
-        if not getattr(self.plugin, "supports_packed_depth", False):
-            return
+        """Depth-scope inference on packed rows gives what the dense hops give."""
         if "depth" not in self._scopes():
-            _fail("supports_packed_depth is True but depth is not in supported_scopes")
+            return
         layers = self._layers_for("depth")
         ids = _token_ids(3, 7, seed=5)
         padded = torch.ones(3, 7, dtype=torch.bool)
@@ -902,19 +880,16 @@ class Conformance:
                     model.packed_inference = packed
                     seed_everything(1)
                     with torch.no_grad():
-                        try:
-                            outputs.append(model(ids, mask=mask))
-                        except NotImplementedError as error:
-                            _fail(f"supports_packed_depth is True but {error} ({where})")
+                        outputs.append(model(ids, mask=mask))
                 packed_out, dense_out = outputs
                 gap = _max_abs(packed_out.logits - dense_out.logits)
                 if gap > 1e-5 * max(1.0, _max_abs(dense_out.logits)):
-                    _fail(f"forward_packed gives logits {gap:.2e} away from forward's ({where})")
+                    _fail(f"packed rows give logits {gap:.2e} away from forward's ({where})")
                 for field_name in ("hops", "layers", "remainder", "ponder_cost"):
                     given, expected = getattr(packed_out.stats, field_name), getattr(dense_out.stats, field_name)
-                    _expect_shape(f"{field_name} from forward_packed ({where})", given, tuple(expected.shape))
+                    _expect_shape(f"{field_name} on packed rows ({where})", given, tuple(expected.shape))
                     if _max_abs(given.float() - expected.float()) > 1e-5:
-                        _fail(f"forward_packed gives other {field_name} than forward ({where})")
+                        _fail(f"packed rows give other {field_name} than forward ({where})")
 
     # ------------------------------------------------------------------ tasks
     def _task(self) -> Task:
