@@ -26,6 +26,7 @@ from .interfaces import (
     HaltingStrategy,
     PonderOutput,
 )
+from .segments import StackOutput, padding_mask, run_segments
 
 
 @dataclass
@@ -38,26 +39,12 @@ class ModelOutput:
     task_loss: Tensor | None = None
 
 
-@dataclass
-class StackOutput:
-    """Result of one pass through the stack: hidden (B, L, D), one PonderOutput per site."""
-
-    hidden: Tensor
-    sites: list[PonderOutput]
-    memory: object = None
-
-
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of (B, L) values over positions where mask (B, L) is True."""
     if mask is None:
         return values.mean()
     weights = mask.to(values.dtype)
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
-
-
-def padding_mask(mask: Tensor | None) -> Tensor | None:
-    """(B, L) bool at real tokens of a padded batch; None when nothing is padding."""
-    return None if mask is None or bool(mask.all()) else mask.bool()
 
 
 def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: list[Tensor | None]) -> Tensor:
@@ -191,8 +178,6 @@ class PonderModel(nn.Module):
         hidden = self.backbone.embed(input_ids)  # (B, L, D)
         padding = padding_mask(mask)  # (B, L) or None
         if self.backbone.uses_segments:
-            from .segments import run_segments
-
             stack = run_segments(self, hidden, padding)
         else:
             stack = self.run_stack(hidden, mask=padding)
