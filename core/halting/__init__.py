@@ -18,7 +18,7 @@ from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
 from .loop import DenseTokens, HaltingFn, PackedTokens, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output
-from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit, rowwise_linear
+from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
 
 __all__ = [
     "ACTConfig",
@@ -41,5 +41,4 @@ __all__ = [
     "fixed_hops_output",
     "logit",
     "require_scope",
-    "rowwise_linear",
 ]
