@@ -305,7 +305,7 @@ def test_block_rows_fall_back_for_parts_without_a_row_form(mixer, ffn):
     rows = active.reshape(-1).nonzero().squeeze(1)
     with torch.no_grad():
         full = block(hidden, BlockContext())
-        subset = block(hidden, BlockContext(active=active))
+        subset = layer_update(block, hidden, hidden, BlockContext(active=active))
         packed = block.forward_rows(hidden, rows, hidden.reshape(-1, D_MODEL)[rows], BlockContext())
     torch.testing.assert_close(subset[active], full[active])
     assert torch.equal(subset[~active], hidden[~active])
