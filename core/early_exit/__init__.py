@@ -16,6 +16,7 @@ from .execution import (
     layer_update,
     packs_rows,
 )
+from .packed import PackedTokens
 from .policy import HopPolicy, hop_policy, speculates, speculation_mode
 from .rows import active_rows, apply_to_active, gather_active, rows_mask, scatter_active, where_rows
 from .running import RunningTokens
@@ -24,6 +25,7 @@ __all__ = [
     "DepthRowHops",
     "HopPolicy",
     "PackedHops",
+    "PackedTokens",
     "RowsBlock",
     "RowsHopFn",
     "RunningTokens",

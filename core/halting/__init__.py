@@ -16,7 +16,7 @@ from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
-from .loop import DenseTokens, HaltingFn, PackedTokens, cumulative_halting_loop
+from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output
 from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
 
@@ -30,7 +30,6 @@ __all__ = [
     "HaltingStrategy",
     "HaltingUnit",
     "HopFn",
-    "PackedTokens",
     "PonderOutput",
     "RunningTokens",
     "Scope",
