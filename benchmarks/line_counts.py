@@ -122,6 +122,11 @@ def reading_lines(rev: str, plan: list[tuple[str, list[str] | None]]) -> int:
     return total
 
 
+#: the same reading without depth-scope packed inference (training, and every other path)
+DENSE_ONLY = {"plugins/halting/packed.py", "core/row_hops.py", "core/early_exit/packed.py",
+              "core/early_exit/execution.py"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revs", nargs=2, default=["main", "WORKTREE"], metavar=("BEFORE", "AFTER"))
@@ -133,6 +138,9 @@ def main() -> None:
     print(f"{'code lines core/ + plugins/':<28}{sum(before.values()):>12}{sum(after.values()):>12}")
     reading = reading_lines(args.revs[0], READING["before"]), reading_lines(args.revs[1], READING["after"])
     print(f"{'lines read to follow graves':<28}{reading[0]:>12}{reading[1]:>12}")
+    dense = [reading_lines(rev, [(path, symbols) for path, symbols in READING[key] if path not in DENSE_ONLY])
+             for rev, key in zip(args.revs, ("before", "after"), strict=True)]
+    print(f"{'  of which not packed':<28}{dense[0]:>12}{dense[1]:>12}")
 
 
 if __name__ == "__main__":
