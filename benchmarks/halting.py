@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
     parser.add_argument("--hop-policy", choices=["auto", "exact", "speculative"], default="auto",
                         help="when halting loops may queue a hop before reading the running count "
-                             "(core/speculation.py); exact = one host sync per hop")
+                             "(core/early_exit/policy.py); exact = one host sync per hop")
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (noisier on a shared machine)")
     parser.add_argument("--in-process", action="store_true",

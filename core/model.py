@@ -160,7 +160,7 @@ class PonderModel(nn.Module):
             dense_only = track or backbone.uses_segments or not self.packed_inference
             hop = depth_hop(backbone.blocks, hidden, dense_hop, dense_only=dense_only)
 
-        # Hops that record layer outputs must not be queued speculatively (see core/speculation.py).
+        # Hops that record layer outputs must not be queued speculatively (see core/early_exit/policy.py).
         with hop_policy("exact") if track else nullcontext():
             result = self._ponder(site, hidden, hop, mask)
         for index in sorted(layer_outputs):

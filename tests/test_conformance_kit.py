@@ -413,7 +413,7 @@ def test_packed_rows_claim_is_checked():
     broken(RowsOnlyBackbone, "active subset", r"forward_rows differs from forward")
 
 
-def test_core_trusts_keeps_inactive_rows_and_masks_otherwise():
+def test_the_same_output_whether_the_block_or_the_core_keeps_halted_rows():
     """The model's output is the same whether the block or the core keeps halted rows."""
     torch.manual_seed(0)
     outputs = []
