@@ -36,9 +36,8 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from halting import early_exit_models, inference_pass, single_thread_cpu, time_pair  # noqa: E402
 
+from ponderlab.core.early_exit import DepthRowHops, active_rows  # noqa: E402
 from ponderlab.core.model import PonderModel  # noqa: E402
-from ponderlab.core.row_hops import DepthRowHops  # noqa: E402
-from ponderlab.core.rows import active_rows  # noqa: E402
 
 VARIANTS = ("same", "free_halting", "execution_only", "fixed")
 

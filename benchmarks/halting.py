@@ -3,14 +3,12 @@
 (a) overhead = time(graves forced to K hops) / time(constant K hops), same backbone,
     same K, layer scope; graves is forced to the cap by a very negative halting
     bias, so both run exactly the same blocks and the ratio isolates the halting
-    unit, the weight bookkeeping and the weighted sum. Target <= 1.05. On a CPU,
-    graves' loop runs in the fused kernel (plugins/halting/fused.py); the rows
-    "infer. eager" and "train eager" time the same passes with the eager loop.
+    unit, the weight bookkeeping and the weighted sum. Target <= 1.05.
 (b) early exit, inference: threshold ACT across depth vs fixed depth (`none`,
     depth scope) on a position-wise-dominated backbone (GPT-like projections and MLP,
     a causal shift for token mixing) whose blocks compute only running tokens
-    (`supports_packed_rows`: inference keeps them packed across layers, see
-    core/row_hops.py). The halting units are set so that
+    (`forward_rows`: inference keeps them packed across layers, see
+    core/early_exit/). The halting units are set so that
     half of the tokens (even ids) exit after the first layer and the rest run all
     layers. efficiency = measured speedup / ideal speedup, where ideal =
     n_layers / mean layers executed. Target >= 0.9.
@@ -43,14 +41,12 @@ import torch
 from torch import nn
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import hop_policy
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry
-from ponderlab.core.rows import active_rows, gather_active, scatter_active
-from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.mamba import MambaBackbone
 from ponderlab.plugins.backbones.mixer_stack import MixerBackbone
-from ponderlab.plugins.halting.fused import fused_bookkeeping, load_kernel
 
 # --------------------------------------------------------------------------- timing
 
@@ -158,22 +154,19 @@ def time_pair(first, second, *, repeats: int, warmup: int, device: torch.device)
             "ratio": statistics.median(ratios), "ratio_ci": median_interval(ratios)}
 
 
-def inference_pass(model: nn.Module, ids: torch.Tensor, *, fused: bool = True):
-    """A callable running one forward pass without autograd (`fused`: allow the fused
-    CPU kernel of the ACT loop, plugins/halting/fused.py; False keeps the eager loop)."""
+def inference_pass(model: nn.Module, ids: torch.Tensor):
+    """A callable running one forward pass without autograd."""
     def run():
-        with torch.no_grad(), fused_bookkeeping(fused):
+        with torch.no_grad():
             model(ids)
     return run
 
 
-def train_pass(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, fused: bool = True):
+def train_pass(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor):
     """A callable running one training step's forward and backward (no optimizer)."""
     def run():
         model.zero_grad(set_to_none=True)
-        with fused_bookkeeping(fused):
-            loss = model(ids, labels=labels).loss
-        loss.backward()
+        model(ids, labels=labels).loss.backward()
     return run
 
 
@@ -208,9 +201,6 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
 
     modes = [("inference", lambda model: inference_pass(model, ids)),
              ("train step", lambda model: train_pass(model, ids, labels))]
-    if device.type == "cpu" and load_kernel() is not None:  # the same passes without the fused kernel
-        modes.insert(1, ("infer. eager", lambda model: inference_pass(model, ids, fused=False)))
-        modes.append(("train eager", lambda model: train_pass(model, ids, labels, fused=False)))
     rows = []
     for mode, make in modes:
         for model in (constant, graves):
@@ -236,12 +226,8 @@ class ShiftMLPBlock(Block):
 
     Position-wise work as in a GPT layer (about 12 D^2 weights per token): a gated
     "attention" unit with q/k/v and output projections, then a 4D MLP. The causal
-    mix adds the previous token's state. Only active tokens are computed.
+    mix adds the previous token's state. `forward_rows` computes the running tokens only.
     """
-
-    supports_active_subset = True
-    keeps_inactive_rows = True
-    supports_packed_rows = True
 
     def __init__(self, d_model: int, ffn: int):
         super().__init__()
@@ -258,13 +244,8 @@ class ShiftMLPBlock(Block):
         return x + self.mlp(self.norm2(x))
 
     def forward(self, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
-        active = context.active
-        if active is None:
-            previous = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))  # (B, L, D), token t-1
-            return self.positionwise(torch.addcmul(hidden, self.mix, previous))
-        rows = active_rows(active)  # (K,) flat indices of the running tokens
-        values = self.forward_rows(hidden, rows, gather_active(hidden, rows), context)  # (K, D)
-        return scatter_active(hidden, rows, values)  # halted tokens keep their rows
+        previous = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))  # (B, L, D), token t-1
+        return self.positionwise(torch.addcmul(hidden, self.mix, previous))
 
     def forward_rows(self, hidden: torch.Tensor, rows: torch.Tensor, states: torch.Tensor,
                      context: BlockContext) -> torch.Tensor:  # (K, D) for the tokens at rows (K,)
@@ -483,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["a", "b"], default=None, help="run one part only")
     parser.add_argument("--hop-policy", choices=["auto", "exact", "speculative"], default="auto",
                         help="when halting loops may queue a hop before reading the running count "
-                             "(core/speculation.py); exact = one host sync per hop")
+                             "(core/early_exit/policy.py); exact = one host sync per hop")
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (noisier on a shared machine)")
     parser.add_argument("--in-process", action="store_true",

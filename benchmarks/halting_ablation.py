@@ -6,8 +6,7 @@ alternating the two (`--repeats` pairs, thread CPU time on one CPU thread, as in
 `halting.py`), on the tiny LSTM row of part (a) by default: a train step, or a
 forward pass without autograd with `--mode inference`. A ratio below 1 is the
 share of the pass that piece costs. The variants change what is computed, so they
-are for timing only. Graves runs the eager loop here (a CPU would otherwise take
-the fused kernel, which the variant `fused` times):
+are for timing only:
 
   same              an identical copy (the noise floor of one A/B)
   no_halting_grad   h computed as usual but detached: no gradient through the halting
@@ -17,8 +16,6 @@ the fused kernel, which the variant `fused` times):
                     while the bookkeeping keeps its gradient (through the bias); at inference
                     the rest of the gap to `constant` is the weighted sum and the small ops
   constant          `constant` with the same K (part (a)'s ratio, inverted)
-  fused             the same model with the fused CPU kernel of the loop
-                    (plugins/halting/fused.py)
 
     python benchmarks/halting_ablation.py                    # every variant, tiny LSTM
     python benchmarks/halting_ablation.py --backbone transformer --variants same constant
@@ -43,7 +40,7 @@ from halting import (  # noqa: E402
     train_pass,
 )
 
-VARIANTS = ("same", "no_halting_grad", "unit_input_detached", "bias_only_unit", "constant", "fused")
+VARIANTS = ("same", "no_halting_grad", "unit_input_detached", "bias_only_unit", "constant")
 
 
 def override_halting(model, variant: str) -> None:
@@ -82,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.randint(0, vocab, (batch, length))
     training = args.mode == "train"
 
-    def timed_pass(model, fused: bool = False):
+    def timed_pass(model):
         model.train(training)
         if training:
-            return train_pass(model, ids, labels, fused=fused)
-        return inference_pass(model, ids, fused=fused)
+            return train_pass(model, ids, labels)
+        return inference_pass(model, ids)
 
     print(f"graves (K={args.hops}, layer scope, {args.backbone} d={args.d_model}, {batch * length} tokens) "
           f"{'train step' if training else 'inference'} vs a variant; thread CPU time, one thread, {args.repeats} alternating pairs")
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             other = copy.deepcopy(graves)
             override_halting(other, variant)
-        timed = time_pair(timed_pass(graves), timed_pass(other, fused=variant == "fused"), repeats=args.repeats,
+        timed = time_pair(timed_pass(graves), timed_pass(other), repeats=args.repeats,
                           warmup=args.warmup, device=device)
         low, high = timed["ratio_ci"]
         print(f"{variant:<22}{1e3 * timed['first']:>10.1f}{1e3 * timed['second']:>11.1f}"

@@ -91,14 +91,16 @@ def train_step(
     mask: torch.Tensor | None = None,
     grad_clip: float | None = 1.0,
 ) -> dict[str, float]:
-    """One optimisation step; returns loss, task loss and mean hops per token."""
-    model.train()
-    out = model(input_ids, labels=labels, mask=mask)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    """One optimisation step (the Trainer's: autocast, NaN check, clipping); returns loss,
+    task loss and mean hops per token."""
+    from .trainer import optimisation_step
+
+    device = next(model.parameters()).device
+    batch = {"input_ids": input_ids, "labels": labels}
+    if mask is not None:
+        batch["mask"] = mask
+    out, _ = optimisation_step(model, optimizer, batch, device=device, precision="auto",
+                               grad_clip=grad_clip, step=0)
     hops = out.stats.hops.detach() if mask is None else out.stats.hops.detach()[mask]
     return {
         "loss": float(out.loss.detach()),

@@ -42,9 +42,10 @@ class BlockContext:
     layer:  index of the distinct layer being applied.
     step:   hop index inside the current ponder loop (0-based); a block may add a
             hop/depth signal from it (the Universal Transformer does).
-    active: optional (B, L) bool mask of tokens that still need new values. A block
-            with `supports_active_subset = True` may skip position-wise work for the
-            others; the core keeps their previous state either way.
+    active: optional (B, L) bool mask of the tokens that still take this hop (None: all).
+            The core keeps the others' previous state whatever the block returns for
+            them; a block may skip their work. To compute a subset of tokens by rows,
+            implement `forward_rows` (see `ponderlab.core.early_exit.RowsBlock`).
     memory: the backbone's segment memory (None outside segment recurrence).
     """
 
@@ -55,34 +56,10 @@ class BlockContext:
 
 
 class Block(nn.Module):
-    """One backbone layer applied to a whole sequence (or segment).
-
-    supports_active_subset: the block skips position-wise work for tokens outside
-        `context.active` (their output rows may hold anything; the core restores them).
-    keeps_inactive_rows: the block's output already equals its input at inactive
-        rows (e.g. built with `core.rows.scatter_active`), so the core skips its
-        own full-size masking.
-    supports_packed_rows: the block implements `forward_rows`, so inference in depth
-        scope can keep the running tokens packed from layer to layer (see
-        `ponderlab.core.row_hops`). The conformance kit checks all three claims.
-    """
-
-    supports_active_subset: ClassVar[bool] = False
-    keeps_inactive_rows: ClassVar[bool] = False
-    supports_packed_rows: ClassVar[bool] = False
+    """One backbone layer applied to a whole sequence (or segment): (B, L, D) -> (B, L, D)."""
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         raise NotImplementedError
-
-    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
-        """New states of the tokens at `rows` only: (K, D).
-
-        hidden (B, L, D) holds every token's current state (the context that token
-        mixing reads), rows (K,) the ascending flat indices b * L + t of the tokens
-        to compute and states (K, D) their current states (hidden's rows at `rows`).
-        Must equal `forward(hidden, context)` at those rows.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not implement forward_rows")
 
 
 # --------------------------------------------------------------------------- backbones
@@ -164,10 +141,6 @@ def _detach_tree(value: Any) -> Any:
 #: hop(state (B, L, D), step, active (B, L) bool | None) -> new state (B, L, D)
 HopFn = Callable[[Tensor, int, "Tensor | None"], Tensor]
 
-#: row_hop(step, rows (K,) | None, states (K, D) | None) -> new states (K, D) of the tokens
-#: at flat indices `rows` (None: every token, in row-major order; `states` is then ignored)
-RowHopFn = Callable[[int, "Tensor | None", "Tensor | None"], Tensor]
-
 
 @dataclass
 class PonderOutput:
@@ -204,16 +177,12 @@ class HaltingStrategy(nn.Module):
     `mask` (B, L) bool is True at real tokens and is given only for padded batches:
     padding should halt after its first hop (so it neither costs compute nor keeps
     the loop running) and stay out of auxiliary losses. A strategy whose `forward`
-    has no `mask` parameter is called without it.
-
-    `supports_packed_depth`: the strategy implements `forward_packed`, which the
-    core calls instead of `forward` for inference in depth scope when every block
-    supports packed rows. It must return what `forward` returns.
+    has no `mask` parameter is called without it. The toolkit for writing one is
+    `ponderlab.core.halting`.
     """
 
     config_class: ClassVar[type[HaltingConfig]]
     supported_scopes: ClassVar[frozenset[str]] = frozenset({"layer", "model", "depth"})
-    supports_packed_depth: ClassVar[bool] = False
 
     def __init__(self, config: HaltingConfig, *, d_model: int, n_layers: int):
         super().__init__()
@@ -229,10 +198,6 @@ class HaltingStrategy(nn.Module):
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         raise NotImplementedError
-
-    def forward_packed(self, state: Tensor, row_hop: RowHopFn, mask: Tensor | None = None) -> PonderOutput:
-        """`forward` in depth scope without autograd, with hops on packed rows of running tokens."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement forward_packed")
 
     def loss_weight(self) -> float:
         """Weight of the mean ponder cost in the loss (tau / lambda)."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import HaltingConfig
+from .early_exit import depth_hop, hop_policy, layer_update, where_rows
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -25,9 +26,7 @@ from .interfaces import (
     HaltingStrategy,
     PonderOutput,
 )
-from .row_hops import DepthRowHops, packs_rows
-from .rows import where_rows
-from .speculation import hop_policy
+from .segments import StackOutput, padding_mask, run_segments
 
 
 @dataclass
@@ -40,26 +39,12 @@ class ModelOutput:
     task_loss: Tensor | None = None
 
 
-@dataclass
-class StackOutput:
-    """Result of one pass through the stack: hidden (B, L, D), one PonderOutput per site."""
-
-    hidden: Tensor
-    sites: list[PonderOutput]
-    memory: object = None
-
-
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of (B, L) values over positions where mask (B, L) is True."""
     if mask is None:
         return values.mean()
     weights = mask.to(values.dtype)
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
-
-
-def padding_mask(mask: Tensor | None) -> Tensor | None:
-    """(B, L) bool at real tokens of a padded batch; None when nothing is padding."""
-    return None if mask is None or bool(mask.all()) else mask.bool()
 
 
 def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: list[Tensor | None]) -> Tensor:
@@ -85,8 +70,8 @@ class PonderModel(nn.Module):
     """A causal language model whose layers ponder according to a halting strategy.
 
     `packed_inference` (default True): without autograd, depth scope runs on packed
-    rows of running tokens where the strategy and every block support it
-    (`ponderlab.core.row_hops`); False keeps the dense hops (for comparisons).
+    rows of running tokens where every block computes rows (`ponderlab.core.early_exit`);
+    False keeps the dense hops (for comparisons).
     """
 
     packed_inference: bool = True
@@ -121,13 +106,9 @@ class PonderModel(nn.Module):
         self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
     ) -> Tensor:
         """One layer application: memory read, the block, frozen rows for inactive tokens."""
-        block = self.backbone.blocks[index]
         inputs = self.backbone.read_memory(index, state, memory)
         context = BlockContext(layer=index, step=step, active=active, memory=memory)
-        output = block(inputs, context)  # (B, L, D)
-        if active is not None and not (block.keeps_inactive_rows and inputs is state):
-            output = where_rows(active, output, state)  # halted tokens keep their state
-        return output
+        return layer_update(self.backbone.blocks[index], inputs, state, context)  # (B, L, D)
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
         """Call one ponder site, with the padding mask when there is padding and it takes one."""
@@ -156,10 +137,6 @@ class PonderModel(nn.Module):
 
         track = memory is not None  # per-layer outputs are needed only for memory writes
         site = self.sites[0]
-        packed = self.scope == "depth" and self.packed_inference and not (track or backbone.uses_segments)
-        if packed and packs_rows(site, backbone.blocks, hidden):
-            result = site.forward_packed(hidden, DepthRowHops(backbone.blocks, hidden), mask=mask)
-            return StackOutput(result.output, [result], memory)
         layer_outputs: dict[int, list[Tensor]] = {}  # per layer: its output at every hop
         hop_active: list[Tensor | None] = []
         if self.scope == "model":
@@ -174,13 +151,16 @@ class PonderModel(nn.Module):
 
         else:  # depth: layer n runs once, at hop n
 
-            def hop(state, step, active):
+            def dense_hop(state, step, active):
                 state = self._apply_block(step, state, 0, active, memory)
                 if track:
                     layer_outputs[step] = [state]
                 return state
 
-        # Hops that record layer outputs must not be queued speculatively (see core/speculation.py).
+            dense_only = track or backbone.uses_segments or not self.packed_inference
+            hop = depth_hop(backbone.blocks, hidden, dense_hop, dense_only=dense_only)
+
+        # Hops that record layer outputs must not be queued speculatively (see core/early_exit/policy.py).
         with hop_policy("exact") if track else nullcontext():
             result = self._ponder(site, hidden, hop, mask)
         for index in sorted(layer_outputs):
@@ -198,8 +178,6 @@ class PonderModel(nn.Module):
         hidden = self.backbone.embed(input_ids)  # (B, L, D)
         padding = padding_mask(mask)  # (B, L) or None
         if self.backbone.uses_segments:
-            from .segments import run_segments
-
             stack = run_segments(self, hidden, padding)
         else:
             stack = self.run_stack(hidden, mask=padding)

@@ -19,15 +19,35 @@ gets gradient only from the loss at its own positions. `None`: full BPTT.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from .interfaces import PonderOutput
+from .interfaces import Backbone, PonderOutput
 
-if TYPE_CHECKING:
-    from .model import PonderModel, StackOutput
+
+@dataclass
+class StackOutput:
+    """Result of one pass through the stack: hidden (B, L, D), one PonderOutput per site."""
+
+    hidden: Tensor
+    sites: list[PonderOutput]
+    memory: object = None
+
+
+class StackRunner(Protocol):
+    """What segment recurrence needs of the model: its backbone and one pass of the stack."""
+
+    backbone: Backbone
+
+    def run_stack(self, hidden: Tensor, memory: Any = None, mask: Tensor | None = None) -> StackOutput: ...
+
+
+def padding_mask(mask: Tensor | None) -> Tensor | None:
+    """(B, L) bool at real tokens of a padded batch; None when nothing is padding."""
+    return None if mask is None or bool(mask.all()) else mask.bool()
 
 
 def _padded_hops(output: PonderOutput, n_hops: int) -> tuple[list[Tensor], Tensor]:
@@ -105,10 +125,8 @@ def wrapped_mask(mask: Tensor | None, keep: Tensor | None, wrapped_length: int) 
     return out
 
 
-def run_segments(model: PonderModel, hidden: Tensor, mask: Tensor | None = None) -> StackOutput:
+def run_segments(model: StackRunner, hidden: Tensor, mask: Tensor | None = None) -> StackOutput:
     """hidden (B, L, D), padding mask (B, L) or None -> StackOutput over the real tokens."""
-    from .model import StackOutput, padding_mask
-
     backbone = model.backbone
     batch, length, _ = hidden.shape
     bounds = segment_bounds(length, backbone.segment_size)

@@ -83,6 +83,39 @@ def evaluate_dataset(
     return accumulator
 
 
+def optimisation_step(
+    model: PonderModel,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str,
+    grad_clip: float | None,
+    step: int,
+    checkpoint_dir: Path | None = None,
+):
+    """Forward under autocast, NaN check, backward, clipping, optimizer step: (output, grad norm).
+
+    The one training step, used by `Trainer.train_step` and `ponderlab.train_step`.
+    """
+    model.train()
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast_for(device, precision):
+        out = model(batch["input_ids"], labels=batch["labels"], mask=batch.get("mask"))
+    loss = out.loss
+    if not torch.isfinite(loss):
+        last = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+        kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+        raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at step {step}{kept}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float("nan")
+    if grad_clip:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    return out, grad_norm
+
+
 class Trainer:
     """Trains a PonderModel on a task; owns the optimizer, schedule, logs and checkpoints."""
 
@@ -150,24 +183,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        self.model.train()
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast_for(self.device, self.config.precision):
-            out = self.model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
+        out, grad_norm = optimisation_step(
+            self.model, self.optimizer, batch, device=self.device, precision=self.config.precision,
+            grad_clip=self.config.grad_clip, step=self.step + 1, checkpoint_dir=self.checkpoint_dir,
+        )
         loss = out.loss
-        if not torch.isfinite(loss):
-            last = ckpt.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
-            kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-            raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at step {self.step + 1}{kept}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
-        else:
-            grad_norm = float("nan")
-        self.optimizer.step()
         self.scheduler.step()
-        real = batch["mask"]
+        real = batch["mask"].to(self.device)
         return {
             "loss": float(loss.detach()),
             "task_loss": float(out.task_loss.detach()),

@@ -312,8 +312,14 @@ def record_model_scope(halting):
             if isinstance(module, torch.nn.Linear) and module.out_features == 1:
                 torch.nn.init.normal_(module.weight, std=30.0, generator=torch.Generator().manual_seed(1))
     block_outputs = {index: [] for index in range(2)}
-    for index, block in enumerate(model.backbone.blocks):
-        block.register_forward_hook(lambda m, args, out, _i=index: block_outputs[_i].append(out.detach()))
+    apply_block = model._apply_block  # each layer application, as the core computes it
+
+    def recording(index, *args):
+        out = apply_block(index, *args)
+        block_outputs[index].append(out.detach())
+        return out
+
+    model._apply_block = recording
     results = []
     site = model.sites[0]
     site.register_forward_hook(lambda m, args, out: results.append(out))

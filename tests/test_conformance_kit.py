@@ -52,8 +52,6 @@ class KitBackboneConfig(BackboneConfig):
 class KitBlock(Block):
     """Causal: position-wise MLP plus a running mean over earlier positions."""
 
-    supports_active_subset = True
-
     def __init__(self, d_model: int):
         super().__init__()
         self.mix = nn.Linear(d_model, d_model)
@@ -336,7 +334,7 @@ def test_blocks_must_keep_the_shape():
 
 
 class SkippingBlock(KitBlock):
-    """Claims supports_active_subset but feeds zeros for inactive tokens into the running mean."""
+    """Skips inactive tokens but feeds zeros for inactive tokens into the running mean."""
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         mixed = self.mix(hidden)
@@ -350,13 +348,11 @@ class SkippingBackbone(KitBackbone):
 
 
 def test_active_subset_must_not_change_active_tokens():
-    broken(SkippingBackbone, "active subset", "declares supports_active_subset")
+    broken(SkippingBackbone, "active subset", "the output for active tokens changes")
 
 
 class KeepingBlock(KitBlock):
-    """Claims keeps_inactive_rows and honours it: inactive rows are the input rows."""
-
-    keeps_inactive_rows = True
+    """Keeps inactive rows itself: inactive rows are the input rows."""
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         output = super().forward(hidden, context)
@@ -369,23 +365,8 @@ class KeepingBackbone(KitBackbone):
     block_class = KeepingBlock
 
 
-class LeakyKeepingBlock(KitBlock):
-    """Claims keeps_inactive_rows but updates every row."""
-
-    keeps_inactive_rows = True
-
-
-class LeakyKeepingBackbone(KitBackbone):
-    block_class = LeakyKeepingBlock
-
-
-def test_keeps_inactive_rows_claim_is_checked():
-    check_contract(KeepingBackbone, "active subset")
-    broken(LeakyKeepingBackbone, "active subset", "declares keeps_inactive_rows but changes the rows")
-
-
 class EmptySubsetBlock(KitBlock):
-    """Claims supports_active_subset; records the peak of the running rows, which fails at K = 0."""
+    """Records the peak of the running rows, which fails at K = 0."""
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         output = super().forward(hidden, context)
@@ -400,13 +381,11 @@ class EmptySubsetBackbone(KitBackbone):
 
 
 def test_a_block_must_accept_a_hop_with_no_active_token():
-    broken(EmptySubsetBackbone, "active subset", r"fails when no token is active .*RuntimeError")
+    broken(EmptySubsetBackbone, "active subset", r"fails with no active token: RuntimeError")
 
 
 class RowsBlock(KitBlock):
-    """Claims supports_packed_rows and honours it: the running mean reads every token from `hidden`."""
-
-    supports_packed_rows = True
+    """Computes rows: the running mean reads every token from `hidden`."""
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
         mixed = self.running_mean(self.mix(hidden)).reshape(-1, hidden.shape[-1]).index_select(0, rows)
@@ -418,7 +397,7 @@ class RowsBackbone(KitBackbone):
 
 
 class RowsOnlyBlock(RowsBlock):
-    """Claims supports_packed_rows but averages over the computed rows only, dropping the others."""
+    """Computes rows but averages over the computed rows only, dropping the others."""
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
         counts = torch.arange(1, len(rows) + 1, dtype=states.dtype).unsqueeze(1)
@@ -431,10 +410,10 @@ class RowsOnlyBackbone(KitBackbone):
 
 def test_packed_rows_claim_is_checked():
     check_contract(RowsBackbone, "active subset")
-    broken(RowsOnlyBackbone, "active subset", "declares supports_packed_rows but forward_rows differs")
+    broken(RowsOnlyBackbone, "active subset", r"forward_rows differs from forward")
 
 
-def test_core_trusts_keeps_inactive_rows_and_masks_otherwise():
+def test_the_same_output_whether_the_block_or_the_core_keeps_halted_rows():
     """The model's output is the same whether the block or the core keeps halted rows."""
     torch.manual_seed(0)
     outputs = []
@@ -521,29 +500,9 @@ def test_hops_must_be_called_with_steps_in_order():
     broken(StepSkippingHalting, "hop protocol", r"step 1 after steps \[\]; steps must be 0, 1, 2")
 
 
-class FirstLayerPackedHalting(KitHalting):
-    """Claims supports_packed_depth, but its packed form stops every token after layer 1."""
-
-    supports_packed_depth = True
-
-    def forward_packed(self, state, row_hop, mask=None):
-        hops = torch.ones(state.shape[:-1])
-        zeros = torch.zeros_like(hops)
-        return PonderOutput(output=row_hop(0, None, None).view(state.shape), hops=hops, ponder_cost=zeros,
-                            remainder=zeros)
-
-
-class UnpackedHalting(KitHalting):
-    """Claims supports_packed_depth without implementing forward_packed."""
-
-    supports_packed_depth = True
-
-
 def test_packed_depth_must_give_what_forward_gives():
-    check_contract(KitHalting, "packed depth")  # no claim: nothing to compare
+    check_contract(KitHalting, "packed depth")
     check_contract(ThresholdACT, "packed depth")
-    broken(FirstLayerPackedHalting, "packed depth", "forward_packed gives logits .* away from forward's")
-    broken(UnpackedHalting, "packed depth", "supports_packed_depth is True but .* does not implement forward_packed")
 
 
 class DetachingHalting(KitHalting):

@@ -16,9 +16,9 @@ from twin_checks import (
 )
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import apply_to_active
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
-from ponderlab.core.rows import apply_to_active
 from ponderlab.plugins.backbones.transformer import (
     TransformerBackbone,
     TransformerConfig,
@@ -37,8 +37,6 @@ class CountingConfig(BackboneConfig):
 
 class CountingBlock(Block):
     """Causal shift-mix (all tokens) + residual MLP on the active tokens; counts MLP rows."""
-
-    supports_active_subset = True
 
     def __init__(self, subset: bool):
         super().__init__()

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from ponderlab.core.errors import SpecError
-from ponderlab.plugins.halting.common import HaltingMLP, logit
+from ponderlab.core.halting import HaltingMLP, logit
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
 from ponderlab.plugins.halting.reference import (
     ScriptedHop,

@@ -9,15 +9,20 @@ import torch
 from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import (
+    DepthRowHops,
+    PackedHops,
+    active_rows,
+    gather_active,
+    hop_policy,
+    packs_rows,
+    scatter_active,
+)
+from ponderlab.core.halting import cumulative_halting_loop
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 from ponderlab.core.model import PonderModel
-from ponderlab.core.row_hops import DepthRowHops, packs_rows
-from ponderlab.core.rows import active_rows, copy_rows_, gather_active, scatter_active
-from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.transformer import TransformerBackbone, TransformerConfig
-from ponderlab.plugins.halting.constant import ConstantConfig, ConstantDepth
 from ponderlab.plugins.halting.graves import GravesACT, GravesConfig
-from ponderlab.plugins.halting.packed import packed_cumulative_halting_loop
 from ponderlab.plugins.halting.threshold import ThresholdACT, ThresholdConfig
 
 D, VOCAB = 8, 7
@@ -31,10 +36,6 @@ class ShiftBlock(Block):
     """s_t + tanh(W s_t + U s_{t-1}): the previous token's state is read from `hidden`,
     so a running token sees the frozen state of a halted neighbour. Records the rows
     each call computes."""
-
-    supports_active_subset = True
-    keeps_inactive_rows = True
-    supports_packed_rows = True
 
     def __init__(self):
         super().__init__()
@@ -178,8 +179,8 @@ def test_hand_computed_weights_and_rows_of_three_tokens():
         assert active is None and states.shape[0] == len(h[step])
         return h[step]
 
-    out = packed_cumulative_halting_loop(state, row_hop, n_hops=3, threshold=0.9,
-                                         halting_probability=halting_probability)
+    out = cumulative_halting_loop(state, PackedHops(row_hop), n_hops=3, threshold=0.9,
+                                  halting_probability=halting_probability)
     assert asked == [None, [1, 2], [2]]  # layer 2 for tokens 1 and 2, layer 3 for token 2 only
     expected = torch.tensor([1.0, 0.5 * 1 + 0.5 * 3, 0.2 * 1 + 0.3 * 3 + 0.5 * 6], dtype=torch.float64)
     torch.testing.assert_close(out.output[0, :, 0], expected, rtol=0, atol=1e-15)
@@ -210,18 +211,17 @@ def test_neox_packed_inference_matches_dense_hops():
 
 def test_packed_rows_only_without_autograd_and_where_every_part_supports_them():
     model = mixed_exit_model(0)
-    blocks, site = model.backbone.blocks, model.sites[0]
+    blocks = model.backbone.blocks
     hidden = torch.zeros(2, 3, D, dtype=torch.float64)
     with torch.no_grad():
-        assert packs_rows(site, blocks, hidden)
+        assert packs_rows(blocks, hidden)
         with hop_policy("speculative"):  # loops that do not read the running count per hop
-            assert not packs_rows(site, blocks, hidden)
-        assert not packs_rows(ConstantDepth(ConstantConfig(scope="depth"), d_model=D, n_layers=4), blocks, hidden)
-    assert not packs_rows(site, blocks, hidden)  # autograd on: training keeps the dense hops
+            assert not packs_rows(blocks, hidden)
+    assert not packs_rows(blocks, hidden)  # autograd on: training keeps the dense hops
 
 
 def test_training_keeps_the_dense_hops_and_inference_takes_the_packed_ones(monkeypatch):
-    import ponderlab.core.model as model_module
+    import ponderlab.core.early_exit.execution as model_module
 
     packed_passes: list[int] = []
 
@@ -245,8 +245,6 @@ def test_training_keeps_the_dense_hops_and_inference_takes_the_packed_ones(monke
 
 
 class IdentityBlock(Block):
-    supports_packed_rows = True
-
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         return hidden  # the caller's own tensor
 
@@ -266,33 +264,3 @@ def test_row_hops_never_write_into_the_callers_state():
     expected = before.reshape(-1, 4).clone()
     expected[rows] += 1.0  # layer 2's states written back; layer 3's (the last) not needed
     assert torch.equal(hops.hidden.reshape(-1, 4), expected)
-
-
-@pytest.mark.parametrize(
-    "width, dtype, offset",
-    [(128, torch.float32, 0), (8, torch.bfloat16, 0), (3, torch.float32, 0), (8, torch.float32, 1), (4, torch.float64, 0)],
-    ids=["wide-f32", "wide-bf16", "narrow-rows", "unaligned-view", "f64"],
-)
-def test_copy_rows_is_index_copy(width, dtype, offset):
-    generator = torch.Generator().manual_seed(6)
-    storage = torch.randn(20 * width + offset, generator=generator).to(dtype)
-    target = storage[offset:].view(20, width)
-    values = torch.randn(7, width, generator=generator).to(dtype)
-    rows = torch.tensor([0, 3, 4, 9, 10, 18, 19])
-    expected = target.clone().index_copy_(0, rows, values)
-    assert copy_rows_(target, rows, values) is target
-    assert torch.equal(target, expected)
-
-
-def test_copy_rows_keeps_every_bit_of_float32_rows():
-    """The wide path moves float32 pairs as complex128 halves; bit patterns that read as
-    double NaNs (quiet and signalling), infinities, signed zeros and denormals must arrive
-    unchanged."""
-    patterns = [0x7FF80001, 0x00000001, 0x7FF00001, 0x00000002, 0x7F800000, 0xFF800000,
-                0x80000000, 0x00000000, 0x00000003, 0x7FC00000, 0xFFFFFFFF, 0x00400000]
-    values = torch.tensor(patterns, dtype=torch.int64).to(torch.int32).view(torch.float32).view(3, 4)
-    target = torch.zeros(5, 4)
-    rows = torch.tensor([1, 2, 4])
-    copy_rows_(target, rows, values)
-    assert target.view(torch.int32)[rows].tolist() == values.view(torch.int32).tolist()
-    assert target[[0, 3]].eq(0).all()

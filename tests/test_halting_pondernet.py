@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 import ponderlab
 from ponderlab.core.errors import SpecError
-from ponderlab.plugins.halting.common import logit
+from ponderlab.core.halting import logit
 from ponderlab.plugins.halting.pondernet import (
     PonderNet,
     PonderNetConfig,

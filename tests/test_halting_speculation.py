@@ -2,10 +2,7 @@
 
 The speculative mode queues the next hop before it knows whether any token still
 runs and drops that hop afterwards if none did. On the CPU it is off by default;
-`hop_policy("speculative")` turns it on here so both paths can be compared. Both
-run the eager loop: exact CPU loops would otherwise take graves' fused kernel,
-whose results agree with the eager loop's to rounding, not bit for bit
-(tests/test_halting_fused.py compares those two).
+`hop_policy("speculative")` turns it on here so both paths can be compared.
 """
 
 from __future__ import annotations
@@ -15,21 +12,13 @@ import torch
 from test_halting_graves_threshold import graves_site, positionwise_hop, threshold_site
 
 import ponderlab
+from ponderlab.core.early_exit import hop_policy, speculation_mode, where_rows
+from ponderlab.core.halting import RunningTokens
 from ponderlab.core.registry import get_registry
-from ponderlab.core.rows import where_rows
-from ponderlab.core.speculation import hop_policy, speculation_mode
-from ponderlab.plugins.halting.common import RunningTokens
-from ponderlab.plugins.halting.fused import fused_bookkeeping
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear
 
 D64 = torch.float64
 VOCAB = 7
-
-
-@pytest.fixture(autouse=True)
-def eager_loops():
-    with fused_bookkeeping(False):
-        yield
 
 
 def run_site(site, state, hop, policy):
@@ -41,7 +30,7 @@ def test_policy_defaults_to_exact_on_the_cpu_and_is_validated():
     state = torch.zeros(1, 2, 3)
     assert speculation_mode(state) == "exact" and not RunningTokens(state).speculative
     with hop_policy("speculative"):
-        assert speculation_mode(state) == "always" and RunningTokens(state).speculative
+        assert speculation_mode(state) == "speculative" and RunningTokens(state).speculative
         assert not RunningTokens(state).adaptive
     with hop_policy("exact"):
         assert speculation_mode(state) == "exact"

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from ponderlab.core.errors import SpecError
-from ponderlab.plugins.halting.common import logit
+from ponderlab.core.halting import logit
 from ponderlab.plugins.halting.reference import ScriptedHop, script_linear, ut_act_token
 from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
 

@@ -20,11 +20,11 @@ from twin_checks import (
 
 import ponderlab
 from ponderlab.core import checkpoint as ckpt
+from ponderlab.core.early_exit import hop_policy, layer_update
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import BlockContext
 from ponderlab.core.registry import get_registry
 from ponderlab.core.spec import validate_spec
-from ponderlab.core.speculation import hop_policy
 from ponderlab.plugins.backbones.mixer_stack import MixerBlock, SequenceMixer, set_reference_mode
 from ponderlab.testing import BackboneContract
 
@@ -252,9 +252,8 @@ def test_active_subset_path_gives_the_full_layers_gradients(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_block_without_host_reads_gives_the_subset_result(name):
-    """Under speculative hops (a GPU's loops) a block computes every token and keeps the rows
-    of inactive ones itself, as it declares keeps_inactive_rows: the same output as the
-    row path."""
+    """Under speculative hops (a GPU's loops) a layer update computes every token and keeps
+    the rows of inactive ones: the same output as the row path."""
     model = build(name).double()
     roughen(model)
     block = model.backbone.blocks[0]
@@ -262,9 +261,9 @@ def test_block_without_host_reads_gives_the_subset_result(name):
     active = torch.rand(2, 13, generator=torch.Generator().manual_seed(7)) > 0.5
     context = BlockContext(active=active)
     with torch.no_grad():
-        exact = block(hidden, context)
+        exact = layer_update(block, hidden, hidden, context)
         with hop_policy("speculative"):
-            speculative = block(hidden, context)
+            speculative = layer_update(block, hidden, hidden, context)
     torch.testing.assert_close(speculative, exact)
     assert torch.equal(speculative[~active], hidden[~active])
 
@@ -306,7 +305,7 @@ def test_block_rows_fall_back_for_parts_without_a_row_form(mixer, ffn):
     rows = active.reshape(-1).nonzero().squeeze(1)
     with torch.no_grad():
         full = block(hidden, BlockContext())
-        subset = block(hidden, BlockContext(active=active))
+        subset = layer_update(block, hidden, hidden, BlockContext(active=active))
         packed = block.forward_rows(hidden, rows, hidden.reshape(-1, D_MODEL)[rows], BlockContext())
     torch.testing.assert_close(subset[active], full[active])
     assert torch.equal(subset[~active], hidden[~active])

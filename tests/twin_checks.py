@@ -28,8 +28,7 @@ def full_computation_class(block_class: type[Block]) -> type[Block]:
         return block_class.forward(self, hidden, BlockContext(layer=context.layer, step=context.step))
 
     return type(f"Full{block_class.__name__}", (block_class,), {
-        "supports_active_subset": False, "keeps_inactive_rows": False, "supports_packed_rows": False,
-        "forward": forward,
+        "forward_rows": None, "forward": forward,
     })
 
 

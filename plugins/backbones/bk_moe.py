@@ -46,7 +46,7 @@ class MoEFeedForward(nn.Module):
         gates, chosen = probs.topk(self.top_k, dim=-1)
         return gates, chosen
 
-    def forward_rows(self, x: Tensor) -> Tensor:
+    def mixture(self, x: Tensor) -> Tensor:
         """(T, D) tokens -> (T, D) mixture outputs."""
         gates, chosen = self.route(x)  # (T, k), (T, k)
         output = torch.zeros_like(x)
@@ -62,10 +62,10 @@ class MoEFeedForward(nn.Module):
     def forward(self, hidden: Tensor, active: Tensor | None = None) -> Tensor:
         """hidden (B, L, D); active (B, L) bool or None (all). Inactive tokens get zeros."""
         if active is None:
-            return self.forward_rows(hidden.flatten(0, 1)).view_as(hidden)
+            return self.mixture(hidden.flatten(0, 1)).view_as(hidden)
         flat = hidden.flatten(0, 1)  # (B*L, D)
         rows = active.flatten().nonzero(as_tuple=True)[0]  # (T,)
         output = flat.new_zeros(flat.shape)
         if rows.numel():
-            output = output.index_copy(0, rows, self.forward_rows(flat[rows]).to(output.dtype))
+            output = output.index_copy(0, rows, self.mixture(flat[rows]).to(output.dtype))
         return output.view_as(hidden)

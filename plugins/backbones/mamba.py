@@ -31,9 +31,9 @@ from transformers import MambaConfig as HFMambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import gather_active
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.core.rows import gather_active, rows_or_every_token
 
 from .selective_scan import cuda_kernels, kernels_usable, selective_scan, selective_scan_reference
 
@@ -125,20 +125,13 @@ class MambaLayer(Block):
     only; the input projection, convolution and scan run over the whole sequence.
     """
 
-    supports_active_subset = True
-    keeps_inactive_rows = True
-    supports_packed_rows = True
-
     def __init__(self, hf_config: HFMambaConfig, layer_index: int, scan: ScanImpl):
         super().__init__()
         self.norm = MambaRMSNorm(hf_config.hidden_size, eps=hf_config.layer_norm_epsilon)
         self.mixer = MambaMixer(hf_config, layer_idx=layer_index)
         self.scan = scan
 
-    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
-        return rows_or_every_token(self, hidden, context, self.every_token)
-
-    def every_token(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         return hidden + mixer_forward(self.mixer, self.norm(hidden), self.scan)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:

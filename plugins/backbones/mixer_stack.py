@@ -12,8 +12,8 @@ obviously-correct step-by-step reference, both behind `mix(x, reference=...)`;
 is how the tests check one against the other.
 
 Early exit: a block computes its position-wise work (the FFN and the mixer's output
-projection) only for the tokens still running (`active`, or packed rows at inference, see
-`ponderlab.core.row_hops`). The mixer's token mixing still runs over every token, since
+projection) only for the tokens still running (`forward_rows`, see
+`ponderlab.core.early_exit`). The mixer's token mixing still runs over every token, since
 running tokens read halted tokens' frozen states through it.
 """
 
@@ -25,8 +25,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import gather_active
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.core.rows import gather_active, rows_or_every_token
 
 
 class MixerStackConfig(BackboneConfig):
@@ -44,7 +44,7 @@ class SequenceMixer(nn.Module):
     * `mix_tokens(x, reference=...)`: the token mixing, (B, L, D) -> (B, L, F); the fast
       form when `reference` is False, the step-by-step loop when it is True;
     * `project(mixed, x)`: the position-wise rest, (..., F) and the token's own input
-      (..., D) -> (..., D), so that `forward_rows` runs it for some tokens only.
+      (..., D) -> (..., D), so that `mix_rows` runs it for some tokens only.
 
     A subclass may implement `mix(x, reference=...)` alone instead (no row savings).
     """
@@ -64,7 +64,7 @@ class SequenceMixer(nn.Module):
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:
         return mixed
 
-    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+    def mix_rows(self, x: Tensor, rows: Tensor) -> Tensor:
         """The output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D).
         Token mixing still reads every token; the projection runs for those rows."""
         if type(self).mix_tokens is SequenceMixer.mix_tokens:  # a subclass with `mix` only
@@ -85,7 +85,7 @@ class FeedForward(nn.Module):
 
     #: Each token's output depends on that token's input only, so a block may run it on
     #: any subset of rows. An FFN that also reads neighbouring tokens leaves this False and
-    #: may implement `forward_rows(x (B, L, D), rows (K,)) -> (K, D)` instead.
+    #: may implement `mix_rows(x (B, L, D), rows (K,)) -> (K, D)` instead.
     positionwise = True
 
     def __init__(self, d_model: int, ratio: int):
@@ -105,10 +105,6 @@ class MixerBlock(Block):
     tokens only; the mixer's token mixing runs over the whole sequence.
     """
 
-    supports_active_subset = True
-    keeps_inactive_rows = True
-    supports_packed_rows = True
-
     def __init__(self, mixer: nn.Module, ffn: nn.Module | None, d_model: int, dropout: float):
         super().__init__()
         self.mixer_norm = nn.LayerNorm(d_model)
@@ -117,10 +113,7 @@ class MixerBlock(Block):
         self.ffn = ffn
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
-        return rows_or_every_token(self, hidden, context, self.every_token)
-
-    def every_token(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden)))
         if self.ffn is not None:
             hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
@@ -137,15 +130,15 @@ class MixerBlock(Block):
         mixed = self.dropout(self.mixer(normed))  # (B, L, D)
         every = hidden + mixed
         updated = states + gather_active(mixed, rows)  # (K, D)
-        if hasattr(self.ffn, "forward_rows"):
-            return updated + self.dropout(self.ffn.forward_rows(self.ffn_norm(every), rows))
+        if hasattr(self.ffn, "mix_rows"):
+            return updated + self.dropout(self.ffn.mix_rows(self.ffn_norm(every), rows))
         return updated + self.dropout(gather_active(self.ffn(self.ffn_norm(every)), rows))
 
 
 def mixer_rows(mixer: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
     """A mixer's output at the tokens of rows (K,) only: (B, L, D) -> (K, D)."""
     if isinstance(mixer, SequenceMixer):
-        return mixer.forward_rows(x, rows)
+        return mixer.mix_rows(x, rows)
     return gather_active(mixer(x), rows)
 
 

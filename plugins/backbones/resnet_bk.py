@@ -19,7 +19,7 @@ Differences from the seed's code, on purpose:
   theta_i` (last diagonal entry of the inverse of the leading i x i block), so
   no token sees its future; `causal: false` is the seed's full diagonal, which
   uses both sweeps and leaks later tokens into earlier ones in a language model;
-* early exit saves work: the block declares `supports_active_subset`, so under a
+* early exit saves work: the block reads `context.active`, so under a
   depth-scope halting strategy the MoE runs only on tokens still active, and the
   causal recursion stops at the last active position. Halted tokens still shape
   the potential that later tokens see: with `halted_tokens: compute` (default)
@@ -88,8 +88,6 @@ def last_active_length(active: Tensor) -> int:
 
 class ResNetBKBlock(Block):
     """Pre-norm ResNet-BK block: (B, L, D) -> (B, L, D)."""
-
-    supports_active_subset = True
 
     def __init__(self, config: ResNetBKConfig):
         super().__init__()

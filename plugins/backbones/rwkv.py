@@ -135,7 +135,7 @@ class RWKVChannelMix(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.mix(x, token_shift(x))
 
-    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+    def mix_rows(self, x: Tensor, rows: Tensor) -> Tensor:
         """The output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D)."""
         flat = x.reshape(-1, x.shape[-1])  # (B*L, D)
         previous = flat.index_select(0, (rows - 1).clamp_min(0))  # (K, D): token t-1

@@ -21,9 +21,9 @@ from transformers.models.gpt_neox.modeling_gpt_neox import (
 )
 
 from ponderlab.core.config import BackboneConfig
+from ponderlab.core.early_exit import gather_active, rows_mask
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
-from ponderlab.core.rows import active_rows, gather_active, rows_mask, scatter_active
 
 
 class TransformerConfig(BackboneConfig):
@@ -64,17 +64,11 @@ def neox_config(config: TransformerConfig, vocab_size: int) -> GPTNeoXConfig:
 class NeoXBlock(Block):
     """A GPT-NeoX layer with its rotary embedding: (B, L, D) -> (B, L, D), causal.
 
-    With every token active this is `GPTNeoXLayer.forward`. With `context.active`
-    (halted tokens frozen by early exit) halted tokens cost only layer norm and
-    their key/value projection, because running tokens still attend to them (keys
-    and values from their frozen states, as in CALM). Queries, attention, the
-    output projection and the MLP run for the running tokens only, and halted
-    tokens' rows come back unchanged.
+    `forward` is `GPTNeoXLayer.forward`. `forward_rows` computes the running tokens
+    only: halted tokens cost only layer norm and their key/value projection, because
+    running tokens still attend to them (keys and values from their frozen states, as
+    in CALM). Queries, attention, the output projection and the MLP run for the rows.
     """
-
-    supports_active_subset = True
-    keeps_inactive_rows = True
-    supports_packed_rows = True
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
         super().__init__()
@@ -88,12 +82,7 @@ class NeoXBlock(Block):
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
         positions, cos_sin = self.rotary_tables(hidden)
-        active = context.active
-        if active is None or bool(active.all()):
-            return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
-        rows = active_rows(active)  # (K,)
-        updated = self.update_rows(hidden, active, rows, gather_active(hidden, rows), cos_sin)  # (K, D)
-        return scatter_active(hidden, rows, updated)  # halted tokens keep their rows
+        return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
         _, cos_sin = self.rotary_tables(hidden)

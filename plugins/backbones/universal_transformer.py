@@ -71,8 +71,6 @@ class DepthSignal(nn.Module):
 class UTBlock(NeoXBlock):
     """The shared layer: adds the depth signal of `context.step`, then the GPT-NeoX layer."""
 
-    keeps_inactive_rows = False  # inactive rows come back with the depth signal added
-
     def __init__(self, hf_config, layer_index: int, depth: DepthSignal):
         super().__init__(hf_config, layer_index)
         self.depth = depth

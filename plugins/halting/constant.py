@@ -13,11 +13,15 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from ponderlab.core.config import HaltingConfig
+from ponderlab.core.halting import (
+    HaltingConfig,
+    HaltingStrategy,
+    HopFn,
+    PonderOutput,
+    depth_cap_error,
+    fixed_hops_output,
+)
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-
-from .common import depth_cap_error, fixed_hops_output
 
 
 class ConstantConfig(HaltingConfig):

@@ -13,40 +13,26 @@ distinct layers, one halting unit each; the cap is the number of layers, so
 `max_steps` must not be set there).
 
 Halted tokens are frozen (passed as inactive to later hops), so a block that
-supports it skips their work, and the loop stops as soon as every token halted.
-Inference in depth scope runs on packed rows where the blocks support it
-(`forward_packed`, plugins/halting/packed.py). Otherwise, on a CPU, the loop runs in
-fused kernels, forward and backward (plugins/halting/fused.py).
+computes rows skips their work, and the loop stops as soon as every token halted
+(the loop: `ponderlab.core.halting.cumulative_halting_loop`).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
-from ponderlab.core.config import HaltingConfig
+from ponderlab.core.halting import ACTConfig, CumulativeHalting, HaltingUnit
 from ponderlab.core.hookspecs import hookimpl
 
-from .common import HaltingUnit
-from .cumulative import CumulativeHalting
 
-
-class GravesConfig(HaltingConfig):
+class GravesConfig(ACTConfig):
     name: Literal["graves"] = "graves"
-    max_steps: int = Field(4, ge=1, description="Cap on hops per token (M); layer and model scopes.")
     epsilon: float = Field(0.01, gt=0, lt=1, description="Halt once sum h >= 1 - epsilon.")
     halting_bias_init: float = Field(1.0, description="Initial bias of the halting unit.")
     time_penalty: float = Field(0.0, ge=0, description="tau: weight of mean(N + R) in the loss.")
-
-    @model_validator(mode="after")
-    def _no_cap_in_depth_scope(self):
-        if self.scope == "depth" and "max_steps" in self.model_fields_set:
-            raise ValueError(
-                "max_steps does not apply in depth scope (the cap is the number of layers); remove it"
-            )
-        return self
 
 
 class GravesACT(CumulativeHalting):
@@ -62,11 +48,8 @@ class GravesACT(CumulativeHalting):
         units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
-    def linear_unit(self, step: int) -> HaltingUnit:
-        return self.units[step if self.per_layer else 0]
-
     def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        return self.linear_unit(step)(state, active)  # (B, L)
+        return self.units[step if self.per_layer else 0](state, active)  # (B, L)
 
     def halting_threshold(self) -> float:
         return 1.0 - self.config.epsilon

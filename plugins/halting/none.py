@@ -6,11 +6,14 @@ from typing import Literal
 
 from torch import Tensor
 
-from ponderlab.core.config import HaltingConfig
+from ponderlab.core.halting import (
+    HaltingConfig,
+    HaltingStrategy,
+    HopFn,
+    PonderOutput,
+    fixed_hops_output,
+)
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-
-from .common import fixed_hops_output
 
 
 class NoHaltingConfig(HaltingConfig):

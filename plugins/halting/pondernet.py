@@ -33,19 +33,26 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
-from ponderlab.core.config import HaltingConfig, Scope
+from ponderlab.core.early_exit import where_rows
 from ponderlab.core.errors import SpecError
+from ponderlab.core.halting import (
+    ACTConfig,
+    HaltingStrategy,
+    HaltingUnit,
+    HopFn,
+    PonderOutput,
+    RunningTokens,
+    Scope,
+    accumulation_dtype,
+    logit,
+)
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-from ponderlab.core.rows import where_rows
-
-from .common import HaltingUnit, RunningTokens, accumulation_dtype, logit
 
 
-class PonderNetConfig(HaltingConfig):
+class PonderNetConfig(ACTConfig):
     name: Literal["pondernet"] = "pondernet"
     scope: Scope = Field(
         "model", description="model (default), depth, or layer with a single layer."
@@ -59,14 +66,6 @@ class PonderNetConfig(HaltingConfig):
     inference: Literal["sample", "most_likely"] = Field(
         "sample", description="Eval-mode halting: sample Bernoulli(lambda_n), or the argmax of p."
     )
-
-    @model_validator(mode="after")
-    def _no_cap_in_depth_scope(self):
-        if self.scope == "depth" and "max_steps" in self.model_fields_set:
-            raise ValueError(
-                "max_steps does not apply in depth scope (N is the number of layers); remove it"
-            )
-        return self
 
 
 def halting_distribution(lambdas: Tensor) -> Tensor:

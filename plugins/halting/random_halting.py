@@ -24,29 +24,28 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from ponderlab.core.config import HaltingConfig
+from ponderlab.core.halting import (
+    ACTConfig,
+    HaltingStrategy,
+    HopFn,
+    PonderOutput,
+    RunningTokens,
+    depth_cap_error,
+    fixed_hops_output,
+)
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-
-from .common import RunningTokens, depth_cap_error, fixed_hops_output
 
 
-class RandomHaltingConfig(HaltingConfig):
+class RandomHaltingConfig(ACTConfig):
     name: Literal["random"] = "random"
     mean_hops: float = Field(2.0, ge=1, description="E[N], the mean hops per token per site.")
-    max_steps: int = Field(4, ge=1, description="Cap on hops (layer/model scopes).")
     distribution: Literal["two_point", "geometric"] = Field(
         "two_point", description="two_point: N in {floor, ceil} of mean_hops; geometric: capped geometric."
     )
 
     @model_validator(mode="after")
     def _mean_within_cap(self):
-        if self.scope == "depth":
-            if "max_steps" in self.model_fields_set:
-                raise ValueError(
-                    "max_steps does not apply in depth scope (the cap is the number of layers); remove it"
-                )
-        elif self.mean_hops > self.max_steps:
+        if self.scope != "depth" and self.mean_hops > self.max_steps:
             raise ValueError(f"mean_hops {self.mean_hops} exceeds max_steps {self.max_steps}")
         return self
 

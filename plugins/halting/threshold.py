@@ -15,10 +15,10 @@ D -> D/2 -> ReLU -> 1 (about D^2/2 parameters). halting_bias_init defaults to th
 that makes every token run every layer at init: sigmoid(b) = 1 / (n_layers + 1).
 
 Early exit: exited tokens are passed as inactive to later layers (a block with
-`supports_active_subset` skips their position-wise work, and the halting MLP is
+`forward_rows` skips their position-wise work, and the halting MLP is
 evaluated only on running tokens); the loop stops once every token has exited.
-For inference with blocks that support packed rows, `forward_packed` keeps the
-running tokens packed from layer to layer (plugins/halting/packed.py).
+For inference with blocks that compute rows, the loop keeps the running tokens
+packed from layer to layer (`ponderlab.core.early_exit`).
 Scope: depth only (for re-applied layers use `graves` or `ut`).
 """
 
@@ -29,11 +29,15 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from ponderlab.core.config import HaltingConfig, Scope
+from ponderlab.core.halting import (
+    CumulativeHalting,
+    HaltingConfig,
+    HaltingMLP,
+    Scope,
+    logit,
+    require_scope,
+)
 from ponderlab.core.hookspecs import hookimpl
-
-from .common import HaltingMLP, logit, require_scope
-from .cumulative import CumulativeHalting
 
 
 class ThresholdConfig(HaltingConfig):

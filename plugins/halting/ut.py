@@ -31,22 +31,22 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ponderlab.core.config import HaltingConfig
-from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-
-from .common import (
+from ponderlab.core.halting import (
+    ACTConfig,
+    HaltingStrategy,
     HaltingUnit,
+    HopFn,
+    PonderOutput,
     RunningTokens,
     accumulate,
     accumulation_dtype,
     require_scope,
 )
+from ponderlab.core.hookspecs import hookimpl
 
 
-class UTConfig(HaltingConfig):
+class UTConfig(ACTConfig):
     name: Literal["ut"] = "ut"
-    max_steps: int = Field(4, ge=1, description="Cap on hops per token (t2t act_max_steps).")
     epsilon: float = Field(0.01, gt=0, lt=1, description="Halt once H + p > 1 - epsilon.")
     halting_bias_init: float = Field(1.0, description="Initial bias of the halting unit.")
     time_penalty: float = Field(0.01, ge=0, description="Weight of mean(N + R) (t2t act_loss_weight).")

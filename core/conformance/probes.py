@@ -1,0 +1,112 @@
+"""Small probe plugins that stand in for the parts not under test."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from ..config import BackboneConfig, HaltingConfig, TaskConfig
+from ..interfaces import (
+    IGNORE_INDEX,
+    Backbone,
+    Block,
+    BlockContext,
+    HaltingStrategy,
+    HopFn,
+    PonderOutput,
+    Task,
+    TaskData,
+)
+from .base import VOCAB
+
+
+class ProbeBackboneConfig(BackboneConfig):
+    name: Literal["conformance_probe"] = "conformance_probe"
+    d_model: int = Field(8, ge=1)
+    n_layers: int = Field(2, ge=1)
+
+
+class _ProbeBlock(Block):
+    """Position-wise residual layer h + tanh(W h + b): causal by construction.
+
+    It computes rows too (`forward_rows`), so depth-scope inference of a strategy
+    under test takes the packed path where the strategy's loop has one.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.linear = nn.Linear(d_model, d_model)
+
+    def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D)
+        return hidden + torch.tanh(self.linear(hidden))
+
+    def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        return states + torch.tanh(self.linear(states))  # (K, D)
+
+
+class ProbeBackbone(Backbone):
+    """The neighbour backbone used when checking a halting strategy or a task."""
+
+    config_class = ProbeBackboneConfig
+
+    def __init__(self, config: ProbeBackboneConfig, *, vocab_size: int):
+        super().__init__(config, vocab_size=vocab_size)
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(_ProbeBlock(config.d_model) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+
+
+class ProbeHaltingConfig(HaltingConfig):
+    name: Literal["conformance_probe"] = "conformance_probe"
+    steps: int = Field(2, ge=1)
+
+
+class ProbeHalting(HaltingStrategy):
+    """The neighbour strategy used when checking a backbone: `steps` hops, the last state.
+
+    Hops after the first run only on a fixed half of the tokens, so a backbone is
+    also exercised with `active` masks as real strategies pass them.
+    """
+
+    config_class = ProbeHaltingConfig
+
+    def max_hops(self) -> int:
+        return self.n_layers if self.config.scope == "depth" else self.config.steps
+
+    def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
+        batch, length = state.shape[:2]
+        positions = torch.arange(length, device=state.device)
+        rows = torch.arange(batch, device=state.device).unsqueeze(1)
+        later = (positions.unsqueeze(0) + rows) % 2 == 0  # (B, L) tokens that keep going
+        hops = torch.ones(batch, length, device=state.device)
+        for step in range(self.max_hops()):
+            active = None if step == 0 else later
+            state = hop(state, step, active)
+            if step:
+                hops = hops + later.float()
+        zeros = torch.zeros_like(hops)
+        return PonderOutput(output=state, hops=hops, ponder_cost=zeros, remainder=zeros)
+
+
+class ProbeTaskConfig(TaskConfig):
+    name: Literal["conformance_probe"] = "conformance_probe"
+
+
+class ProbeTask(Task):
+    """The neighbour task in the spec used for the YAML round trip."""
+
+    config_class = ProbeTaskConfig
+    vocab_size = VOCAB
+
+    def build(self, seed: int) -> TaskData:
+        import datasets
+
+        rows = [{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 3, IGNORE_INDEX]}]
+        split = datasets.Dataset.from_list(rows)
+        return TaskData(train=split, validation=split, test=split)
+
+
+PROBES = {"backbone": ProbeBackbone, "halting": ProbeHalting, "task": ProbeTask}

@@ -1,0 +1,43 @@
+"""The halting toolkit: what built-in and third-party halting strategies are made of.
+
+    from ponderlab.core.halting import ACTConfig, CumulativeHalting, HaltingUnit
+
+* contracts: `HaltingStrategy`, `HaltingConfig`, `PonderOutput`, `HopFn`;
+* `ACTConfig`: `max_steps` and the depth-scope check; `require_scope`, `depth_cap_error`;
+* units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
+* the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`);
+* `fixed_hops_output` for strategies without halting weights, `accumulate`;
+* `RunningTokens` (stop a loop once no token runs) from `ponderlab.core.early_exit`.
+"""
+
+from ponderlab.core.config import HaltingConfig, Scope
+from ponderlab.core.early_exit import RunningTokens
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
+
+from .config import ACTConfig, depth_cap_error, require_scope
+from .cumulative import CumulativeHalting
+from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
+from .outputs import accumulate, fixed_hops_output
+from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
+
+__all__ = [
+    "ACTConfig",
+    "CumulativeHalting",
+    "DenseTokens",
+    "HaltingConfig",
+    "HaltingFn",
+    "HaltingMLP",
+    "HaltingStrategy",
+    "HaltingUnit",
+    "HopFn",
+    "PonderOutput",
+    "RunningTokens",
+    "Scope",
+    "accumulate",
+    "accumulation_dtype",
+    "cumulative_halting_loop",
+    "depth_cap_error",
+    "fixed_hops_output",
+    "logit",
+    "require_scope",
+]

@@ -1,0 +1,113 @@
+"""The cumulative ACT loop (Graves 2016), used by `graves` (any scope) and `threshold` (depth).
+
+After hop n (state s_n) every running token gets h_n. It halts at
+N = min{n : sum_{m<=n} h_m >= threshold}, or at hop `n_hops` (the cap). Weights:
+p_n = h_n for n < N and p_N = R = 1 - sum_{m<N} h_m, so they sum to 1 for every token,
+capped ones included. Output y = sum_n p_n s_n; ponder cost N + R, gradient through R only.
+Padding (`mask` False) halts after its first hop with weight 1.
+
+One loop, two layouts of the tokens: `DenseTokens` keeps whole (B, L, D) states (halted
+tokens frozen by the hop); `ponderlab.core.early_exit.PackedTokens` keeps the running
+tokens packed as (K, D) rows and shrinks them as tokens halt (inference in depth scope,
+when the core passes a `PackedHops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ponderlab.core.early_exit import PackedHops, PackedTokens, RunningTokens
+from ponderlab.core.interfaces import HopFn, PonderOutput
+
+from .outputs import accumulate
+from .units import accumulation_dtype
+
+#: halting_probability(step, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
+HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
+
+
+def cumulative_halting_loop(
+    state: Tensor,
+    hop: HopFn,
+    *,
+    n_hops: int,
+    threshold: float,
+    halting_probability: HaltingFn,
+    mask: Tensor | None = None,
+) -> PonderOutput:
+    """Run the cumulative ACT loop over `state` (B, L, D); see the module docstring."""
+    dtype = accumulation_dtype(state)
+    tokens = PackedTokens(state, hop, dtype) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
+    total = remaining = None  # c_n and 1 - c_n of the tokens the layout keeps, made at hop 1
+    for step in range(n_hops):
+        states = tokens.hop(step)  # (B, L, D) or (K, D)
+        if states is None:  # speculative mode: no token was running, that hop is dropped
+            break
+        if step == n_hops - 1:  # the cap: every running token halts with its remainder
+            weight = remaining if remaining is not None else states.new_ones(states.shape[:-1])
+            running = None
+        else:
+            h = halting_probability(step, states, tokens.active)  # >= 0
+            if total is None:
+                total = h if mask is None else h.masked_fill(~tokens.first(mask), threshold + 1.0)
+                remaining = torch.ones_like(h)
+            else:
+                total = total + h  # c_n only grows, so a halted token stays halted
+            running = total < threshold
+            weight = torch.where(running, h, remaining)  # p_n while running, R when halting, 0 after
+            remaining = torch.where(running, 1.0 - total, 0.0)
+        carried = tokens.settle(weight.to(dtype), running, (total, remaining))
+        if carried is None:
+            break
+        total, remaining = carried
+    return tokens.result()
+
+
+class DenseTokens:
+    """Whole (B, L, D) states; hop counts and remainders are read off the weights at the end."""
+
+    def __init__(self, state: Tensor, hop: HopFn):
+        self.state, self.hop_fn = state, hop
+        self.running = RunningTokens(state)
+        self.output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
+        self.weights: list[Tensor] = []  # p_n, (B, L) each
+        self.halt_index: Tensor | None = None  # N - 1 per token
+
+    @property
+    def active(self) -> Tensor | None:
+        return self.running.active
+
+    def first(self, mask: Tensor) -> Tensor:  # (B, L) padding mask, as kept by this layout
+        return mask
+
+    def hop(self, step: int) -> Tensor | None:
+        new = self.hop_fn(self.state, step, self.running.active)  # halted tokens keep their state
+        if not self.running.keep_hop():
+            return None
+        self.state = new
+        return new
+
+    def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
+        """Add p_n s_n; None when the loop stops, else the bookkeeping it carries on with."""
+        self.weights.append(weight)
+        if self.output is None:  # state first: the product keeps the state's memory layout
+            self.output = self.state * weight.unsqueeze(-1)
+        else:
+            self.output = accumulate(self.output, weight, self.state)
+        if running is None:
+            return None
+        step = running.long()
+        self.halt_index = step if self.halt_index is None else self.halt_index.add_(step)
+        return carried if self.running.record(running) else None
+
+    def result(self) -> PonderOutput:
+        halt_index = self.halt_index
+        if halt_index is None:  # a single hop
+            halt_index = torch.zeros(self.weights[0].shape, dtype=torch.long, device=self.state.device)
+        remainder = torch.stack(self.weights).gather(0, halt_index.unsqueeze(0)).squeeze(0)  # R = p_N
+        hops = halt_index.to(remainder.dtype).add_(1)  # N
+        return PonderOutput(output=self.output.to(self.state.dtype), hops=hops,
+                            ponder_cost=hops + remainder, remainder=remainder, hop_weights=self.weights)

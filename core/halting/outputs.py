@@ -1,0 +1,31 @@
+"""Building `PonderOutput`s: fixed hop counts, and the in-place weighted sum of hop states."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ponderlab.core.interfaces import PonderOutput
+
+from .units import accumulation_dtype
+
+
+def accumulate(output: Tensor, weight: Tensor, state: Tensor) -> Tensor:
+    """output += weight * state: (..., D) + (...) * (..., D), one in-place addcmul.
+
+    `output` must be the loop's own accumulator. In place is autograd-safe: addcmul's
+    backward needs only `weight` and `state`, and no other op saves the accumulator.
+    """
+    return output.addcmul_(weight.unsqueeze(-1), state.to(output.dtype))
+
+
+def fixed_hops_output(output: Tensor, hops: int | Tensor) -> PonderOutput:
+    """PonderOutput for a strategy without halting weights: `hops` per token (int or (B, L))."""
+    shape = output.shape[:-1]  # (B, L)
+    dtype = accumulation_dtype(output)
+    if isinstance(hops, Tensor):
+        hop_counts = hops.to(dtype)
+    else:
+        hop_counts = torch.full(shape, float(hops), dtype=dtype, device=output.device)
+    zeros = torch.zeros(shape, dtype=dtype, device=output.device)
+    return PonderOutput(output=output, hops=hop_counts, ponder_cost=zeros, remainder=zeros.clone())
