@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ponderlab.core.conformance import ProbeBackbone, ProbeBackboneConfig
+from ponderlab.core.conformance.probes import ProbeBackbone, ProbeBackboneConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.model import PonderModel
 from ponderlab.core.spec import validate_spec

@@ -6,7 +6,8 @@
 * `ACTConfig`: `max_steps` and the depth-scope check; `require_scope`, `depth_cap_error`;
 * units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
 * the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`);
-* `fixed_hops_output` for strategies without halting weights, `accumulate`;
+* `fixed_hops_output` for strategies without halting weights, `accumulate`,
+  `interpolation_weights` (the effective hop weights of `y = w s + (1 - w) y_prev`);
 * `RunningTokens` (stop a loop once no token runs) from `ponderlab.core.early_exit`.
 """
 
@@ -17,7 +18,7 @@ from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
 from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
-from .outputs import accumulate, fixed_hops_output
+from .outputs import accumulate, fixed_hops_output, interpolation_weights
 from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "cumulative_halting_loop",
     "depth_cap_error",
     "fixed_hops_output",
+    "interpolation_weights",
     "logit",
     "require_scope",
 ]

@@ -1,4 +1,4 @@
-"""Building `PonderOutput`s: fixed hop counts, and the in-place weighted sum of hop states."""
+"""Building `PonderOutput`s: fixed hop counts, the in-place weighted sum of hop states, interpolation weights."""
 
 from __future__ import annotations
 
@@ -29,3 +29,12 @@ def fixed_hops_output(output: Tensor, hops: int | Tensor) -> PonderOutput:
         hop_counts = torch.full(shape, float(hops), dtype=dtype, device=output.device)
     zeros = torch.zeros(shape, dtype=dtype, device=output.device)
     return PonderOutput(output=output, hops=hop_counts, ponder_cost=zeros, remainder=zeros.clone())
+
+
+def interpolation_weights(weights: list[Tensor]) -> list[Tensor]:
+    """Weights of y_N for y_n = w_n s_n + (1 - w_n) y_{n-1}: e_n = w_n prod_{m>n} (1 - w_m)."""
+    effective, keep = [], torch.ones_like(weights[0])
+    for weight in reversed(weights):
+        effective.append(weight * keep)
+        keep = keep * (1.0 - weight)
+    return effective[::-1]

@@ -18,8 +18,8 @@ and selectable: tokens stopped by the cap get no remainder (`cap_remainder`), ha
 tokens keep being transformed (`freeze_halted`). With both corrections this is `ut`
 with `combine: interpolate` and `epsilon = 1 - threshold`.
 
-Kept apart from the other halting modules on purpose: it borrows only `ut`'s
-`interpolation_weights` (the effective hop weights of an interpolated output).
+Its own loop (not the toolkit's cumulative one): t2t's bookkeeping differs from Graves'
+in where p is computed and how capped tokens end.
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ponderlab.core.config import HaltingConfig
 from ponderlab.core.errors import SpecError
+from ponderlab.core.halting import (
+    HaltingConfig,
+    HaltingStrategy,
+    HopFn,
+    PonderOutput,
+    interpolation_weights,
+)
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
-
-from .ut import interpolation_weights  # the effective weights of y = w s + (1 - w) y
 
 
 class Seed000ACTConfig(HaltingConfig):

@@ -40,6 +40,7 @@ from ponderlab.core.halting import (
     RunningTokens,
     accumulate,
     accumulation_dtype,
+    interpolation_weights,
     require_scope,
 )
 from ponderlab.core.hookspecs import hookimpl
@@ -116,15 +117,6 @@ class UniversalTransformerACT(HaltingStrategy):
             remainder=remainder,
             hop_weights=weights if cfg.combine == "accumulated" else interpolation_weights(weights),
         )
-
-
-def interpolation_weights(weights: list[Tensor]) -> list[Tensor]:
-    """Weights of y_N for y_n = w_n s_n + (1 - w_n) y_{n-1}: e_n = w_n prod_{m>n} (1 - w_m)."""
-    effective, keep = [], torch.ones_like(weights[0])
-    for weight in reversed(weights):
-        effective.append(weight * keep)
-        keep = keep * (1.0 - weight)
-    return effective[::-1]
 
 
 @hookimpl
