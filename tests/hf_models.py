@@ -18,7 +18,7 @@ WIDTH = 16
 #: One tiny config per layout (2 layers, width 16, vocabulary 23, no dropout).
 CONFIGS = {
     "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=2, n_positions=64,
-                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0),
     "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=2,
                                       num_attention_heads=2, intermediate_size=32, rotary_pct=0.5,
                                       max_position_embeddings=64),
