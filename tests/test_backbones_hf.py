@@ -116,3 +116,38 @@ def test_gradients_reach_halting_units_and_layers_in_every_scope(saved, scope):
     out.loss.backward()
     assert model.sites[0].units[0].linear.weight.grad.abs().sum() > 0
     assert model.backbone.blocks[0].layer.self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def trainable(model):
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def test_frozen_trains_only_what_ponderlab_adds(saved):
+    model = build(saved["llama"], {"name": "graves", "scope": "layer", "max_steps": 2}, finetune="frozen")
+    assert trainable(model) == {f"sites.{i}.units.0.linear.{p}" for i in range(2) for p in ("weight", "bias")}
+    rmt = ponderlab.build_model(backbone={"name": "rmt", "model": str(saved["gpt2"]), "finetune": "frozen",
+                                          "segment_size": 4, "memory_size": 2}, vocab_size=VOCAB)
+    assert trainable(rmt) == {"backbone.initial_memory"}
+
+
+@pytest.mark.parametrize("layout, adapted", [("llama", "self_attn.q_proj"), ("gpt2", "attn.c_attn")])
+def test_lora_adds_trainable_adapters_and_starts_as_the_pretrained_model(saved, layout, adapted):
+    model = build(saved[layout], finetune="lora", lora_rank=2).eval()
+    names = trainable(model)
+    assert names and all("lora_" in name for name in names)
+    assert f"backbone.blocks.0.layer.{adapted}.lora_A.default.weight" in names
+    x = tokens()
+    with torch.no_grad():
+        logits = model(x).logits
+    torch.testing.assert_close(logits, reference_logits(saved[layout], x), rtol=1e-5, atol=1e-5)  # B starts at 0
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    before = model.backbone.embedding.weight.detach().clone()
+    ponderlab.train_step(model, optimizer, x, tokens(seed=1))
+    assert torch.equal(model.backbone.embedding.weight, before)
+    with torch.no_grad():
+        assert not torch.allclose(model(x).logits, logits)  # the adapters learned something
+
+
+def test_lora_with_unknown_targets_is_one_clear_error(saved):
+    with pytest.raises(SpecError, match="LoRA"):
+        build(saved["llama"], finetune="lora", lora_targets=["no_such_module"])

@@ -43,11 +43,14 @@ def add_lora(model: PreTrainedModel, *, rank: int, alpha: float, dropout: float,
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise SpecError("finetune: lora needs peft (pip install 'ponderlab[peft]')", where=where) from None
+    from transformers.pytorch_utils import Conv1D
+
     freeze(model)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=lora_targets(model, targets, where))
+    names = lora_targets(model, targets, where)
+    conv1d = any(isinstance(module, Conv1D) and name.split(".")[-1] in names for name, module in model.named_modules())
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                        fan_in_fan_out=conv1d)  # GPT-2 style Conv1D stores its weight transposed
     try:
         inject_adapter_in_model(config, model)
     except ValueError as error:  # no module matched the targets
         raise SpecError(f"LoRA: {error}", where=where) from None
-    # A GPT-2 style Conv1D target needs fan_in_fan_out; peft warns and sets it itself.
