@@ -5,8 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 from transformers.utils import logging as transformers_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,3 +55,25 @@ def reference_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
         return model(input_ids).logits
+
+
+def babi_corpus(n_stories: int = 200):
+    """bAbI qa1 stories, questions, answers and distractor sentences as text."""
+    from ponderlab.plugins.tasks.babi_world import distractor, random_story
+    from ponderlab.plugins.tasks.text_tokenizer import sentence_text
+
+    rng = np.random.default_rng(0)
+    draws = iter(lambda: int(rng.integers(0, 2**31)), None)
+    for _ in range(n_stories):
+        story = random_story(rng, "qa1", 2, 6)
+        yield " ".join([sentence_text(f) for f in story.facts] + [sentence_text(story.question), story.answer])
+        yield sentence_text(distractor(draws))
+
+
+def save_tiny_tokenizer(directory: Path) -> Path:
+    """A word-level tokenizer trained with `tokenizers` on bAbI text, saved for AutoTokenizer."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(babi_corpus(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "<eos>", "GEN"]))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", unk_token="[UNK]").save_pretrained(directory)
+    return directory

@@ -8,6 +8,7 @@ from hf_models import CONFIGS, VOCAB, reference_logits, save_tiny
 
 import ponderlab
 from ponderlab.core.errors import SpecError
+from ponderlab.plugins.backbones.hf import HFConfig
 
 LAYOUTS = sorted(CONFIGS)
 
@@ -78,6 +79,9 @@ def test_bad_model_path_or_clashing_options_are_one_clear_error(tmp_path, saved)
         build(tmp_path / "missing")
     with pytest.raises(ValueError, match="d_model apply only without `model`"):
         build(saved["gpt2"], d_model=32)
+    # A saved spec lists every default: it must validate again (resume, evaluate).
+    config = HFConfig(model=str(saved["gpt2"]))
+    assert HFConfig.model_validate(config.model_dump()) == config
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
-"""The ready specs of examples/pretrained run end to end on CPU, a tiny saved model standing in."""
+"""The ready specs of examples/pretrained run end to end on CPU, a tiny saved model and tokenizer standing in."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from hf_models import save_tiny
+from hf_models import save_tiny, save_tiny_tokenizer
+from transformers import PreTrainedTokenizerFast
 
 import ponderlab
 
@@ -28,9 +29,12 @@ TINY = [
 def test_ready_spec_runs_end_to_end_on_a_tiny_stand_in(tmp_path, name):
     layout, memory = SPECS[name]
     path = save_tiny(layout, tmp_path)
+    tokenizer = save_tiny_tokenizer(tmp_path / "tokenizer")
     spec = ponderlab.load_spec(EXAMPLES / f"{name}.yaml")
-    assert spec.backbone.model and spec.backbone.model != str(path)  # the spec names the real model
-    results = ponderlab.run(EXAMPLES / f"{name}.yaml", overrides=[f"backbone.model={path}", *memory, *TINY],
-                            output_dir=tmp_path / "run")
+    assert spec.backbone.model and spec.task.tokenizer  # the spec names the real model and tokenizer
+    overrides = [f"backbone.model={path}", f"task.tokenizer={tokenizer}", *memory, *TINY]
+    results = ponderlab.run(EXAMPLES / f"{name}.yaml", overrides=overrides, output_dir=tmp_path / "run")
     assert results["train/steps"] == 2 and results["backbone"] == spec.backbone.name
     assert 0.0 <= results["test/exact_match"] <= 1.0 and (tmp_path / "run" / "results.json").exists()
+    rebuilt = ponderlab.build_model(ponderlab.load_spec(EXAMPLES / f"{name}.yaml", overrides))
+    assert rebuilt.head.weight.shape[0] == len(PreTrainedTokenizerFast.from_pretrained(tokenizer))

@@ -65,7 +65,9 @@ class HFConfig(TransformerConfig):
     @model_validator(mode="after")
     def _loaded_model_has_its_own_shape(self):
         if self.model is not None:
-            clashing = [key for key in NEOX_OPTIONS if key in self.model_fields_set]
+            defaults = {key: type(self).model_fields[key].default for key in NEOX_OPTIONS}
+            clashing = [key for key in NEOX_OPTIONS
+                        if key in self.model_fields_set and getattr(self, key) != defaults[key]]
             if clashing:
                 raise ValueError(f"{', '.join(clashing)} apply only without `model` (a loaded model has its own)")
         return self
