@@ -59,6 +59,10 @@ def test_dtype_option_sets_the_parameter_dtype(saved):
     model = build(saved["gpt_neox"], dtype="bfloat16")
     assert model.backbone.embedding.weight.dtype == torch.bfloat16
     assert model.backbone.blocks[0].layer.mlp.dense_h_to_4h.weight.dtype == torch.bfloat16
+    halting = build(saved["gpt_neox"], {"name": "graves", "scope": "layer", "max_steps": 2}, dtype="bfloat16")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as training.precision bf16 runs it
+        logits = halting(tokens()).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
 
 def test_a_different_task_vocabulary_resizes_embedding_and_head(saved):

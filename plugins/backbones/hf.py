@@ -52,7 +52,9 @@ class HFConfig(TransformerConfig):
         None, description="Hub id or local path of a causal LM (None: a GPT-NeoX from the transformer options)."
     )
     pretrained: bool = Field(True, description="Load the weights (false: the config only, freshly initialised).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype (bfloat16/float16 run under autocast: training.precision bf16)."
+    )
     device: str | None = Field(None, description="Device to load the weights on (default: CPU; training moves them).")
     finetune: Literal["full", "frozen", "lora"] = Field(
         "full", description="full: train everything; frozen: only added parameters; lora: LoRA adapters too."
