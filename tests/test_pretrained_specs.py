@@ -38,3 +38,15 @@ def test_ready_spec_runs_end_to_end_on_a_tiny_stand_in(tmp_path, name):
     assert 0.0 <= results["test/exact_match"] <= 1.0 and (tmp_path / "run" / "results.json").exists()
     rebuilt = ponderlab.build_model(ponderlab.load_spec(EXAMPLES / f"{name}.yaml", overrides))
     assert rebuilt.head.weight.shape[0] == len(PreTrainedTokenizerFast.from_pretrained(tokenizer))
+
+
+def test_a_missing_model_path_is_one_message_exit_2_and_nothing_written(tmp_path, capsys):
+    from ponderlab.core.cli import main
+
+    output = tmp_path / "run"
+    code = main(["run", str(EXAMPLES / "rmt_gpt2_babilong_qa1.yaml"), f"backbone.model={tmp_path / 'missing'}",
+                 "task.tokenizer=null", "task.train_size=4", "task.validation_size=2", "task.test_size=2",
+                 "task.lengths=[0]", "task.test_lengths=[0]", "--output-dir", str(output), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and not output.exists()
+    assert error.count("\n") == 1 and "backbone.model" in error and "missing" in error
