@@ -25,6 +25,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_ready_spec_runs_end_to_end_on_a_tiny_stand_in(tmp_path, name):
     layout, memory = SPECS[name]
