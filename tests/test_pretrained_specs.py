@@ -18,7 +18,7 @@ SPECS = {
     "early_exit_pythia": ("gpt_neox", []),
 }
 TINY = [
-    "task.lengths=[24]", "task.test_lengths=[24]", "task.max_facts=2", "task.train_size=8",
+    "task.lengths=[24]", "task.test_lengths=[24]", "task.min_facts=1", "task.max_facts=2", "task.train_size=8",
     "task.validation_size=4", "task.test_size=4", "training.steps=2", "training.batch_size=4",
     "training.eval_every=2", "training.warmup_steps=1", "training.log_every=1", "training.device=cpu",
     "training.num_threads=1",
