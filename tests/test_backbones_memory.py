@@ -10,7 +10,7 @@ import torch
 import ponderlab
 from ponderlab.core.interfaces import PonderOutput
 from ponderlab.core.segments import _concat_sites, run_segments, segment_bounds
-from ponderlab.plugins.backbones.armt import ARMTBackbone, AssociativeMemory, dpfp
+from ponderlab.plugins.backbones.armt import VARIANTS, ARMTBackbone, AssociativeMemory, dpfp
 
 VOCAB = 11
 
@@ -69,15 +69,18 @@ def test_rmt_wraps_each_segment_with_read_and_write_memory():
     torch.testing.assert_close(new_memory, backbone.norm(memory))
 
 
-def test_rmt_memory_carries_information_forward_only():
-    model = build("rmt").eval()
-    x = torch.randint(0, VOCAB, (2, 12))
+def assert_memory_carries_token_forward(model, x, vocab=VOCAB):
+    """Changing token 1 (first segment of 4) leaves logit 0 alone and reaches the later segments."""
     y = x.clone()
-    y[:, 1] = (y[:, 1] + 1) % VOCAB  # first segment
+    y[:, 1] = (y[:, 1] + 1) % vocab
     with torch.no_grad():
         a, b = model(x).logits, model(y).logits
     torch.testing.assert_close(a[:, :1], b[:, :1])
     assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)  # later segments see it through memory
+
+
+def test_rmt_memory_carries_information_forward_only():
+    assert_memory_carries_token_forward(build("rmt").eval(), torch.randint(0, VOCAB, (2, 12)))
 
 
 def segment_gradients(model, length=12, segment=4):
@@ -117,51 +120,76 @@ def test_memory_and_segment_sizes_are_configurable():
 # --------------------------------------------------------------------------- ARMT formulas
 
 
-def literal_dpfp(x: list[float], nu: int) -> list[float]:
+def literal_dpfp(x: list[float], nu: int, normalize: bool = True) -> list[float]:
     doubled = [max(v, 0.0) for v in x] + [max(-v, 0.0) for v in x]
     n = len(doubled)
     features = [doubled[i] * doubled[(i - j) % n] for j in range(1, nu + 1) for i in range(n)]
+    if not normalize:
+        return features
     norm = math.sqrt(sum(f * f for f in features)) or 1.0
     return [f / max(norm, 1e-12) for f in features]
 
 
+def literal_dpfp_head(projection, heads, head, nu, normalize):
+    size = len(projection) // heads
+    return literal_dpfp(projection[head * size : (head + 1) * size], nu, normalize)
+
+
 def literal_write(memory: AssociativeMemory, written, A, z):
-    """The ARMT write formulas, one batch row and one memory token at a time, in python floats."""
-    eps, nu = memory.eps, memory.nu
+    """The ARMT write formulas, one batch row, head and memory token at a time, in python floats.
+
+    A (B, H, dk, dv) and z (B, H, dk) as lists; None before the first write (v_old 0, gamma 1).
+    """
+    eps, nu, heads = memory.eps, memory.nu, memory.heads
     Wk, Wv = memory.key.weight.tolist(), memory.value.weight.tolist()
-    Wb, bb = memory.beta.weight[0].tolist(), float(memory.beta.bias.detach())
+    Wb, bb = memory.beta.weight.tolist(), memory.beta.bias.tolist()
+    first = A is None
+    dk = memory.d_key // heads
+    dv = len(Wv) // heads
     new_A, new_z = [], []
     for b, rows in enumerate(written.tolist()):
-        A_b = [list(r) for r in A[b].tolist()]
-        z_b = list(z[b].tolist())
-        delta_A = [[0.0] * len(A_b[0]) for _ in A_b]
-        delta_z = [0.0] * len(z_b)
-        for m in rows:
-            k = literal_dpfp([sum(w * v for w, v in zip(row, m, strict=True)) for row in Wk], nu)
-            v = [sum(w * x for w, x in zip(row, m, strict=True)) for row in Wv]
-            beta = 1.0 / (1.0 + math.exp(-(sum(w * x for w, x in zip(Wb, m, strict=True)) + bb)))
-            kz = sum(ka * za for ka, za in zip(k, z_b, strict=True))
-            v_old = [sum(k[a] * A_b[a][c] for a in range(len(k))) / (kz + eps) for c in range(len(v))]
-            gamma = min(max(1.0 - kz / sum(ka * ka for ka in k), 0.0), 1.0)
-            for a in range(len(k)):
-                for c in range(len(v)):
-                    delta_A[a][c] += beta * k[a] * (v[c] - v_old[c])
-                delta_z[a] += gamma * k[a]
-        new_A.append([[A_b[a][c] + delta_A[a][c] for c in range(len(v))] for a in range(len(k))])
-        new_z.append([z_b[a] + delta_z[a] for a in range(len(k))])
-    return torch.tensor(new_A, dtype=torch.float64), torch.tensor(new_z, dtype=torch.float64)
+        new_A.append([]), new_z.append([])
+        for h in range(heads):
+            A_bh = [[0.0] * dv for _ in range(dk)] if first else A[b][h]
+            z_bh = [0.0] * dk if first else z[b][h]
+            delta_A = [[0.0] * dv for _ in range(dk)]
+            delta_z = [0.0] * dk
+            for m in rows:
+                projection = [sum(w * x for w, x in zip(row, m, strict=True)) for row in Wk]
+                k = literal_dpfp_head(projection, heads, h, nu, memory.normalize)
+                v = [sum(w * x for w, x in zip(row, m, strict=True)) for row in Wv][h * dv : (h + 1) * dv]
+                beta = 1.0 / (1.0 + math.exp(-(sum(w * x for w, x in zip(Wb[h], m, strict=True)) + bb[h])))
+                kz = sum(ka * za for ka, za in zip(k, z_bh, strict=True))
+                if first:
+                    v_old, gamma = [0.0] * dv, 1.0
+                else:
+                    v_old = [sum(k[a] * A_bh[a][c] for a in range(dk)) / (kz + eps) for c in range(dv)]
+                    norm = sum(ka * ka for ka in k) + memory.gamma_delta
+                    gamma = min(max(1.0 - (kz + eps) / norm, 0.0), 1.0)
+                for a in range(dk):
+                    for c in range(dv):
+                        delta_A[a][c] += beta * k[a] * (v[c] - v_old[c])
+                    delta_z[a] += gamma * k[a]
+            new_A[b].append([[A_bh[a][c] + delta_A[a][c] for c in range(dv)] for a in range(dk)])
+            new_z[b].append([z_bh[a] + delta_z[a] for a in range(dk)])
+    return new_A, new_z
 
 
 def literal_read(memory: AssociativeMemory, hidden, A, z):
-    Wq = memory.query.weight.tolist()
+    """h + (q A) / (q . z + eps) per head, the heads' outputs side by side."""
+    Wq, heads = memory.query.weight.tolist(), memory.heads
     out = []
     for b, rows in enumerate(hidden.tolist()):
         out.append([])
-        for h in rows:
-            q = literal_dpfp([sum(w * v for w, v in zip(row, h, strict=True)) for row in Wq], memory.nu)
-            qz = sum(qa * za for qa, za in zip(q, z[b].tolist(), strict=True))
-            o = [sum(q[a] * float(A[b, a, c]) for a in range(len(q))) / (qz + memory.eps) for c in range(len(h))]
-            out[-1].append([hv + ov for hv, ov in zip(h, o, strict=True)])
+        for x in rows:
+            projection = [sum(w * v for w, v in zip(row, x, strict=True)) for row in Wq]
+            retrieved = []
+            for h in range(heads):
+                q = literal_dpfp_head(projection, heads, h, memory.nu, memory.normalize)
+                qz = sum(qa * za for qa, za in zip(q, z[b][h], strict=True))
+                dv = len(A[b][h][0])
+                retrieved += [sum(q[a] * A[b][h][a][c] for a in range(len(q))) / (qz + memory.eps) for c in range(dv)]
+            out[-1].append([xv + rv for xv, rv in zip(x, retrieved, strict=True)])
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -169,31 +197,37 @@ def test_dpfp_matches_literal_definition():
     x = torch.randn(3, 4, dtype=torch.float64)
     expected = torch.tensor([literal_dpfp(row, 3) for row in x.tolist()], dtype=torch.float64)
     torch.testing.assert_close(dpfp(x, 3), expected)
+    unnormalised = torch.tensor([literal_dpfp(row, 3, normalize=False) for row in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(dpfp(x, 3, normalize=False), unnormalised)
     assert dpfp(x, 2).shape == (3, 2 * 2 * 4)
 
 
-def test_associative_write_and_read_match_the_literal_formulas():
+@pytest.mark.parametrize("variant, heads", [("paper", 1), ("seed000", 1), ("seed000", 2)])
+def test_associative_write_and_read_match_the_literal_formulas(variant, heads):
     torch.manual_seed(0)
-    memory = AssociativeMemory(d_model=5, d_mem=2, nu=3, eps=1e-5).double()
+    normalize, gamma_delta = VARIANTS[variant]
+    memory = AssociativeMemory(d_model=6, d_mem=2 * heads, nu=3, eps=1e-5, heads=heads, normalize=normalize,
+                               gamma_delta=gamma_delta).double()
     for linear in (memory.query, memory.key, memory.value, memory.beta):
         torch.nn.init.normal_(linear.weight, std=0.7)
     torch.nn.init.normal_(memory.beta.bias)
-    written = torch.randn(2, 3, 5, dtype=torch.float64)  # B=2, M=3
-    # First segment: no memory yet (A = 0, z = 0).
+    written = torch.randn(2, 3, 6, dtype=torch.float64)  # B=2, M=3
+    # First segment: nothing stored (v_old = 0, gamma = 1).
     A1, z1 = memory.write(written, None)
-    zeros_A, zeros_z = torch.zeros(2, 12, 5, dtype=torch.float64), torch.zeros(2, 12, dtype=torch.float64)
-    expected_A1, expected_z1 = literal_write(memory, written, zeros_A, zeros_z)
-    torch.testing.assert_close(A1, expected_A1)
-    torch.testing.assert_close(z1, expected_z1)
+    expected_A1, expected_z1 = literal_write(memory, written, None, None)
+    torch.testing.assert_close(A1, torch.tensor(expected_A1, dtype=torch.float64))
+    torch.testing.assert_close(z1, torch.tensor(expected_z1, dtype=torch.float64))
     # Second segment: delta rule against the stored values, gamma from the normaliser.
-    written2 = torch.randn(2, 3, 5, dtype=torch.float64)
+    written2 = torch.randn(2, 3, 6, dtype=torch.float64)
     A2, z2 = memory.write(written2, (A1, z1))
-    expected_A2, expected_z2 = literal_write(memory, written2, A1.detach(), z1.detach())
-    torch.testing.assert_close(A2, expected_A2)
-    torch.testing.assert_close(z2, expected_z2)
+    expected_A2, expected_z2 = literal_write(memory, written2, A1.tolist(), z1.tolist())
+    torch.testing.assert_close(A2, torch.tensor(expected_A2, dtype=torch.float64))
+    torch.testing.assert_close(z2, torch.tensor(expected_z2, dtype=torch.float64))
+    gammas = (z2 - z1).abs().sum()
+    assert gammas > 0  # some key is new (gamma > 0)
     # Read: h + (q A) / (q . z + eps).
-    hidden = torch.randn(2, 4, 5, dtype=torch.float64)
-    torch.testing.assert_close(memory.read(hidden, (A2, z2)), literal_read(memory, hidden, A2.detach(), z2))
+    hidden = torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(memory.read(hidden, (A2, z2)), literal_read(memory, hidden, A2.tolist(), z2.tolist()))
     torch.testing.assert_close(memory.read(hidden, None), hidden)
 
 
@@ -283,13 +317,7 @@ def test_act_around_armt_layers_never_leaks_targets_through_memory(scope):
 def test_armt_memory_carries_information_across_segments():
     model = build("armt").eval()
     enable_armt_values(model)
-    x = torch.randint(0, VOCAB, (2, 12))
-    y = x.clone()
-    y[:, 1] = (y[:, 1] + 1) % VOCAB
-    with torch.no_grad():
-        a, b = model(x).logits, model(y).logits
-    torch.testing.assert_close(a[:, :1], b[:, :1])
-    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)
+    assert_memory_carries_token_forward(model, torch.randint(0, VOCAB, (2, 12)))
 
 
 class RecordingARMT(ARMTBackbone):

@@ -1,10 +1,11 @@
-"""`rmt`: Recurrent Memory Transformer (Bulatov et al. 2022, arXiv 2207.06881) on GPT-NeoX layers.
+"""`rmt`: Recurrent Memory Transformer (Bulatov et al. 2022, arXiv 2207.06881) over any causal LM.
 
 The input is split into segments of `segment_size` tokens; each is processed as
 `[memory ; segment ; memory]` with `memory_size` memory tokens. The front copy is
 read by every token of the segment (causal attention); the outputs at the back
 (write) positions, after the final norm, become the memory of the next segment.
-The first segment starts from a learned memory embedding. Segment recurrence
+The first segment starts from a learned memory embedding, drawn as the reference
+draws it (randn * std of the token embeddings). Segment recurrence
 itself lives in `ponderlab.core.segments`; this module only supplies the hooks.
 
 `bptt_depth: k` truncates backpropagation through memory to the last k segments
@@ -12,7 +13,8 @@ itself lives in `ponderlab.core.segments`; this module only supplies the hooks.
 
 Defaults: memory_size 16 (seed 000's memory models), segment_size None (the
 whole input is one segment: set it per task, e.g. copy: 2 segments of n+1),
-GPT-NeoX layers as in `transformer`.
+`model: <hub id or path>` for a pretrained LM (seed 004: GPT-2), else GPT-NeoX
+layers built from the `transformer` options (the `hf` path, docs/backbones.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from ponderlab.core.hookspecs import hookimpl
 
@@ -38,15 +40,15 @@ class RMTBackbone(MemoryTransformerBackbone):
 
     def __init__(self, config: RMTConfig, *, vocab_size: int):
         super().__init__(config, vocab_size=vocab_size)
-        self.initial_memory = nn.Parameter(torch.empty(config.memory_size, config.d_model))
-        nn.init.normal_(self.initial_memory, std=0.02)
+        self.initial_memory = self.memory_parameter(config.memory_size)  # (M, D)
 
     # memory: (B, M, D), the read tokens of the next segment
     def init_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return self.initial_memory.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
 
     def wrap_segment(self, hidden: Tensor, memory: Tensor) -> Tensor:
-        return torch.cat([memory, hidden, memory], dim=1)  # (B, M + Ls + M, D)
+        wrapped = torch.cat([memory, hidden, memory], dim=1)  # (B, M + Ls + M, D)
+        return self.position_embeddings(wrapped)
 
     def token_mask(self, memory: Tensor, segment_length: int, device: torch.device) -> Tensor:
         keep = torch.zeros(2 * self.memory_size + segment_length, dtype=torch.bool, device=device)

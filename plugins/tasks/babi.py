@@ -49,6 +49,7 @@ from .babi_sources import BabilongTables, BabiText, load_source
 from .babi_vocab import WordVocabulary
 from .babi_world import SIMULATED_TASKS, SIMULATOR_VOCABULARY, padded_prompt, random_story
 from .common import disjoint_splits, lm_example, rng_for, split_sizes
+from .text_tokenizer import TokenizerVocabulary
 
 BABI_TASKS = tuple(f"qa{i}" for i in range(1, 21))
 
@@ -77,6 +78,9 @@ class BabiConfig(TaskConfig):
     )
     babilong_lengths: list[str] | None = Field(
         None, min_length=1, description="BABILong lengths to read (0k, 4k, 1M, ...); all found if unset."
+    )
+    tokenizer: str | None = Field(
+        None, description="Hub id or path of a tokenizer: its ids, samples laid out as BABILong's (text_tokenizer.py)."
     )
 
     @model_validator(mode="after")
@@ -121,10 +125,21 @@ class Babi(Task):
             validation_size=cfg.validation_size,
         )
 
+    @cached_property
+    def _tokenizer(self) -> TokenizerVocabulary | None:
+        return TokenizerVocabulary.load(self.config.tokenizer) if self.config.tokenizer else None
+
     @property
-    def vocabulary(self) -> WordVocabulary:
-        """Word ids: the simulator's words, or every word of the source's files."""
+    def vocabulary(self) -> WordVocabulary | TokenizerVocabulary:
+        """Word ids: the tokenizer's, the simulator's words, or every word of the source's files."""
+        if self._tokenizer is not None:
+            return self._tokenizer
         return SIMULATOR_VOCABULARY if self._source is None else self._source.vocabulary
+
+    def _example(self, prompt: list[int], answer: list[int], length: int) -> dict:
+        if self._tokenizer is not None:  # BABILong's layout: prompt + [GEN], answer + [eos]
+            prompt, answer = self._tokenizer.frame(prompt, answer)
+        return babi_example(prompt, answer, length)
 
     @property
     def vocab_size(self) -> int:  # type: ignore[override]
@@ -140,7 +155,7 @@ class Babi(Task):
 
     def _padded(self, rng: np.random.Generator, split: str, facts: list[list[int]], question: list[int], answer: list[int]) -> dict:
         length = self._length(rng, split)
-        return babi_example(padded_prompt(rng, facts, question, length, self.vocabulary), answer, length)
+        return self._example(padded_prompt(rng, facts, question, length, self.vocabulary), answer, length)
 
     def build(self, seed: int) -> TaskData:
         cfg = self.config
@@ -182,7 +197,7 @@ class Babi(Task):
         for length, table in sorted(source.tables.items()):
             for record in table:
                 prompt = encode(record["input"]) + encode(record["question"])
-                rows.append(babi_example(prompt, encode(str(record["target"])), length))
+                rows.append(self._example(prompt, encode(str(record["target"])), length))
         order = rng_for(seed, "babilong").permutation(len(rows))
         sizes = split_sizes(self.config)
         built: dict[str, list[dict]] = {"test": [], "validation": [], "train": []}
