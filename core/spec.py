@@ -78,7 +78,37 @@ class _Source:
         return self.label if self.label else None
 
 
-def _line_map(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, int]:
+#: The most values (mappings, lists and scalars, aliases counted at every use) a spec may hold.
+MAX_SPEC_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in `node` once YAML aliases are expanded; each distinct node is counted once."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node that refers to itself counts once (the loader rejects it later)
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_SPEC_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
+def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set | None = None) -> dict[tuple, int]:
+    """Key path -> line; a node reached again through an alias is not walked twice."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return {}
+    seen_nodes.add(id(node))
     lines: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -91,12 +121,12 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, i
                 )
             seen.add(key)
             lines[path] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, source, path))
+            lines.update(_line_map(value_node, source, path, seen_nodes))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             path = prefix + (index,)
             lines[path] = item.start_mark.line + 1
-            lines.update(_line_map(item, source, path))
+            lines.update(_line_map(item, source, path, seen_nodes))
     return lines
 
 
@@ -104,6 +134,12 @@ def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
     """Parse a YAML mapping, keeping a map from key paths to line numbers."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"the spec expands to more than {MAX_SPEC_VALUES:,} values "
+                "(nested YAML aliases?); refusing to load it",
+                where=label,
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
