@@ -26,7 +26,9 @@ DEFAULT_HALTING = {"name": "none"}
 class SpecBase(StrictModel):
     """Fields every experiment spec has besides the plugin sections."""
 
-    seed: int = Field(0, description="Seed for data generation, initialisation and data order.")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed for data generation, initialisation and data order."
+    )
     name: str | None = Field(None, description="Run name (used for the default output dir).")
     output_dir: str | None = Field(None, description="Run directory (default runs/<name>).")
 
