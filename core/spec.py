@@ -45,7 +45,9 @@ def build_spec_model(registry: Registry) -> type[SpecBase]:
     for section, kind in PLUGIN_SECTIONS.items():
         configs = [registry.plugins[kind][n].cls.config_class for n in sorted(registry.plugins[kind])]
         if not configs:
-            raise PluginError(f"no {kind} plugins are installed (check `ponderlab plugins`)")
+            raise PluginError(
+                f"no {kind} plugins are installed (check `ponderlab plugins`){registry.why_missing()}"
+            )
         default = DEFAULT_HALTING if section == "halting" and "none" in registry.plugins[kind] else ...
         fields[section] = (_union(configs), default)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
