@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ponderlab.tune.spec import load_tune_spec
+
 REPO = Path(__file__).resolve().parents[1]
 
 SEARCH = """\
@@ -84,7 +86,8 @@ def test_resume_refuses_state_that_others_can_write(tmp_path, writable):
     search = write_search(tmp_path, "planted")
     experiment = tmp_path / "store" / "planted"
     experiment.mkdir(parents=True)
-    (experiment / "tune_spec.yaml").write_text(search.read_text())
+    # The search spec saved exactly as `ponderlab tune` saves it, so only the pickle is foreign.
+    (experiment / "tune_spec.yaml").write_text(yaml.safe_dump(load_tune_spec(search).raw, sort_keys=False))
     marker = tmp_path / "code-ran"
     (experiment / "tuner.pkl").write_bytes(pickle.dumps(PlantedCode(marker)))
     target = experiment / "tuner.pkl" if writable == "tuner.pkl" else experiment
