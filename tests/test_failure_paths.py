@@ -1,14 +1,13 @@
 """Failure paths of `ponderlab run`, `validate`, `eval` and the plugin registry, driven as a user would.
 
-Every test runs the real CLI in a subprocess (`python -m ponderlab.core.cli`) and checks the exit
-code, the one-line message and what is (not) left on disk.
+The tests run the real CLI in a subprocess (`python -m ponderlab.core.cli`), or call its `main` in
+process where no process of their own is needed (a validation error), and check the exit code, the
+one-line message and what is (not) left on disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -18,60 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_runs import TINY, cli, every_file, limits, one_error, write_spec
 
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.cli import main as cli_main
 from ponderlab.core.run import execute
 from ponderlab.core.spec import read_yaml, validate_spec
-
-TINY = {
-    "seed": 5,
-    "task": {"name": "binary_reverse", "length": 6, "train_size": 64, "validation_size": 16, "test_size": 16},
-    "backbone": {"name": "lstm", "d_model": 8, "n_layers": 1},
-    "halting": {"name": "graves", "max_steps": 3},
-    "training": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "eval_every": 2, "log_every": 2,
-                 "keep_checkpoints": 2, "num_threads": 1},
-}
-
-
-def limits(*, file_size: int | None = None, umask: int | None = None):
-    """A preexec_fn: a real per-file size limit (writes past it fail with EFBIG) and/or a umask."""
-
-    def apply() -> None:
-        if file_size is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-        if umask is not None:
-            os.umask(umask)
-
-    return apply
-
-
-def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, **kwargs):
-    """Run `ponderlab ARGS` in a fresh interpreter; a CompletedProcess with text output."""
-    return subprocess.run(
-        [sys.executable, "-m", "ponderlab.core.cli", *map(str, args)], cwd=cwd,
-        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, **kwargs,
-    )
-
-
-def write_spec(path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            data[section][field] = value
-        else:
-            data[section] = value
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def one_error(result: subprocess.CompletedProcess, exit_code: int = 2) -> str:
-    """The single `error: ...` line of a failed command (no traceback)."""
-    assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
-    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-2000:]
-    return errors[0]
 
 
 def alias_bomb(depth: int) -> str:
@@ -111,10 +62,6 @@ def copy_run(source: Path, target: Path) -> Path:
 
 def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def every_file(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 # --------------------------------------------------------------------------- concurrent runs
