@@ -121,10 +121,10 @@ def check_experiment_dir(tspec: TuneSpec, resume: bool) -> None:
     saved = saved_spec_path(directory)
     if not saved.exists():
         raise SpecError(f"--resume: {directory} holds no search (no {saved.name})")
-    check_trusted(directory)
     difference = compare_for_resume(tspec, yaml.safe_load(saved.read_text()) or {})
     if difference is not None:
         raise SpecError(f"--resume: the spec differs from the one saved in {saved} (at {difference})")
+    check_trusted(directory)  # before Ray reads (unpickles) anything there
     from ray.tune import Tuner
 
     if not Tuner.can_restore(str(directory)):
