@@ -65,7 +65,7 @@ def spec_model(registry: Registry | None = None) -> type[SpecBase]:
 # --------------------------------------------------------------------------- YAML
 
 
-class _Source:
+class Source:
     """Where spec values came from: a YAML file with line numbers, or overrides."""
 
     def __init__(self, label: str, lines: dict[tuple, int] | None = None):
@@ -121,7 +121,7 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set 
             path = prefix + (key,)
             if key in seen:
                 raise SpecError(
-                    "duplicate key", path=_dotted(path), where=f"{source}:{key_node.start_mark.line + 1}"
+                    "duplicate key", path=dotted_key(path), where=f"{source}:{key_node.start_mark.line + 1}"
                 )
             seen.add(key)
             lines[path] = key_node.start_mark.line + 1
@@ -134,7 +134,7 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set 
     return lines
 
 
-def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
+def read_yaml(text: str, label: str) -> tuple[dict, Source]:
     """Parse a YAML mapping, keeping a map from key paths to line numbers."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -155,14 +155,14 @@ def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
     if not isinstance(data, dict):
         raise SpecError("a spec must be a YAML mapping", where=f"{label}:1")
     lines = _line_map(node, label) if node is not None else {}
-    return data, _Source(label, lines)
+    return data, Source(label, lines)
 
 
 def bundled_spec_path(name: str = "quickstart") -> Path:
     return Path(str(resources.files("ponderlab.core") / "specs" / f"{name}.yaml"))
 
 
-def read_spec_file(path: str | Path | None) -> tuple[dict, _Source]:
+def read_spec_file(path: str | Path | None) -> tuple[dict, Source]:
     if path is None:
         path = bundled_spec_path()
     path = Path(path)
@@ -176,7 +176,7 @@ def read_spec_file(path: str | Path | None) -> tuple[dict, _Source]:
 # --------------------------------------------------------------------------- overrides
 
 
-def _dotted(path: tuple) -> str:
+def dotted_key(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
@@ -207,13 +207,13 @@ def parent_mapping(data: dict, path: tuple, where: str | None = None) -> dict:
             child = node[part] = {}
         if not isinstance(child, dict):
             raise SpecError(
-                f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping", where=where
+                f"cannot set {dotted_key(path)}: {dotted_key(path[: depth + 1])} is not a mapping", where=where
             )
         node = child
     return node
 
 
-def apply_overrides(data: dict, overrides: list[str], source: _Source | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], source: Source | None = None) -> dict:
     """Apply `dotted.key=value` overrides; a new plugin `name` resets that section first."""
     data = copy.deepcopy(data)
     parsed = [(raw, *parse_override(raw)) for raw in overrides]
@@ -230,6 +230,26 @@ def apply_overrides(data: dict, overrides: list[str], source: _Source | None = N
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def validation_message(exc: ValidationError) -> tuple[tuple, str]:
+    """The first error of a pydantic ValidationError: (its location, one readable message).
+
+    An unknown key reads "unknown key"; other messages name the offending input; the
+    number of further errors is appended.
+    """
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] != "missing" and "input" in first:
+            message = f"{message} (got {first['input']!r})"
+    more = len(errors) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return tuple(first["loc"]), message
 
 
 def _strip_tags(loc: tuple, data: Any) -> tuple:
@@ -249,7 +269,7 @@ def _strip_tags(loc: tuple, data: Any) -> tuple:
     return tuple(path)
 
 
-def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None:
+def _check_plugin_names(data: dict, registry: Registry, source: Source) -> None:
     for section, kind in PLUGIN_SECTIONS.items():
         if section not in data:
             continue
@@ -272,26 +292,18 @@ def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None
             raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
 
 
-def validate_spec(data: dict, source: _Source | None = None, registry: Registry | None = None) -> SpecBase:
+def validate_spec(data: dict, source: Source | None = None, registry: Registry | None = None) -> SpecBase:
     """Validate a spec dict into the assembled spec model, or raise one clear SpecError."""
     registry = registry or get_registry()
-    source = source or _Source("spec")
+    source = source or Source("spec")
     _check_plugin_names(data, registry, source)
     model = spec_model(registry)
     try:
         spec = model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = _strip_tags(tuple(first["loc"]), data)
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in first and first["type"] not in ("missing",):
-            message = f"{message} (got {first['input']!r})"
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise SpecError(message, path=_dotted(path) or None, where=source.where(path)) from None
+        loc, message = validation_message(exc)
+        path = _strip_tags(loc, data)
+        raise SpecError(message, path=dotted_key(path) or None, where=source.where(path)) from None
     halting_cls = registry.get("halting", spec.halting.name).cls
     scope = getattr(spec.halting, "scope", None)
     if scope is not None and scope not in halting_cls.supported_scopes:
@@ -327,7 +339,7 @@ def resolve_spec(spec: SpecBase | dict | str | Path | None = None, **sections: A
     if isinstance(spec, (str, Path)):
         data, source = read_spec_file(spec)
     else:
-        data, source = dict(spec or {}), _Source("spec")
+        data, source = dict(spec or {}), Source("spec")
     for key, value in sections.items():
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
@@ -345,14 +357,22 @@ def spec_json_schema(registry: Registry | None = None) -> dict:
 
 __all__ = [
     "KINDS",
+    "PLUGIN_SECTIONS",
+    "Source",
     "SpecBase",
     "apply_overrides",
     "build_spec_model",
+    "dotted_key",
+    "is_plugin_switch",
     "load_spec",
+    "parent_mapping",
+    "parse_override",
+    "read_spec_file",
     "read_yaml",
     "resolve_spec",
     "spec_json_schema",
     "spec_model",
     "spec_to_yaml",
     "validate_spec",
+    "validation_message",
 ]

@@ -24,8 +24,10 @@ import yaml
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.errors import PonderlabError, SpecError
 
+from .dims import SearchDim
+from .options import Resources
 from .results import ResultTable, build_table, write_outputs
-from .spec import Resources, SearchDim, TuneSpec, compare_for_resume, saved_spec_path
+from .spec import TuneSpec, compare_for_resume, saved_spec_path
 
 log = logging.getLogger(__name__)
 
