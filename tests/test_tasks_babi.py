@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import datasets
 import numpy as np
 import pytest
 
-from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.plugins.tasks.babi import Babi, BabiConfig
-from ponderlab.plugins.tasks.babi_files import parse_babi_text
+from ponderlab.plugins.tasks.babi_vocab import WordVocabulary, split_words
 from ponderlab.plugins.tasks.babi_world import (
     ACTORS,
     FILLER_WORDS,
     OBJECTS,
     ROOMS,
-    UNKNOWN_BUCKETS,
-    VOCAB_SIZE,
-    WORD_ID,
-    WORDS,
-    detokenize,
+    SIMULATOR_VOCABULARY,
     padded_prompt,
     random_story,
-    tokenize,
-    word_id,
 )
+
+VOCAB = SIMULATOR_VOCABULARY
+WORD_ID = VOCAB.ids
+WORDS = VOCAB.words
+detokenize = VOCAB.decode
+
+
+def word_id(word: str) -> int:
+    return WORD_ID[word]
 
 MOVES = {"moved", "went", "journeyed", "travelled"}
 GRABS = {"got", "grabbed", "picked", "took"}
@@ -119,10 +120,13 @@ def test_padding_reaches_the_target_and_keeps_fact_order():
 
 
 def test_task_rows_score_only_the_answer_per_length():
-    cfg = BabiConfig(qa="qa1", lengths=[0], test_lengths=[0, 100, 400], train_size=40, validation_size=20, test_size=60)
+    cfg = BabiConfig(
+        qa="qa1", min_facts=2, max_facts=10, lengths=[0], test_lengths=[0, 100, 400],
+        train_size=40, validation_size=20, test_size=60,
+    )
     task = Babi(cfg)
     data = task.build(0)
-    assert task.vocab_size == VOCAB_SIZE == len(WORDS)
+    assert task.vocab_size == VOCAB.size == len(WORDS)
     assert set(data.train["length"]) == {0}
     assert set(data.test["length"]) == {0, 100, 400}
     for row in data.test:
@@ -130,99 +134,76 @@ def test_task_rows_score_only_the_answer_per_length():
         assert len(scored) == 1
         t, answer = scored[0]
         assert row["input_ids"][t] == WORD_ID["?"] and WORDS[answer] in ROOMS
-        assert len(row["input_ids"]) - 1 <= max(row["length"], 60)  # qa1 stories of <= 10 facts fit in 60 tokens
+        assert len(row["input_ids"]) - 1 <= max(row["length"], 74)  # <= 10 facts of <= 7 tokens, a 4-token question
     assert Babi(BabiConfig(lengths=[0, 50])).batch_group_column() == "length"
 
 
-def test_tokenize_maps_unknown_words_to_stable_buckets():
-    ids = tokenize("Mary moved to the Bathroom. Zanzibar? zanzibar!")
-    first_bucket = WORD_ID["<w0>"]
-    assert ids[:6] == [WORD_ID[w] for w in ["mary", "moved", "to", "the", "bathroom", "."]]
-    assert first_bucket <= ids[6] < first_bucket + UNKNOWN_BUCKETS and ids[6] == ids[8]
-    assert ids[7] == WORD_ID["?"] and len(ids) == 9
+def test_word_vocabulary_gives_every_word_its_own_id():
+    vocabulary = WordVocabulary.from_texts(("the",), ["Mary moved to the Bathroom.", "Is the square yes? yes!"])
+    assert vocabulary.words == ("<pad>", ".", "?", "the", "bathroom", "is", "mary", "moved", "square", "to", "yes")
+    ids = vocabulary.encode("Yes, the square is yes?")
+    assert vocabulary.decode(ids) == "yes the square is yes ?"
+    assert ids[0] == ids[4] != ids[2]
+    assert split_words("Don't go, John's dog!") == ["don't", "go", "john's", "dog"]
+    with pytest.raises(KeyError, match="zanzibar"):
+        vocabulary.encode("zanzibar")
 
 
-# --------------------------------------------------------------------------- published layouts
+# --------------------------------------------------------------------------- statistics of the real files
 
-BABI_TRAIN = """1 Mary moved to the bathroom.
-2 John went to the hallway.
-3 Where is Mary? \tbathroom\t1
-4 Daniel went back to the hallway.
-5 Sandra moved to the garden.
-6 Where is Daniel? \thallway\t4
-1 Sandra travelled to the office.
-2 Sandra picked up the football there.
-3 Where is Sandra? \toffice\t1
-1 John journeyed to the kitchen.
-2 Where is John? \tkitchen\t1
-"""
-BABI_TEST = """1 Mary went to the garden.
-2 Where is Mary? \tgarden\t1
-"""
+# ../shared/reference/tasks.md, measured on the real bAbI en files
+REAL_QA1_WENT_BACK = 0.19  # share of qa1 sentences, mostly on first visits to the room
+REAL_QA2_THERE_AFTER_DROP = 0.18  # "there" ends every grab and about this share of drops
+REAL_QA2_STORY = (15.4, 56)  # statements before a question: mean, max
+REAL_QA3_STORY = (50, 224)
 
 
-def test_parse_babi_text_keeps_story_prefixes():
-    questions = parse_babi_text(BABI_TRAIN)
-    assert [q.answer for q in questions] == ["bathroom", "hallway", "office", "kitchen"]
-    assert questions[1].story == [
-        "Mary moved to the bathroom.",
-        "John went to the hallway.",
-        "Daniel went back to the hallway.",
-        "Sandra moved to the garden.",
-    ]
-    assert questions[2].story == ["Sandra travelled to the office.", "Sandra picked up the football there."]
-    assert [q.story_index for q in questions] == [0, 0, 1, 2]
+def stories(qa: str, n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [random_story(rng, qa) for _ in range(n)]
 
 
-def test_parse_babi_text_reports_bad_lines():
-    with pytest.raises(SpecError, match=":2:"):
-        parse_babi_text("1 Mary moved to the office.\nno number here\n")
+def test_qa1_went_back_is_a_fifth_of_sentences_mostly_on_first_visits():
+    went_back = first_visits = total = 0
+    for story in stories("qa1", 600):
+        been: dict[str, set[str]] = {}
+        for words in story.facts:
+            actor, room = words[0], words[-2]
+            total += 1
+            if words[1:3] == ["went", "back"]:
+                went_back += 1
+                first_visits += room not in been.get(actor, set())
+            been.setdefault(actor, set()).add(room)
+    share = went_back / total  # ~3600 sentences: standard deviation about 0.007
+    assert abs(share - REAL_QA1_WENT_BACK) < 0.03, share
+    assert first_visits > 0.5 * went_back
 
 
-def test_babi_text_files_load_with_padding(tmp_path):
-    folder = tmp_path / "tasks_1-20_v1-2" / "en"
-    folder.mkdir(parents=True)
-    (folder / "qa1_single-supporting-fact_train.txt").write_text(BABI_TRAIN)
-    (folder / "qa1_single-supporting-fact_test.txt").write_text(BABI_TEST)
-    task = Babi(BabiConfig(source=str(tmp_path), lengths=[0], test_lengths=[40], validation_size=1))
-    data = task.build(0)
-    # validation = the last story of the train file; train = the stories before it
-    assert [WORDS[r["labels"][-2]] for r in data.train] == ["bathroom", "hallway", "office"]
-    assert [WORDS[r["labels"][-2]] for r in data.validation] == ["kitchen"]
-    first = detokenize(data.train[0]["input_ids"])
-    assert first == "mary moved to the bathroom . john went to the hallway . where is mary ? bathroom"
-    test_row = data.test[0]
-    assert WORDS[test_row["labels"][-2]] == "garden" and test_row["length"] == 40
-    assert 30 <= len(test_row["input_ids"]) - 1 <= 40
+def test_qa2_there_ends_every_grab_and_some_drops():
+    grabs = drops = drops_there = 0
+    for story in stories("qa2", 300):
+        for words in story.facts:
+            if words[1] in GRABS:
+                grabs += 1
+                assert words[-2:] == ["there", "."], words
+            elif words[1] in DROPS:
+                drops += 1
+                drops_there += words[-2] == "there"
+    share = drops_there / drops  # ~900 drops: standard deviation about 0.013
+    assert grabs > 500 and abs(share - REAL_QA2_THERE_AFTER_DROP) < 0.05, share
 
 
-def test_babilong_tables_load_by_length(tmp_path):
-    for length, n in (("0k", 6), ("1k", 6)):
-        (tmp_path / length).mkdir()
-        rows = [
-            {
-                "input": f"The ship sailed far. Mary moved to the {room}. Zanzibar was quiet." * (1 if length == "0k" else 3),
-                "question": "Where is Mary?",
-                "target": room,
-            }
-            for room in ROOMS[:n]
-        ]
-        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / length / "qa1-00000-of-00001.parquet"))
-    (tmp_path / "1k" / "qa10-00000-of-00001.parquet").write_text("not read: another task")
-    data = Babi(BabiConfig(source=str(tmp_path), train_size=100, validation_size=2, test_size=4)).build(0)
-    assert (len(data.test), len(data.validation), len(data.train)) == (4, 2, 6)
-    every = [*data.train, *data.validation, *data.test]
-    assert {r["length"] for r in every} == {0, 1000}
-    for row in every:
-        text = detokenize(row["input_ids"][:-1])  # the last input is the answer itself
-        assert text.endswith("where is mary ?")
-        answer = WORDS[row["labels"][-2]]
-        assert answer in ROOMS and f"mary moved to the {answer} ." in text
-        assert any(w.startswith("<w") for w in text.split()), "unknown book words fall in hash buckets"
+@pytest.mark.parametrize(("qa", "n", "real"), [("qa2", 1000, REAL_QA2_STORY), ("qa3", 250, REAL_QA3_STORY)])
+def test_story_lengths_match_the_real_files(qa, n, real):
+    lengths = np.array([len(story.facts) for story in stories(qa, n)])
+    real_mean, real_max = real
+    standard_error = lengths.std() / np.sqrt(n)
+    assert abs(lengths.mean() - real_mean) < 4 * standard_error + 0.02 * real_mean, lengths.mean()
+    assert 0.5 * real_max < lengths.max() < 1.5 * real_max, lengths.max()
 
 
-def test_source_without_files_is_a_clear_error(tmp_path):
-    with pytest.raises(SpecError, match="neither bAbI"):
-        Babi(BabiConfig(source=str(tmp_path))).build(0)
-    with pytest.raises(SpecError, match="not a folder"):
-        Babi(BabiConfig(source=str(tmp_path / "missing"))).build(0)
+@pytest.mark.parametrize("qa", ["qa1", "qa2", "qa3"])
+def test_bounded_story_lengths_stay_within_the_bounds(qa):
+    rng = np.random.default_rng(0)
+    lengths = {len(random_story(rng, qa, 3, 5).facts) for _ in range(60)}
+    assert lengths == {3, 4, 5}

@@ -14,9 +14,18 @@ from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.model import PonderModel
 from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
 from ponderlab.plugins.halting.none import NoHalting, NoHaltingConfig
-from ponderlab.plugins.tasks.automata import DFA, minimize, random_minimal_dfa, reachable_states
+from ponderlab.plugins.tasks.automata import (
+    DFA,
+    draw_size_and_alphabet,
+    minimised_random_dfa,
+    minimize,
+    random_minimal_dfa,
+    reachable_states,
+)
+from ponderlab.plugins.tasks.common import next_token_example
 from ponderlab.plugins.tasks.dfa import (
     DOT,
+    LETTERS,
     N_LETTERS,
     SEP,
     VOCAB_SIZE,
@@ -60,22 +69,65 @@ def test_canonical_form_ignores_state_names():
     assert minimize(a) == minimize(renamed)
 
 
-def test_random_minimal_dfas_have_regbench_properties():
+DEFAULT_DRAW = dict(min_states=4, max_states=12, alphabet_size=18, min_alphabet=4, max_alphabet=18)
+
+
+@pytest.mark.parametrize("sample", [minimised_random_dfa, random_minimal_dfa])
+def test_sampled_dfas_have_regbench_properties(sample):
     rng = np.random.default_rng(0)
     for _ in range(40):
-        dfa = random_minimal_dfa(
-            rng, min_states=4, max_states=12, alphabet_size=18, min_alphabet=4, max_alphabet=18, min_edges=1, max_edges=3
-        )
-        assert 4 <= dfa.n_states <= 12
+        n_states, alphabet = draw_size_and_alphabet(rng, **DEFAULT_DRAW)
+        dfa = sample(rng, n_states=n_states, alphabet=alphabet, min_edges=1, max_edges=3)
+        assert 1 <= dfa.n_states <= n_states <= 12
+        if sample is random_minimal_dfa:
+            assert dfa.n_states == n_states
         assert reachable_states(dfa) == list(range(dfa.n_states))
         assert minimize(dfa) == dfa
         letters = set()
         for state, edges in enumerate(dfa.transitions):
             assert 1 <= len(edges) <= 3
-            assert state not in edges.values(), "no self loops"
-            assert len(set(edges.values())) == len(edges), "distinct targets"
+            if sample is random_minimal_dfa:  # merging states may make loops and shared targets
+                assert state not in edges.values(), "no self loops"
+                assert len(set(edges.values())) == len(edges), "distinct targets"
             letters |= set(edges)
-        assert letters <= set(range(18))
+        assert letters <= set(alphabet)
+
+
+def sampling_statistics(sample, n_dfas: int, seed: int) -> tuple[dict[int, int], float, np.ndarray]:
+    """(final sizes, fraction that shrank, out-degree 1/2/3 proportions) of `n_dfas` default draws."""
+    rng = np.random.default_rng(seed)
+    sizes: dict[int, int] = {}
+    shrank = 0
+    degrees = np.zeros(3)
+    for _ in range(n_dfas):
+        n_states, alphabet = draw_size_and_alphabet(rng, **DEFAULT_DRAW)
+        dfa = sample(rng, n_states=n_states, alphabet=alphabet, min_edges=1, max_edges=3)
+        sizes[dfa.n_states] = sizes.get(dfa.n_states, 0) + 1
+        shrank += dfa.n_states < n_states
+        for edges in dfa.transitions:
+            degrees[len(edges) - 1] += 1
+    return sizes, shrank / n_dfas, degrees / degrees.sum()
+
+
+# seq_icl's own sampler (src/dataloaders/dfa.py with pythomata's minimize + trim) and the redraw
+# sampler, out-degree 1/2/3 counts over 600 DFAs each (tasks.md, issue 22)
+SEQ_ICL_DEGREES = np.array([1425, 1433, 1366]) / (1425 + 1433 + 1366)
+REDRAW_DEGREES = np.array([1313, 1649, 1856]) / (1313 + 1649 + 1856)
+
+
+def test_seq_icl_sampling_statistics():
+    sizes, shrank, degrees = sampling_statistics(minimised_random_dfa, 300, seed=0)
+    # 300 DFAs (~2000 states): a proportion's standard deviation is about 0.011, a shrink rate's 0.029
+    assert np.abs(degrees - SEQ_ICL_DEGREES).max() < 0.035, degrees
+    assert 0.4 < shrank < 0.65, shrank
+    assert min(sizes) <= 3 and max(sizes) == 12
+    assert sizes.get(12, 0) < sizes.get(7, 0), "shrinking moves mass below the drawn maximum"
+
+
+def test_redraw_sampling_statistics_stay_available():
+    sizes, shrank, degrees = sampling_statistics(random_minimal_dfa, 300, seed=0)
+    assert np.abs(degrees - REDRAW_DEGREES).max() < 0.035, degrees
+    assert shrank == 0 and set(sizes) == set(range(4, 13))
 
 
 def test_prompts_are_strings_the_dfa_accepts():
@@ -89,7 +141,12 @@ def test_prompts_are_strings_the_dfa_accepts():
         for text in strings:
             assert 1 <= len(text) <= 8
             assert dfa.accepts([ord(c) - ord("a") for c in text])
-        assert row["labels"] == prompt[1:]
+        assert row["labels"] == [IGNORE_INDEX if t == SEP else t for t in prompt[1:]], "`|` targets masked"
+
+
+def test_score_separator_option_scores_every_next_token():
+    row = RegBench(DFAConfig(**SMALL, score_separator=True)).build(0).train[0]
+    assert row["labels"] == full_prompt(row)[1:] and SEP in row["labels"]
 
 
 def test_splits_never_share_a_dfa():
@@ -107,14 +164,101 @@ def test_test_max_strings_extrapolates():
 
 
 def test_dfa_accuracy_hand_computed():
-    # 0 -a-> 1, 1 -b-> 0 ; prompt "ab|a" -> input "ab|", positions: after "a", after "ab", after "ab|"
+    # 0 -a-> 1, 1 -b-> 0 ; prompt "ab|a" -> input "ab|", labels "b", masked `|`, "a"
     dfa = DFA(({0: 1}, {1: 0}))
     a, b = 0, 1
-    inputs, labels = [a, b, SEP], [b, SEP, a]
-    assert dfa_prediction_right(dfa, inputs, [b, a, a], labels) == (3, 3)  # ab, aba, a: all accepted
-    assert dfa_prediction_right(dfa, inputs, [a, SEP, b], labels) == (1, 3)  # aa no, "ab|" yes, "b" no
-    assert dfa_prediction_right(dfa, inputs, [SEP, DOT, SEP], labels) == (1, 3)  # "a|" yes, `.` never, "|" empty no
-    assert dfa_prediction_right(dfa, inputs, [b, a, a], [IGNORE_INDEX, SEP, a]) == (2, 2)
+    inputs, labels = [a, b, SEP], [b, IGNORE_INDEX, a]
+    assert dfa_prediction_right(dfa, inputs, [b, a, a], labels) == (2, 2)  # "ab", "a": accepted
+    assert dfa_prediction_right(dfa, inputs, [a, SEP, b], labels) == (0, 2)  # "aa" no, "b" no
+    assert dfa_prediction_right(dfa, inputs, [SEP, SEP, SEP], labels) == (0, 2)  # `|` is never right
+    assert dfa_prediction_right(dfa, inputs, [DOT, b, DOT], labels) == (0, 2)
+    # unmasked `|` labels (older rows) are skipped the same way
+    assert dfa_prediction_right(dfa, inputs, [b, a, a], [b, SEP, a]) == (2, 2)
+
+
+def seq_icl_dfa_accuracy(dfa: DFA, input_ids: list[int], predictions: list[int]) -> tuple[int, int]:
+    """Slow reference written from seq_icl's `_get_dfa_accuracy`: strings, " | " splits, a fresh walk."""
+    chars = render(input_ids)
+    guesses = render(predictions)
+    right = total = 0
+    for t in range(len(chars)):
+        if t + 1 < len(chars) and chars[t + 1] == "|":
+            continue
+        word = " ".join([*chars[: t + 1], guesses[t]]).split(" | ")[-1]
+        symbols = word.split()
+        accepted = all(c in LETTERS for c in symbols) and dfa.accepts([LETTERS.index(c) for c in symbols])
+        right += int(accepted)
+        total += 1
+    return right, total
+
+
+def full_prompt(row: dict) -> list[int]:
+    """The row's whole prompt (masked `|` targets restored from the inputs)."""
+    return row["input_ids"] + [row["labels"][-1]]
+
+
+def sanity_scores(rows: list[dict], rng: np.random.Generator) -> dict[str, float]:
+    """DFA accuracy of always-`|`, the true next token and a random letter of the DFA's alphabet."""
+    sums = {"separator": [0, 0], "true": [0, 0], "random": [0, 0]}
+    expected_random = [0.0, 0]
+    for row in rows:
+        dfa = DFA.from_table(row["dfa"], N_LETTERS)
+        prompt, alphabet = full_prompt(row), sorted(set(row["alphabet"]))
+        n = len(row["input_ids"])
+        guesses = {
+            "separator": [SEP] * n,
+            "true": prompt[1:],
+            "random": [alphabet[i] for i in rng.integers(len(alphabet), size=n)],
+        }
+        for name, guess in guesses.items():
+            right, scored = dfa_prediction_right(dfa, row["input_ids"], guess, row["labels"])
+            assert (right, scored) == seq_icl_dfa_accuracy(dfa, row["input_ids"], guess)
+            sums[name][0] += right
+            sums[name][1] += scored
+        for t in range(n):  # expectation of the random guess: out-degree / alphabet size at each scored place
+            if row["labels"][t] != IGNORE_INDEX:
+                state = dfa.run([LETTERS.index(c) for c in render(row["input_ids"][: t + 1]).split("|")[-1]])
+                expected_random[0] += len(dfa.transitions[state]) / len(alphabet)
+                expected_random[1] += 1
+    scores = {name: right / scored for name, (right, scored) in sums.items()}
+    scores["random_expected"] = expected_random[0] / expected_random[1]
+    scores["scored"] = sums["true"][1]
+    return scores
+
+
+def hand_built_rows() -> list[dict]:
+    """Two hand-built DFAs over a-d (alphabet [a, b, c, d]) with prompts written out."""
+    cycle = DFA(({0: 1, 1: 2}, {2: 0}, {3: 0, 0: 1}))  # 0 -a-> 1, 0 -b-> 2, 1 -c-> 0, 2 -d-> 0, 2 -a-> 1
+    chain = DFA(({0: 1}, {1: 2}, {2: 0}))  # abc abc ...
+    rows = []
+    for dfa, text in ((cycle, "acb|bdac|a|bdbac"), (chain, "abca|ab|abcabcab|a")):
+        prompt = [SEP if c == "|" else LETTERS.index(c) for c in text]
+        assert all(dfa.accepts(w) for w in (list(map(LETTERS.index, s)) for s in text.split("|")))
+        row = next_token_example(prompt, [t for t, x in enumerate(prompt[1:]) if x != SEP])
+        rows.append({**row, "dfa": dfa.to_table(N_LETTERS), "alphabet": [0, 1, 2, 3]})
+    return rows
+
+
+def test_sanity_scores_on_hand_built_dfas():
+    scores = sanity_scores(hand_built_rows(), np.random.default_rng(0))
+    assert scores["separator"] == 0.0 and scores["true"] == 1.0
+    # scored places (next token a letter): cycle 12, guessed from states 0 (6 times, 2 edges),
+    # 1 (3 times, 1 edge), 2 (3 times, 2 edges); chain 14, one edge each; alphabet of 4 letters
+    assert scores["scored"] == 26
+    assert scores["random_expected"] == pytest.approx((6 * 2 + 3 * 1 + 3 * 2 + 14 * 1) / 4 / 26)
+    # 26 Bernoulli draws: the random letter lands within 3 standard deviations of its expectation
+    p = scores["random_expected"]
+    assert abs(scores["random"] - p) <= 3 * (p * (1 - p) / 26) ** 0.5
+
+
+def test_sanity_scores_on_sampled_dfas():
+    rows = list(RegBench(DFAConfig(train_size=1, validation_size=1, test_size=30)).build(0).test)
+    scores = sanity_scores(rows, np.random.default_rng(1))
+    assert scores["separator"] == 0.0 and scores["true"] == 1.0
+    p, n = scores["random_expected"], scores["scored"]
+    assert abs(scores["random"] - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 0.01  # positions within a row correlate
+    # seq_icl's own sampler and _get_dfa_accuracy, run side by side: 0.222 on 200 of its prompts
+    assert 0.17 < scores["random"] < 0.28
 
 
 class OracleModel(nn.Module):

@@ -139,6 +139,18 @@ def test_mqar_random_non_queries_fill_the_gaps():
     assert sum(t == 0 for t in row["input_ids"]) < 5
 
 
+def test_mqar_fills_non_queries_with_random_tokens_by_default_like_zoology():
+    assert MQARConfig().random_non_queries is True
+    data = MQAR(MQARConfig(vocab_size=512, train_size=20, validation_size=5, test_size=5)).build(0)
+    for row in data.test:
+        scored = {t for t, y in enumerate(row["labels"]) if y != IGNORE_INDEX}
+        gaps = [row["input_ids"][t] for t in range(8, 64) if t not in scored]
+        assert len(set(gaps)) > 20, "the 52 non-query positions hold random tokens, not the filler 0"
+    plain = MQAR(MQARConfig(vocab_size=512, random_non_queries=False, train_size=5, validation_size=5, test_size=5))
+    row = plain.build(0).test[0]
+    assert all(row["input_ids"][t] == 0 for t in range(8, 64) if row["labels"][t] == IGNORE_INDEX)
+
+
 def test_mqar_settings_and_extrapolation():
     cfg = MQARConfig(
         vocab_size=256, settings=[(32, 2), (64, 4)], test_settings=[(128, 8)], train_size=80, validation_size=10, test_size=10

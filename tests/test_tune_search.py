@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,9 +27,6 @@ import yaml
 # Ray resolves 127.0.0.1 to the machine's outward address unless told it runs without a
 # cluster network; with this set before Ray is imported, every Ray socket binds to loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# Ray token authentication (the default of clusters Ray starts) also for drivers that join a
-# cluster by its address; Ray reads this once, so it is set before Ray is imported.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import ponderlab  # noqa: E402
 from ponderlab.core.registry import reset_registry  # noqa: E402
@@ -134,9 +132,18 @@ def stop_cluster(temp_dir: Path) -> None:
             pass
 
 
-@pytest.fixture
+def without_ray_auth(env: dict) -> dict:
+    """`env` less every variable that tells Ray about authentication."""
+    return {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+
+
+@pytest.fixture(scope="module")
 def local_cluster():
+    """A head started as docs/tune.md says: with a token of its own, so token authentication is on."""
     temp_dir = short_temp_dir("plc")
+    token = temp_dir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
     port = free_port()
     ports = {name: free_port() for name in (
         "ray-client-server-port", "node-manager-port", "object-manager-port", "metrics-export-port",
@@ -148,9 +155,10 @@ def local_cluster():
         *(f"--{name}={value}" for name, value in ports.items()),
     ]
     try:
-        started = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        head_env = {**without_ray_auth(os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        started = subprocess.run(command, capture_output=True, text=True, timeout=180, env=head_env)
         assert started.returncode == 0, started.stdout + started.stderr
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", temp_dir=temp_dir)
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", temp_dir=temp_dir, token=token)
     finally:
         stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -178,13 +186,21 @@ def wait_for_processed_checkpoint(experiment: Path, process: subprocess.Popen, t
     pytest.fail("no trial reported a checkpoint in time")
 
 
-def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp_path):
+def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp_path, monkeypatch):
     spec = write_search(tmp_path, "resume", RESUME)
     experiment = tmp_path / "store" / "resume"
     join = f"tune.address={local_cluster.address}"
-    # The driver joins the cluster, is stopped mid-way with SIGINT (Ctrl+C): Ray Tune saves the
+    # The driver brings only the cluster's token (no RAY_AUTH_MODE): ponderlab asks Ray for token
+    # authentication itself. It is stopped mid-way with SIGINT (Ctrl+C): Ray Tune saves the
     # search state, the command writes a partial table and exits 130.
-    driver = cli("tune", str(spec), join)
+    driver_env = {**without_ray_auth(os.environ), "RAY_AUTH_TOKEN_PATH": str(local_cluster.token)}
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(local_cluster.token))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ponderlab.core.cli", "tune", str(spec), join], cwd=REPO, env=driver_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
     try:
         wait_for_processed_checkpoint(experiment, driver, timeout=300)
         driver.send_signal(signal.SIGINT)
@@ -203,7 +219,7 @@ def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp
     import ray
 
     if ray.is_initialized():
-        resumed = cli("tune", str(spec), join, "--resume")
+        resumed = cli("tune", str(spec), join, "--resume", env={"RAY_AUTH_TOKEN_PATH": str(local_cluster.token)})
         output, _ = resumed.communicate(timeout=400)
         assert resumed.returncode == 0, output[-3000:]
     else:
@@ -232,6 +248,26 @@ def test_search_on_a_local_cluster_is_interrupted_and_resumed(local_cluster, tmp
     resumed_results = json.loads((run_dir / "results.json").read_text())
     for key in ("test/loss", "test/token_accuracy", "validation/loss", "test/mean_hops"):
         assert resumed_results[key] == pytest.approx(straight[key], abs=1e-5), key
+
+
+def test_joining_a_cluster_without_its_token_says_what_to_do(local_cluster, tmp_path):
+    """A driver with no token anywhere (a new machine): one message, exit 2, no traceback, nothing written."""
+    spec = write_search(tmp_path, "no_token", RESUME)
+    home = tmp_path / "empty_home"
+    home.mkdir()
+    env = {**without_ray_auth(os.environ), "HOME": str(home)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ponderlab.core.cli", "tune", str(spec), f"tune.address={local_cluster.address}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    output, errors = driver.communicate(timeout=300)
+    assert driver.returncode == 2, output + errors
+    assert "Traceback" not in errors, errors
+    message = [line for line in errors.splitlines() if line.startswith("error:")]
+    assert len(message) == 1, errors
+    assert f"cannot join the Ray cluster at {local_cluster.address}" in message[0]
+    assert "ray get-auth-token" in message[0] and "~/.ray/auth_token" in message[0]
+    assert not (tmp_path / "store").exists()
 
 
 # --------------------------------------------------------------------------- a 2x2 grid

@@ -24,6 +24,7 @@ import yaml
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.errors import PonderlabError, SpecError
 
+from .cluster import join
 from .dims import SearchDim
 from .options import Resources
 from .results import ResultTable, build_table, write_outputs
@@ -168,12 +169,13 @@ def connect(tspec: TuneSpec) -> bool:
         if tspec.options.address:
             log.warning("Ray is already initialised in this process; ignoring tune.address")
         return False
-    ray.init(
-        address=tspec.options.address,
-        runtime_env=tspec.options.runtime_env,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
+    options = dict(
+        runtime_env=tspec.options.runtime_env, include_dashboard=False, logging_level=logging.WARNING
     )
+    if tspec.options.address:
+        join(tspec.options.address, **options)
+    else:
+        ray.init(**options)
     return True
 
 

@@ -7,7 +7,8 @@
                     k times to s_{c-1}; neighbourhoods never seen count as wrong
                     guesses of 0 (this is what a model that infers the rule could reach)
 
-Binary tasks need no script: chance token accuracy is 0.5 and exact match 2^-n.
+Binary tasks need no script: chance token accuracy is 0.5 and exact match 2^-(target bits):
+2^-n for copy and reverse, 2^-(n+1) for addition, averaged over its n ~ U[5, 8].
 """
 
 from __future__ import annotations

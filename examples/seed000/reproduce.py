@@ -1,5 +1,7 @@
 """Seed 000's comparison at CPU scale: every task x backbone x halting of grid.yaml, then a report.
 
+Halting rows: none, constant, graves (Graves' ACT) and seed000_act (seed 000's own ACT).
+
     python examples/seed000/reproduce.py                      # all runs + report
     python examples/seed000/reproduce.py --backbones lstm,transformer --no-report
     python examples/seed000/reproduce.py --report-only        # re-draw tables and plots
@@ -115,8 +117,14 @@ def run_evals(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) ->
                   f"{record['results']['test/exact_match']:.3f}", flush=True)
 
 
+#: The summary's halting columns, in order, with their labels (the ACT rows also show mean hops).
+SUMMARY_HALTINGS = {"none": "none", "constant": "constant", "graves": "graves", "seed000_act": "seed 000's ACT"}
+ACT_HALTINGS = ("graves", "seed000_act")
+
+
 def summary_table(runs, metric: str = "test/token_accuracy") -> str:
-    """Markdown pivot: one row per task, one column per backbone, `none / constant / graves (hops)`."""
+    """Markdown pivot: one row per task, one column per backbone, `none / constant / graves /
+    seed 000's ACT (mean hops of the ACT rows)`; "-" for a run not there."""
     cells: dict[tuple[str, str], dict[str, object]] = {}
     for run in runs:
         cells.setdefault((run.task_label, run.backbone), {})[run.halting] = run
@@ -127,14 +135,23 @@ def summary_table(runs, metric: str = "test/token_accuracy") -> str:
         row = []
         for backbone in backbones:
             by_halting = cells.get((task, backbone), {})
-            values = [by_halting.get(h) for h in ("none", "constant", "graves")]
-            if None in values:
+            if not by_halting:
                 row.append("-")
                 continue
-            numbers = " / ".join(f"{v.results[metric]:.3f}" for v in values)
-            row.append(f"{numbers} ({values[2].results['test/mean_hops']:.2f})")
+            numbers = " / ".join(
+                f"{by_halting[h].results[metric]:.3f}" if h in by_halting else "-" for h in SUMMARY_HALTINGS
+            )
+            hops = ", ".join(f"{by_halting[h].results['test/mean_hops']:.2f}" if h in by_halting else "-"
+                             for h in ACT_HALTINGS)
+            row.append(f"{numbers} ({hops})")
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_header(what: str) -> str:
+    columns = " / ".join(SUMMARY_HALTINGS.values())
+    acts = ", ".join(SUMMARY_HALTINGS[h] for h in ACT_HALTINGS)
+    return f"{what}, {columns} (mean hops of {acts}):\n\n"
 
 
 def main() -> int:
@@ -197,9 +214,10 @@ def main() -> int:
         "runs": timings,
     }, indent=1, sort_keys=True))
     (report_dir / "summary.md").write_text(
-        "Test token accuracy, none / constant / graves (graves mean hops):\n\n"
+        summary_header("Test token accuracy")
         + summary_table(written["runs"])
-        + "\nTest exact match, none / constant / graves (graves mean hops):\n\n"
+        + "\n"
+        + summary_header("Test exact match")
         + summary_table(written["runs"], "test/exact_match")
     )
     for warning in written["warnings"]:

@@ -131,28 +131,44 @@ def random_dfa(
     return DFA(tuple(transitions))
 
 
+def draw_size_and_alphabet(
+    rng: np.random.Generator, *, min_states: int, max_states: int, alphabet_size: int, min_alphabet: int, max_alphabet: int
+) -> tuple[int, list[int]]:
+    """n ~ U[min_states, max_states] and a sorted random subset of U[min_alphabet, max_alphabet] symbols."""
+    n_states = int(rng.integers(min_states, max_states + 1))
+    size = int(rng.integers(min_alphabet, max_alphabet + 1))
+    return n_states, sorted(int(a) for a in rng.choice(alphabet_size, size=size, replace=False))
+
+
+def minimised_random_dfa(
+    rng: np.random.Generator, *, n_states: int, alphabet: list[int], min_edges: int, max_edges: int
+) -> DFA:
+    """seq_icl's sampling: one random DFA of `n_states` states, minimised once.
+
+    No redraw: unreachable states are dropped and equivalent ones merged, so the
+    result may be smaller (about half of seq_icl's default draws shrink, rarely
+    down to 1 state) and a merged state keeps its out-degree.
+    """
+    return minimize(random_dfa(rng, n_states=n_states, alphabet=alphabet, min_edges=min_edges, max_edges=max_edges))
+
+
 def random_minimal_dfa(
     rng: np.random.Generator,
     *,
-    min_states: int,
-    max_states: int,
-    alphabet_size: int,
-    min_alphabet: int,
-    max_alphabet: int,
+    n_states: int,
+    alphabet: list[int],
     min_edges: int,
     max_edges: int,
     max_attempts: int = 1000,
 ) -> DFA:
-    """A random DFA that is already minimal (every state reachable, no two equivalent).
+    """A random DFA that is already minimal with exactly `n_states` states.
 
-    The state count n ~ U[min_states, max_states] and the alphabet (a random subset
-    of `alphabet_size` symbols with U[min_alphabet, max_alphabet] members) are drawn
-    once; the edges are redrawn until the DFA is minimal, so it keeps n states,
-    no self loops and distinct targets per state.
+    The edges are redrawn until the DFA is minimal (every state reachable, no
+    two equivalent), so it keeps n states, no self loops and distinct targets
+    per state. Not seq_icl's sampling: the redraw favours states with more
+    edges (see `minimised_random_dfa`).
     """
-    n_states = int(rng.integers(min_states, max_states + 1))
-    size = int(rng.integers(min_alphabet, max_alphabet + 1))
-    alphabet = sorted(int(a) for a in rng.choice(alphabet_size, size=size, replace=False))
+    size = len(alphabet)
     for _ in range(max_attempts):
         dfa = random_dfa(rng, n_states=n_states, alphabet=alphabet, min_edges=min_edges, max_edges=max_edges)
         minimal = minimize(dfa)

@@ -1,35 +1,39 @@
-"""`babi`: bAbI qa1-qa3 hidden in distractor text, BABILong-style (arXiv 2402.10790, 1502.05698).
+"""`babi`: the 20 bAbI tasks, hidden in distractor text BABILong-style (arXiv 2402.10790, 1502.05698).
 
-qa1 (single supporting fact) "where is mary ?"; qa2 (two supporting facts)
-"where is the football ?"; qa3 (three supporting facts) "where was the football
-before the kitchen ?". Stories come from a small world simulator (see
-babi_world.py: bAbI's 4 actors, 6 rooms, 3 objects; moves, grabs, drops) with
-U[min_facts, max_facts] sentences; each example asks one answerable question.
-BABILong pads with book text (PG19), which cannot be fetched here: the facts are
-spread, in order, among distractor sentences from a separate filler vocabulary
-until the prompt reaches the target length in tokens (0: no padding).
+`source: generate` (default) writes qa1-qa3 stories with a small world
+simulator (babi_world.py: bAbI's 4 actors, 6 rooms, 3 objects, moves, grabs,
+drops, with the real files' wording statistics and story lengths): qa1 "where
+is mary ?"; qa2 "where is the football ?"; qa3 "where was the football before
+the kitchen ?". BABILong pads with book text (PG19), which cannot be fetched
+here: the facts are spread, in order, among distractor sentences from a
+separate filler vocabulary until the prompt reaches the target length in tokens
+(0: no padding).
 
-Layout: story tokens, question tokens (ending `?`), then the answer word, the
-only scored token: exact match = answer accuracy (ids are lower-case words).
+Layout: story tokens, question tokens (ending `?`), then the answer words, the
+only scored tokens: exact match = answer accuracy (ids are lower-case words).
 Metrics per target `length`. Training draws a length per example from `lengths`
 (batches share one length); validation/test from `test_lengths` when set (the
 extrapolation option, e.g. train [0, 256], test [0, 1000, 2000, 4000]).
 
-Vocabulary (babi_world.VOCAB_SIZE ids, no tokenizer): 0 = padding, `.`, `?`,
-then bAbI's words and the filler words, one id each, then 64 ids that words
-outside the list share by CRC32 hash (book text of BABILong files).
+Vocabulary (babi_vocab.py, no tokenizer): one id per word, built from the data
+(0 = padding, `.`, `?`, the simulator's words, then every other word of the
+files read, sorted); no two words share an id.
 
-`source`: `generate`, or a folder holding published files:
-  * bAbI text files `qa1_*_train.txt` / `qa1_*_test.txt`: their stories get the
-    same distractor padding; validation is the last stories of the train file;
-  * BABILong tables `<n>k/qa1*.parquet|json|jsonl` (columns input, question,
-    target): used as given, `length` = n*1000; rows are shuffled by the seed
-    and split test, validation, then train (the rest).
+`source` may also be a local folder or a hub id (`RMT-team/babilong`):
+  * bAbI text files `qaN_*_train.txt` / `qaN_*_test.txt` (all 20 tasks; in an
+    archive root holding en/, en-10k/, ..., `babi_folder` picks one): their
+    stories get the same distractor padding; validation is the `_valid.txt`
+    file where the folder has one (en-valid/), else the last stories of the
+    train file;
+  * BABILong tables (babi_files.py: `data/qaN/0k.json`, `qaN/4k-*.parquet`,
+    `0k/qaN-*.parquet`; lengths 0k ... 1M, 10M), used as given, `length` in
+    tokens (`babilong_lengths` picks which); rows are shuffled by the seed and
+    split test, validation, then train (the rest).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import cached_property
 from typing import ClassVar, Literal
 
 import datasets
@@ -41,21 +45,21 @@ from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
 
-from .babi_files import (
-    find_babi_text_files,
-    find_babilong_files,
-    parse_babi_text,
-    read_babilong_file,
-)
-from .babi_world import VOCAB_SIZE, padded_prompt, random_story, tokenize, word_id
+from .babi_sources import BabilongTables, BabiText, load_source
+from .babi_vocab import WordVocabulary
+from .babi_world import SIMULATED_TASKS, SIMULATOR_VOCABULARY, padded_prompt, random_story
 from .common import disjoint_splits, lm_example, rng_for, split_sizes
+
+BABI_TASKS = tuple(f"qa{i}" for i in range(1, 21))
 
 
 class BabiConfig(TaskConfig):
     name: Literal["babi"] = "babi"
-    qa: Literal["qa1", "qa2", "qa3"] = Field("qa1", description="qa1, qa2 or qa3.")
-    min_facts: int = Field(2, ge=1, description="Fewest story sentences (before padding).")
-    max_facts: int = Field(10, ge=1, description="Most story sentences (before padding).")
+    qa: Literal[BABI_TASKS] = Field("qa1", description="qa1 .. qa20 (generate: qa1-qa3).")  # type: ignore[valid-type]
+    min_facts: int | None = Field(
+        None, ge=1, description="Fewest story sentences; unset: bAbI's own story lengths (set both or neither)."
+    )
+    max_facts: int | None = Field(None, ge=1, description="Most story sentences (with min_facts).")
     lengths: list[int] = Field(
         default_factory=lambda: [0], min_length=1, description="Training target lengths in tokens (0: no padding)."
     )
@@ -65,15 +69,28 @@ class BabiConfig(TaskConfig):
     train_size: int = Field(10000, ge=1)
     validation_size: int = Field(500, ge=1)
     test_size: int = Field(1000, ge=1)
-    source: str = Field("generate", description="generate | folder with bAbI .txt or BABILong files.")
+    source: str = Field(
+        "generate", description="generate | folder with bAbI .txt or BABILong files | BABILong hub id."
+    )
+    babi_folder: str = Field(
+        "en-10k", description="bAbI archive folder to read where several hold the task (en, en-10k, en-valid, ...)."
+    )
+    babilong_lengths: list[str] | None = Field(
+        None, min_length=1, description="BABILong lengths to read (0k, 4k, 1M, ...); all found if unset."
+    )
 
     @model_validator(mode="after")
     def _ranges(self):
-        if self.min_facts > self.max_facts:
+        if (self.min_facts is None) != (self.max_facts is None):
+            raise ValueError("set both min_facts and max_facts, or neither (bAbI's story lengths)")
+        if self.min_facts is not None and self.min_facts > self.max_facts:
             raise ValueError(f"min_facts {self.min_facts} is greater than max_facts {self.max_facts}")
-        needed = {"qa1": 1, "qa2": 2, "qa3": 3}[self.qa]
-        if self.max_facts < needed:
-            raise ValueError(f"{self.qa} needs stories of at least {needed} facts; max_facts is {self.max_facts}")
+        if self.source == "generate":
+            if self.qa not in SIMULATED_TASKS:
+                raise ValueError(f"the simulator writes qa1-qa3; {self.qa} needs source: a folder or hub id")
+            needed = {"qa1": 1, "qa2": 2, "qa3": 3}[self.qa]
+            if self.max_facts is not None and self.max_facts < needed:
+                raise ValueError(f"{self.qa} needs stories of at least {needed} facts; max_facts is {self.max_facts}")
         for field in ("lengths", "test_lengths"):
             if any(n < 0 for n in getattr(self, field) or []):
                 raise ValueError(f"{field} must be non-negative token counts")
@@ -88,8 +105,30 @@ def babi_example(prompt: list[int], answer: list[int], length: int) -> dict:
 
 class Babi(Task):
     config_class = BabiConfig
-    vocab_size = VOCAB_SIZE
     slice_columns: ClassVar[tuple[str, ...]] = ("length",)
+
+    @cached_property
+    def _source(self) -> BabiText | BabilongTables | None:
+        """The published files, read once (None when generating)."""
+        cfg = self.config
+        if cfg.source == "generate":
+            return None
+        return load_source(
+            cfg.source,
+            cfg.qa,
+            babi_folder=cfg.babi_folder,
+            babilong_lengths=cfg.babilong_lengths,
+            validation_size=cfg.validation_size,
+        )
+
+    @property
+    def vocabulary(self) -> WordVocabulary:
+        """Word ids: the simulator's words, or every word of the source's files."""
+        return SIMULATOR_VOCABULARY if self._source is None else self._source.vocabulary
+
+    @property
+    def vocab_size(self) -> int:  # type: ignore[override]
+        return self.vocabulary.size
 
     def batch_group_column(self) -> str | None:
         return "length" if len(set(self.config.lengths)) > 1 else None
@@ -101,69 +140,49 @@ class Babi(Task):
 
     def _padded(self, rng: np.random.Generator, split: str, facts: list[list[int]], question: list[int], answer: list[int]) -> dict:
         length = self._length(rng, split)
-        return babi_example(padded_prompt(rng, facts, question, length), answer, length)
+        return babi_example(padded_prompt(rng, facts, question, length, self.vocabulary), answer, length)
 
     def build(self, seed: int) -> TaskData:
         cfg = self.config
-        if cfg.source != "generate":
-            return self._from_files(Path(cfg.source), seed)
+        source = self._source
+        if isinstance(source, BabiText):
+            return self._from_babi_text(source, seed)
+        if isinstance(source, BabilongTables):
+            return self._from_babilong(source, seed)
+        words = self.vocabulary.encode_words
 
         def make(rng: np.random.Generator, split: str) -> dict:
             story = random_story(rng, cfg.qa, cfg.min_facts, cfg.max_facts)
-            facts = [[word_id(w) for w in sentence] for sentence in story.facts]
-            question = [word_id(w) for w in story.question]
-            return self._padded(rng, split, facts, question, [word_id(story.answer)])
+            facts = [words(sentence) for sentence in story.facts]
+            return self._padded(rng, split, facts, words(story.question), words([story.answer]))
 
         return disjoint_splits(make, split_sizes(cfg), seed)
 
     # ------------------------------------------------------------------ published files
-    def _from_files(self, root: Path, seed: int) -> TaskData:
-        if not root.is_dir():
-            raise SpecError(f"{root} is not a folder with bAbI or BABILong files", path="task.source")
-        text_files = find_babi_text_files(root, self.config.qa)
-        if text_files:
-            if set(text_files) != {"train", "test"}:
-                raise SpecError(f"{root}: found only the {sorted(text_files)} file for {self.config.qa}", path="task.source")
-            return self._from_babi_text(text_files, seed)
-        tables = find_babilong_files(root, self.config.qa)
-        if tables:
-            return self._from_babilong(tables, seed)
-        raise SpecError(
-            f"{root} holds neither bAbI files ({self.config.qa}_*_train.txt) nor BABILong tables "
-            f"(<n>k/{self.config.qa}*.parquet)",
-            path="task.source",
-        )
-
-    def _from_babi_text(self, files: dict[str, Path], seed: int) -> TaskData:
+    def _from_babi_text(self, source: BabiText, seed: int) -> TaskData:
         sizes = split_sizes(self.config)
-        train = parse_babi_text(files["train"].read_text(), str(files["train"]))
-        test = parse_babi_text(files["test"].read_text(), str(files["test"]))
-        # validation: whole stories from the end of the train file
-        validation: list = []
-        while train and (len(validation) < sizes["validation"] or validation[0].story_index == train[-1].story_index):
-            validation.insert(0, train.pop())
-        questions = {"train": train, "validation": validation, "test": test}
+        encode = self.vocabulary.encode
         built = {}
-        for split, items in questions.items():
+        for split, items in source.questions.items():
             rng = rng_for(seed, "babi-text", split)
             rows = []
             for item in items[: sizes[split]]:
-                facts = [tokenize(sentence) for sentence in item.story]
-                question = tokenize(item.question)
-                if not question or question[-1] != word_id("?"):
-                    question.append(word_id("?"))
-                rows.append(self._padded(rng, split, facts, question, tokenize(item.answer)))
+                question = encode(item.question)
+                if not question or question[-1] != encode("?")[0]:
+                    question += encode("?")
+                rows.append(self._padded(rng, split, [encode(s) for s in item.story], question, encode(item.answer)))
             if not rows:
-                raise SpecError(f"no {split} questions in {files.get(split, files['train'])}", path="task.source")
+                raise SpecError(f"no {split} questions in the {self.config.qa} files of {self.config.source}", path="task.source")
             built[split] = datasets.Dataset.from_list(rows)
         return TaskData(**built)
 
-    def _from_babilong(self, tables: list[tuple[int, Path]], seed: int) -> TaskData:
+    def _from_babilong(self, source: BabilongTables, seed: int) -> TaskData:
+        encode = self.vocabulary.encode
         rows = []
-        for length, path in tables:
-            for record in read_babilong_file(path):
-                prompt = tokenize(record["input"]) + tokenize(record["question"])
-                rows.append(babi_example(prompt, tokenize(str(record["target"])), length))
+        for length, table in sorted(source.tables.items()):
+            for record in table:
+                prompt = encode(record["input"]) + encode(record["question"])
+                rows.append(babi_example(prompt, encode(str(record["target"])), length))
         order = rng_for(seed, "babilong").permutation(len(rows))
         sizes = split_sizes(self.config)
         built: dict[str, list[dict]] = {"test": [], "validation": [], "train": []}

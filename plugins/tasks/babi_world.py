@@ -1,10 +1,16 @@
-"""bAbI-style stories (qa1-qa3) from a small world simulator, their word vocabulary and distractors.
+"""bAbI-style stories (qa1-qa3) from a small world simulator, and BABILong-style distractor padding.
 
 The world has bAbI's four actors, six rooms and three objects. Actors move
 between rooms, grab objects that lie where they stand (or whose place was never
 mentioned), and drop what they carry; a carried object moves with its carrier.
-Sentences use bAbI's wording ("mary journeyed to the office .", "john picked up
-the milk there ."), so the published files tokenize into the same ids.
+Sentences use bAbI's wording and, by default, its statistics (tasks.md, from the
+real en files): a move picks one of five forms uniformly ("moved", "went",
+"journeyed", "travelled", "went back", so "went back" is a fifth of the moves
+whatever the actor's history, mostly on first visits); every grab ends with
+"there", a drop with probability 0.18; a story asks a question after every two
+statements (qa1) or after a geometric number of statements (qa2 mean 5.1, qa3
+16.5), and an example is the story up to one of its first five questions, so
+contexts average about 6 (qa1), 15.4 (qa2) and 50 (qa3) statements.
 
 Distractor sentences (BABILong-style padding) come from a separate filler
 vocabulary that never names an actor, a room or an object, so they cannot
@@ -13,20 +19,27 @@ change an answer.
 
 from __future__ import annotations
 
-import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .babi_vocab import WordVocabulary
+
 ACTORS = ("mary", "john", "daniel", "sandra")
 ROOMS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 OBJECTS = ("apple", "football", "milk")
-MOVE_VERBS = (("moved",), ("went",), ("journeyed",), ("travelled",))
+MOVE_FORMS = (("moved",), ("went",), ("journeyed",), ("travelled",), ("went", "back"))
 GRAB_VERBS = (("got",), ("grabbed",), ("picked", "up"), ("took",))
 DROP_VERBS = (("dropped",), ("discarded",), ("put", "down"), ("left",))
 FUNCTION_WORDS = ("the", "to", "back", "there", "where", "is", "was", "before")
+#: share of drops followed by "there" in the real qa2 file (every grab has it)
+THERE_AFTER_DROP = 0.18
+#: questions per story in the bAbI files; an example stops at one of them
+QUESTIONS_PER_STORY = 5
+#: statements between two questions: exactly 2 in qa1, a geometric number with this mean in qa2/qa3
+STATEMENTS_PER_QUESTION = {"qa1": 2.0, "qa2": 5.1, "qa3": 16.5}
+SIMULATED_TASKS = ("qa1", "qa2", "qa3")
 
 FILLER_ADJECTIVES = ("old", "young", "quiet", "dark", "bright", "small", "large", "cold", "warm", "strange")
 FILLER_NOUNS = (
@@ -37,38 +50,12 @@ FILLER_VERBS = ("saw", "found", "watched", "followed", "heard", "crossed", "reme
 FILLER_PREPOSITIONS = ("near", "behind", "beside", "across")
 FILLER_WORDS = ("a", "it", "and", "seemed", *FILLER_ADJECTIVES, *FILLER_NOUNS, *FILLER_VERBS, *FILLER_PREPOSITIONS)
 
-#: Words outside the vocabulary (e.g. BABILong's book text) hash into this many ids.
-UNKNOWN_BUCKETS = 64
-
-PAD = 0
-SPECIAL = ("<pad>", ".", "?")
-_VERB_WORDS = tuple(dict.fromkeys(w for verbs in (MOVE_VERBS, GRAB_VERBS, DROP_VERBS) for v in verbs for w in v))
-WORDS: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        (*SPECIAL, *FUNCTION_WORDS, *ACTORS, *ROOMS, *OBJECTS, *_VERB_WORDS, *FILLER_WORDS)
-    )
-) + tuple(f"<w{i}>" for i in range(UNKNOWN_BUCKETS))
-WORD_ID = {word: i for i, word in enumerate(WORDS)}
-VOCAB_SIZE = len(WORDS)
-_FIRST_BUCKET = WORD_ID["<w0>"]
-_TOKEN_PATTERN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[.?]")
-
-
-def word_id(word: str) -> int:
-    """The id of a lower-case word; unknown words share UNKNOWN_BUCKETS ids by CRC32."""
-    found = WORD_ID.get(word)
-    if found is not None:
-        return found
-    return _FIRST_BUCKET + zlib.crc32(word.encode()) % UNKNOWN_BUCKETS
-
-
-def tokenize(text: str) -> list[int]:
-    """Lower-case words and `.`/`?` to ids; other punctuation is dropped."""
-    return [word_id(w) for w in _TOKEN_PATTERN.findall(text.lower())]
-
-
-def detokenize(ids: list[int]) -> str:
-    return " ".join(WORDS[i] for i in ids)
+_VERB_WORDS = tuple(dict.fromkeys(w for verbs in (MOVE_FORMS, GRAB_VERBS, DROP_VERBS) for v in verbs for w in v))
+#: every word a simulated story or a distractor can hold, in a fixed order
+SIMULATOR_WORDS: tuple[str, ...] = tuple(
+    dict.fromkeys((*FUNCTION_WORDS, *ACTORS, *ROOMS, *OBJECTS, *_VERB_WORDS, *FILLER_WORDS))
+)
+SIMULATOR_VOCABULARY = WordVocabulary(SIMULATOR_WORDS)
 
 
 # --------------------------------------------------------------------------- world
@@ -79,7 +66,6 @@ class World:
     """Where every actor is, who holds what, and each object's history of rooms."""
 
     actor_room: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ACTORS))
-    visited: dict[str, set[str]] = field(default_factory=lambda: {a: set() for a in ACTORS})
     holder: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(OBJECTS))
     object_room: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(OBJECTS))
     history: dict[str, list[str]] = field(default_factory=lambda: {o: [] for o in OBJECTS})
@@ -91,7 +77,6 @@ class World:
 
     def move(self, actor: str, room: str) -> None:
         self.actor_room[actor] = room
-        self.visited[actor].add(room)
         for obj, holder in self.holder.items():
             if holder == actor:
                 self._place(obj, room)
@@ -132,33 +117,50 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def _sentence(rng: np.random.Generator, kind: str, world: World, who: str, what: str) -> list[str]:
+def _sentence(rng: np.random.Generator, kind: str, who: str, what: str) -> list[str]:
     if kind == "move":
-        if what in world.visited[who] and rng.random() < 0.3:
-            return [who, "went", "back", "to", "the", what, "."]
-        return [who, *_pick(rng, MOVE_VERBS), "to", "the", what, "."]
-    verbs = GRAB_VERBS if kind == "grab" else DROP_VERBS
-    there = ["there"] if rng.random() < 0.5 else []
-    return [who, *_pick(rng, verbs), "the", what, *there, "."]
+        return [who, *_pick(rng, MOVE_FORMS), "to", "the", what, "."]
+    if kind == "grab":
+        return [who, *_pick(rng, GRAB_VERBS), "the", what, "there", "."]
+    there = ["there"] if rng.random() < THERE_AFTER_DROP else []
+    return [who, *_pick(rng, DROP_VERBS), "the", what, *there, "."]
 
 
-def simulate(rng: np.random.Generator, n_facts: int, qa: str) -> tuple[list[list[str]], World]:
-    """`n_facts` sentences of random possible actions (moves only for qa1)."""
-    world = World()
-    facts = []
-    weights = {"move": 1.0} if qa == "qa1" else {"move": 0.5, "grab": 0.3, "drop": 0.2}
-    for _ in range(n_facts):
+class StoryWriter:
+    """A story told one random possible action at a time (moves only for qa1)."""
+
+    def __init__(self, qa: str):
+        self.world = World()
+        self.facts: list[list[str]] = []
+        self.weights = {"move": 1.0} if qa == "qa1" else {"move": 0.5, "grab": 0.3, "drop": 0.2}
+
+    def step(self, rng: np.random.Generator) -> None:
+        world = self.world
         options = {"move": world.moves(), "grab": world.grabs(), "drop": world.drops()}
-        kinds = [k for k in weights if options[k]]
-        point = rng.random() * sum(weights[k] for k in kinds)
+        kinds = [k for k in self.weights if options[k]]
+        point = rng.random() * sum(self.weights[k] for k in kinds)
         for kind in kinds:  # weighted choice among the possible kinds
-            point -= weights[kind]
+            point -= self.weights[kind]
             if point < 0:
                 break
         who, what = _pick(rng, options[kind])
-        facts.append(_sentence(rng, kind, world, who, what))
+        self.facts.append(_sentence(rng, kind, who, what))
         getattr(world, kind)(who, what)
-    return facts, world
+
+
+def babi_story_length(rng: np.random.Generator, qa: str) -> int:
+    """Statements before a question, as in the bAbI files: the question is one of a story's first five.
+
+    qa1 asks after every two statements; in qa2/qa3 the statements between two
+    questions are 1 + a negative binomial count (shape 2) with mean
+    STATEMENTS_PER_QUESTION[qa], a tail between Poisson's and geometric's.
+    """
+    question = int(rng.integers(1, QUESTIONS_PER_STORY + 1))
+    mean = STATEMENTS_PER_QUESTION[qa]
+    if qa == "qa1":
+        return int(mean) * question
+    extra = mean - 1
+    return question + int(rng.negative_binomial(2, 2 / (2 + extra), size=question).sum())
 
 
 def ask(rng: np.random.Generator, world: World, qa: str) -> tuple[list[str], str] | None:
@@ -190,15 +192,37 @@ def ask(rng: np.random.Generator, world: World, qa: str) -> tuple[list[str], str
 
 
 def random_story(
-    rng: np.random.Generator, qa: str, min_facts: int, max_facts: int, max_attempts: int = 1000
+    rng: np.random.Generator,
+    qa: str,
+    min_facts: int | None = None,
+    max_facts: int | None = None,
+    max_extra_facts: int = 50,
+    max_attempts: int = 1000,
 ) -> Story:
-    """A story of U[min_facts, max_facts] sentences with one answerable question."""
+    """A story with one answerable question at its end.
+
+    Its length is bAbI's (`babi_story_length`) or, with both bounds given,
+    U[min_facts, max_facts]; where no question of this kind is answerable yet,
+    a bAbI-length story goes on until one is (bAbI asks only answerable
+    questions), or starts again after `max_extra_facts` more statements; a
+    bounded story starts again at once, so it keeps within the bounds.
+    """
+    if qa not in SIMULATED_TASKS:
+        raise ValueError(f"the simulator writes {SIMULATED_TASKS} stories, not {qa}")
+    bounded = min_facts is not None and max_facts is not None
     for _ in range(max_attempts):
-        facts, world = simulate(rng, int(rng.integers(min_facts, max_facts + 1)), qa)
-        asked = ask(rng, world, qa)
-        if asked is not None:
-            return Story(facts, *asked)
-    raise RuntimeError(f"no {qa} question in {max_attempts} stories of {min_facts}-{max_facts} facts")
+        n_facts = int(rng.integers(min_facts, max_facts + 1)) if bounded else babi_story_length(rng, qa)
+        writer = StoryWriter(qa)
+        for _ in range(n_facts):
+            writer.step(rng)
+        for extra in range(max_extra_facts + 1):  # a qa3 story can run out of questions: then start again
+            asked = ask(rng, writer.world, qa)
+            if asked is not None:
+                return Story(writer.facts, *asked)
+            if bounded or extra == max_extra_facts:
+                break
+            writer.step(rng)
+    raise RuntimeError(f"no {qa} question in {max_attempts} stories")
 
 
 # --------------------------------------------------------------------------- padding
@@ -225,7 +249,11 @@ def distractor(draws: Iterator[int]) -> list[str]:
 
 
 def padded_prompt(
-    rng: np.random.Generator, facts: list[list[int]], question: list[int], target_length: int
+    rng: np.random.Generator,
+    facts: list[list[int]],
+    question: list[int],
+    target_length: int,
+    vocabulary: WordVocabulary = SIMULATOR_VOCABULARY,
 ) -> list[int]:
     """Facts in order with distractor sentences at random gaps, then the question.
 
@@ -237,7 +265,7 @@ def padded_prompt(
     draws = iter(rng.integers(0, 2**31, size=DRAWS_PER_DISTRACTOR * budget).tolist())
     fillers: list[list[int]] = []
     while True:
-        sentence = [word_id(w) for w in distractor(draws)]
+        sentence = vocabulary.encode_words(distractor(draws))
         if used + len(sentence) > target_length:
             break
         fillers.append(sentence)

@@ -10,7 +10,9 @@ Layouts (the target follows GEN and is the only scored part):
             all numbers least-significant bit first.
 
 `length` fixes n; with `min_length` set, n ~ U[min_length, length] and every
-batch holds a single n (batches are grouped by the `length` column).
+batch holds a single n (batches are grouped by the `length` column). Seed 000's
+addition runs drew n from 5..40 per batch, in evaluation too: `length: 40,
+min_length: 5` (docs/tasks.md).
 `source` loads the published datasets instead (`hub`: steeldream/binary or
 steeldream/addition_binary; or a local copy with the same columns: `input_ids`,
 or `input_ids_0`/`input_ids_1`, lists of bits).

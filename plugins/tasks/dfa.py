@@ -1,29 +1,35 @@
 """`dfa`: RegBench, in-context learning of regular languages (seq_icl; arXiv 2401.12973).
 
-Every example is one random DFA and a prompt of strings it accepts:
+Every example is one random DFA and a prompt of strings it accepts, as seq_icl's
+src/dataloaders/dfa.py (HEAD; the task is not in commit ec42595) draws them:
   * the DFA: n ~ U[4, 12] states, an alphabet of U[4, 18] letters drawn from a-r,
     1-3 outgoing edges per state with distinct letters and distinct targets, no
-    self loops, all states accepting, minimal (redrawn until no state is
-    unreachable or redundant), start state 0;
+    self loops, all states accepting, start state 0, then minimised ONCE
+    (`sampling: seq_icl`; final sizes 2-12, about half shrink). The older
+    `sampling: minimal_redraw` redraws the edges until the DFA is minimal with
+    exactly n states (not seq_icl's: it skews out-degrees towards 3);
   * the prompt: U[10, 19] strings of U[1, 49] letters, each a uniform random walk
     from the start state, joined by `|`.
 5000 train DFAs, 250 validation, 250 test; no DFA (up to renaming its states)
-appears in two splits.
+appears in two splits (seq_icl does not deduplicate).
 
 Vocabulary (20 ids, no tokenizer): letters a-r are 0-17, `|` = 18, `.` = 19
-(seq_icl's no-op; never generated). Next-token layout: input_ids = prompt[:-1],
-labels[t] = prompt[t+1] at every position (train and test), so token accuracy
-is teacher-forced next-letter accuracy.
+(seq_icl's padding; never generated). Next-token layout: input_ids = prompt[:-1],
+labels[t] = prompt[t+1], with `|` targets masked (-100) in every split as seq_icl
+does, so token accuracy is teacher-forced next-letter accuracy
+(`score_separator: true` scores them too, as ponderlab did before).
 
 DFA accuracy (`extra_metrics`, reported as `<split>/dfa_accuracy` and per number
-of states): at every scored position, the model's greedy prediction is appended
-to the current string (the letters since the last `|`); a letter counts as right
-when the DFA still accepts the extended string, `|` when the current string is
-non-empty (all states accept), `.` never.
+of states), seq_icl's eval.py `_get_dfa_accuracy`: at every position whose next
+token is a letter, the model's greedy prediction is appended to the current
+string (the letters since the last `|`) and counts as right when the DFA accepts
+the result; `|` and `.` are never right. Always `|` scores 0.0, the true next
+token 1.0, a random letter about 0.26.
 
 Extrapolation: `test_max_strings` (more in-context strings at validation/test).
-Metrics per `states` (the DFA's size). Rows also carry `strings` and the DFA
-(`dfa`, a flattened states x 18 transition table with -1 for missing edges).
+Metrics per `states` (the DFA's final size). Rows also carry `strings`,
+`drawn_states` (n before minimising), the drawn `alphabet` and the DFA (`dfa`, a
+flattened states x 18 transition table with -1 for missing edges).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from ponderlab.core.data import TensorDataset
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import IGNORE_INDEX, Task, TaskData
 
-from .automata import DFA, random_minimal_dfa
+from .automata import DFA, draw_size_and_alphabet, minimised_random_dfa, random_minimal_dfa
 from .common import disjoint_splits, next_token_example, split_sizes
 
 N_LETTERS = 18
@@ -71,6 +77,13 @@ class DFAConfig(TaskConfig):
     validation_size: int = Field(250, ge=1)
     test_size: int = Field(250, ge=1)
     eval_batch_size: int = Field(32, ge=1, description="Batch size of the DFA-accuracy pass.")
+    score_separator: bool = Field(
+        False, description="Also score `|` targets (seq_icl masks them; ponderlab did before issue 22)."
+    )
+    sampling: Literal["seq_icl", "minimal_redraw"] = Field(
+        "seq_icl",
+        description="seq_icl: minimise one random DFA (2-12 states); minimal_redraw: redraw until minimal with n states.",
+    )
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -104,24 +117,24 @@ def dfa_prompt(rng: np.random.Generator, dfa: DFA, n_strings: int, min_length: i
 
 
 def dfa_prediction_right(dfa: DFA, input_ids: list[int], predictions: list[int], labels: list[int]) -> tuple[int, int]:
-    """(right, scored): greedy predictions appended to the current string, checked against the DFA."""
+    """(right, scored), seq_icl's DFA accuracy on one row.
+
+    Positions whose next token is a letter are scored (labels -100 or `|` are
+    skipped); the greedy prediction is appended to the current string and is
+    right when it is a letter the DFA accepts there.
+    """
     right = scored = 0
     state: int | None = 0
-    current = 0  # letters in the current string
     for t, token in enumerate(input_ids):
         if token == SEP:
-            state, current = 0, 0
-        else:
-            state = None if state is None else dfa.transitions[state].get(token)
-            current += 1
-        if labels[t] == IGNORE_INDEX:
+            state = 0
+        elif state is not None:
+            state = dfa.transitions[state].get(token)
+        if labels[t] == IGNORE_INDEX or labels[t] == SEP:
             continue
         scored += 1
         guess = predictions[t]
-        if guess == SEP:
-            right += int(current > 0 and state is not None)
-        elif guess < N_LETTERS:
-            right += int(state is not None and guess in dfa.transitions[state])
+        right += int(state is not None and guess < N_LETTERS and guess in dfa.transitions[state])
     return right, scored
 
 
@@ -152,23 +165,26 @@ class RegBench(Task):
         cfg = self.config
 
         def make(rng: np.random.Generator, split: str) -> dict:
-            dfa = random_minimal_dfa(
+            n_states, alphabet = draw_size_and_alphabet(
                 rng,
                 min_states=cfg.min_states,
                 max_states=cfg.max_states,
                 alphabet_size=N_LETTERS,
                 min_alphabet=cfg.min_alphabet,
                 max_alphabet=cfg.max_alphabet,
-                min_edges=cfg.min_edges,
-                max_edges=cfg.max_edges,
             )
+            sample = minimised_random_dfa if cfg.sampling == "seq_icl" else random_minimal_dfa
+            dfa = sample(rng, n_states=n_states, alphabet=alphabet, min_edges=cfg.min_edges, max_edges=cfg.max_edges)
             top = cfg.test_max_strings if split != "train" and cfg.test_max_strings else cfg.max_strings
             n_strings = int(rng.integers(cfg.min_strings, top + 1))
             prompt = dfa_prompt(rng, dfa, n_strings, cfg.min_string_length, cfg.max_string_length)
             if len(prompt) < 2:  # a one-letter prompt has no next token to score
                 prompt = prompt + [SEP] + dfa.walk(rng, 1)
-            row = next_token_example(prompt, "all")
-            row.update(states=dfa.n_states, strings=n_strings, dfa=dfa.to_table(N_LETTERS))
+            scored = [t for t, token in enumerate(prompt[1:]) if token != SEP or cfg.score_separator]
+            row = next_token_example(prompt, scored)
+            row.update(
+                states=dfa.n_states, drawn_states=n_states, strings=n_strings, dfa=dfa.to_table(N_LETTERS), alphabet=alphabet
+            )
             return row
 
         # DFAs are canonical (minimal, breadth-first numbered), so the table identifies the language

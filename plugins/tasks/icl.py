@@ -25,7 +25,8 @@ in Efficient Language Models", arXiv 2312.04927): vocabulary `vocab_size` ids
 (default 8192), 0 = filler, keys 1 .. V/2-1, values V/2 .. V-1; k distinct keys
 with distinct values as `k1 v1 ... kk vk`, then every key queried once at a gap
 drawn from a power law (p(g) ~ g^(a-1), a = `power_a`) in the remaining space,
-filler elsewhere. Only the value predicted at each query is scored (train and
+random tokens elsewhere (`random_non_queries`, True as in zoology; False
+leaves the filler 0 there). Only the value predicted at each query is scored (train and
 test); token accuracy is per-query accuracy, exact match all queries right.
 Defaults (T, k) = (64, 4); zoology also runs (128, 8) and (256, 16), listed in
 `settings` to mix them (batches then share one length). Extrapolation:
@@ -159,7 +160,9 @@ class MQARConfig(TaskConfig):
         None, min_length=1, description="Extrapolation: (T, k) pairs for validation/test."
     )
     power_a: float = Field(0.01, gt=0, le=1, description="Power-law exponent of the query gaps (1 = uniform).")
-    random_non_queries: bool = Field(False, description="Fill non-query positions with random tokens, not 0.")
+    random_non_queries: bool = Field(
+        True, description="Fill non-query positions with random tokens, not 0 (zoology's default)."
+    )
     train_size: int = Field(100_000, ge=1)
     validation_size: int = Field(500, ge=1)
     test_size: int = Field(3_000, ge=1)
