@@ -32,6 +32,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------- eval
+@pytest.mark.slow  # three CLI processes
 def test_eval_out_never_overwrites_another_runs_files(two_runs, tmp_path):
     runs = shutil.copytree(two_runs, tmp_path / "runs")
     (runs / "b" / "eval_test.json").write_text("{}")
