@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,9 @@ class TaskConfig(PluginConfig):
     """Options every task understands."""
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class TrainingConfig(StrictModel):
     """Optimiser, schedule, evaluation and checkpointing options."""
 
@@ -51,7 +54,7 @@ class TrainingConfig(StrictModel):
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW's betas, each in [0, 1).")
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
     grad_clip: float | None = Field(1.0, gt=0)

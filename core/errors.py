@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
+#: errno values of a write that ran out of room: disk full, quota, file size limit.
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 class PonderlabError(Exception):
     """Base class for errors reported to the user without a traceback."""
@@ -41,3 +46,14 @@ class NonFiniteLossError(PonderlabError):
     """Training produced a NaN or infinite loss."""
 
     exit_code = 3
+
+
+class StorageError(PonderlabError):
+    """A file could not be written for lack of room (disk full, quota, file size limit)."""
+
+    exit_code = 1
+
+
+def storage_full(exc: BaseException) -> bool:
+    """True when `exc` is an OSError for a write that ran out of room."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FULL

@@ -17,11 +17,12 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError, SpecError
+from .errors import CheckpointError, SpecError, StorageError, storage_full
 
 if TYPE_CHECKING:
     import numpy as np
@@ -207,10 +208,27 @@ def output_path(
     else:
         out = Path(out)
         target = out if out.suffix == ".json" else out / name
-    inside_run = target.resolve().parent == run_dir.resolve()
-    if inside_run and not target.name.startswith("eval_"):
-        raise SpecError(f"--out {target}: refusing to write a run's own file (eval files start with eval_)")
+    folder = target.resolve().parent
+    if folder == run_dir.resolve():
+        if not target.name.startswith("eval_"):
+            raise SpecError(f"--out {target}: refusing to write a run's own file (eval files start with eval_)")
+    elif holds_run_files(folder) and target.exists():
+        raise SpecError(
+            f"--out {target}: {folder} holds another run's files; refusing to overwrite {target.name} "
+            "(name a file that does not exist there)"
+        )
     return target
+
+
+#: Files whose presence marks a folder as (part of) a run directory.
+RUN_FILE_NAMES = ("spec.yaml", "results.json", "metrics.jsonl", "seed", "halting.json")
+
+
+def holds_run_files(folder: Path) -> bool:
+    """True when `folder` is a run directory or its checkpoints folder."""
+    if folder.name == "checkpoints" and (folder.parent / "spec.yaml").is_file():
+        return True
+    return any((folder / name).exists() for name in RUN_FILE_NAMES)
 
 
 def evaluate_run(
@@ -295,6 +313,17 @@ def format_evaluation(record: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Evaluate the latest checkpoint of a run, optionally on a changed task."
     parser.add_argument("run_dir", help="a run directory (holds spec.yaml and checkpoints/)")
@@ -303,8 +332,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output file (.json) or folder (default: the run directory)")
     parser.add_argument("--label", help="name suffix for the output file instead of a hash of the overrides")
     parser.add_argument("--checkpoint", help="a specific checkpoint file (default: the latest)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples (N >= 1)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -323,7 +352,15 @@ def main(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         label=args.label,
     )
-    atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
+    folder_existed = target.parent.exists()
+    try:
+        atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
+    except OSError as exc:
+        if not folder_existed:
+            shutil.rmtree(target.parent, ignore_errors=True)
+        if storage_full(exc):
+            raise StorageError(f"cannot write {target}: {exc.strerror}; nothing was written") from None
+        raise
     print(format_evaluation(record))
     print(f"written: {target}")
     return 0

@@ -1,6 +1,6 @@
 """PNG plots comparing runs (matplotlib, Agg backend, imported only when plotting).
 
-Each function takes the runs of a report (`ponderlab.core.report.RunRecord`: task_label,
+Each function takes the runs of a report (`ponderlab.core.run_records.RunRecord`: task_label,
 backbone, halting_key, label, results, profile(split), curve(split, key)) and a
 target path, draws one figure, and returns [(title, path)] for what it wrote ([]
 when there was nothing to draw). Colour encodes the backbone and line style /
@@ -11,6 +11,7 @@ which case every run gets its own colour and legend entry.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,6 @@ def plot_hop_heatmaps(runs, matrices: dict[int, tuple[Any, Any]], folder: Path) 
     """
     import numpy as np
 
-    from .report import safe_name
 
     chosen = [r for r in runs if id(r) in matrices]
     written = []
@@ -347,3 +347,11 @@ def plot_hop_histogram(runs, path: Path) -> list[tuple[str, Path]]:
         ax.grid(alpha=0.3, axis="y")
     _finish(plt, fig, encoding, layout, path, kind="bar")
     return [("Hop histogram", path)]
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label: `ca1d shifts=[1]` -> `ca1d_shifts_1`."""
+    return _SAFE.sub("_", re.sub(r"[\[\]'\"]", "", text)).strip("_") or "run"

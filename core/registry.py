@@ -13,6 +13,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,6 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .config import BackboneConfig, HaltingConfig, TaskConfig
 from .errors import PluginError, SpecError
 from .interfaces import Backbone, HaltingStrategy, Task
 
@@ -29,6 +31,9 @@ KINDS = {
     "halting": ("ponderlab_register_halting", HaltingStrategy),
     "task": ("ponderlab_register_tasks", Task),
 }
+
+#: The config base class each kind's `config_class` must derive from.
+CONFIG_BASES = {"backbone": BackboneConfig, "halting": HaltingConfig, "task": TaskConfig}
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
     errors: list[LoadError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the PONDERLAB_* selection did
     conflicts: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
     spec_model: Any = None  # the assembled spec model, built on first use by core.spec
 
@@ -75,7 +81,13 @@ class Registry:
             return self.plugins[kind][name]
         except KeyError:
             available = ", ".join(self.names(kind)) or "none"
-            raise SpecError(f"unknown {kind} {name!r} (available: {available})") from None
+            raise SpecError(f"unknown {kind} {name!r} (available: {available}){self.why_missing()}") from None
+
+    def why_missing(self) -> str:
+        """Plugins that failed to load and what the PONDERLAB_* selection did, as a suffix."""
+        parts = [f"plugin {e.source} ({e.distribution}) failed to load: {e.error}" for e in self.errors]
+        parts += self.notes
+        return "; " + "; ".join(parts) if parts else ""
 
     def all(self) -> list[PluginInfo]:
         return [info for kind in KINDS for info in self.plugins[kind].values()]
@@ -85,6 +97,13 @@ class Registry:
         base = KINDS[kind][1]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{source}: registered {cls!r} as a {kind}, but it is not a {base.__name__}")
+        config_base = CONFIG_BASES[kind]
+        config_class = getattr(cls, "config_class", None)
+        if not (isinstance(config_class, type) and issubclass(config_class, config_base)):
+            raise PluginError(
+                f"{source}: {cls.__qualname__}.config_class is {config_class!r}, "
+                f"which is not a subclass of {config_base.__name__}"
+            )
         name = plugin_name(cls)
         info = PluginInfo(kind, name, cls, source, distribution, version)
         if (kind, name) in self.conflicts:
@@ -128,6 +147,23 @@ def _selected(entry_point_name: str, distribution: str) -> bool:
     return allow is None or bool(keys & allow)
 
 
+def selection_notes(found: list[tuple[metadata.EntryPoint, str, str]]) -> list[str]:
+    """What PONDERLAB_PLUGINS / PONDERLAB_DISABLE_PLUGINS did: names that match nothing,
+    and an allow-list that leaves no plugin."""
+    known = {ep.name for ep, _, _ in found} | {dist for _, dist, _ in found}
+    notes = []
+    for variable in ("PONDERLAB_PLUGINS", "PONDERLAB_DISABLE_PLUGINS"):
+        unknown = sorted((_env_list(variable) or set()) - known)
+        if unknown:
+            notes.append(
+                f"{variable}: {', '.join(unknown)} is not the entry-point or distribution name of an "
+                "installed plugin (e.g. backbone.lstm or ponderlab; see `ponderlab plugins`), so it selects nothing"
+            )
+    if found and not any(_selected(ep.name, dist) for ep, dist, _ in found):
+        notes.append(f"PONDERLAB_PLUGINS / PONDERLAB_DISABLE_PLUGINS left none of {len(found)} installed plugins")
+    return notes
+
+
 def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
     found = []
     seen = set()
@@ -151,7 +187,9 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
     registry = Registry()
     sources: dict[str, tuple[str, str]] = {}
 
-    for ep, dist_name, version in _entry_points():
+    found = _entry_points()
+    registry.notes = selection_notes(found)
+    for ep, dist_name, version in found:
         if not _selected(ep.name, dist_name):
             continue
         try:
@@ -191,6 +229,8 @@ def get_registry() -> Registry:
     global _REGISTRY
     if _REGISTRY is None:
         _REGISTRY = build_registry()
+        for note in _REGISTRY.notes:
+            print(f"warning: {note}", file=sys.stderr)
     return _REGISTRY
 
 

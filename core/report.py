@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import re
+import os
+import shutil
 import sys
-from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, StorageError, storage_full
+from .run_records import RunRecord, collect_runs, label_runs, load_run
 
-#: Halting strategies whose hop count is fixed by configuration (no per-token decision).
-FIXED_HALTING = frozenset({"none", "constant"})
+__all__ = ["RunRecord", "collect_runs", "label_runs", "load_run", "write_report"]
 
 #: (header, results.json key or attribute) of the runs table, in order.
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -56,211 +56,6 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 #: halting.json keys of a split that may hold per-example hop matrices (besides heatmap.hops).
 STORED_MATRIX_KEYS = ("example_hops", "hop_matrix")
-
-
-@dataclass
-class RunRecord:
-    """One finished run as read from its directory (no plugins needed)."""
-
-    path: Path
-    spec: dict[str, Any]
-    results: dict[str, Any]
-    halting_profiles: dict[str, Any] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    name: str = ""
-    task_label: str = ""
-    variant: str = ""
-
-    @property
-    def task(self) -> str:
-        return str(self.results.get("task") or self.spec.get("task", {}).get("name"))
-
-    @property
-    def backbone(self) -> str:
-        return str(self.results.get("backbone") or self.spec.get("backbone", {}).get("name"))
-
-    @property
-    def halting(self) -> str:
-        return str(self.results.get("halting") or self.spec.get("halting", {}).get("name"))
-
-    @property
-    def scope(self) -> str:
-        scope = self.results.get("scope", self.spec.get("halting", {}).get("scope"))
-        return "-" if scope is None else str(scope)
-
-    @property
-    def halting_key(self) -> str:
-        """Halting name with its scope, e.g. `graves/layer` (`none` alone)."""
-        return self.halting if self.halting == "none" else f"{self.halting}/{self.scope}"
-
-    @property
-    def label(self) -> str:
-        """Short label inside one task: backbone + halting (+ variant)."""
-        text = f"{self.backbone} {self.halting_key}"
-        return f"{text} [{self.variant}]" if self.variant else text
-
-    @property
-    def halting_rank(self) -> tuple:
-        """Sort key: no halting, then fixed depth, then the rest by name and scope."""
-        return ({"none": 0, "constant": 1}.get(self.halting, 2), self.halting, self.scope)
-
-    @property
-    def adaptive(self) -> bool:
-        return self.halting not in FIXED_HALTING
-
-    def value(self, key: str) -> Any:
-        if key in ("task_label", "backbone", "halting", "scope", "variant", "name"):
-            return getattr(self, key)
-        return self.results.get(key)
-
-    def profile(self, split: str = "test") -> dict[str, Any]:
-        return self.halting_profiles.get(split) or {}
-
-    def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric from metrics.jsonl (finite values only)."""
-        steps, values = [], []
-        for record in self.metrics:
-            value = record.get(key)
-            if record.get("split") == split and isinstance(value, (int, float)) and math.isfinite(value):
-                steps.append(int(record["step"]))
-                values.append(float(value))
-        return steps, values
-
-
-# --------------------------------------------------------------------------- discovery
-def _is_run_dir(path: Path) -> bool:
-    return (path / "spec.yaml").is_file() and (path / "results.json").is_file()
-
-
-def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(finished run dirs, unfinished ones: spec.yaml without results.json) under `paths`."""
-    finished: dict[Path, None] = {}
-    unfinished: dict[Path, None] = {}
-    for raw in paths:
-        root = Path(raw)
-        if not root.is_dir():
-            raise SpecError(f"{root}: no such directory")
-        for spec_file in sorted([root / "spec.yaml", *root.rglob("spec.yaml")]):
-            if not spec_file.is_file():
-                continue
-            run = spec_file.parent.resolve()
-            (finished if _is_run_dir(run) else unfinished)[run] = None
-    return list(finished), list(unfinished)
-
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a killed run
-    return records
-
-
-def load_run(path: Path) -> RunRecord:
-    """Read a finished run dir (spec.yaml, results.json, halting.json, metrics.jsonl, eval_*.json)."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load((path / "spec.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path / 'spec.yaml'}: cannot read ({exc})") from None
-    results = _read_json(path / "results.json")
-    if not isinstance(results, dict):
-        raise SpecError(f"{path / 'results.json'}: not a JSON object")
-    evals = []
-    for eval_file in sorted(path.glob("eval_*.json")):
-        record = _read_json(eval_file)
-        if isinstance(record, dict) and "results" in record:
-            evals.append({**record, "file": eval_file.name})
-    return RunRecord(
-        path=path,
-        spec=spec,
-        results=results,
-        halting_profiles=_read_json(path / "halting.json", {}) or {},
-        metrics=_read_metrics(path / "metrics.jsonl"),
-        evals=evals,
-    )
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(data) if isinstance(data, list) else data}
-
-
-def _differing(flat_specs: list[dict[str, Any]], keys: list[str] | None = None) -> list[str]:
-    """Keys whose values are not the same in every spec."""
-    every = sorted({k for flat in flat_specs for k in flat}) if keys is None else keys
-    return [k for k in every if len({repr(flat.get(k)) for flat in flat_specs}) > 1]
-
-
-def _short(key: str) -> str:
-    return key.split(".", 1)[1] if "." in key else key
-
-
-def label_runs(runs: list[RunRecord]) -> None:
-    """Give each run a name (path relative to the common root), task label and variant.
-
-    The task label adds the task options that differ between runs of the same task
-    (`ca1d shift=2`); the variant lists any other spec values that differ between
-    runs sharing task, backbone, halting and scope (a tune sweep's hyperparameters).
-    """
-    if not runs:
-        return
-    import os
-
-    root = Path(os.path.commonpath([str(r.path) for r in runs]))
-    for run in runs:
-        relative = run.path.relative_to(root) if run.path != root else Path(run.path.name)
-        run.name = str(relative) if str(relative) != "." else run.path.name
-    ignored = {"output_dir", "name"}
-    flat = {id(r): {k: v for k, v in _flatten(r.spec).items() if k not in ignored} for r in runs}
-
-    by_task: dict[str, list[RunRecord]] = {}
-    for run in runs:
-        by_task.setdefault(run.task, []).append(run)
-    for task, group in by_task.items():
-        task_keys = sorted({k for r in group for k in flat[id(r)] if k.startswith("task.") and k != "task.name"})
-        changing = _differing([flat[id(r)] for r in group], task_keys)
-        for run in group:
-            extra = " ".join(f"{_short(k)}={flat[id(run)].get(k)}" for k in changing)
-            run.task_label = f"{task} {extra}".strip()
-
-    by_setting: dict[tuple, list[RunRecord]] = {}
-    for run in runs:
-        by_setting.setdefault((run.task_label, run.backbone, run.halting, run.scope), []).append(run)
-    for group in by_setting.values():
-        if len(group) < 2:
-            continue
-        keys = sorted(set().union(*(flat[id(r)] for r in group)))
-        keys = [k for k in keys if not k.startswith("task.")]
-        changing = _differing([flat[id(r)] for r in group], keys)
-        for run in group:
-            run.variant = " ".join(f"{k}={flat[id(run)].get(k)}" for k in changing) or run.name
-
-
-def collect_runs(paths: list[str | Path]) -> tuple[list[RunRecord], list[Path]]:
-    """Finished runs under `paths`, labelled and sorted; plus unfinished run dirs."""
-    finished, unfinished = find_run_dirs(paths)
-    runs = [load_run(p) for p in finished]
-    label_runs(runs)
-    runs.sort(key=lambda r: (r.task_label, r.backbone, r.halting_rank, r.variant, r.name))
-    return runs, unfinished
 
 
 # --------------------------------------------------------------------------- tables
@@ -406,15 +201,46 @@ def write_report(
     heatmap_examples: int = 32,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Write report.md, runs.csv, evals.csv and the PNG plots; returns what was written."""
-    from . import plots as plotting
+    """Write report.md, runs.csv, evals.csv and the PNG plots; returns what was written.
 
-    runs, unfinished = collect_runs(paths)
+    The files are written into a hidden folder beside `out` and moved into `out` only once
+    all of them are complete: a failure (a full disk) leaves no partial report. Runs whose
+    spec.yaml or results.json is damaged are skipped with a warning.
+    """
+    unreadable: list[str] = []
+    runs, unfinished = collect_runs(paths, unreadable)
     if not runs:
         where = ", ".join(str(p) for p in paths)
-        raise SpecError(f"no finished runs (spec.yaml + results.json) under {where}")
+        skipped = f" ({len(unreadable)} unreadable: {'; '.join(unreadable)})" if unreadable else ""
+        raise SpecError(f"no finished runs (spec.yaml + results.json) under {where}{skipped}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out}: is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        written = _write_files(runs, unfinished, staging, heatmap_examples=heatmap_examples, plots=plots)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if storage_full(exc):
+            raise StorageError(
+                f"cannot write the report in {out.parent}: {exc.strerror}; nothing was written to {out}"
+            ) from None
+        raise
+    out.mkdir(exist_ok=True)
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+    staging.rmdir()
+    written["files"] = [out / path.relative_to(staging) for path in written["files"]]
+    written["warnings"] = [f"skipped a run: {reason}" for reason in unreadable] + written["warnings"]
+    return written
+
+
+def _write_files(
+    runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool
+) -> dict[str, Any]:
+    from . import plots as plotting
+
     write_runs_csv(runs, out / "runs.csv")
     written = {"runs": runs, "unfinished": unfinished, "files": [out / "runs.csv"], "warnings": []}
     evals = eval_rows(runs)
@@ -507,11 +333,3 @@ def main(args: argparse.Namespace) -> int:
     for path in written["files"]:
         print(f"  {path}")
     return 0
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9.-]+")
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a label: `ca1d shifts=[1]` -> `ca1d_shifts_1`."""
-    return _SAFE.sub("_", re.sub(r"[\[\]'\"]", "", text)).strip("_") or "run"

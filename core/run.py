@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .errors import SpecError
+from .errors import CheckpointError, SpecError, StorageError, storage_full
 from .halting_report import write_halting_artifacts
 from .interfaces import Task, TaskData
 from .model import PonderModel
 from .registry import get_registry
+from .run_lock import LOCK_NAME, RunDirLock, lock_holder
 from .spec import SpecBase, read_spec_file, spec_to_yaml, validate_spec
 from .trainer import Trainer, pick_device
 
@@ -53,14 +54,24 @@ def default_run_dir(spec: SpecBase) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _run_files(run_dir: Path) -> list[Path]:
+    """What a run directory holds besides its lock file."""
+    return [entry for entry in run_dir.iterdir() if entry.name != LOCK_NAME]
+
+
 def prepare_run_dir(spec: SpecBase, output_dir: str | Path | None, resume: bool) -> Path:
     """Decide the run dir; refuse to overwrite a finished or started run unless resuming."""
     run_dir = Path(output_dir or spec.output_dir or default_run_dir(spec))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"output directory {run_dir} is a file, not a directory")
+    holder = lock_holder(run_dir) if run_dir.is_dir() else None
+    if holder is not None:
+        raise SpecError(f"run directory {run_dir} is in use by {holder}")
     if resume:
         if not (run_dir / "spec.yaml").exists():
             raise SpecError(f"--resume: {run_dir} holds no run (no spec.yaml)")
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and _run_files(run_dir):
         raise SpecError(f"output directory {run_dir} is not empty (use --resume to continue it)")
     return run_dir
 
@@ -96,11 +107,6 @@ def execute(
     model = build_model_from_spec(spec, task.vocab_size)
     device = pick_device(spec.training.device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        resolved = spec.model_copy(update={"output_dir": str(run_dir)})
-        ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
-        ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
     trainer = Trainer(
         model=model,
         task=task,
@@ -112,20 +118,48 @@ def execute(
         progress=progress,
         on_validation=on_validation,
     )
-    if resume:
-        trainer.resume()
-    results = trainer.fit()
-    results = {
-        "task": spec.task.name,
-        "backbone": spec.backbone.name,
-        "halting": spec.halting.name,
-        "scope": getattr(spec.halting, "scope", None),
-        "device": str(device),
-        **results,
-    }
-    write_halting_artifacts(run_dir, trainer, results)  # halting.json + halting_hops.png
-    ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
+    with RunDirLock(run_dir):
+        if resume:
+            if not trainer.resume():
+                raise CheckpointError(
+                    f"--resume: {run_dir} has no checkpoint to continue from; "
+                    "start the run afresh in a new output directory"
+                )
+        elif _run_files(run_dir):  # another process finished a run here since the check
+            raise SpecError(f"output directory {run_dir} is not empty (use --resume to continue it)")
+        else:
+            resolved = spec.model_copy(update={"output_dir": str(run_dir)})
+            ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
+            ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+        try:
+            results = trainer.fit()
+            results = {
+                "task": spec.task.name,
+                "backbone": spec.backbone.name,
+                "halting": spec.halting.name,
+                "scope": getattr(spec.halting, "scope", None),
+                "device": str(device),
+                **results,
+            }
+            write_halting_artifacts(run_dir, trainer, results)  # halting.json + halting_hops.png
+            ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
+        except OSError as exc:
+            if not storage_full(exc):
+                raise
+            raise StorageError(out_of_room_message(exc, run_dir, spec.training.steps)) from None
     return results, run_dir
+
+
+def out_of_room_message(exc: OSError, run_dir: Path, steps: int) -> str:
+    """What could not be written, and what of the run is kept."""
+    what = exc.filename or f"a file in {run_dir}"
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if found:
+        step, path = found[-1]
+        kept = f"kept: checkpoint {path} (step {step} of {steps}); free space, then run again with --resume"
+    else:
+        kept = "no checkpoint was saved"
+    return f"cannot write {what}: {exc.strerror or exc}; {kept}"
 
 
 def format_summary(results: dict[str, Any], run_dir: Path | None = None) -> str:

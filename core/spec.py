@@ -26,7 +26,9 @@ DEFAULT_HALTING = {"name": "none"}
 class SpecBase(StrictModel):
     """Fields every experiment spec has besides the plugin sections."""
 
-    seed: int = Field(0, description="Seed for data generation, initialisation and data order.")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed for data generation, initialisation and data order."
+    )
     name: str | None = Field(None, description="Run name (used for the default output dir).")
     output_dir: str | None = Field(None, description="Run directory (default runs/<name>).")
 
@@ -43,7 +45,9 @@ def build_spec_model(registry: Registry) -> type[SpecBase]:
     for section, kind in PLUGIN_SECTIONS.items():
         configs = [registry.plugins[kind][n].cls.config_class for n in sorted(registry.plugins[kind])]
         if not configs:
-            raise PluginError(f"no {kind} plugins are installed (check `ponderlab plugins`)")
+            raise PluginError(
+                f"no {kind} plugins are installed (check `ponderlab plugins`){registry.why_missing()}"
+            )
         default = DEFAULT_HALTING if section == "halting" and "none" in registry.plugins[kind] else ...
         fields[section] = (_union(configs), default)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
@@ -61,7 +65,7 @@ def spec_model(registry: Registry | None = None) -> type[SpecBase]:
 # --------------------------------------------------------------------------- YAML
 
 
-class _Source:
+class Source:
     """Where spec values came from: a YAML file with line numbers, or overrides."""
 
     def __init__(self, label: str, lines: dict[tuple, int] | None = None):
@@ -78,7 +82,37 @@ class _Source:
         return self.label if self.label else None
 
 
-def _line_map(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, int]:
+#: The most values (mappings, lists and scalars, aliases counted at every use) a spec may hold.
+MAX_SPEC_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in `node` once YAML aliases are expanded; each distinct node is counted once."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node that refers to itself counts once (the loader rejects it later)
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_SPEC_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
+def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set | None = None) -> dict[tuple, int]:
+    """Key path -> line; a node reached again through an alias is not walked twice."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return {}
+    seen_nodes.add(id(node))
     lines: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -87,23 +121,29 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = ()) -> dict[tuple, i
             path = prefix + (key,)
             if key in seen:
                 raise SpecError(
-                    "duplicate key", path=_dotted(path), where=f"{source}:{key_node.start_mark.line + 1}"
+                    "duplicate key", path=dotted_key(path), where=f"{source}:{key_node.start_mark.line + 1}"
                 )
             seen.add(key)
             lines[path] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, source, path))
+            lines.update(_line_map(value_node, source, path, seen_nodes))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             path = prefix + (index,)
             lines[path] = item.start_mark.line + 1
-            lines.update(_line_map(item, source, path))
+            lines.update(_line_map(item, source, path, seen_nodes))
     return lines
 
 
-def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
+def read_yaml(text: str, label: str) -> tuple[dict, Source]:
     """Parse a YAML mapping, keeping a map from key paths to line numbers."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"the spec expands to more than {MAX_SPEC_VALUES:,} values "
+                "(nested YAML aliases?); refusing to load it",
+                where=label,
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -115,14 +155,14 @@ def read_yaml(text: str, label: str) -> tuple[dict, _Source]:
     if not isinstance(data, dict):
         raise SpecError("a spec must be a YAML mapping", where=f"{label}:1")
     lines = _line_map(node, label) if node is not None else {}
-    return data, _Source(label, lines)
+    return data, Source(label, lines)
 
 
 def bundled_spec_path(name: str = "quickstart") -> Path:
     return Path(str(resources.files("ponderlab.core") / "specs" / f"{name}.yaml"))
 
 
-def read_spec_file(path: str | Path | None) -> tuple[dict, _Source]:
+def read_spec_file(path: str | Path | None) -> tuple[dict, Source]:
     if path is None:
         path = bundled_spec_path()
     path = Path(path)
@@ -136,7 +176,7 @@ def read_spec_file(path: str | Path | None) -> tuple[dict, _Source]:
 # --------------------------------------------------------------------------- overrides
 
 
-def _dotted(path: tuple) -> str:
+def dotted_key(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
@@ -167,13 +207,13 @@ def parent_mapping(data: dict, path: tuple, where: str | None = None) -> dict:
             child = node[part] = {}
         if not isinstance(child, dict):
             raise SpecError(
-                f"cannot set {_dotted(path)}: {_dotted(path[: depth + 1])} is not a mapping", where=where
+                f"cannot set {dotted_key(path)}: {dotted_key(path[: depth + 1])} is not a mapping", where=where
             )
         node = child
     return node
 
 
-def apply_overrides(data: dict, overrides: list[str], source: _Source | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], source: Source | None = None) -> dict:
     """Apply `dotted.key=value` overrides; a new plugin `name` resets that section first."""
     data = copy.deepcopy(data)
     parsed = [(raw, *parse_override(raw)) for raw in overrides]
@@ -190,6 +230,26 @@ def apply_overrides(data: dict, overrides: list[str], source: _Source | None = N
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def validation_message(exc: ValidationError) -> tuple[tuple, str]:
+    """The first error of a pydantic ValidationError: (its location, one readable message).
+
+    An unknown key reads "unknown key"; other messages name the offending input; the
+    number of further errors is appended.
+    """
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] != "missing" and "input" in first:
+            message = f"{message} (got {first['input']!r})"
+    more = len(errors) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return tuple(first["loc"]), message
 
 
 def _strip_tags(loc: tuple, data: Any) -> tuple:
@@ -209,7 +269,7 @@ def _strip_tags(loc: tuple, data: Any) -> tuple:
     return tuple(path)
 
 
-def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None:
+def _check_plugin_names(data: dict, registry: Registry, source: Source) -> None:
     for section, kind in PLUGIN_SECTIONS.items():
         if section not in data:
             continue
@@ -232,26 +292,18 @@ def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None
             raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
 
 
-def validate_spec(data: dict, source: _Source | None = None, registry: Registry | None = None) -> SpecBase:
+def validate_spec(data: dict, source: Source | None = None, registry: Registry | None = None) -> SpecBase:
     """Validate a spec dict into the assembled spec model, or raise one clear SpecError."""
     registry = registry or get_registry()
-    source = source or _Source("spec")
+    source = source or Source("spec")
     _check_plugin_names(data, registry, source)
     model = spec_model(registry)
     try:
         spec = model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = _strip_tags(tuple(first["loc"]), data)
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in first and first["type"] not in ("missing",):
-            message = f"{message} (got {first['input']!r})"
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise SpecError(message, path=_dotted(path) or None, where=source.where(path)) from None
+        loc, message = validation_message(exc)
+        path = _strip_tags(loc, data)
+        raise SpecError(message, path=dotted_key(path) or None, where=source.where(path)) from None
     halting_cls = registry.get("halting", spec.halting.name).cls
     scope = getattr(spec.halting, "scope", None)
     if scope is not None and scope not in halting_cls.supported_scopes:
@@ -287,7 +339,7 @@ def resolve_spec(spec: SpecBase | dict | str | Path | None = None, **sections: A
     if isinstance(spec, (str, Path)):
         data, source = read_spec_file(spec)
     else:
-        data, source = dict(spec or {}), _Source("spec")
+        data, source = dict(spec or {}), Source("spec")
     for key, value in sections.items():
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
@@ -305,14 +357,22 @@ def spec_json_schema(registry: Registry | None = None) -> dict:
 
 __all__ = [
     "KINDS",
+    "PLUGIN_SECTIONS",
+    "Source",
     "SpecBase",
     "apply_overrides",
     "build_spec_model",
+    "dotted_key",
+    "is_plugin_switch",
     "load_spec",
+    "parent_mapping",
+    "parse_override",
+    "read_spec_file",
     "read_yaml",
     "resolve_spec",
     "spec_json_schema",
     "spec_model",
     "spec_to_yaml",
     "validate_spec",
+    "validation_message",
 ]

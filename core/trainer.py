@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,6 +243,8 @@ class Trainer:
         return path
 
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{source}: not a ponderlab checkpoint (holds a {type(state).__name__})")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -251,25 +254,56 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{source}: does not match this model ({type(exc).__name__}: {exc})") from None
 
     def resume(self) -> bool:
-        """Continue from the latest checkpoint in the run dir; False when there is none."""
+        """Continue from the newest intact checkpoint in the run dir; False when there is none.
+
+        A damaged newer checkpoint (cut short by a crash or a full disk) is reported on
+        stderr and the one before it is used; none intact is a CheckpointError.
+        """
         if self.checkpoint_dir is None:
             return False
-        path = ckpt.latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        self.load_state(ckpt.load_checkpoint(path, self.device), str(path))
+        found = ckpt.list_checkpoints(self.checkpoint_dir)
+        damaged = []
+        for _, path in reversed(found):
+            try:
+                self.load_state(ckpt.load_checkpoint(path, self.device), str(path))
+            except CheckpointError as exc:
+                damaged.append(str(exc).strip().splitlines()[0])
+                continue
+            for reason in damaged:
+                print(f"warning: skipped a damaged checkpoint: {reason}; resuming from {path}", file=sys.stderr)
+            self._truncate_metrics()
+            return True
+        if damaged:
+            raise CheckpointError(f"no intact checkpoint to resume from: {'; '.join(damaged)}")
+        return False
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics.jsonl records the resumed run will write again (and lines cut short).
+
+        Kept: records up to the checkpoint's step, except a finished run's final validation
+        and test records, which `final_results` writes anew.
+        """
         metrics_file = self.run_dir / "metrics.jsonl"
-        if metrics_file.exists():  # drop records written after that checkpoint
-            kept = [
-                line for line in metrics_file.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step
-            ]
-            ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-        return True
+        if not metrics_file.exists():
+            return
+        finished = self.step >= self.config.steps
+        kept = []
+        for line in metrics_file.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # cut short by a crash or a full disk
+            step = record.get("step") if isinstance(record, dict) else None
+            if not isinstance(step, int) or step > self.step:
+                continue
+            if finished and step == self.step and record.get("split") in ("validation", "test"):
+                continue
+            kept.append(line)
+        ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, float]:

@@ -14,7 +14,8 @@ import yaml
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.spec import PLUGIN_SECTIONS, validate_spec
 
-from .spec import TuneSpec, apply_point, format_value
+from .dims import apply_point, format_value
+from .spec import TuneSpec
 
 COMPLETED_KEY = "trial/completed"  # set in a trial's final report
 STANDARD_METRICS = (

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.errors import PonderlabError, SpecError
 
 from .cluster import join
+from .dims import SearchDim
+from .options import Resources
 from .results import ResultTable, build_table, write_outputs
-from .spec import Resources, SearchDim, TuneSpec, compare_for_resume, saved_spec_path
+from .spec import TuneSpec, compare_for_resume, saved_spec_path
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,8 @@ def make_searcher(tspec: TuneSpec):
         return OptunaSearch(seed=options.seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=options.seed)
+    # Ray ignores TuneConfig.max_concurrent_trials with this generator: it takes its own limit.
+    return BasicVariantGenerator(random_state=options.seed, max_concurrent=options.max_concurrent_trials or 0)
 
 
 def trial_plan(tspec: TuneSpec, resources: dict[str, float]) -> dict[str, Any]:
@@ -123,10 +127,38 @@ def check_experiment_dir(tspec: TuneSpec, resume: bool) -> None:
     difference = compare_for_resume(tspec, yaml.safe_load(saved.read_text()) or {})
     if difference is not None:
         raise SpecError(f"--resume: the spec differs from the one saved in {saved} (at {difference})")
+    check_trusted(directory)  # before Ray reads (unpickles) anything there
     from ray.tune import Tuner
 
     if not Tuner.can_restore(str(directory)):
         raise SpecError(f"--resume: {directory} holds no Ray Tune experiment state")
+
+
+def check_trusted(directory: Path) -> None:
+    """Refuse to resume from state that another user could have written.
+
+    Ray Tune's restore unpickles tuner.pkl and the experiment state beside it, and a
+    pickle can run any code as whoever resumes. The folder and every file directly in it
+    must be owned by the current user and writable by nobody else (no group or other write).
+    Sub-folders (trials, runs) hold no pickles that a restore reads and are not checked.
+    """
+    user = os.geteuid()
+    for path in [directory, *sorted(directory.iterdir())]:
+        info = path.lstat()
+        if path != directory and stat.S_ISDIR(info.st_mode):
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            problem = "is a symbolic link"
+        elif info.st_uid != user:
+            problem = f"is owned by user id {info.st_uid}, not by you ({user})"
+        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = f"is writable by other users (mode {stat.filemode(info.st_mode)})"
+        else:
+            continue
+        raise SpecError(
+            f"--resume: {path} {problem}; resuming unpickles Ray Tune's state in {directory}, which "
+            "could run code as you, so only your own state is resumed (see docs/tune.md, Trust)"
+        )
 
 
 def connect(tspec: TuneSpec) -> bool:
@@ -184,7 +216,11 @@ def run_search(tspec: TuneSpec, *, resume: bool = False, retry_failed: bool = Fa
                     num_samples=tspec.options.num_samples,
                     scheduler=make_scheduler(tspec),
                     search_alg=make_searcher(tspec),
-                    max_concurrent_trials=tspec.options.max_concurrent_trials,
+                    # Optuna: Ray wraps it in a ConcurrencyLimiter; the basic generator has its own.
+                    max_concurrent_trials=(
+                        tspec.options.max_concurrent_trials
+                        if tspec.options.search_algorithm == "optuna" else None
+                    ),
                     reuse_actors=tspec.options.reuse_actors,
                     trial_dirname_creator=trial_dirname,
                 ),
@@ -201,12 +237,12 @@ def run_search(tspec: TuneSpec, *, resume: bool = False, retry_failed: bool = Fa
         tuner.fit()
         analysis = tune.ExperimentAnalysis(str(tspec.experiment_dir))
         trials = analysis.trials
+        if not trials:
+            raise PonderlabError(f"the search in {tspec.experiment_dir} ran no trials")
+        table = build_table(tspec, trials)  # a failed trial's error file needs Ray still up
     finally:
         if connected:
             ray.shutdown()
-    if not trials:
-        raise PonderlabError(f"the search in {tspec.experiment_dir} ran no trials")
-    table = build_table(tspec, trials)
     outputs = write_outputs(tspec, table)
     interrupted = any(row.status == "unfinished" for row in table.rows)
     return SearchOutcome(table=table, experiment_dir=tspec.experiment_dir, interrupted=interrupted, outputs=outputs)

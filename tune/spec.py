@@ -27,260 +27,37 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from ponderlab.core.config import StrictModel
 from ponderlab.core.errors import SpecError
 from ponderlab.core.registry import Registry, get_registry
 from ponderlab.core.spec import (
-    PLUGIN_SECTIONS,
+    Source,
     SpecBase,
-    _dotted,
-    _Source,
     apply_overrides,
-    is_plugin_switch,
-    parent_mapping,
+    dotted_key,
     parse_override,
     read_spec_file,
     validate_spec,
+    validation_message,
 )
 
-DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-DISCRETE_KINDS = ("grid", "choice")
+from .dims import SearchDim, apply_order, apply_point, assign, format_value
+from .options import DISCRETE_KINDS, DOMAIN_KINDS, AshaOptions, Resources, SearchDomain, TuneOptions
+
+#: Re-exported: the search spec's parts are defined in `options` and `dims`.
+__all__ = [
+    "AshaOptions", "Resources", "SearchDim", "SearchDomain", "TuneOptions", "TuneSpec",
+    "apply_point", "assign", "compare_for_resume", "format_value", "load_tune_spec", "saved_spec_path",
+]
+
 SEARCHABLE_ROOTS = ("seed", "task", "backbone", "halting", "training")
-#: Metrics computed at every validation (core/metrics.py); slices add `col=value/exact_match`.
-VALIDATION_METRICS = (
-    "loss", "token_accuracy", "exact_match", "mean_hops", "max_hops",
-    "mean_layers", "ponder_cost", "remainder",
-)
-_SLICE_METRIC = re.compile(r"^[^/=]+=[^/]+/(exact_match|token_accuracy)$")
-_LOWER_IS_BETTER = ("loss", "mean_hops", "max_hops", "mean_layers", "ponder_cost", "remainder")
 #: Experiment-time settings that may change on --resume (they only affect the driver).
 RESUME_MUTABLE = ("address", "runtime_env", "verbose")
 #: Above this many grid points, each searched value is checked on its own instead.
 MAX_CHECKED_POINTS = 4096
-
-
-# --------------------------------------------------------------------------- pydantic models
-
-
-class SearchDomain(StrictModel):
-    """One searched key: exactly one of grid / choice / uniform / loguniform / randint."""
-
-    grid: list[Any] | None = Field(None, description="Every value, once per sample (grid search).")
-    choice: list[Any] | None = Field(None, description="One value drawn uniformly per trial.")
-    uniform: tuple[float, float] | None = Field(None, description="[low, high] drawn uniformly.")
-    loguniform: tuple[float, float] | None = Field(None, description="[low, high] drawn log-uniformly.")
-    randint: tuple[int, int] | None = Field(None, description="[low, high], both ends included.")
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        given = [kind for kind in DOMAIN_KINDS if getattr(self, kind) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(DOMAIN_KINDS)} (got {', '.join(given) or 'none'})")
-        kind = given[0]
-        value = getattr(self, kind)
-        if kind in DISCRETE_KINDS and not value:
-            raise ValueError(f"{kind} needs at least one value")
-        if kind in ("uniform", "loguniform") and not value[0] < value[1]:
-            raise ValueError(f"{kind} needs low < high (got {list(value)})")
-        if kind == "loguniform" and value[0] <= 0:
-            raise ValueError(f"loguniform needs low > 0 (got {value[0]})")
-        if kind == "randint" and value[0] > value[1]:
-            raise ValueError(f"randint needs low <= high (got {list(value)})")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(kind for kind in DOMAIN_KINDS if getattr(self, kind) is not None)
-
-
-class AshaOptions(StrictModel):
-    """Asynchronous successive halving, on the training step of each validation."""
-
-    grace_period: int | None = Field(
-        None, ge=1, description="Steps before a trial can be stopped (default: training.eval_every)."
-    )
-    reduction_factor: float = Field(3.0, gt=1, description="Keep the best 1/reduction_factor at each rung.")
-    max_t: int | None = Field(None, ge=1, description="Last rung in steps (default: the most training.steps).")
-
-
-class Resources(StrictModel):
-    """What one trial reserves. gpu: auto = 1 GPU per trial when the cluster has GPUs, else 0."""
-
-    cpu: float = Field(1.0, gt=0)
-    gpu: float | Literal["auto"] = Field("auto")
-
-    @field_validator("gpu", mode="before")
-    @classmethod
-    def _gpu(cls, value):
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"must be a number of GPUs >= 0 or 'auto' (got {value!r})")
-        return value
-
-
-class TuneOptions(StrictModel):
-    """The `tune:` section: how Ray Tune runs the search."""
-
-    metric: str = Field("validation/exact_match", description="Reported at every validation.")
-    mode: Literal["max", "min"] | None = Field(None, description="Default: min for losses/hops/costs.")
-    num_samples: int = Field(1, ge=1, description="Repeats of the grid (basic) or trials (optuna).")
-    scheduler: Literal["fifo", "asha"] = "fifo"
-    asha: AshaOptions = Field(default_factory=AshaOptions)
-    search_algorithm: Literal["basic", "optuna"] = Field(
-        "basic", description="basic: grid + random sampling; optuna: TPE (no grid domains)."
-    )
-    seed: int | None = Field(None, description="Seed of the sampler (random domains, Optuna).")
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    resources: Resources = Field(default_factory=Resources)
-    storage_path: str = Field("runs/tune", description="Experiment dirs go under it (shared FS on a cluster).")
-    name: str | None = Field(None, description="Experiment name (default: the spec's name or file stem).")
-    address: str | None = Field(None, description="Join an existing Ray cluster (e.g. auto, 10.0.0.1:6379).")
-    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for this search's workers.")
-    max_failures: int = Field(0, ge=-1, description="Retries of a crashed trial (-1: unlimited).")
-    fail_fast: bool = Field(False, description="Stop the whole search at the first trial error.")
-    reuse_actors: bool = Field(True, description="Run later trials in the same worker processes.")
-    keep_checkpoints: int = Field(2, ge=1, description="Reported checkpoints Ray keeps per trial.")
-    columns: list[str] = Field(default_factory=list, description="Extra result keys for the table.")
-    verbose: int = Field(1, ge=0, le=3, description="Ray Tune console verbosity.")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        split, _, name = value.partition("/")
-        if split != "validation" or not (name in VALIDATION_METRICS or _SLICE_METRIC.match(name)):
-            raise ValueError(
-                "must be a metric reported at every validation: validation/<name> with <name> one of "
-                f"{', '.join(VALIDATION_METRICS)} (or a slice such as validation/length=8/exact_match)"
-            )
-        return value
-
-    @field_validator("storage_path")
-    @classmethod
-    def _local_path(cls, value: str) -> str:
-        if "://" in value:
-            raise ValueError("must be a filesystem path (on a cluster: one every node mounts)")
-        return value
-
-    @property
-    def resolved_mode(self) -> str:
-        if self.mode is not None:
-            return self.mode
-        return "min" if self.metric.rsplit("/", 1)[-1] in _LOWER_IS_BETTER else "max"
-
-
-# --------------------------------------------------------------------------- search dimensions
-
-
-@dataclass(frozen=True)
-class SearchDim:
-    """One searched dotted key with its domain and where it was written."""
-
-    key: str
-    kind: str
-    values: tuple = ()  # grid / choice
-    low: float | int | None = None  # uniform / loguniform / randint
-    high: float | int | None = None
-    file_path: tuple = ()  # path of the domain mapping in the YAML file
-    override: str | None = None  # the command-line override that set it
-
-    @property
-    def path(self) -> tuple[str, ...]:
-        return tuple(self.key.split("."))
-
-    @property
-    def discrete(self) -> bool:
-        return self.kind in DISCRETE_KINDS
-
-    def value(self, raw: Any) -> Any:
-        """The spec value of a trial's raw sample (an index for grid / choice)."""
-        if self.discrete:
-            return copy.deepcopy(self.values[int(raw)])
-        if self.kind == "randint":
-            return int(raw)
-        return float(raw)
-
-    def check_points(self) -> list[tuple[Any, int | None]]:
-        """(raw sample, value index) pairs covering this domain for validation."""
-        if self.discrete:
-            return [(i, i) for i in range(len(self.values))]
-        return [(self.low, None), (self.high, None)]
-
-    def describe(self, raw: Any) -> str:
-        if self.discrete:
-            return f"{self.kind}[{int(raw)}] = {format_value(self.values[int(raw)])}"
-        return f"{self.kind} value {format_value(self.value(raw))}"
-
-    def describe_domain(self) -> str:
-        if self.discrete:
-            return f"{self.kind} over {', '.join(format_value(v) for v in self.values)}"
-        return f"{self.kind} [{self.low}, {self.high}]"
-
-    def to_plain(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "values": list(self.values), "low": self.low, "high": self.high}
-
-    @classmethod
-    def from_plain(cls, data: dict) -> SearchDim:
-        return cls(key=data["key"], kind=data["kind"], values=tuple(data["values"]), low=data["low"], high=data["high"])
-
-
-def format_value(value: Any) -> str:
-    """Compact text of a searched value: graves(max_steps=4), 0.001, lstm."""
-    if isinstance(value, dict):
-        inner = ", ".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
-        if "name" in value:
-            return f"{value['name']}({inner})" if inner else str(value["name"])
-        return f"{{{inner}}}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
-# --------------------------------------------------------------------------- applying values
-
-
-def _apply_order(dim: SearchDim) -> tuple:
-    # Whole sections first, then plugin switches (`backbone.name`), then deeper keys.
-    return (len(dim.path) - (0.5 if is_plugin_switch(dim.path) else 0),)
-
-
-def _merge(target: dict, value: dict) -> None:
-    for key, item in value.items():
-        if isinstance(item, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], item)
-        else:
-            target[key] = copy.deepcopy(item)
-
-
-def assign(data: dict, path: tuple, value: Any) -> None:
-    """Set a searched value at `path`: merge mappings, restart a plugin section on a new name."""
-    node = parent_mapping(data, path)
-    last = path[-1]
-    existing = node.get(last)
-    if isinstance(value, dict) and isinstance(existing, dict):
-        restart = len(path) == 1 and last in PLUGIN_SECTIONS and existing.get("name") not in (None, value.get("name"))
-        if restart:
-            node[last] = copy.deepcopy(value)
-        else:
-            _merge(existing, value)
-        return
-    if is_plugin_switch(path) and existing != value:
-        node.clear()
-    node[last] = copy.deepcopy(value)
-
-
-def apply_point(base: dict, dims: list[SearchDim], raw: dict[str, Any]) -> dict:
-    """The experiment spec dict of one trial: the base with every searched value applied."""
-    data = copy.deepcopy(base)
-    for dim in sorted(dims, key=_apply_order):
-        assign(data, dim.path, dim.value(raw[dim.key]))
-    return data
 
 
 # --------------------------------------------------------------------------- the search spec
@@ -317,10 +94,10 @@ class TuneSpec:
         return apply_point(self.base, self.dims, raw)
 
 
-class _PointSource(_Source):
+class _PointSource(Source):
     """Locations for one grid point: a searched key's value in the file, else the base's."""
 
-    def __init__(self, base_source: _Source, applied: list[tuple[SearchDim, Any]]):
+    def __init__(self, base_source: Source, applied: list[tuple[SearchDim, Any]]):
         super().__init__(base_source.label, base_source.lines)
         self.base_source = base_source
         self.applied = applied
@@ -353,7 +130,7 @@ def responsible_dim(path: tuple, applied: list[tuple[SearchDim, Any]]) -> tuple[
     return best
 
 
-def dim_where(dim: SearchDim, source: _Source, raw: Any = None, rest: tuple = ()) -> str | None:
+def dim_where(dim: SearchDim, source: Source, raw: Any = None, rest: tuple = ()) -> str | None:
     if dim.override is not None:
         return f"override {dim.override!r}"
     anchor = dim.file_path + (dim.kind,)
@@ -390,21 +167,13 @@ def _follow(loc: tuple, data: Any) -> tuple:
     return tuple(path)
 
 
-def _raise_validation(exc: ValidationError, prefix: tuple, data: Any, source: _Source) -> None:
-    first = exc.errors()[0]
-    path = prefix + _follow(tuple(first["loc"]), data)
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    if first["type"] == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif first["type"] not in ("extra_forbidden", "missing") and "input" in first:
-        message = f"{message} (got {first['input']!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        message += f" (and {more} more error{'s' if more > 1 else ''})"
-    raise SpecError(message, path=_dotted(path), where=source.where(path)) from None
+def _raise_validation(exc: ValidationError, prefix: tuple, data: Any, source: Source) -> None:
+    loc, message = validation_message(exc)
+    path = prefix + _follow(loc, data)
+    raise SpecError(message, path=dotted_key(path), where=source.where(path)) from None
 
 
-def _collect_dims(search: Any, source: _Source) -> list[SearchDim]:
+def _collect_dims(search: Any, source: Source) -> list[SearchDim]:
     """Flatten the search section (dotted and/or nested keys) into dimensions."""
     if search is None:
         return []
@@ -418,25 +187,25 @@ def _collect_dims(search: Any, source: _Source) -> list[SearchDim]:
         if not isinstance(node, dict) or not node:
             raise SpecError(
                 f"expected a domain such as {{grid: [...]}} or {{loguniform: [low, high]}}, got {node!r}",
-                path=_dotted(file_path), where=where,
+                path=dotted_key(file_path), where=where,
             )
         if not set(node) & set(DOMAIN_KINDS):
             for key, child in node.items():
                 visit(child, file_path + (key,), key_parts + tuple(str(key).split(".")))
             return
         if any(not part for part in key_parts):
-            raise SpecError("empty part in dotted key", path=_dotted(file_path), where=where)
+            raise SpecError("empty part in dotted key", path=dotted_key(file_path), where=where)
         if key_parts[0] not in SEARCHABLE_ROOTS:
             raise SpecError(
                 f"cannot search {dotted!r}: searched keys start with {', '.join(SEARCHABLE_ROOTS)}",
-                path=_dotted(file_path), where=where,
+                path=dotted_key(file_path), where=where,
             )
         try:
             domain = SearchDomain.model_validate(node)
         except ValidationError as exc:
             _raise_validation(exc, file_path, node, source)
         if dotted in dims:
-            raise SpecError(f"{dotted!r} is searched twice", path=_dotted(file_path), where=where)
+            raise SpecError(f"{dotted!r} is searched twice", path=dotted_key(file_path), where=where)
         dims[dotted] = _make_dim(dotted, domain, file_path=file_path)
 
     for key, node in search.items():
@@ -478,9 +247,7 @@ def _apply_search_overrides(dims: list[SearchDim], overrides: list[str]) -> list
         try:
             domain = SearchDomain.model_validate(node)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise SpecError(message.removeprefix("Value error, "), path=f"search.{key}", where=where) from None
+            raise SpecError(validation_message(exc)[1], path=f"search.{key}", where=where) from None
         by_key[key] = _make_dim(key, domain, override=raw)
     return list(by_key.values())
 
@@ -501,12 +268,12 @@ def _check_points(dims: list[SearchDim]) -> list[list[tuple[SearchDim, Any]]]:
     return points
 
 
-def check_search(base: dict, dims: list[SearchDim], source: _Source, registry: Registry) -> list[SpecBase]:
+def check_search(base: dict, dims: list[SearchDim], source: Source, registry: Registry) -> list[SpecBase]:
     """Validate every grid point as an experiment spec; errors name the search key and line."""
     checked = []
     for point in _check_points(dims):
         data = copy.deepcopy(base)
-        for dim, value in sorted(point, key=lambda item: _apply_order(item[0])):
+        for dim, value in sorted(point, key=lambda item: apply_order(item[0])):
             try:
                 assign(data, dim.path, dim.value(value))
             except SpecError as exc:
@@ -530,7 +297,7 @@ def check_search(base: dict, dims: list[SearchDim], source: _Source, registry: R
     return checked
 
 
-def _check_tune_combination(options: TuneOptions, dims: list[SearchDim], checked: list[SpecBase], source: _Source) -> None:
+def _check_tune_combination(options: TuneOptions, dims: list[SearchDim], checked: list[SpecBase], source: Source) -> None:
     if options.search_algorithm == "optuna":
         grid = next((d for d in dims if d.kind == "grid"), None)
         if grid is not None:
@@ -634,4 +401,4 @@ def compare_for_resume(current: TuneSpec, saved_raw: dict) -> str | None:
         return None if a == b else prefix
 
     found = first_difference(strip(current.raw), strip(saved_raw), ())
-    return None if found is None else _dotted(found) or "(spec)"
+    return None if found is None else dotted_key(found) or "(spec)"

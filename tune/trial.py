@@ -25,8 +25,8 @@ import ray.tune
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.spec import SpecBase, spec_to_yaml, validate_spec
 
+from .dims import SearchDim, apply_point
 from .results import COMPLETED_KEY
-from .spec import SearchDim, apply_point
 
 
 def trial_run_dir(experiment_dir: str | Path, trial_id: str) -> Path:
