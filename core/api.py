@@ -22,7 +22,7 @@ from .data import TensorDataset
 from .interfaces import Task
 from .model import PonderModel
 from .registry import get_registry
-from .run import bind_head, build_model_from_spec, execute
+from .run import build_model_from_spec, execute
 from .run import build_task as _build_task_from_spec
 from .spec import SpecBase, apply_overrides, read_spec_file, resolve_spec, validate_spec
 from .spec import load_spec as _load_spec
@@ -72,7 +72,7 @@ def build_model(
     scope = getattr(halting_config, "scope", None)
     if scope is not None and scope not in halting_cls.supported_scopes:
         raise ValueError(f"halting {halting_config.name!r} does not support scope {scope!r}")
-    return bind_head(PonderModel(backbone_module, halting_cls, halting_config, vocab_size=vocab_size))
+    return PonderModel(backbone_module, halting_cls, halting_config, vocab_size=vocab_size)
 
 
 def build_task(spec: SpecBase | dict | str | Path | None = None, **task: Any) -> Task:

@@ -93,6 +93,10 @@ class Backbone(nn.Module):
     def finalize(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         return self.norm(hidden)
 
+    def bind_output_head(self, head: nn.Linear) -> None:
+        """Called once by the model with its output head (D -> V). A backbone that brings its
+        own head (a pretrained LM's) makes `head` use those parameters here; default: nothing."""
+
     # ---- segment recurrence hooks (used only when uses_segments is True) ----
     segment_size: int | None = None
     #: Truncated BPTT: gradients through memory reach at most the last k segments (None: all).

@@ -95,6 +95,7 @@ class PonderModel(nn.Module):
             for _ in range(n_sites)
         )
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
+        backbone.bind_output_head(self.head)
         self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
 
     @property

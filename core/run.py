@@ -38,15 +38,7 @@ def build_model_from_spec(spec: SpecBase, vocab_size: int) -> PonderModel:
     backbone_cls = registry.get("backbone", spec.backbone.name).cls
     halting_cls = registry.get("halting", spec.halting.name).cls
     backbone = backbone_cls(spec.backbone, vocab_size=vocab_size)
-    return bind_head(PonderModel(backbone, halting_cls, spec.halting, vocab_size=vocab_size))
-
-
-def bind_head(model: PonderModel) -> PonderModel:
-    """Let a backbone that brings its own output head (`hf`) bind the model's head to it."""
-    bind = getattr(model.backbone, "bind_output_head", None)
-    if bind is not None:
-        bind(model.head)
-    return model
+    return PonderModel(backbone, halting_cls, spec.halting, vocab_size=vocab_size)
 
 
 def default_run_dir(spec: SpecBase) -> Path:
