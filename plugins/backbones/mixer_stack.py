@@ -159,11 +159,16 @@ def mixer_rows(mixer: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
 
 def gpt_init(module: nn.Module, std: float, n_layers: int) -> None:
     """Normal(0, std) linear/embedding weights, zero biases; every `out_proj` scaled by
-    1/sqrt(2 n_layers) (GPT-2), so the residual stream does not grow with depth.
-    Mixer-specific parameters (SSM poles, decays, mixing ratios) keep their own init."""
-    for name, sub in module.named_modules():
+    1/sqrt(2 n_layers) (GPT-2), so the residual stream does not grow with depth, unless
+    its parent sets `plain_output_init` (seq_icl's layers whose output linear is not named
+    out_proj, which seq_icl's init leaves unscaled). Mixer-specific parameters (SSM poles,
+    decays, mixing ratios) keep their own init."""
+    modules = dict(module.named_modules())
+    for name, sub in modules.items():
         if isinstance(sub, (nn.Linear, nn.Embedding)):
-            scale = 1 / math.sqrt(2 * n_layers) if name.endswith("out_proj") else 1.0
+            parent = modules.get(name.rpartition(".")[0])
+            scaled = name.endswith("out_proj") and not getattr(parent, "plain_output_init", False)
+            scale = 1 / math.sqrt(2 * n_layers) if scaled else 1.0
             nn.init.normal_(sub.weight, std=std * scale)
             if getattr(sub, "bias", None) is not None:
                 nn.init.zeros_(sub.bias)

@@ -104,6 +104,8 @@ class RWKVTimeMix(SequenceMixer):
         super().__init__()
         #: seq_icl's sign: the log-state gains +exp(time_decay) per step (the paper: -exp).
         self.decay_sign = 1.0 if seq_icl else -1.0
+        #: seq_icl's output linear (`output`) misses the GPT-2 1/sqrt(2 n_layers) scale.
+        self.plain_output_init = seq_icl
         if seq_icl:  # seq_icl: every one of these from N(0, 1)
             decay, first, mix_k, mix_v, mix_r = torch.randn(5, d_model)
         else:
@@ -168,12 +170,6 @@ class RWKVChannelMix(nn.Module):
 class RWKVBackbone(MixerBackbone):
     config_class = RWKVConfig
     config: RWKVConfig
-
-    def __init__(self, config: RWKVConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)
-        if self.seq_icl:  # seq_icl's `output` linear misses the GPT-2 1/sqrt(2 n_layers) scale
-            for block in self.blocks:
-                nn.init.normal_(block.mixer.out_proj.weight, std=config.init_std)
 
     def make_mixer(self, layer: int) -> nn.Module:
         c = self.config
