@@ -20,7 +20,7 @@ running tokens read halted tokens' frozen states through it.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -201,6 +201,14 @@ class MixerBackbone(Backbone):
 
     def embed(self, input_ids: Tensor) -> Tensor:  # (B, L) -> (B, L, D)
         return self.embed_dropout(self.embedding(input_ids))
+
+    def optimizer_groups(self, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """seq_icl's SSM group: with `variant: seq_icl`, every `ssm_parameters()` of a
+        submodule (A, dt, B of S4D's and H3's SSMs) trains at lr min(1e-3, lr), no decay."""
+        if not self.seq_icl:
+            return []
+        params = [p for sub in self.modules() if hasattr(sub, "ssm_parameters") for p in sub.ssm_parameters()]
+        return [{"params": params, "lr": min(1e-3, lr), "weight_decay": 0.0}] if params else []
 
     def make_mixer(self, layer: int) -> nn.Module:
         raise NotImplementedError
