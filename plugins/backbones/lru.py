@@ -59,15 +59,21 @@ class LRUConfig(MixerStackConfig):
         return self
 
 
+def init_ring(mixer: nn.Module, size: int, r_min: float, r_max: float, max_phase: float) -> None:
+    """The ring init of lambda (nu_log, theta_log) and gamma_log = log sqrt(1 - |lambda|^2):
+    three (size,) parameters set on `mixer`."""
+    radius_sq = torch.rand(size) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
+    mixer.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))
+    mixer.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(size).clamp_min(1e-4)))
+    mixer.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))
+
+
 class LRUMixer(SequenceMixer):
     """Linear recurrent unit + GELU + GLU: (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float):
         super().__init__()
-        radius_sq = torch.rand(d_state) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
-        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))  # (N,)
-        self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(d_state).clamp_min(1e-4)))
-        self.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))  # log sqrt(1 - |lambda|^2)
+        init_ring(self, d_state, r_min, r_max, max_phase)
         self.in_real = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
         self.in_imag = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
         self.out_real = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
@@ -105,10 +111,7 @@ class SeqIclLRUMixer(SequenceMixer):
 
     def __init__(self, d_model: int, r_min: float, r_max: float, max_phase: float, dropout: float):
         super().__init__()
-        radius_sq = torch.rand(d_model) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
-        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))  # (D,)
-        self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(d_model).clamp_min(1e-4)))
-        self.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))
+        init_ring(self, d_model, r_min, r_max, max_phase)
         self.in_proj = nn.Linear(d_model, 4 * d_model)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * d_model)
