@@ -16,8 +16,11 @@ from pydantic import ValidationError
 import ponderlab
 from ponderlab.core.config import TrainingConfig
 from ponderlab.core.errors import SpecError
+from ponderlab.core.registry import get_registry
 from ponderlab.core.spec import validate_spec
 from ponderlab.core.trainer import make_optimizer
+from ponderlab.plugins.backbones.mixer_stack import set_reference_mode
+from ponderlab.testing import BackboneContract
 
 F64 = torch.float64
 D_MODEL = 8
@@ -163,3 +166,40 @@ def test_bad_variant_options_get_one_clear_error(backbone, key):
     assert "backbone" in str(info.value) and key in str(info.value)
     with pytest.raises(ValidationError):
         ponderlab.build_model(backbone=backbone, halting={"name": "none"}, vocab_size=5)
+
+
+# --------------------------------------------------------------------------- whole models
+
+SEQ_ICL_TINY = {**OPTIONS, "rwkv": {}, "retnet": {"n_heads": 2, "chunk_size": 3}}
+
+
+@pytest.mark.parametrize("name", list(SEQ_ICL_TINY))
+def test_seq_icl_model_is_causal_and_its_fast_form_matches_the_step_loops(name):
+    backbone = {"name": name, "d_model": D_MODEL, "n_layers": 2, "variant": "seq_icl", **SEQ_ICL_TINY[name]}
+    model = ponderlab.build_model(backbone=backbone, halting={"name": "none"}, vocab_size=5, seed=0)
+    refs.set_weights(model.backbone, seed=4, scale=0.3)
+    model = model.double().eval()
+    ids = torch.randint(0, 5, (2, 9), generator=torch.Generator().manual_seed(5))
+    changed = ids.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 5
+    with torch.no_grad():
+        before, after = model(ids).logits, model(changed).logits
+        set_reference_mode(model, True)
+        stepwise = model(ids).logits
+    assert (before[:, :5] - after[:, :5]).abs().max() < 1e-10
+    assert (before[:, 5:] - after[:, 5:]).abs().max() > 1e-4
+    torch.testing.assert_close(stepwise, before, rtol=1e-9, atol=1e-10)
+
+
+def _seq_icl_contract(name):
+    cls = get_registry().get("backbone", name).cls
+    config = {**SEQ_ICL_TINY[name], "variant": "seq_icl"}
+    return type(f"TestSeqIcl{cls.__name__}Contract", (BackboneContract,), {"plugin": cls, "config": config})
+
+
+TestSeqIclS4DContract = _seq_icl_contract("s4d")
+TestSeqIclH3Contract = _seq_icl_contract("h3")
+TestSeqIclGILRContract = _seq_icl_contract("gilr")
+TestSeqIclLRUContract = _seq_icl_contract("lru")
+TestSeqIclRWKVContract = _seq_icl_contract("rwkv")
+TestSeqIclRetNetContract = _seq_icl_contract("retnet")
