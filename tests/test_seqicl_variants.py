@@ -155,7 +155,7 @@ def test_paper_variant_declares_no_group():
     [
         ({"name": "s4d", "variant": "seq-icl"}, "variant"),
         ({"name": "lru", "variant": "seq_icl", "d_model": 16, "d_state": 8}, "d_state"),
-        ({"name": "retnet", "variant": "seq_icl", "d_model": 12, "n_heads": 4}, "head size"),
+        ({"name": "retnet", "variant": "seq_icl", "d_model": 12, "n_heads": 4}, "even"),
         ({"name": "gilr", "embed_dropout": 1.5}, "embed_dropout"),
     ],
 )

@@ -164,7 +164,10 @@ class DiagonalSSM(nn.Module):
         log_dt = torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
         steps = torch.arange(half).float()
-        imag = math.pi * steps if init == "lin" else d_state / math.pi * (d_state / (2 * steps + 1) - 1)
+        if init == "lin":
+            imag = math.pi * steps
+        else:  # S4D-Inv
+            imag = d_state / math.pi * (d_state / (2 * steps + 1) - 1)
         copies = 1 if tied else channels
         # A is stored flat (copies * N/2,): the trainer decays only parameters with 2+ dims, and
         # S4D keeps the poles free of weight decay.
@@ -177,11 +180,12 @@ class DiagonalSSM(nn.Module):
             b = b / torch.sqrt(2 * (b / a).abs().square().sum())
             c = torch.view_as_real(torch.view_as_complex(c) * b)
         self.c = nn.Parameter(c)
-        self.b = nn.Parameter(torch.stack([torch.ones(self.shape), torch.zeros(self.shape)], -1)) if learn_b else None
+        ones = torch.stack([torch.ones(self.shape), torch.zeros(self.shape)], -1)  # (H, N/2, 2)
+        self.b = nn.Parameter(ones) if learn_b else None
         self.d = nn.Parameter(torch.randn(channels))  # (H,)
 
     def ssm_parameters(self) -> list[nn.Parameter]:
-        """A, dt and (when learned) B: the parameters seq_icl trains at lr min(1e-3, lr), no decay."""
+        """A, dt and (when learned) B: seq_icl trains them at lr min(1e-3, lr), no decay."""
         own = [self.log_dt, self.log_neg_a_real, self.a_imag]
         return own + ([self.b] if self.b is not None else [])
 

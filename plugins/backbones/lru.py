@@ -47,7 +47,7 @@ class LRUConfig(MixerStackConfig):
     r_max: float = Field(0.999, gt=0, lt=1, description="Largest initial |lambda|.")
     max_phase: float = Field(2 * math.pi, gt=0, description="Initial arg(lambda) ~ U[0, max_phase].")
     mixer_dropout: float = Field(
-        0.2, ge=0, lt=1, description="seq_icl variant only: dropout before its LayerNorm (seq_icl: 0.2)."
+        0.2, ge=0, lt=1, description="seq_icl variant only: dropout before its LayerNorm."
     )
 
     @model_validator(mode="after")
@@ -120,10 +120,12 @@ class SeqIclLRUMixer(SequenceMixer):
     decay = LRUMixer.decay
 
     def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, 2D)
-        v_real, v_imag, out_gate = self.in_proj(x).split([x.shape[-1], x.shape[-1], 2 * x.shape[-1]], -1)
+        width = x.shape[-1]
+        v_real, v_imag, out_gate = self.in_proj(x).split([width, width, 2 * width], -1)
         dtype = compute_dtype(x)
         with full_precision(x):
-            inputs = torch.exp(self.gamma_log.to(dtype)) * torch.complex(v_real.to(dtype), v_imag.to(dtype))
+            inputs = torch.complex(v_real.to(dtype), v_imag.to(dtype))  # (B, L, D)
+            inputs = torch.exp(self.gamma_log.to(dtype)) * inputs
             scan = linear_scan_reference if reference else linear_scan
             state = scan(self.decay(dtype), inputs)  # (B, L, D) complex
             states = torch.cat([state.real, state.imag], dim=-1).to(x.dtype)  # (B, L, 2D)

@@ -42,7 +42,9 @@ class MixerStackConfig(BackboneConfig):
         description="Mixer math: the paper's layer, or seq_icl's layer as seq_icl configures it "
         "(docs/seq_icl_backbones.md); seq_icl also uses tanh-approximate GELU in the MLP.",
     )
-    embed_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the embeddings (seq_icl: 0.1).")
+    embed_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the embeddings (seq_icl: 0.1)."
+    )
 
 
 class SequenceMixer(nn.Module):
@@ -207,7 +209,8 @@ class MixerBackbone(Backbone):
         submodule (A, dt, B of S4D's and H3's SSMs) trains at lr min(1e-3, lr), no decay."""
         if not self.seq_icl:
             return []
-        params = [p for sub in self.modules() if hasattr(sub, "ssm_parameters") for p in sub.ssm_parameters()]
+        owners = [sub for sub in self.modules() if hasattr(sub, "ssm_parameters")]
+        params = [param for sub in owners for param in sub.ssm_parameters()]
         return [{"params": params, "lr": min(1e-3, lr), "weight_decay": 0.0}] if params else []
 
     def make_mixer(self, layer: int) -> nn.Module:

@@ -54,7 +54,8 @@ class RetNetConfig(MixerStackConfig):
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.heads}")
         if self.variant == "seq_icl" and (self.d_model // self.heads) % 2:
-            raise ValueError(f"variant seq_icl needs an even head size d_model / n_heads, got {self.d_model // self.heads}")
+            size = self.d_model // self.heads
+            raise ValueError(f"variant seq_icl needs an even d_model / n_heads, got {size}")
         return self
 
     @property
@@ -181,7 +182,8 @@ class MultiScaleRetention(SequenceMixer):
         with full_precision(x):
             k = k * k.shape[-1] ** -0.5
             if self.rotary:
-                q, k = (rotate_interleaved(q), rotate_interleaved(k)) if self.seq_icl else (rotate(q), rotate(k))
+                turn = rotate_interleaved if self.seq_icl else rotate
+                q, k = turn(q), turn(k)
             gamma = head_decays(self.heads, dtype, x.device)
             if self.seq_icl:  # one more value column of ones gives the rows' sums
                 v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, L, dv + 1)
