@@ -97,6 +97,13 @@ class Backbone(nn.Module):
         """Called once by the model with its output head (D -> V). A backbone that brings its
         own head (a pretrained LM's) makes `head` use those parameters here; default: nothing."""
 
+    def optimizer_groups(self, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Parameters that need their own optimizer options, as AdamW parameter groups:
+        `[{"params": [...], "lr": ..., "weight_decay": ...}, ...]`, given the run's lr and
+        weight decay. The Trainer gives these groups their options (scaled by the same lr
+        schedule) and every other parameter the defaults. Default: none."""
+        return []
+
     # ---- segment recurrence hooks (used only when uses_segments is True) ----
     segment_size: int | None = None
     #: Truncated BPTT: gradients through memory reach at most the last k segments (None: all).

@@ -7,8 +7,8 @@
   states kept as (log-scale, scaled value), for exponentially large inputs (RWKV).
 * `causal_fft_conv(u, kernel)`: `y_t = sum_{j<=t} kernel_j u_{t-j}` through an FFT of size
   2L, the fast form of a time-invariant SSM (S4D, H3).
-* `DiagonalSSM`: the S4D diagonal state space model (Gu et al. 2022, arXiv 2206.11893) with
-  S4D-Lin initialisation and zero-order-hold discretisation; `kernel(L)` for the
+* `DiagonalSSM`: the S4D diagonal state space model (Gu et al. 2022, arXiv 2206.11893):
+  S4D-Lin or S4D-Inv init, zero-order-hold or bilinear discretisation; `kernel(L)` for the
   convolution form, `recurrence(u)` for the obviously-correct step loop.
 
 Recurrences run in float32 (float64 when the input is float64), whatever autocast says:
@@ -130,38 +130,82 @@ class DiagonalSSM(nn.Module):
     """S4D: per channel h, `x_t = dA x_{t-1} + dB u_t`, `y_t = 2 Re(C x_t) + D u_t`.
 
     `d_state` N real dimensions = N/2 complex conjugate pairs (only one of each pair is
-    stored, hence the factor 2). S4D-Lin init: A_n = -1/2 + i pi n, B_n = 1 (folded into C),
-    C ~ CN(0, 1), log dt ~ U[log dt_min, log dt_max], D ~ N(0, 1). Zero-order hold:
-    dA = exp(dt A), dB = (exp(dt A) - 1) / A.
+    stored, hence the factor 2). Default (the S4D paper's S4D-Lin): A_n = -1/2 + i pi n,
+    B_n = 1 (folded into C), C ~ CN(0, 1), log dt ~ U[log dt_min, log dt_max], D ~ N(0, 1),
+    zero-order hold: dA = exp(dt A), dB = (exp(dt A) - 1) / A. Options (seq_icl's layers):
+
+    * `init="inv"`: S4D-Inv, A_n = -a_real + i N/pi (N/(2n+1) - 1);
+    * `random_b`: B ~ CN(0, 1) normalised by sqrt(2 sum |B/A|^2), folded into C at init;
+    * `tied`: one A for all channels (log dt and C stay per channel);
+    * `learn_b`: B a parameter of its own (init 1), the effective C being C * B;
+    * `disc="bilinear"`: dA = (1 + dt A/2)/(1 - dt A/2), dB = dt / (1 - dt A/2).
     """
 
-    def __init__(self, channels: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1):
+    def __init__(
+        self,
+        channels: int,
+        d_state: int,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        *,
+        init: str = "lin",
+        a_real: float = 0.5,
+        random_b: bool = False,
+        tied: bool = False,
+        learn_b: bool = False,
+        disc: str = "zoh",
+    ):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state must be even (conjugate pairs), got {d_state}")
         half = d_state // 2
         self.shape = (channels, half)
+        self.disc = disc
         log_dt = torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
-        # A is stored flat (H * N/2,): the trainer decays only parameters with 2+ dims, and
+        steps = torch.arange(half).float()
+        if init == "lin":
+            imag = math.pi * steps
+        else:  # S4D-Inv
+            imag = d_state / math.pi * (d_state / (2 * steps + 1) - 1)
+        copies = 1 if tied else channels
+        # A is stored flat (copies * N/2,): the trainer decays only parameters with 2+ dims, and
         # S4D keeps the poles free of weight decay.
-        self.log_neg_a_real = nn.Parameter(torch.full((channels * half,), math.log(0.5)))
-        self.a_imag = nn.Parameter(math.pi * torch.arange(half).float().repeat(channels))
-        self.c = nn.Parameter(torch.randn(channels, half, 2) * math.sqrt(0.5))  # (H, N/2, re|im)
+        self.log_neg_a_real = nn.Parameter(torch.full((copies * half,), math.log(a_real)))
+        self.a_imag = nn.Parameter(imag.repeat(copies))
+        c = torch.randn(channels, half, 2) * math.sqrt(0.5)  # (H, N/2, re|im): CN(0, 1)
+        if random_b:  # seq_icl's S4D: one random B for every channel, normalised, folded into C
+            b = torch.view_as_complex(torch.randn(half, 2) * math.sqrt(0.5))  # (N/2,)
+            a = torch.complex(torch.full((half,), -a_real), imag)
+            b = b / torch.sqrt(2 * (b / a).abs().square().sum())
+            c = torch.view_as_real(torch.view_as_complex(c) * b)
+        self.c = nn.Parameter(c)
+        ones = torch.stack([torch.ones(self.shape), torch.zeros(self.shape)], -1)  # (H, N/2, 2)
+        self.b = nn.Parameter(ones) if learn_b else None
         self.d = nn.Parameter(torch.randn(channels))  # (H,)
 
+    def ssm_parameters(self) -> list[nn.Parameter]:
+        """A, dt and (when learned) B: seq_icl trains them at lr min(1e-3, lr), no decay."""
+        own = [self.log_dt, self.log_neg_a_real, self.a_imag]
+        return own + ([self.b] if self.b is not None else [])
+
     def discretize(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(dt A, C dB) in the precision of real `dtype`: two (H, N/2) complex tensors."""
+        """(log dA, C dB) in the precision of real `dtype`: two (H, N/2) complex tensors."""
         a = torch.complex(-torch.exp(self.log_neg_a_real.to(dtype)), self.a_imag.to(dtype))
-        a = a.view(self.shape)  # (H, N/2)
-        dt_a = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1) * a  # (H, N/2)
-        d_b = torch.expm1(dt_a) / a
+        a = a.view(-1, self.shape[1])  # (H or 1, N/2)
+        dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)  # (H, 1)
+        dt_a = dt * a  # (H, N/2)
         c = torch.view_as_complex(self.c.to(dtype).contiguous())
-        return dt_a, c * d_b
+        if self.b is not None:
+            c = c * torch.view_as_complex(self.b.to(dtype).contiguous())
+        if self.disc == "bilinear":
+            log_d_a = torch.log((1 + dt_a / 2) / (1 - dt_a / 2))
+            return log_d_a, c * dt / (1 - dt_a / 2)
+        return dt_a, c * torch.expm1(dt_a) / a
 
     def kernel(self, length: int, dtype: torch.dtype) -> Tensor:
         """K_l = 2 Re(sum_n C_n dB_n dA_n^l), l < length: (H, L)."""
-        dt_a, c_db = self.discretize(dtype)
+        dt_a, c_db = self.discretize(dtype)  # dt_a: log dA (= dt A under zero-order hold)
         steps = torch.arange(length, device=dt_a.device, dtype=dtype)
         # dA^l = exp(l dt A) = exp(l Re) (cos(l Im) + i sin(l Im)), in real arithmetic
         # (complex exp is several times slower on CPU).

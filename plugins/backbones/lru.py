@@ -16,6 +16,12 @@ Defaults: "ring" init, |lambda| uniform on the ring r_min^2 <= |lambda|^2 <= r_m
 r_min 0.9, r_max 0.999 and phase in [0, max_phase = 2 pi] (the paper's long-range setting,
 also seed 003's); real and imaginary parts of B ~ N(0, 1/(2D)) and of C ~ N(0, 1/N) (the
 paper's Glorot-style choice), D ~ N(0, 1); N = d_model unless `d_state` is set. Stack (seed 003): 2 pre-norm layers with a 4x MLP.
+
+`variant: seq_icl` is seq_icl's `LRULayer`: the same recurrence and ring init (N = d_model),
+but [v_re; v_im; o] = W_in u (one Linear(D, 4D) with bias, no separate complex B),
+x_t = lambda x_{t-1} + gamma (v_re + i v_im), and
+out = W_o LN(Dropout(0.2)([Re x; Im x] * silu(o))) with W_o: Linear(2D, D); no C, no D skip,
+no GELU or GLU.
 """
 
 from __future__ import annotations
@@ -40,12 +46,26 @@ class LRUConfig(MixerStackConfig):
     r_min: float = Field(0.9, ge=0, lt=1, description="Smallest initial |lambda|.")
     r_max: float = Field(0.999, gt=0, lt=1, description="Largest initial |lambda|.")
     max_phase: float = Field(2 * math.pi, gt=0, description="Initial arg(lambda) ~ U[0, max_phase].")
+    mixer_dropout: float = Field(
+        0.2, ge=0, lt=1, description="seq_icl variant only: dropout before its LayerNorm."
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.r_min > self.r_max:
             raise ValueError(f"r_min {self.r_min} is larger than r_max {self.r_max}")
+        if self.variant == "seq_icl" and self.d_state not in (None, self.d_model):
+            raise ValueError(f"variant seq_icl has d_state = d_model; got d_state {self.d_state}")
         return self
+
+
+def init_ring(mixer: nn.Module, size: int, r_min: float, r_max: float, max_phase: float) -> None:
+    """The ring init of lambda (nu_log, theta_log) and gamma_log = log sqrt(1 - |lambda|^2):
+    three (size,) parameters set on `mixer`."""
+    radius_sq = torch.rand(size) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
+    mixer.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))
+    mixer.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(size).clamp_min(1e-4)))
+    mixer.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))
 
 
 class LRUMixer(SequenceMixer):
@@ -53,10 +73,7 @@ class LRUMixer(SequenceMixer):
 
     def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float):
         super().__init__()
-        radius_sq = torch.rand(d_state) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
-        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))  # (N,)
-        self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(d_state).clamp_min(1e-4)))
-        self.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))  # log sqrt(1 - |lambda|^2)
+        init_ring(self, d_state, r_min, r_max, max_phase)
         self.in_real = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
         self.in_imag = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
         self.out_real = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
@@ -89,12 +106,43 @@ class LRUMixer(SequenceMixer):
         return y + self.skip.to(dtype) * u
 
 
+class SeqIclLRUMixer(SequenceMixer):
+    """seq_icl's LRULayer: W_o LN(drop([Re x; Im x] * silu(o))): (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, r_min: float, r_max: float, max_phase: float, dropout: float):
+        super().__init__()
+        init_ring(self, d_model, r_min, r_max, max_phase)
+        self.in_proj = nn.Linear(d_model, 4 * d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(2 * d_model)
+        self.out_proj = nn.Linear(2 * d_model, d_model)
+
+    decay = LRUMixer.decay
+
+    def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, 2D)
+        width = x.shape[-1]
+        v_real, v_imag, out_gate = self.in_proj(x).split([width, width, 2 * width], -1)
+        dtype = compute_dtype(x)
+        with full_precision(x):
+            inputs = torch.complex(v_real.to(dtype), v_imag.to(dtype))  # (B, L, D)
+            inputs = torch.exp(self.gamma_log.to(dtype)) * inputs
+            scan = linear_scan_reference if reference else linear_scan
+            state = scan(self.decay(dtype), inputs)  # (B, L, D) complex
+            states = torch.cat([state.real, state.imag], dim=-1).to(x.dtype)  # (B, L, 2D)
+        return states * F.silu(out_gate)
+
+    def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., 2D) -> (..., D)
+        return self.out_proj(self.norm(self.dropout(mixed)))
+
+
 class LRUBackbone(MixerBackbone):
     config_class = LRUConfig
     config: LRUConfig
 
     def make_mixer(self, layer: int) -> nn.Module:
         c = self.config
+        if self.seq_icl:
+            return SeqIclLRUMixer(c.d_model, c.r_min, c.r_max, c.max_phase, c.mixer_dropout)
         return LRUMixer(c.d_model, c.d_state or c.d_model, c.r_min, c.r_max, c.max_phase)
 
 

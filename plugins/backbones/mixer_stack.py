@@ -20,6 +20,7 @@ running tokens read halted tokens' frozen states through it.
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -36,6 +37,14 @@ class MixerStackConfig(BackboneConfig):
     mlp_ratio: int = Field(4, ge=0, description="FFN width / d_model (seed 003: 4); 0 drops the FFN.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on each residual branch.")
     init_std: float = Field(0.02, gt=0, description="Std of the GPT-style init of linear/embedding weights.")
+    variant: Literal["paper", "seq_icl"] = Field(
+        "paper",
+        description="Mixer math: the paper's layer, or seq_icl's layer as seq_icl configures it "
+        "(docs/seq_icl_backbones.md); seq_icl also uses tanh-approximate GELU in the MLP.",
+    )
+    embed_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the embeddings (seq_icl: 0.1)."
+    )
 
 
 class SequenceMixer(nn.Module):
@@ -81,17 +90,18 @@ def set_reference_mode(module: nn.Module, enabled: bool = True) -> None:
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP: Linear(D, rD) -> GELU -> Linear(rD, D)."""
+    """Position-wise MLP: Linear(D, rD) -> GELU -> Linear(rD, D) (`approximate="tanh"`: seq_icl's
+    tanh-approximate GELU)."""
 
     #: Each token's output depends on that token's input only, so a block may run it on
     #: any subset of rows. An FFN that also reads neighbouring tokens leaves this False and
     #: may implement `mix_rows(x (B, L, D), rows (K,)) -> (K, D)` instead.
     positionwise = True
 
-    def __init__(self, d_model: int, ratio: int):
+    def __init__(self, d_model: int, ratio: int, approximate: str = "none"):
         super().__init__()
         self.up = nn.Linear(d_model, ratio * d_model)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=approximate)
         self.out_proj = nn.Linear(ratio * d_model, d_model)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
@@ -144,11 +154,16 @@ def mixer_rows(mixer: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
 
 def gpt_init(module: nn.Module, std: float, n_layers: int) -> None:
     """Normal(0, std) linear/embedding weights, zero biases; every `out_proj` scaled by
-    1/sqrt(2 n_layers) (GPT-2), so the residual stream does not grow with depth.
-    Mixer-specific parameters (SSM poles, decays, mixing ratios) keep their own init."""
-    for name, sub in module.named_modules():
+    1/sqrt(2 n_layers) (GPT-2), so the residual stream does not grow with depth, unless
+    its parent sets `plain_output_init` (seq_icl's layers whose output linear is not named
+    out_proj, which seq_icl's init leaves unscaled). Mixer-specific parameters (SSM poles,
+    decays, mixing ratios) keep their own init."""
+    modules = dict(module.named_modules())
+    for name, sub in modules.items():
         if isinstance(sub, (nn.Linear, nn.Embedding)):
-            scale = 1 / math.sqrt(2 * n_layers) if name.endswith("out_proj") else 1.0
+            parent = modules.get(name.rpartition(".")[0])
+            scaled = name.endswith("out_proj") and not getattr(parent, "plain_output_init", False)
+            scale = 1 / math.sqrt(2 * n_layers) if scaled else 1.0
             nn.init.normal_(sub.weight, std=std * scale)
             if getattr(sub, "bias", None) is not None:
                 nn.init.zeros_(sub.bias)
@@ -166,6 +181,7 @@ class MixerBackbone(Backbone):
     def __init__(self, config: MixerStackConfig, *, vocab_size: int):
         super().__init__(config, vocab_size=vocab_size)
         self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.blocks = nn.ModuleList(
             MixerBlock(self.make_mixer(i), self.make_ffn(i), config.d_model, config.dropout)
             for i in range(config.n_layers)
@@ -173,9 +189,27 @@ class MixerBackbone(Backbone):
         self.norm = nn.LayerNorm(config.d_model)
         gpt_init(self, config.init_std, config.n_layers)
 
+    @property
+    def seq_icl(self) -> bool:
+        """True for `variant: seq_icl` (seq_icl's layers, docs/seq_icl_backbones.md)."""
+        return self.config.variant == "seq_icl"
+
+    def embed(self, input_ids: Tensor) -> Tensor:  # (B, L) -> (B, L, D)
+        return self.embed_dropout(self.embedding(input_ids))
+
+    def optimizer_groups(self, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """seq_icl's SSM group: with `variant: seq_icl`, every `ssm_parameters()` of a
+        submodule (A, dt, B of S4D's and H3's SSMs) trains at lr min(1e-3, lr), no decay."""
+        if not self.seq_icl:
+            return []
+        owners = [sub for sub in self.modules() if hasattr(sub, "ssm_parameters")]
+        params = [param for sub in owners for param in sub.ssm_parameters()]
+        return [{"params": params, "lr": min(1e-3, lr), "weight_decay": 0.0}] if params else []
+
     def make_mixer(self, layer: int) -> nn.Module:
         raise NotImplementedError
 
     def make_ffn(self, layer: int) -> nn.Module | None:
         ratio = self.config.mlp_ratio
-        return FeedForward(self.config.d_model, ratio) if ratio else None
+        approximate = "tanh" if self.seq_icl else "none"
+        return FeedForward(self.config.d_model, ratio, approximate) if ratio else None

@@ -19,6 +19,12 @@ d_model, rotary angles theta_j = 10000^(-2j/d_k). n_heads defaults to the larges
 that divides d_model (seed 003 uses 8 heads at d_model 32: set n_heads: 8). The paper's
 extra row normalisations of QK^T*D are left out: GroupNorm per head and position already
 removes any per-row scale. Stack: pre-norm residual with a GELU FFN (4x, seed 003).
+
+`variant: seq_icl` is seq_icl's `MultiScaleRetention` (parallel form): biases on the q, k,
+v, g and output projections; rotary angles theta_j = 10000^(-linspace(0, 1, d_k/2)_j) on
+interleaved pairs (x_2j, x_2j+1); both of the paper's row normalisations (D's rows divided
+by sqrt(sum_m D_nm), then QK^T*D's rows by max(|row sum|, 1), detached); a LayerNorm
+without affine per head (GroupNorm with affine=False). It needs an even d_k.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ class RetNetConfig(MixerStackConfig):
     def _check(self):
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.heads}")
+        if self.variant == "seq_icl" and (self.d_model // self.heads) % 2:
+            size = self.d_model // self.heads
+            raise ValueError(f"variant seq_icl needs an even d_model / n_heads, got {size}")
         return self
 
     @property
@@ -70,6 +79,32 @@ def rotate(x: Tensor) -> Tensor:
     cos, sin = angle.cos(), angle.sin()
     first, second, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return torch.cat([first * cos - second * sin, first * sin + second * cos, rest], dim=-1)
+
+
+def rotate_interleaved(x: Tensor) -> Tensor:
+    """seq_icl's rotary phases: pair (x_2j, x_2j+1) turned by n * 10000^(-linspace(0, 1, d/2)_j).
+
+    x (B, H, L, d), d even.
+    """
+    half, length = x.shape[-1] // 2, x.shape[-2]
+    theta = 10000.0 ** -torch.linspace(0, 1, half, dtype=x.dtype, device=x.device)  # (d/2,)
+    angle = torch.arange(length, dtype=x.dtype, device=x.device).unsqueeze(-1) * theta  # (L, d/2)
+    cos, sin = angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)  # (L, d)
+    turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)  # (-x_2j+1, x_2j)
+    return x * cos + turned * sin
+
+
+def normalise_rows(y: Tensor, row_sums: Tensor, gamma: Tensor) -> Tensor:
+    """seq_icl's two row normalisations of retention, applied to its outputs.
+
+    y (B, H, L, dv) = (QK^T * D) V and row_sums (B, H, L, 1) = (QK^T * D) 1 with the plain
+    decay mask D; seq_icl divides D's row n by s_n = sqrt(sum_{m<=n} gamma^(n-m)), then
+    each row of QK^T*D by max(|its sum|, 1), detached.
+    """
+    steps = torch.arange(y.shape[-2], dtype=y.dtype, device=y.device)
+    scale = torch.sqrt((1 - gamma.view(-1, 1) ** (steps + 1)) / (1 - gamma.view(-1, 1)))  # (H, L)
+    scale = scale.unsqueeze(-1)  # (H, L, 1)
+    return y / scale / (row_sums / scale).detach().abs().clamp_min(1)
 
 
 def head_decays(heads: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -128,12 +163,13 @@ class MultiScaleRetention(SequenceMixer):
         d_model, self.heads = config.d_model, config.heads
         value_width = config.value_factor * d_model
         self.chunk_size, self.rotary = config.chunk_size, config.rotary
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)
-        self.v_proj = nn.Linear(d_model, value_width, bias=False)
-        self.g_proj = nn.Linear(d_model, value_width, bias=False)
-        self.group_norm = nn.GroupNorm(self.heads, value_width)
-        self.out_proj = nn.Linear(value_width, d_model, bias=False)
+        self.seq_icl = bias = config.variant == "seq_icl"  # seq_icl: biases, plain LayerNorm
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, value_width, bias=bias)
+        self.g_proj = nn.Linear(d_model, value_width, bias=bias)
+        self.group_norm = nn.GroupNorm(self.heads, value_width, affine=not self.seq_icl)
+        self.out_proj = nn.Linear(value_width, d_model, bias=bias)
 
     def _split(self, x: Tensor, dtype: torch.dtype) -> Tensor:  # (B, L, H*d) -> (B, H, L, d)
         batch, length, width = x.shape
@@ -146,12 +182,17 @@ class MultiScaleRetention(SequenceMixer):
         with full_precision(x):
             k = k * k.shape[-1] ** -0.5
             if self.rotary:
-                q, k = rotate(q), rotate(k)
+                turn = rotate_interleaved if self.seq_icl else rotate
+                q, k = turn(q), turn(k)
             gamma = head_decays(self.heads, dtype, x.device)
+            if self.seq_icl:  # one more value column of ones gives the rows' sums
+                v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, L, dv + 1)
             if reference:
                 y = retention_recurrent(q, k, v, gamma)
             else:
                 y = retention_chunked(q, k, v, gamma, self.chunk_size)  # (B, H, L, dv)
+            if self.seq_icl:
+                y = normalise_rows(y[..., :-1], y[..., -1:], gamma)
         y = y.transpose(1, 2).reshape(batch * length, -1).to(x.dtype)  # (B*L, H*dv)
         return self.group_norm(y).view(batch, length, -1)
 

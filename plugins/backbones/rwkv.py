@@ -21,6 +21,14 @@ Init (in the spirit of the paper's: fast-to-slow decays across channels, mixing 
 spread between the current and the previous token): time_decay linear in [-5, 3] over
 channels, u = 0, mu_k = mu_v ramping 1 -> 1/D, mu_r from 1 -> 1/2. Stack: pre-norm
 residual, 2 layers (seed 003).
+
+`variant: seq_icl` is seq_icl's `RWKVLayer` as seq_icl runs it (kept as seq_icl has it, so a
+study can ask what it costs): its WKV kernel adds `+exp(time_decay)` to the log-state each
+step, so weights on past tokens GROW by e^{w} per step instead of decaying (upstream RWKV
+and the paper use `-exp`); time_decay, time_first and the three mixing ratios start from
+N(0, 1); the output linear keeps the plain init_std (seq_icl names it `output`, which the
+GPT-2 rescaling skips); the FFN is the stack's GELU MLP (seq_icl's lm_simple), not the
+channel mix.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class RWKVConfig(MixerStackConfig):
     name: Literal["rwkv"] = "rwkv"
     decay_init_min: float = Field(-5.0, description="time_decay (log w) of the slowest channel.")
     decay_init_max: float = Field(3.0, description="time_decay (log w) of the fastest channel.")
+    # variant (MixerStackConfig): `seq_icl` grows past weights by e^{exp(time_decay)} per step.
 
 
 def token_shift(x: Tensor) -> Tensor:
@@ -53,7 +62,8 @@ def interpolate(x: Tensor, previous: Tensor, mix: Tensor) -> Tensor:
 
 
 def wkv_parallel(w: Tensor, u: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """WKV for all t: w, u (D,); k, v (B, L, D) -> (B, L, D).
+    """WKV for all t: w, u (D,); k, v (B, L, D) -> (B, L, D). A negative w (seq_icl's
+    variant) makes the past grow by e^{-w} per step; the log-space forms handle it alike.
 
     The sums over i < t are the states of `s_t = e^{-w} s_{t-1} + e^{k_t} [v_t, 1]`, taken
     from a log-space parallel scan; the bonus term joins with one more detached max-shift.
@@ -90,14 +100,23 @@ def wkv_recurrent(w: Tensor, u: Tensor, k: Tensor, v: Tensor) -> Tensor:
 class RWKVTimeMix(SequenceMixer):
     """Token shift -> r, k, v -> WKV -> sigmoid(r) gate -> output projection."""
 
-    def __init__(self, d_model: int, decay_min: float, decay_max: float):
+    def __init__(self, d_model: int, decay_min: float, decay_max: float, seq_icl: bool = False):
         super().__init__()
-        ramp = torch.arange(d_model).float() / d_model  # 0 .. (D-1)/D
-        self.time_decay = nn.Parameter(torch.linspace(decay_min, decay_max, d_model))  # log w
-        self.time_first = nn.Parameter(torch.zeros(d_model))  # u
-        self.mix_k = nn.Parameter(1 - ramp)
-        self.mix_v = nn.Parameter(1 - ramp)
-        self.mix_r = nn.Parameter(1 - 0.5 * ramp)
+        #: seq_icl's sign: the log-state gains +exp(time_decay) per step (the paper: -exp).
+        self.decay_sign = 1.0 if seq_icl else -1.0
+        #: seq_icl's output linear (`output`) misses the GPT-2 1/sqrt(2 n_layers) scale.
+        self.plain_output_init = seq_icl
+        if seq_icl:  # seq_icl: every one of these from N(0, 1)
+            decay, first, mix_k, mix_v, mix_r = torch.randn(5, d_model)
+        else:
+            ramp = torch.arange(d_model).float() / d_model  # 0 .. (D-1)/D
+            decay = torch.linspace(decay_min, decay_max, d_model)
+            first, mix_k, mix_v, mix_r = torch.zeros(d_model), 1 - ramp, 1 - ramp, 1 - 0.5 * ramp
+        self.time_decay = nn.Parameter(decay)  # log w
+        self.time_first = nn.Parameter(first)  # u
+        self.mix_k = nn.Parameter(mix_k)
+        self.mix_v = nn.Parameter(mix_v)
+        self.mix_r = nn.Parameter(mix_r)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model, bias=False)
         self.receptance = nn.Linear(d_model, d_model, bias=False)
@@ -109,7 +128,7 @@ class RWKVTimeMix(SequenceMixer):
         v = self.value(interpolate(x, previous, self.mix_v))
         r = self.receptance(interpolate(x, previous, self.mix_r))
         dtype = compute_dtype(x)
-        w = torch.exp(self.time_decay.to(dtype))
+        w = -self.decay_sign * torch.exp(self.time_decay.to(dtype))  # state gains -w per step
         u = self.time_first.to(dtype)
         with full_precision(x):
             k, v = k.to(dtype), v.to(dtype)
@@ -154,10 +173,12 @@ class RWKVBackbone(MixerBackbone):
 
     def make_mixer(self, layer: int) -> nn.Module:
         c = self.config
-        return RWKVTimeMix(c.d_model, c.decay_init_min, c.decay_init_max)
+        return RWKVTimeMix(c.d_model, c.decay_init_min, c.decay_init_max, seq_icl=self.seq_icl)
 
     def make_ffn(self, layer: int) -> nn.Module | None:
         ratio = self.config.mlp_ratio
+        if self.seq_icl:  # seq_icl's lm_simple: the GELU MLP after every mixer, RWKV's too
+            return super().make_ffn(layer)
         return RWKVChannelMix(self.config.d_model, ratio) if ratio else None
 
 

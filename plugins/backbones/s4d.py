@@ -12,8 +12,15 @@ FFT (O(L log L)); reference: the step loop over the state.
 Defaults (the paper's S4D-Lin setting): d_state N = 64 (32 complex conjugate pairs),
 A_n = -1/2 + i pi n, B = 1, C ~ CN(0, 1), dt log-uniform in [0.001, 0.1], zero-order-hold
 discretisation. Stack (seed 003): 2 pre-norm layers with a 4x MLP. The paper trains A and
-dt with a lower learning rate and no weight decay; here all parameters share the
-optimiser's settings.
+dt with a lower learning rate and no weight decay; with `variant: paper` all parameters
+share the optimiser's settings.
+
+`variant: seq_icl` is seq_icl's standalone `S4D` layer as its configs build it: S4D-Inv
+init (A_n = -0.5001 + i N/pi (N/(2n+1) - 1)) with ONE A shared by all channels, a random
+B ~ CN(0, 1) normalised by sqrt(2 sum |B/A|^2) folded into C, zero-order hold, then GELU
+and a plain Linear(D, D) (no GLU) whose init keeps the unscaled init_std (seq_icl names it
+`output_linear`); A and dt train at lr min(1e-3, lr) with no weight decay
+(`optimizer_groups`).
 """
 
 from __future__ import annotations
@@ -48,10 +55,18 @@ class S4DConfig(MixerStackConfig):
 class S4DMixer(SequenceMixer):
     """Diagonal SSM per channel -> GELU -> GLU projection: (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, d_model: int, d_state: int, dt_min: float, dt_max: float):
+    def __init__(
+        self, d_model: int, d_state: int, dt_min: float, dt_max: float, seq_icl: bool = False
+    ):
         super().__init__()
-        self.ssm = DiagonalSSM(d_model, d_state, dt_min, dt_max)
-        self.out_proj = nn.Linear(d_model, 2 * d_model)
+        if seq_icl:  # S4D-Inv, one A for all channels, random normalised B (seq_icl's S4D)
+            options = {"init": "inv", "a_real": 0.5 + 1e-4, "random_b": True, "tied": True}
+        else:
+            options = {}
+        self.ssm = DiagonalSSM(d_model, d_state, dt_min, dt_max, **options)
+        self.glu = not seq_icl
+        self.plain_output_init = seq_icl
+        self.out_proj = nn.Linear(d_model, 2 * d_model if self.glu else d_model)
 
     def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
         u = x.transpose(1, 2)  # (B, D, L): one SSM per channel
@@ -59,7 +74,8 @@ class S4DMixer(SequenceMixer):
         return F.gelu(y.transpose(1, 2).to(x.dtype))
 
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
-        return F.glu(self.out_proj(mixed), dim=-1)
+        projected = self.out_proj(mixed)
+        return F.glu(projected, dim=-1) if self.glu else projected
 
 
 class S4DBackbone(MixerBackbone):
@@ -68,7 +84,7 @@ class S4DBackbone(MixerBackbone):
 
     def make_mixer(self, layer: int) -> nn.Module:
         c = self.config
-        return S4DMixer(c.d_model, c.d_state, c.dt_min, c.dt_max)
+        return S4DMixer(c.d_model, c.d_state, c.dt_min, c.dt_max, seq_icl=self.seq_icl)
 
 
 @hookimpl
