@@ -16,6 +16,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainingConfig
 from .data import BatchPlan, TensorDataset
+from .distributed.group import LocalGroup
 from .errors import CheckpointError, NonFiniteLossError
 from .interfaces import Task, TaskData
 from .metrics import MetricAccumulator
@@ -98,6 +99,7 @@ class Trainer:
         device: torch.device | None = None,
         progress: bool = True,
         on_validation: Callable[[int, dict[str, float]], None] | None = None,
+        group: LocalGroup | None = None,
     ):
         self.model = model
         self.task = task
@@ -108,6 +110,9 @@ class Trainer:
         self.progress = progress
         self.on_validation = on_validation
         self.model.to(self.device)
+        # One process (LocalGroup) or one of N data-parallel workers (see core/distributed).
+        self.group = group or LocalGroup()
+        self.train_model = self.group.wrap(model)
         self.data = data
         slices = task.slice_columns
         self.train_data = TensorDataset(data.train, slices)
@@ -151,28 +156,28 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device) for k, v in self.group.shard(batch).items()}
         with autocast_for(self.device, self.config.precision):
-            out = self.model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
-        loss = out.loss
+            out = self.train_model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
+        totals = self.group.reduce_step(out, batch)  # over the whole global batch
+        loss = totals.loss
         if not torch.isfinite(loss):
             last = ckpt.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
             kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
             raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at step {self.step + 1}{kept}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        totals.objective.backward()
         if self.config.grad_clip:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
         else:
             grad_norm = float("nan")
         self.optimizer.step()
         self.scheduler.step()
-        real = batch["mask"]
         return {
-            "loss": float(loss.detach()),
-            "task_loss": float(out.task_loss.detach()),
-            "mean_hops": float(out.stats.hops.detach()[real].float().mean()),
-            "ponder_cost": float(out.stats.ponder_cost.detach()[real].float().mean()),
+            "loss": float(loss),
+            "task_loss": totals.task_loss,
+            "mean_hops": totals.mean_hops,
+            "ponder_cost": totals.ponder_cost,
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
         }
@@ -274,7 +279,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
             validation = None
-            if self.step % config.eval_every == 0 and self.step < config.steps:
+            if self.step % config.eval_every == 0 and self.step < config.steps and self.group.is_writer:
                 validation = self.evaluate("validation", config.eval_max_examples).compute()
                 self._log({"step": self.step, "split": "validation", **validation})
             self.elapsed = time.perf_counter() - started
@@ -288,7 +293,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.elapsed = time.perf_counter() - started
-        return self.final_results()
+        return self.final_results() if self.group.is_writer else {}
 
     def final_results(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
