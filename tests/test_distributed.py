@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,17 +22,18 @@ import yaml
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray sockets on loopback
 
-import ponderlab  # noqa: E402
-from ponderlab.core import checkpoint as ckpt  # noqa: E402
-from ponderlab.core.cli import main as cli_main  # noqa: E402
-from ponderlab.core.errors import SpecError  # noqa: E402
-from ponderlab.core.spec import resolve_spec  # noqa: E402
 from test_tune_search import (  # noqa: E402
     free_port,
     short_temp_dir,
     stop_cluster,
     without_ray_auth,
 )
+
+import ponderlab  # noqa: E402
+from ponderlab.core import checkpoint as ckpt  # noqa: E402
+from ponderlab.core.cli import main as cli_main  # noqa: E402
+from ponderlab.core.errors import SpecError  # noqa: E402
+from ponderlab.core.spec import resolve_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = {"name": "binary_copy", "length": 6, "train_size": 256, "validation_size": 32, "test_size": 32}
@@ -171,3 +173,139 @@ def test_two_workers_match_one_process_armt_segments(head, tmp_path):
     ponderlab.run(ARMT, output_dir=reference)
     _, run_dir = run_distributed(resolve_spec(distributed(ARMT)), output_dir=tmp_path / "two")
     assert_same_run(run_dir, reference)
+
+
+# --------------------------------------------------------------------------- failures and resume
+
+LONGER = {**GRAVES, "training": {**TRAINING, "steps": 40, "checkpoint_every": 2, "eval_every": 20}}
+
+
+@pytest.fixture(scope="module")
+def longer_reference(tmp_path_factory) -> dict:
+    """Final results of the one-process run of LONGER, uninterrupted (no Ray)."""
+    return ponderlab.run(LONGER, output_dir=tmp_path_factory.mktemp("reference") / "longer")
+
+
+def start_driver(head, *args: str) -> subprocess.Popen:
+    """`ponderlab run ... --workers 2 --address HEAD` in a session of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ponderlab.core.cli", "run", *args, "--workers", "2", "--address", head.address,
+         "--no-progress"],
+        cwd=REPO, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    return found[-1][0] if found else 0
+
+
+def wait_for_checkpoint(run_dir: Path, after: int, driver: subprocess.Popen | None = None) -> int:
+    """Until a checkpoint later than step `after` exists; its step."""
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        step = checkpoint_step(run_dir)
+        if step > after:
+            return step
+        if driver is not None and driver.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{driver.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint after step {after} in time")
+
+
+def latest_worker_pids(run_dir: Path) -> dict[int, int]:
+    """rank -> pid of each rank's latest start (workers.jsonl)."""
+    return {record["rank"]: record["pid"] for record in jsonl(run_dir / "workers.jsonl")}
+
+
+def wait_until_gone(pids) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), pids
+
+
+def end(driver: subprocess.Popen) -> None:
+    if driver.poll() is None:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+@pytest.mark.slow
+def test_killed_driver_and_killed_worker_then_resume_on_one_worker(head, longer_reference, tmp_path, capsys):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(LONGER))
+    run_dir = tmp_path / "run"
+    # 1. The driver is killed (SIGKILL) after a checkpoint: Ray ends its workers.
+    driver = start_driver(head, str(spec_path), "--output-dir", str(run_dir))
+    try:
+        wait_for_checkpoint(run_dir, 0, driver)
+        workers = latest_worker_pids(run_dir)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        end(driver)
+    wait_until_gone(workers.values())
+    killed_at = checkpoint_step(run_dir)
+    assert 0 < killed_at < 40
+
+    # 2. `--resume` continues on 2 workers from that checkpoint; one worker is killed with kill -9.
+    driver = start_driver(head, "--resume", "--output-dir", str(run_dir))
+    try:
+        wait_for_checkpoint(run_dir, killed_at, driver)
+        starts = jsonl(run_dir / "workers.jsonl")[-2:]
+        assert {s["start_step"] for s in starts} == {killed_at}
+        victim = latest_worker_pids(run_dir)[1]
+        os.kill(victim, signal.SIGKILL)
+        _, errors = driver.communicate(timeout=300)
+    finally:
+        end(driver)
+    assert driver.returncode == 1, errors[-3000:]
+    last_good = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    messages = [line for line in errors.splitlines() if line.startswith("error:")]
+    assert len(messages) == 1, errors[-3000:]
+    assert messages[0].startswith(f"error: worker rank 1 (pid {victim} on "), messages[0]
+    assert f"last good checkpoint: {last_good}" in messages[0]
+    assert f"continue with: ponderlab run --resume --output-dir {run_dir}" in messages[0]
+
+    # 3. `ponderlab eval` loads the checkpoint the 2 workers wrote.
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", str(run_dir), "--checkpoint", str(last_good), "--out", str(out)]) == 0
+    evaluation = json.loads(out.read_text())
+    assert evaluation["step"] == int(last_good.stem.split("_")[1])
+    assert 0 < evaluation["results"]["test/token_accuracy"] <= 1
+
+    # 4. The 2-worker checkpoint continues in one process (no Ray) and ends where an
+    # uninterrupted one-process run ends; each step is logged once.
+    assert cli_main(["run", "--resume", "--output-dir", str(run_dir), "--workers", "1", "--no-progress"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["train/steps"] == 40 and "workers" not in results
+    for key in ("test/loss", "test/token_accuracy", "test/mean_hops", "validation/loss"):
+        assert results[key] == pytest.approx(longer_reference[key], rel=1e-4, abs=1e-6), key
+    train_steps = [r["step"] for r in jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert train_steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_max_failures_recovers_from_a_killed_worker(head, longer_reference, tmp_path):
+    from ponderlab.core.distributed.launch import run_distributed
+
+    run_dir = tmp_path / "run"
+    killed = {}
+
+    def kill_rank_1() -> None:
+        killed["at"] = wait_for_checkpoint(run_dir, 0)
+        killed["pid"] = latest_worker_pids(run_dir)[1]
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_rank_1, daemon=True)
+    killer.start()
+    results, _ = run_distributed(resolve_spec(distributed(LONGER, max_failures=1)), output_dir=run_dir)
+    killer.join(timeout=5)
+    starts = jsonl(run_dir / "workers.jsonl")
+    assert len(starts) == 4 and starts[-1]["start_step"] >= killed["at"] > 0, starts
+    assert killed["pid"] in {s["pid"] for s in starts[:2]}
+    for key in ("test/loss", "test/token_accuracy", "test/mean_hops", "validation/loss"):
+        assert results[key] == pytest.approx(longer_reference[key], rel=1e-4, abs=1e-6), key

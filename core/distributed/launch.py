@@ -53,17 +53,41 @@ def describe_worker(run_dir: Path, rank: int) -> str:
     return f"worker rank {rank} (pid {mine[-1]['pid']} on {mine[-1]['host']})"
 
 
+def lost_worker(failure: Exception) -> bool:
+    """True when the worker process itself was lost (killed, crashed), not an error in its code."""
+    import ray.exceptions
+
+    try:
+        from ray.train.v2._internal.exceptions import RayTrainError
+    except ImportError:  # another Ray layout: Ray's own errors only
+        RayTrainError = ray.exceptions.RayError  # noqa: N806
+    return isinstance(failure, (ray.exceptions.RayError, RayTrainError))
+
+
+def first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
 def failure_message(run_dir: Path, error: Exception) -> str:
-    """One message: which worker failed, why (first line), the last good checkpoint, how to go on."""
+    """One message: which worker failed and why, the last good checkpoint, how to go on.
+
+    A lost worker (killed, crashed) is named as the cause; workers that then failed because
+    their peer was gone are only counted.
+    """
     failures = getattr(error, "worker_failures", None) or {}
-    if failures:
-        parts = []
-        for rank, failure in sorted(failures.items()):
-            reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
-            parts.append(f"{describe_worker(run_dir, rank)} failed: {type(failure).__name__}: {reason}")
-        what = "; ".join(parts)
+    lost = {rank: failure for rank, failure in failures.items() if lost_worker(failure)}
+    causes = lost or failures
+    if causes:
+        verb = "was lost" if lost else "failed"
+        what = "; ".join(
+            f"{describe_worker(run_dir, rank)} {verb} ({first_line(failure)})"
+            for rank, failure in sorted(causes.items())
+        )
+        followers = sorted(set(failures) - set(causes))
+        if followers:
+            what += f"; rank(s) {', '.join(map(str, followers))} stopped with it"
     else:
-        what = f"the distributed run failed: {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        what = f"the distributed run failed ({first_line(error)})"
     last = ckpt.latest_checkpoint(run_dir / "checkpoints")
     kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
     return f"{what}; {kept}; continue with: ponderlab run --resume --output-dir {run_dir}"

@@ -32,9 +32,12 @@ def apply_flags(spec: SpecBase, flags: dict[str, Any]) -> SpecBase:
 
 
 def runs_distributed(spec: SpecBase) -> bool:
-    """True when the run goes through Ray Train: several workers, a GPU per worker, or a cluster."""
+    """True when the run goes through Ray Train: several workers, or GPU workers.
+
+    One CPU worker is a plain process here (the address is then not used).
+    """
     placement = spec.distributed
-    return placement.workers > 1 or placement.address is not None or placement.gpus_per_worker > 0
+    return placement.workers > 1 or placement.gpus_per_worker > 0
 
 
 def check_placement(spec: SpecBase) -> None:
