@@ -132,7 +132,12 @@ def run(
     else:
         data = spec.model_dump(mode="json") if isinstance(spec, SpecBase) else dict(spec)
         resolved = validate_spec(apply_overrides(data, list(overrides or [])))
-    results, _ = execute(resolved, output_dir=output_dir, resume=resume, progress=progress)
+    from .distributed.placement import runs_distributed
+
+    runner = execute
+    if runs_distributed(resolved):  # N workers on Ray Train (docs/scale.md)
+        from .distributed.launch import run_distributed as runner
+    results, _ = runner(resolved, output_dir=output_dir, resume=resume, progress=progress)
     return results
 
 

@@ -98,9 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker, "--address": args.address}
     spec = apply_flags(spec, flags)
+    runner = execute
     if runs_distributed(spec):  # N workers on Ray Train; the same Trainer step (docs/scale.md)
-        from .distributed.launch import run_distributed as execute
-    results, run_dir = execute(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
+        from .distributed.launch import run_distributed as runner
+    results, run_dir = runner(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
     print(format_summary(results, run_dir))
     return 0
 
