@@ -96,7 +96,11 @@ def failure_message(run_dir: Path, error: Exception) -> str:
 def run_distributed(
     spec: SpecBase, *, output_dir: str | Path | None = None, resume: bool = False, progress: bool = True
 ) -> tuple[dict[str, Any], Path]:
-    """Train one run over `spec.distributed.workers` Ray Train workers; returns (results, run_dir)."""
+    """Train one run over `spec.distributed.workers` Ray Train workers; returns (results, run_dir).
+
+    progress: accepted for `execute`'s signature; workers show no progress bar (metrics.jsonl,
+    and Ray's worker log lines, show the progress).
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.exceptions import TrainingFailedError
