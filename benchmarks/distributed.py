@@ -6,8 +6,10 @@ results.json: no Ray start, no data build, no final evaluation), examples per se
 speedup over the plain process, and the wall time of the whole command including Ray's start.
 The global batch is the same in every row, so N workers each compute batch_size / N rows: on a
 CPU the speedup shows what the split gains and what the gradient all-reduce and the per-step
-statistics all-reduce cost. The machine's load average is printed with the table: on a shared
-machine the numbers move with it.
+statistics all-reduce cost. A short plain run first compiles what compiles on first use (the
+fused ACT kernel); then each repeat runs every row once, in turn, and the table shows medians.
+The machine's load average is printed with the table: on a shared machine the numbers move
+with it.
 
     python benchmarks/distributed.py                          # CPU: plain, 1 and 2 workers
     python benchmarks/distributed.py --workers 1 2 4 8 --gpus-per-worker 1 --batch-size 256 --d-model 512
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ def bench_spec(args: argparse.Namespace, workers: int) -> dict:
     }
 
 
-def measure(args: argparse.Namespace, workers: int | None, root: Path) -> dict:
+def measure(args: argparse.Namespace, workers: int | None, root: Path, label: str) -> dict:
     """One run; workers None = the plain process."""
     from ponderlab.core.distributed.launch import run_distributed
     from ponderlab.core.run import execute
@@ -50,9 +53,9 @@ def measure(args: argparse.Namespace, workers: int | None, root: Path) -> dict:
     spec = resolve_spec(bench_spec(args, workers or 1))
     started = time.perf_counter()
     if workers is None:
-        results, _ = execute(spec, output_dir=root / "plain", progress=False)
+        results, _ = execute(spec, output_dir=root / f"plain-{label}", progress=False)
     else:
-        results, _ = run_distributed(spec, output_dir=root / f"workers{workers}")
+        results, _ = run_distributed(spec, output_dir=root / f"workers{workers}-{label}")
     wall = time.perf_counter() - started
     per_step = results["time/seconds_per_step"]
     return {"per_step": per_step, "examples": args.batch_size / per_step, "wall": wall}
@@ -67,23 +70,32 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--length", type=int, default=32, help="binary_copy length (sequence 2L+2)")
     parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     import ray
 
     root = Path(tempfile.mkdtemp(prefix="pldb", dir="/tmp"))
     ray.init(include_dashboard=False, logging_level="WARNING", _temp_dir=str(root / "ray"))
+    placements: list[int | None] = [None, *args.workers]
+    runs: dict[int | None, list[dict]] = {placement: [] for placement in placements}
     try:
-        rows = [("plain process", measure(args, None, root))]
-        for workers in args.workers:
-            rows.append((f"{workers} worker(s)", measure(args, workers, root)))
+        measure(argparse.Namespace(**{**vars(args), "steps": 2}), None, root, "warmup")
+        for repeat in range(args.repeats):
+            for placement in placements:
+                runs[placement].append(measure(args, placement, root, str(repeat)))
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
+    rows = [
+        ("plain process" if placement is None else f"{placement} worker(s)",
+         {key: statistics.median(run[key] for run in runs[placement]) for key in ("per_step", "examples", "wall")})
+        for placement in placements
+    ]
     base = rows[0][1]["per_step"]
     device = f"{args.gpus_per_worker:g} GPU(s) per worker" if args.gpus_per_worker else "CPU, gloo"
     print(f"global batch {args.batch_size}, {args.steps} steps, d_model {args.d_model}, {device}, "
-          f"{args.threads} thread(s) per worker; {os.cpu_count()} CPUs, load average "
+          f"{args.threads} thread(s) per worker, medians of {args.repeats}; {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| run | ms/step | examples/s | speedup | wall s (with start) |")
     print("|---|---:|---:|---:|---:|")
