@@ -309,3 +309,27 @@ def test_max_failures_recovers_from_a_killed_worker(head, longer_reference, tmp_
     assert killed["pid"] in {s["pid"] for s in starts[:2]}
     for key in ("test/loss", "test/token_accuracy", "test/mean_hops", "validation/loss"):
         assert results[key] == pytest.approx(longer_reference[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_joining_without_the_token_exits_2_and_writes_nothing(head, tmp_path):
+    """A driver with no token anywhere: one message naming distributed.address, nothing written."""
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(GRAVES))
+    home = tmp_path / "empty_home"
+    home.mkdir()
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ponderlab.core.cli", "run", str(spec_path), "--output-dir", str(tmp_path / "run"),
+         "--workers", "2", "--address", head.address],
+        cwd=REPO, env={**without_ray_auth(os.environ), "HOME": str(home)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        _, errors = driver.communicate(timeout=300)
+    finally:
+        end(driver)
+    assert driver.returncode == 2, errors[-3000:]
+    messages = [line for line in errors.splitlines() if line.startswith("error:")]
+    assert len(messages) == 1 and "Traceback" not in errors, errors[-3000:]
+    assert messages[0].startswith(f"error: distributed.address: cannot join the Ray cluster at {head.address}")
+    assert not (tmp_path / "run").exists()

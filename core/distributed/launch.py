@@ -93,35 +93,17 @@ def failure_message(run_dir: Path, error: Exception) -> str:
     return f"{what}; {kept}; continue with: ponderlab run --resume --output-dir {run_dir}"
 
 
-def run_distributed(
-    spec: SpecBase, *, output_dir: str | Path | None = None, resume: bool = False, progress: bool = True
-) -> tuple[dict[str, Any], Path]:
-    """Train one run over `spec.distributed.workers` Ray Train workers; returns (results, run_dir).
-
-    progress: accepted for `execute`'s signature; workers show no progress bar (metrics.jsonl,
-    and Ray's worker log lines, show the progress).
-    """
+def make_trainer(spec: SpecBase, run_dir: Path):
+    """Ray Train's TorchTrainer for the run: N workers (gloo on CPUs, NCCL on GPUs), our failure policy."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.exceptions import TrainingFailedError
 
-    check_placement(spec)
-    run_dir = prepare_run_dir(spec, output_dir, resume)
-    if resume:  # the saved experiment, placed as asked now
-        spec = resume_spec(run_dir, spec).model_copy(update={"distributed": spec.distributed})
-    build_task(spec)  # bad task options fail here, before anything is written
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        resolved = spec.model_copy(update={"output_dir": str(run_dir)})
-        ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
-        ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
     placement = spec.distributed
     use_gpu = placement.gpus_per_worker > 0
     resources = {"CPU": placement.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = placement.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
@@ -136,9 +118,33 @@ def run_distributed(
             failure_config=FailureConfig(max_failures=placement.max_failures),
         ),
     )
-    connected = connect(placement.address)
+
+
+def run_distributed(
+    spec: SpecBase, *, output_dir: str | Path | None = None, resume: bool = False, progress: bool = True
+) -> tuple[dict[str, Any], Path]:
+    """Train one run over `spec.distributed.workers` Ray Train workers; returns (results, run_dir).
+
+    progress: accepted for `execute`'s signature; workers show no progress bar (metrics.jsonl,
+    and Ray's worker log lines, show the progress).
+    """
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    check_placement(spec)
+    run_dir = prepare_run_dir(spec, output_dir, resume)
+    if resume:  # the saved experiment, placed as asked now
+        spec = resume_spec(run_dir, spec).model_copy(update={"distributed": spec.distributed})
+    build_task(spec)  # bad task options fail here, before anything is written
+    placement = spec.distributed
+    connected = connect(placement.address)  # a cluster that refuses us: also before any write
     try:
-        trainer.fit()
+        run_dir = run_dir.resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            resolved = spec.model_copy(update={"output_dir": str(run_dir)})
+            ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
+            ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+        make_trainer(spec, run_dir).fit()
     except TrainingFailedError as exc:
         raise WorkerFailedError(failure_message(run_dir, exc)) from None
     finally:
