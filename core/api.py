@@ -99,14 +99,9 @@ def train_step(
     batch = {"input_ids": input_ids, "labels": labels}
     if mask is not None:
         batch["mask"] = mask
-    out, _ = optimisation_step(model, optimizer, batch, device=device, precision="auto",
-                               grad_clip=grad_clip, step=0)
-    hops = out.stats.hops.detach() if mask is None else out.stats.hops.detach()[mask]
-    return {
-        "loss": float(out.loss.detach()),
-        "task_loss": float(out.task_loss.detach()),
-        "mean_hops": float(hops.float().mean()),
-    }
+    totals, _ = optimisation_step(model, optimizer, batch, device=device, precision="auto",
+                                  grad_clip=grad_clip, step=0)
+    return {"loss": float(totals.loss), "task_loss": totals.task_loss, "mean_hops": totals.mean_hops}
 
 
 def evaluate(model: PonderModel, task: Task, split: str = "test", seed: int = 0, batch_size: int = 64) -> dict:
@@ -134,7 +129,12 @@ def run(
     else:
         data = spec.model_dump(mode="json") if isinstance(spec, SpecBase) else dict(spec)
         resolved = validate_spec(apply_overrides(data, list(overrides or [])))
-    results, _ = execute(resolved, output_dir=output_dir, resume=resume, progress=progress)
+    from .distributed.placement import runs_distributed
+
+    runner = execute
+    if runs_distributed(resolved):  # N workers on Ray Train (docs/scale.md)
+        from .distributed.launch import run_distributed as runner
+    results, _ = runner(resolved, output_dir=output_dir, resume=resume, progress=progress)
     return results
 
 

@@ -94,7 +94,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .run import resume_spec
 
         spec = resume_spec(Path(args.output_dir), None)
-    results, run_dir = execute(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
+    from .distributed.placement import apply_flags, runs_distributed
+
+    flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker, "--address": args.address}
+    spec = apply_flags(spec, flags)
+    runner = execute
+    if runs_distributed(spec):  # N workers on Ray Train; the same Trainer step (docs/scale.md)
+        from .distributed.launch import run_distributed as runner
+    results, run_dir = runner(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
     print(format_summary(results, run_dir))
     return 0
 
@@ -129,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, help="data-parallel workers on Ray Train (distributed.workers)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (distributed.gpus_per_worker)")
+    p.add_argument("--address", help="join this Ray cluster (distributed.address), e.g. auto or HOST:6379")
     p.set_defaults(handler=cmd_run)
 
     p = commands.add_parser("validate", help="check a spec without running it")

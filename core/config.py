@@ -72,3 +72,16 @@ class TrainingConfig(StrictModel):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+
+class DistributedConfig(StrictModel):
+    """One run over several data-parallel workers (Ray Train, DDP); see docs/scale.md."""
+
+    workers: int = Field(1, ge=1, description="Data-parallel workers (1: one process, no Ray).")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU workers on gloo).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
+    address: str | None = Field(None, description="Join this Ray cluster (e.g. auto, 10.0.0.1:6379).")
+    max_failures: int = Field(
+        0, ge=-1, description="Worker-group restarts Ray Train may make (-1: unlimited), each from "
+        "the last checkpoint."
+    )

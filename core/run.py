@@ -72,7 +72,8 @@ def resume_spec(run_dir: Path, spec: SpecBase | None) -> SpecBase:
     """The spec of a run being resumed; a given spec must match the saved one."""
     data, source = read_spec_file(run_dir / "spec.yaml")
     saved = validate_spec(data, source)
-    if spec is not None and spec.model_dump(exclude={"output_dir"}) != saved.model_dump(exclude={"output_dir"}):
+    placement = {"output_dir", "distributed"}  # where and on how many workers: free to change
+    if spec is not None and spec.model_dump(exclude=placement) != saved.model_dump(exclude=placement):
         raise SpecError(f"--resume: the spec differs from the one saved in {run_dir / 'spec.yaml'}")
     return saved
 
@@ -124,22 +125,29 @@ def execute(
             ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
             ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
         try:
-            results = trainer.fit()
-            results = {
-                "task": spec.task.name,
-                "backbone": spec.backbone.name,
-                "halting": spec.halting.name,
-                "scope": getattr(spec.halting, "scope", None),
-                "device": str(device),
-                **results,
-            }
-            write_halting_artifacts(run_dir, trainer, results)  # halting.json + halting_hops.png
-            ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
+            results = write_results(spec, trainer, trainer.fit(), device, run_dir)
         except OSError as exc:
             if not storage_full(exc):
                 raise
             raise StorageError(out_of_room_message(exc, run_dir, spec.training.steps)) from None
     return results, run_dir
+
+
+def write_results(
+    spec: SpecBase, trainer: Trainer, results: dict[str, Any], device: torch.device, run_dir: Path
+) -> dict[str, Any]:
+    """Label the final results, write results.json and the halting artifacts; return them."""
+    results = {
+        "task": spec.task.name,
+        "backbone": spec.backbone.name,
+        "halting": spec.halting.name,
+        "scope": getattr(spec.halting, "scope", None),
+        "device": str(device),
+        **results,
+    }
+    write_halting_artifacts(run_dir, trainer, results)  # halting.json + halting_hops.png
+    ckpt.atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, sort_keys=True))
+    return results
 
 
 def out_of_room_message(exc: OSError, run_dir: Path, steps: int) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from .config import StrictModel, TrainingConfig
+from .config import DistributedConfig, StrictModel, TrainingConfig
 from .errors import PluginError, SpecError
 from .registry import KINDS, Registry, get_registry
 
@@ -51,6 +51,7 @@ def build_spec_model(registry: Registry) -> type[SpecBase]:
         default = DEFAULT_HALTING if section == "halting" and "none" in registry.plugins[kind] else ...
         fields[section] = (_union(configs), default)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
+    fields["distributed"] = (DistributedConfig, Field(default_factory=DistributedConfig))
     return create_model("ExperimentSpec", __base__=SpecBase, **fields)
 
 

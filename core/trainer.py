@@ -17,6 +17,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainingConfig
 from .data import BatchPlan, TensorDataset
+from .distributed.group import LocalGroup, StepTotals
 from .errors import CheckpointError, NonFiniteLossError
 from .interfaces import Task, TaskData
 from .metrics import MetricAccumulator
@@ -90,7 +91,7 @@ def evaluate_dataset(
 
 
 def optimisation_step(
-    model: PonderModel,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     *,
@@ -99,27 +100,32 @@ def optimisation_step(
     grad_clip: float | None,
     step: int,
     checkpoint_dir: Path | None = None,
-):
-    """Forward under autocast, NaN check, backward, clipping, optimizer step: (output, grad norm).
+    group: LocalGroup | None = None,
+) -> tuple[StepTotals, float]:
+    """Forward under autocast, NaN check, backward, clipping, optimizer step: (totals, grad norm).
 
-    The one training step, used by `Trainer.train_step` and `ponderlab.train_step`.
+    The one training step, used by `Trainer.train_step` (one process, or one of N
+    data-parallel workers through `group`) and `ponderlab.train_step`. `model` is what runs
+    the forward pass (the PonderModel, or its DDP wrapper); `group` takes this worker's rows
+    of the global batch and reduces the step's numbers over every worker.
     """
+    group = group or LocalGroup()
     model.train()
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in group.shard(batch).items()}
     with autocast_for(device, precision):
         out = model(batch["input_ids"], labels=batch["labels"], mask=batch.get("mask"))
-    loss = out.loss
-    if not torch.isfinite(loss):
+    totals = group.reduce_step(out, batch)  # over the whole global batch
+    if not torch.isfinite(totals.loss):
         last = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
         kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-        raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at step {step}{kept}")
+        raise NonFiniteLossError(f"non-finite loss ({float(totals.loss)}) at step {step}{kept}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    totals.objective.backward()
     grad_norm = float("nan")
     if grad_clip:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     optimizer.step()
-    return out, grad_norm
+    return totals, grad_norm
 
 
 class Trainer:
@@ -137,6 +143,7 @@ class Trainer:
         device: torch.device | None = None,
         progress: bool = True,
         on_validation: Callable[[int, dict[str, float]], None] | None = None,
+        group: LocalGroup | None = None,
     ):
         self.model = model
         self.task = task
@@ -147,6 +154,9 @@ class Trainer:
         self.progress = progress
         self.on_validation = on_validation
         self.model.to(self.device)
+        # One process (LocalGroup) or one of N data-parallel workers (see core/distributed).
+        self.group = group or LocalGroup()
+        self.train_model = self.group.wrap(model)
         self.data = data
         slices = task.slice_columns
         self.train_data = TensorDataset(data.train, slices)
@@ -189,18 +199,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        out, grad_norm = optimisation_step(
-            self.model, self.optimizer, batch, device=self.device, precision=self.config.precision,
+        totals, grad_norm = optimisation_step(
+            self.train_model, self.optimizer, batch, device=self.device, precision=self.config.precision,
             grad_clip=self.config.grad_clip, step=self.step + 1, checkpoint_dir=self.checkpoint_dir,
+            group=self.group,
         )
-        loss = out.loss
+        loss = totals.loss
         self.scheduler.step()
-        real = batch["mask"].to(self.device)
         return {
-            "loss": float(loss.detach()),
-            "task_loss": float(out.task_loss.detach()),
-            "mean_hops": float(out.stats.hops.detach()[real].float().mean()),
-            "ponder_cost": float(out.stats.ponder_cost.detach()[real].float().mean()),
+            "loss": float(loss),
+            "task_loss": totals.task_loss,
+            "mean_hops": totals.mean_hops,
+            "ponder_cost": totals.ponder_cost,
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
         }
@@ -335,7 +345,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
             validation = None
-            if self.step % config.eval_every == 0 and self.step < config.steps:
+            if self.step % config.eval_every == 0 and self.step < config.steps and self.group.is_writer:
                 validation = self.evaluate("validation", config.eval_max_examples).compute()
                 self._log({"step": self.step, "split": "validation", **validation})
             self.elapsed = time.perf_counter() - started
@@ -349,7 +359,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.elapsed = time.perf_counter() - started
-        return self.final_results()
+        return self.final_results() if self.group.is_writer else {}
 
     def final_results(self) -> dict[str, Any]:
         results: dict[str, Any] = {}

@@ -56,8 +56,11 @@ def enable_token_mode() -> None:
         pass
 
 
-def join(address: str, **init_options: Any) -> None:
-    """`ray.init(address=...)`, with the token mode set when a token is here; SpecError (exit 2) on failure."""
+def join(address: str, *, option: str = "tune.address", **init_options: Any) -> None:
+    """`ray.init(address=...)`, with the token mode set when a token is here; SpecError (exit 2) on failure.
+
+    option: the spec key that gave the address, named in the error.
+    """
     import ray
 
     token = find_token()
@@ -71,7 +74,7 @@ def join(address: str, **init_options: Any) -> None:
         raise SpecError(
             f"cannot join the Ray cluster at {address}: {AUTH_MODE}=token is set but no token was "
             f"found; {HOW_TO_GET_THE_TOKEN}",
-            path="tune.address",
+            path=option,
         ) from exc
     except ConnectionError as exc:
         if token:
@@ -91,4 +94,4 @@ def join(address: str, **init_options: Any) -> None:
                 "the address and that the cluster is running (`ray status` on the head)"
             )
         logging.getLogger(__name__).debug("ray.init failed", exc_info=exc)
-        raise SpecError(f"cannot join the Ray cluster at {address}: {hint}", path="tune.address") from exc
+        raise SpecError(f"cannot join the Ray cluster at {address}: {hint}", path=option) from exc

@@ -1,0 +1,51 @@
+"""Where a run executes: the spec's `distributed` section and the `ponderlab run` flags that set it.
+
+Light on purpose (no Ray import): the CLI decides here whether a run goes through Ray Train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..config import DistributedConfig
+from ..errors import SpecError
+from ..spec import SpecBase
+
+#: `ponderlab run` flag -> key of the spec's `distributed` section.
+FLAGS = {"--workers": "workers", "--gpus-per-worker": "gpus_per_worker", "--address": "address"}
+
+
+def apply_flags(spec: SpecBase, flags: dict[str, Any]) -> SpecBase:
+    """The spec with the given flags (None: not given) written into its `distributed` section."""
+    section = spec.distributed.model_dump()
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        try:
+            section = DistributedConfig.model_validate({**section, FLAGS[flag]: value}).model_dump()
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"]
+            raise SpecError(f"{message} (got {value!r})", path=f"distributed.{FLAGS[flag]}", where=flag) from None
+    return spec.model_copy(update={"distributed": DistributedConfig.model_validate(section)})
+
+
+def runs_distributed(spec: SpecBase) -> bool:
+    """True when the run goes through Ray Train: several workers, or GPU workers.
+
+    One CPU worker is a plain process here (the address is then not used).
+    """
+    placement = spec.distributed
+    return placement.workers > 1 or placement.gpus_per_worker > 0
+
+
+def check_placement(spec: SpecBase) -> None:
+    """Every worker needs at least one row of the global batch."""
+    workers, batch_size = spec.distributed.workers, spec.training.batch_size
+    if workers > batch_size:
+        raise SpecError(
+            f"{workers} workers need a global batch of at least {workers} rows "
+            f"(training.batch_size is {batch_size}): each worker takes its share of that batch",
+            path="distributed.workers",
+        )
