@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
+from .halting.routing import require_routed_blocks, site_mixing
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -96,6 +97,8 @@ class PonderModel(nn.Module):
         )
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
         self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
+        self.mixing = site_mixing(self.sites[0])  # what routed tokens read (halting.routing)
+        require_routed_blocks(halting_config.name, self.mixing, backbone.blocks)
 
     @property
     def n_layers(self) -> int:
@@ -103,12 +106,22 @@ class PonderModel(nn.Module):
 
     # ------------------------------------------------------------------ hops
     def _apply_block(
-        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
+        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object,
+        cache: dict | None = None,
     ) -> Tensor:
-        """One layer application: memory read, the block, frozen rows for inactive tokens."""
+        """One layer application: memory read, the block, frozen rows for inactive tokens.
+
+        Routing sites (`mixing` other than "all") call the block's `forward_routed`;
+        `cache` holds a site call's shared keys/values.
+        """
         inputs = self.backbone.read_memory(index, state, memory)
-        context = BlockContext(layer=index, step=step, active=active, memory=memory)
-        return layer_update(self.backbone.blocks[index], inputs, state, context)  # (B, L, D)
+        context = BlockContext(layer=index, step=step, active=active, memory=memory,
+                               mixing=self.mixing, kv_cache=cache)
+        block = self.backbone.blocks[index]
+        if self.mixing == "all":
+            return layer_update(block, inputs, state, context)  # (B, L, D)
+        routed = active if active is not None else state.new_ones(state.shape[:2], dtype=torch.bool)
+        return where_rows(routed, block.forward_routed(inputs, routed, context), state)
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
         """Call one ponder site, with the padding mask when there is padding and it takes one."""
@@ -126,8 +139,8 @@ class PonderModel(nn.Module):
             sites = []
             for index in range(self.n_layers):
 
-                def hop(state, step, active, _index=index, _memory=memory):
-                    return self._apply_block(_index, state, step, active, _memory)
+                def hop(state, step, active, _index=index, _memory=memory, _cache={}):  # noqa: B006
+                    return self._apply_block(_index, state, step, active, _memory, _cache)
 
                 result = self._ponder(self.sites[index], hidden, hop, mask)
                 hidden = result.output
@@ -139,12 +152,13 @@ class PonderModel(nn.Module):
         site = self.sites[0]
         layer_outputs: dict[int, list[Tensor]] = {}  # per layer: its output at every hop
         hop_active: list[Tensor | None] = []
+        cache: dict = {}  # keys/values a "shared_kv" site keeps from its first hop, per layer
         if self.scope == "model":
 
             def hop(state, step, active):
                 hop_active.append(active)
                 for index in range(self.n_layers):
-                    state = self._apply_block(index, state, step, active, memory)
+                    state = self._apply_block(index, state, step, active, memory, cache)
                     if track:
                         layer_outputs.setdefault(index, []).append(state)
                 return state
