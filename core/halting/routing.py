@@ -80,16 +80,28 @@ def capacity_tokens(capacity: float, length: int) -> int:
     return min(length, max(1, math.ceil(capacity * length - 1e-9)))
 
 
-def top_capacity(scores: Tensor, capacity: float, eligible: Tensor | None = None) -> Tensor:
+def top_capacity(
+    scores: Tensor, capacity: float, eligible: Tensor | None = None, mask: Tensor | None = None
+) -> Tensor:
     """Expert-choice routing: the top-k scores of each sequence among eligible tokens.
 
-    scores (B, L), eligible (B, L) bool or None (all) -> routed (B, L) bool, with
-    k = capacity_tokens(capacity, L); fewer when fewer tokens are eligible.
+    scores (B, L), eligible (B, L) bool or None (all) -> routed (B, L) bool. k per sequence
+    is capacity_tokens(capacity, its real length) (mask (B, L): real tokens; None: L), fewer
+    when fewer tokens are eligible. Ties go to the earlier position.
     """
-    k = capacity_tokens(capacity, scores.shape[1])
-    ranked = scores.detach() if eligible is None else scores.detach().masked_fill(~eligible, -math.inf)
-    index = ranked.topk(k, dim=1).indices  # (B, k)
-    routed = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
+    batch, length = scores.shape
+    ranked = scores.detach()
+    if eligible is not None:
+        ranked = ranked.masked_fill(~eligible, -math.inf)
+    order = ranked.argsort(dim=1, descending=True, stable=True)  # (B, L)
+    positions = torch.arange(length, device=scores.device).expand(batch, length)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # (B, L) place in the ranking
+    if mask is None:
+        k = torch.full((batch, 1), capacity_tokens(capacity, length), device=scores.device)
+    else:
+        lengths = mask.sum(1, keepdim=True)  # (B, 1)
+        k = torch.ceil(capacity * lengths - 1e-9).clamp(min=1).minimum(lengths)
+    routed = rank < k
     return routed if eligible is None else routed & eligible
 
 
@@ -144,5 +156,5 @@ class CapacityRouter(nn.Module):
         if not self.training:
             routed = decider > 0.0  # sigmoid(logit) > 0.5
             return gate, routed if eligible is None else routed & eligible, None
-        routed = top_capacity(logits, capacity, eligible)
+        routed = top_capacity(logits, capacity, eligible, mask)
         return gate, routed, routing_bce(decider, routed, eligible)
