@@ -43,7 +43,12 @@ from ponderlab.core.halting import (
     fixed_hops_output,
     require_scope,
 )
-from ponderlab.core.halting.routing import CapacityRouter, RoutingStrategy, TokenMixing, routed_update
+from ponderlab.core.halting.routing import (
+    CapacityRouter,
+    RoutingStrategy,
+    TokenMixing,
+    routed_update,
+)
 from ponderlab.core.hookspecs import hookimpl
 
 #: why the kit's "halting weights" contract cannot hold (see ponderlab.testing)
@@ -84,7 +89,7 @@ class MixtureOfRecursionsConfig(HaltingConfig):
             raise ValueError(f"capacities has {len(self.capacities)} entries; recursions is {self.recursions}")
         if any(not 0 < c <= 1 for c in self.capacities):
             raise ValueError("every capacity must be in (0, 1]")
-        if any(b > a for a, b in zip(self.capacities, self.capacities[1:])):
+        if any(b > a for a, b in zip(self.capacities, self.capacities[1:], strict=False)):
             raise ValueError("capacities must not grow: only tokens routed at r - 1 are eligible at r")
         return self
 
