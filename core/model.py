@@ -76,6 +76,7 @@ class PonderModel(nn.Module):
     """
 
     packed_inference: bool = True
+    kv_cache: dict | None = None  # keys/values of a "shared_kv" site's first hop, per layer
 
     def __init__(
         self,
@@ -106,17 +107,16 @@ class PonderModel(nn.Module):
 
     # ------------------------------------------------------------------ hops
     def _apply_block(
-        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object,
-        cache: dict | None = None,
+        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
     ) -> Tensor:
         """One layer application: memory read, the block, frozen rows for inactive tokens.
 
-        Routing sites (`mixing` other than "all") call the block's `forward_routed`;
-        `cache` holds a site call's shared keys/values.
+        Routing sites (`mixing` other than "all") call the block's `forward_routed`, with
+        the keys/values a "shared_kv" site keeps per layer in `self.kv_cache`.
         """
         inputs = self.backbone.read_memory(index, state, memory)
         context = BlockContext(layer=index, step=step, active=active, memory=memory,
-                               mixing=self.mixing, kv_cache=cache)
+                               mixing=self.mixing, kv_cache=self.kv_cache)
         block = self.backbone.blocks[index]
         if self.mixing == "all":
             return layer_update(block, inputs, state, context)  # (B, L, D)
@@ -135,12 +135,13 @@ class PonderModel(nn.Module):
         mask (B, L) bool marks real tokens of a padded batch (None: no padding).
         """
         backbone = self.backbone
+        self.kv_cache = {} if self.mixing == "shared_kv" else None  # per layer, this call's
         if self.scope == "layer":
             sites = []
             for index in range(self.n_layers):
 
-                def hop(state, step, active, _index=index, _memory=memory, _cache={}):  # noqa: B006
-                    return self._apply_block(_index, state, step, active, _memory, _cache)
+                def hop(state, step, active, _index=index, _memory=memory):
+                    return self._apply_block(_index, state, step, active, _memory)
 
                 result = self._ponder(self.sites[index], hidden, hop, mask)
                 hidden = result.output
@@ -152,13 +153,12 @@ class PonderModel(nn.Module):
         site = self.sites[0]
         layer_outputs: dict[int, list[Tensor]] = {}  # per layer: its output at every hop
         hop_active: list[Tensor | None] = []
-        cache: dict = {}  # keys/values a "shared_kv" site keeps from its first hop, per layer
         if self.scope == "model":
 
             def hop(state, step, active):
                 hop_active.append(active)
                 for index in range(self.n_layers):
-                    state = self._apply_block(index, state, step, active, memory, cache)
+                    state = self._apply_block(index, state, step, active, memory)
                     if track:
                         layer_outputs.setdefault(index, []).append(state)
                 return state
