@@ -16,9 +16,11 @@ from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
 from ponderlab.plugins.backbones.transformer import TransformerBackbone, TransformerConfig
 from ponderlab.plugins.halting.mixture_of_depths import MixtureOfDepths, MixtureOfDepthsConfig
 from ponderlab.plugins.halting.routing_reference import (
+    PositionwiseLayers,
     as_tokens,
     bce,
     mixture_of_depths_sequence,
+    set_linear,
     stack_tokens,
 )
 from ponderlab.testing import ContractError, check_contract, check_plugin
@@ -28,30 +30,6 @@ VOCAB = 11
 
 def site(d_model: int = 1, n_layers: int = 2, **options) -> MixtureOfDepths:
     return MixtureOfDepths(MixtureOfDepthsConfig(**options), d_model=d_model, n_layers=n_layers)
-
-
-def set_router(router, weight: list[float], bias: float) -> None:
-    with torch.no_grad():
-        router.linear.weight.copy_(torch.tensor([weight]))
-        router.linear.bias.fill_(bias)
-
-
-class LinearLayers:
-    """Position-wise hops: layer n maps s -> tanh(W_n s + b_n) + s; records each hop's `active`."""
-
-    def __init__(self, n_layers: int, d_model: int, dtype=torch.float32, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.weights = [torch.randn(d_model, d_model, generator=generator, dtype=dtype) for _ in range(n_layers)]
-        self.biases = [torch.randn(d_model, generator=generator, dtype=dtype) for _ in range(n_layers)]
-        self.active: list[torch.Tensor | None] = []
-
-    def layer(self, n: int, s: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(s @ self.weights[n].T.to(s.dtype) + self.biases[n].to(s.dtype)) + s
-
-    def hop(self, state, step, active):
-        self.active.append(active)
-        new = self.layer(step, state)
-        return new if active is None else torch.where(active.unsqueeze(-1), new, state)
 
 
 # --------------------------------------------------------------------------- config and scopes
@@ -107,7 +85,7 @@ def hand_hop(state, step, active):
 
 def test_three_tokens_by_hand_training_and_inference():
     strategy = site(capacity=0.5)  # layer 0 dense, layer 1 routed, k = 2 of 3
-    set_router(strategy.routers[0], [0.5], -1.0)
+    set_linear(strategy.routers[0].linear, [[0.5]], [-1.0])
     x = torch.tensor([[[0.0], [2.0], [1.0]]])
     # after layer 0: s = (1, 3, 2); r = 0.5 s - 1 = (-0.5, 0.5, 0.0): top-2 are tokens 1 and 2
     out = strategy.train()(x, hand_hop)
@@ -126,7 +104,7 @@ def test_three_tokens_by_hand_training_and_inference():
 
 def test_routed_hop_gets_the_routed_tokens_as_active():
     strategy = site(d_model=3, n_layers=4, capacity=0.4).train()
-    layers = LinearLayers(4, 3)
+    layers = PositionwiseLayers(4, 3)
     out = strategy(torch.randn(2, 5, 3), layers.hop)
     assert layers.active[0] is None and layers.active[2] is None  # dense layers
     for hop_index in (1, 3):
@@ -147,7 +125,7 @@ def test_matches_the_per_token_reference(training, causal, route_every):
                     causal=causal).double().train(training)
     for parameter in strategy.parameters():  # routers far from zero: mixed decisions at inference
         torch.nn.init.normal_(parameter, std=1.0)
-    layers = LinearLayers(n_layers, width, torch.float64)
+    layers = PositionwiseLayers(n_layers, width, torch.float64)
     state = torch.randn(3, 6, width, dtype=torch.float64)
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[2, 4:] = False
@@ -187,7 +165,7 @@ def test_matches_the_per_token_reference(training, causal, route_every):
 def test_float64_gradients(causal):
     torch.manual_seed(1)
     strategy = site(d_model=2, n_layers=2, capacity=0.5, causal=causal).double().train()
-    layers = LinearLayers(2, 2, torch.float64)
+    layers = PositionwiseLayers(2, 2, torch.float64)
     params = dict(strategy.named_parameters())
     names = list(params)
 
@@ -206,7 +184,7 @@ def test_float64_gradients(causal):
 
 def test_predictor_reads_a_stop_gradient_state():
     torch.manual_seed(2)
-    layers = LinearLayers(2, 3)
+    layers = PositionwiseLayers(2, 3)
     for causal, reaches in (("router", True), ("predictor", False)):
         strategy = site(d_model=3, n_layers=2, capacity=0.5, causal=causal).train()
         state = torch.randn(1, 4, 3, requires_grad=True)

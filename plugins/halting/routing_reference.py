@@ -122,3 +122,28 @@ def as_tokens(state: Tensor) -> list[list[Tensor]]:
 
 def stack_tokens(sequences: list[list[Tensor]]) -> Tensor:
     return torch.stack([torch.stack(tokens) for tokens in sequences])
+
+
+def set_linear(linear: torch.nn.Linear, weight: list[list[float]], bias: list[float]) -> None:
+    """Give a router hand-picked weights."""
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        linear.bias.copy_(torch.tensor(bias))
+
+
+class PositionwiseLayers:
+    """Position-wise hops: layer n maps s -> tanh(W_n s + b_n) + s; records each hop's `active`."""
+
+    def __init__(self, n_layers: int, d_model: int, dtype=torch.float32, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.weights = [torch.randn(d_model, d_model, generator=generator, dtype=dtype) for _ in range(n_layers)]
+        self.biases = [torch.randn(d_model, generator=generator, dtype=dtype) for _ in range(n_layers)]
+        self.active: list[torch.Tensor | None] = []
+
+    def layer(self, n: int, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(s @ self.weights[n].T.to(s.dtype) + self.biases[n].to(s.dtype)) + s
+
+    def hop(self, state, step, active):
+        self.active.append(active)
+        new = self.layer(step, state)
+        return new if active is None else torch.where(active.unsqueeze(-1), new, state)
