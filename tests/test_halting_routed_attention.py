@@ -10,6 +10,10 @@ import torch
 
 from ponderlab.core.interfaces import BlockContext
 from ponderlab.plugins.backbones.transformer import TransformerBackbone, TransformerConfig, rotary
+from ponderlab.plugins.backbones.universal_transformer import (
+    UniversalTransformerBackbone,
+    UniversalTransformerConfig,
+)
 
 
 def block(parallel: bool = True, seed: int = 0):
@@ -98,3 +102,15 @@ def test_shared_kv_reuses_the_first_hop_keys_and_values():
         out1 = neox.forward_routed(later, routed, BlockContext(layer=1, step=1, mixing="shared_kv", kv_cache=cache))
         expected = per_token_layer(neox, later[0], first[0], lambda t, s: s <= t)
     torch.testing.assert_close(out1[0][routed[0]], expected[routed[0]])
+
+
+def test_universal_transformer_block_adds_its_depth_signal_when_routed():
+    torch.manual_seed(0)
+    backbone = UniversalTransformerBackbone(UniversalTransformerConfig(d_model=8, n_layers=1, n_heads=2), vocab_size=5)
+    shared = backbone.blocks[0].eval()
+    hidden = torch.randn(2, 4, 8)
+    everyone = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        for step in (0, 2):
+            torch.testing.assert_close(shared.forward_routed(hidden, everyone, BlockContext(step=step, mixing="routed")),
+                                       shared(hidden, BlockContext(step=step)))
