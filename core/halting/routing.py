@@ -13,6 +13,7 @@ router chose (`active`), with two additions to the halting contract:
 
 Helpers: `capacity_tokens` (k of a capacity fraction), `top_capacity` (expert-choice top-k
 per sequence among eligible tokens), `routed_update` (x + g (f(x) - x) on routed tokens),
+`routed_output` (the PonderOutput with the weighted mean auxiliary loss),
 `routing_bce` (BCE of logits against the top-k targets), `CapacityRouter` (a per-hop
 linear router with the paper's two causal inference rules).
 """
@@ -27,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
-from ponderlab.core.interfaces import BlockContext, HaltingStrategy
+from ponderlab.core.interfaces import BlockContext, HaltingStrategy, PonderOutput
+
+from .outputs import fixed_hops_output
 
 #: what a routed token reads in a block (see the module docstring)
 TokenMixing = Literal["all", "routed", "shared_kv"]
@@ -109,6 +112,14 @@ def routed_update(state: Tensor, new: Tensor, gate: Tensor, routed: Tensor) -> T
     """x + g (f(x) - x) on routed tokens, x elsewhere: (B, L, D), gate (B, L), routed (B, L)."""
     scale = (gate * routed).unsqueeze(-1).to(state.dtype)  # (B, L, 1), 0 off the route
     return state + scale * (new - state)
+
+
+def routed_output(state: Tensor, hops: Tensor, losses: list[Tensor], weight: float) -> PonderOutput:
+    """The site's output: the last state, hops (B, L) per token, aux_loss = weight * mean(losses)."""
+    output = fixed_hops_output(state, hops)
+    if losses:
+        output.aux_loss = weight * torch.stack(losses).mean()
+    return output
 
 
 def routing_bce(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:

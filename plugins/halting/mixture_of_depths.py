@@ -37,10 +37,14 @@ from ponderlab.core.halting import (
     PonderOutput,
     Scope,
     accumulation_dtype,
-    fixed_hops_output,
     require_scope,
 )
-from ponderlab.core.halting.routing import CapacityRouter, RoutingStrategy, routed_update
+from ponderlab.core.halting.routing import (
+    CapacityRouter,
+    RoutingStrategy,
+    routed_output,
+    routed_update,
+)
 from ponderlab.core.hookspecs import hookimpl
 
 #: why the kit's "halting weights" contract cannot hold (see ponderlab.testing)
@@ -103,10 +107,7 @@ class MixtureOfDepths(RoutingStrategy):
             layers = layers + routed.to(layers.dtype)
             if loss is not None:
                 losses.append(loss)
-        output = fixed_hops_output(state, layers)
-        if losses:
-            output.aux_loss = self.config.aux_weight * torch.stack(losses).mean()
-        return output
+        return routed_output(state, layers, losses, self.config.aux_weight)
 
 
 @hookimpl

@@ -40,13 +40,13 @@ from ponderlab.core.halting import (
     PonderOutput,
     Scope,
     accumulation_dtype,
-    fixed_hops_output,
     require_scope,
 )
 from ponderlab.core.halting.routing import (
     CapacityRouter,
     RoutingStrategy,
     TokenMixing,
+    routed_output,
     routed_update,
 )
 from ponderlab.core.hookspecs import hookimpl
@@ -139,10 +139,7 @@ class MixtureOfRecursions(RoutingStrategy):
             eligible = routed
             if loss is not None:
                 losses.append(loss)
-        output = fixed_hops_output(state, hops)
-        if losses:
-            output.aux_loss = self.config.aux_weight * torch.stack(losses).mean()
-        return output
+        return routed_output(state, hops, losses, self.config.aux_weight)
 
     def _token_choice(self, state: Tensor, hop: HopFn, mask: Tensor | None) -> PonderOutput:
         probs = torch.softmax(self.router(state).to(accumulation_dtype(state)), dim=-1)  # (B, L, N_r)
@@ -155,9 +152,7 @@ class MixtureOfRecursions(RoutingStrategy):
             if r and not bool(active.any()):
                 break
             state = routed_update(state, hop(state, r, active), gate, active)
-        output = fixed_hops_output(state, depth)
-        output.aux_loss = self.config.balance_weight * balance_loss(probs, depth, mask)
-        return output
+        return routed_output(state, depth, [balance_loss(probs, depth, mask)], self.config.balance_weight)
 
 
 def balance_loss(probs: Tensor, depth: Tensor, mask: Tensor | None = None) -> Tensor:
