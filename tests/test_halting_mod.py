@@ -23,7 +23,7 @@ from ponderlab.plugins.halting.routing_reference import (
     set_linear,
     stack_tokens,
 )
-from ponderlab.testing import ContractError, check_contract, check_plugin
+from ponderlab.testing import ContractError, HaltingContract, check_contract, check_plugin
 
 VOCAB = 11
 
@@ -236,3 +236,12 @@ def test_passes_the_kit_except_the_declared_contract():
         check_contract(MixtureOfDepths, "halting weights")
     assert error.value.contract == "halting weights"
     assert "beyond the `hops`" in error.value.problem
+
+
+def test_kit_pytest_class_skips_the_declared_contract_with_its_reason():
+    class TestMixtureOfDepths(HaltingContract):
+        plugin = MixtureOfDepths
+
+    with pytest.raises(pytest.skip.Exception, match="beyond the number of layers it ran"):
+        TestMixtureOfDepths().test_halting_weights()
+    TestMixtureOfDepths().test_halting_stats()  # the others still run
