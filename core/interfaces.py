@@ -47,12 +47,18 @@ class BlockContext:
             them; a block may skip their work. To compute a subset of tokens by rows,
             implement `forward_rows` (see `ponderlab.core.early_exit.RowsBlock`).
     memory: the backbone's segment memory (None outside segment recurrence).
+    mixing: what the active tokens read in token mixing: "all" (every token's state),
+            "routed" (active tokens only) or "shared_kv" (keys/values of the site's
+            first hop); the last two call `forward_routed` (`ponderlab.core.halting.routing`).
+    kv_cache: per layer, what a "shared_kv" block stored at the site's first hop.
     """
 
     layer: int = 0
     step: int = 0
     active: Tensor | None = None
     memory: Any = None
+    mixing: str = "all"
+    kv_cache: dict | None = None
 
 
 class Block(nn.Module):

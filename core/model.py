@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
+from .halting.routing import require_routed_blocks, site_mixing
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -75,6 +76,7 @@ class PonderModel(nn.Module):
     """
 
     packed_inference: bool = True
+    kv_cache: dict | None = None  # keys/values of a "shared_kv" site's first hop, per layer
 
     def __init__(
         self,
@@ -97,6 +99,8 @@ class PonderModel(nn.Module):
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
         backbone.bind_output_head(self.head)
         self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
+        self.mixing = site_mixing(self.sites[0])  # what routed tokens read (halting.routing)
+        require_routed_blocks(halting_config.name, self.mixing, backbone.blocks)
 
     @property
     def n_layers(self) -> int:
@@ -106,10 +110,19 @@ class PonderModel(nn.Module):
     def _apply_block(
         self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
     ) -> Tensor:
-        """One layer application: memory read, the block, frozen rows for inactive tokens."""
+        """One layer application: memory read, the block, frozen rows for inactive tokens.
+
+        Routing sites (`mixing` other than "all") call the block's `forward_routed`, with
+        the keys/values a "shared_kv" site keeps per layer in `self.kv_cache`.
+        """
         inputs = self.backbone.read_memory(index, state, memory)
-        context = BlockContext(layer=index, step=step, active=active, memory=memory)
-        return layer_update(self.backbone.blocks[index], inputs, state, context)  # (B, L, D)
+        context = BlockContext(layer=index, step=step, active=active, memory=memory,
+                               mixing=self.mixing, kv_cache=self.kv_cache)
+        block = self.backbone.blocks[index]
+        if self.mixing == "all":
+            return layer_update(block, inputs, state, context)  # (B, L, D)
+        routed = active if active is not None else state.new_ones(state.shape[:2], dtype=torch.bool)
+        return where_rows(routed, block.forward_routed(inputs, routed, context), state)
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
         """Call one ponder site, with the padding mask when there is padding and it takes one."""
@@ -123,6 +136,7 @@ class PonderModel(nn.Module):
         mask (B, L) bool marks real tokens of a padded batch (None: no padding).
         """
         backbone = self.backbone
+        self.kv_cache = {} if self.mixing == "shared_kv" else None  # per layer, this call's
         if self.scope == "layer":
             sites = []
             for index in range(self.n_layers):

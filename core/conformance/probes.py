@@ -33,7 +33,8 @@ class _ProbeBlock(Block):
     """Position-wise residual layer h + tanh(W h + b): causal by construction.
 
     It computes rows too (`forward_rows`), so depth-scope inference of a strategy
-    under test takes the packed path where the strategy's loop has one.
+    under test takes the packed path where the strategy's loop has one, and serves
+    routing strategies (`forward_routed`: with no token mixing, it is `forward`).
     """
 
     def __init__(self, d_model: int):
@@ -45,6 +46,9 @@ class _ProbeBlock(Block):
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
         return states + torch.tanh(self.linear(states))  # (K, D)
+
+    def forward_routed(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
+        return self.forward(hidden, context)  # position-wise: no token mixing to restrict
 
 
 class ProbeBackbone(Backbone):

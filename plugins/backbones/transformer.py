@@ -88,6 +88,47 @@ class NeoXBlock(Block):
         _, cos_sin = self.rotary_tables(hidden)
         return self.update_rows(hidden, rows_mask(rows, hidden.shape[:2]), rows, states, cos_sin)
 
+    def forward_routed(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
+        """The layer with token mixing restricted for routing (`ponderlab.core.halting.routing`).
+
+        mixing "routed": each token attends causally to the routed tokens (B, L) only (and to
+        itself, so unrouted rows, which the core discards, stay finite). "shared_kv": keys
+        and values are those of the site's first hop (step 0 stores them in
+        `context.kv_cache[layer]`), causal over every token. Computed densely: (B, L, D).
+        """
+        layer = self.layer
+        _, (cos, sin) = self.rotary_tables(hidden)
+        query, key, value = self.project_qkv(layer.input_layernorm(hidden), cos, sin)  # (B, H, L, dh)
+        length = hidden.shape[1]
+        allowed = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()  # (L, L)
+        if context.mixing == "shared_kv":
+            if context.step == 0:
+                context.kv_cache[context.layer] = (key, value)
+            key, value = context.kv_cache[context.layer]
+        else:
+            itself = torch.eye(length, dtype=torch.bool, device=hidden.device)
+            allowed = allowed & (routed.unsqueeze(1) | itself)  # (B, L, L)
+        attention = layer.attention
+        mixed = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed.unsqueeze(-3),
+            dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
+        )  # (B, H, L, dh)
+        attn = layer.post_attention_dropout(attention.dense(mixed.transpose(1, 2).flatten(2)))  # (B, L, D)
+        if layer.use_parallel_residual:
+            return hidden + attn + layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(hidden)))
+        attn = attn + hidden
+        return layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
+
+    def project_qkv(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries and keys, and values, of every token: (B, H, L, dh) each."""
+        attention = self.layer.attention
+        batch, length, width = normed.shape
+        size = attention.head_size
+        fused = attention.query_key_value(normed).view(batch, length, width // size, 3, size)
+        query, key, value = fused.permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return rotary(query, cos, sin), rotary(key, cos, sin), value
+
     def running_attention(self, normed: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """Causal attention for the running tokens' queries over every token's keys and values.
 

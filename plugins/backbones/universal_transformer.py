@@ -83,6 +83,10 @@ class UTBlock(NeoXBlock):
         signal = self.depth(context.step, hidden)  # (D,): every token's input gets it, as in forward
         return super().forward_rows(hidden + signal, rows, states + signal, context)  # (K, D)
 
+    def forward_routed(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
+        hidden = hidden + self.depth(context.step, hidden)  # as in forward
+        return super().forward_routed(hidden, routed, context)  # (B, L, D)
+
 
 class UniversalTransformerBackbone(Backbone):
     config_class = UniversalTransformerConfig
