@@ -1,0 +1,74 @@
+"""One real train step: the gradients the optimizer applies are clipped to `grad_clip`."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from ponderlab.core.run import build_model_from_spec, build_task
+from ponderlab.core.spec import validate_spec
+from ponderlab.core.trainer import Trainer
+
+SPEC = {
+    "seed": 3,
+    "task": {"name": "binary_reverse", "length": 6, "train_size": 64, "validation_size": 8, "test_size": 8},
+    "backbone": {"name": "lstm", "d_model": 16, "n_layers": 2},
+    "halting": {"name": "graves", "max_steps": 3, "epsilon": 0.1, "time_penalty": 0.01},
+    "training": {"steps": 4, "batch_size": 16, "warmup_steps": 0, "num_threads": 1},
+}
+
+
+def tiny_trainer(grad_clip: float | None) -> Trainer:
+    spec = validate_spec({**SPEC, "training": {**SPEC["training"], "grad_clip": grad_clip}})
+    task = build_task(spec)
+    torch.manual_seed(0)
+    model = build_model_from_spec(spec, task.vocab_size)
+    return Trainer(model=model, task=task, data=task.build(spec.seed), config=spec.training, seed=spec.seed,
+                   progress=False)
+
+
+def unclipped_gradients(trainer: Trainer, batch: dict) -> list[torch.Tensor]:
+    """The gradients of the step's loss, from a copy of the model (the reference)."""
+    model = copy.deepcopy(trainer.model).train()
+    out = model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
+    out.loss.backward()
+    return [param.grad.clone() for param in model.parameters()]
+
+
+def gradients_at_optimizer_step(trainer: Trainer) -> list[list[torch.Tensor]]:
+    """Record, at every optimizer step, the gradients the optimizer is about to apply."""
+    seen: list[list[torch.Tensor]] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append([p.grad.clone() for p in trainer.model.parameters()])
+    )
+    return seen
+
+
+def global_norm(gradients: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(g.double().square().sum()) for g in gradients))
+
+
+@pytest.mark.parametrize("grad_clip", [1e-3, 1e3, None])
+def test_train_step_applies_gradients_clipped_to_grad_clip(grad_clip):
+    """clip_grad_norm_: g * min(1, c / (|g| + 1e-6)) for the global norm |g| over every parameter;
+    the logged grad_norm is |g| before clipping (NaN without clipping)."""
+    trainer = tiny_trainer(grad_clip)
+    batch = trainer.plan.batch(0)
+    reference = unclipped_gradients(trainer, batch)
+    seen = gradients_at_optimizer_step(trainer)
+    metrics = trainer.train_step(batch)
+
+    norm = global_norm(reference)
+    assert 1e-2 < norm < 1e2  # so that 1e-3 clips and 1e3 does not
+    scale = 1.0 if grad_clip is None else min(1.0, grad_clip / (norm + 1e-6))
+    assert len(seen) == 1
+    for applied, expected in zip(seen[0], reference, strict=True):
+        torch.testing.assert_close(applied, expected * scale, rtol=1e-4, atol=1e-12)
+    if grad_clip is None:
+        assert math.isnan(metrics["grad_norm"])
+    else:
+        assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-4)
+        assert global_norm(seen[0]) == pytest.approx(min(norm, grad_clip), rel=1e-4)
