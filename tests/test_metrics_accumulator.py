@@ -24,9 +24,11 @@ VOCAB = 3
 MASK = [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
 LABELS = [[X, X, 1, 2, 0], [X, 2, 2, X, X], [X, X, 1, X, X], [X, X, X, X, X]]
 PREDICTIONS = [[0, 0, 1, 2, 0], [1, 2, 0, 1, 1], [2, 2, 1, 0, 0], [1, 1, 1, 1, 1]]
-HOPS = [[1, 2, 3, 1, 2], [2, 2, 1, 4, PAD_HOPS], [1, 1, 2, PAD_HOPS, PAD_HOPS],
+# Hops per token (1.5: a mean over two sites; the histogram rounds it half to even, to 2).
+HOPS = [[1, 2, 3, 1, 2], [2, 1.5, 1, 4, PAD_HOPS], [1, 1, 3, PAD_HOPS, PAD_HOPS],
         [3, 1, PAD_HOPS, PAD_HOPS, PAD_HOPS]]
 LENGTH_SLICE = [5, 4, 5, 2]  # a slice column: rows 0 and 2 share a value
+SLICES = ("absent", "length")  # a slice column the batch lacks is skipped
 
 
 def batch_tensors(rows: slice = slice(None), length: int = 5) -> tuple:
@@ -51,10 +53,10 @@ EXPECTED = {
     "loss": (5 * cross_entropy(True) + cross_entropy(False)) / 6,
     "token_accuracy": 5 / 6,
     "exact_match": 2 / 3,
-    "mean_hops": 26 / 14,
+    "mean_hops": 26.5 / 14,  # rows: 9 + 8.5 + 5 + 4 over 14 real tokens
     "max_hops": 4.0,
-    "mean_layers": 52 / 14,
-    "ponder_cost": (26 + 0.5 * 14) / 14,
+    "mean_layers": 53 / 14,
+    "ponder_cost": (26.5 + 0.5 * 14) / 14,
     "remainder": 0.5,
     "examples": 3.0,
     "length=2/exact_match": math.nan,  # no scored position: no sequence, no token
@@ -65,8 +67,8 @@ EXPECTED = {
     "length=5/token_accuracy": 4 / 4,
 }
 PROFILE = {
-    "position_mean_hops": [7 / 4, 6 / 4, 2.0, 2.5, 2.0],
-    "hop_histogram": {"1": 6, "2": 5, "3": 2, "4": 1},
+    "position_mean_hops": [7 / 4, 5.5 / 4, 2.333333, 2.5, 2.0],  # rounded to 6 digits (7 / 3)
+    "hop_histogram": {"1": 6, "2": 4, "3": 3, "4": 1},
 }
 
 
@@ -79,14 +81,14 @@ def assert_expected(accumulator: MetricAccumulator) -> None:
 
 
 def test_hand_counted_batch():
-    accumulator = MetricAccumulator(slice_columns=("length",))
+    accumulator = MetricAccumulator(slice_columns=SLICES)
     accumulator.update(*batch_tensors())
     assert_expected(accumulator)
 
 
 def test_batches_of_different_lengths_add_up_to_the_whole_batch():
     """A shorter batch first, then a longer one: per-position sums grow to the longer length."""
-    accumulator = MetricAccumulator(slice_columns=("length",))
+    accumulator = MetricAccumulator(slice_columns=SLICES)
     accumulator.update(*batch_tensors(slice(2, 4), length=3))  # rows 2, 3 have no real token after 3
     accumulator.update(*batch_tensors(slice(0, 2)))
     assert_expected(accumulator)
