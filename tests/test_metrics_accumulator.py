@@ -98,4 +98,5 @@ def test_empty_accumulator_reports_nan_not_zero():
     computed = MetricAccumulator().compute()
     for key in ("loss", "token_accuracy", "exact_match", "mean_hops"):
         assert math.isnan(computed[key]), key
+    assert computed["max_hops"] == 0.0 and computed["examples"] == 0.0
     assert MetricAccumulator().halting_profile() == {"position_mean_hops": [], "hop_histogram": {}}

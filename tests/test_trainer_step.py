@@ -1,4 +1,4 @@
-"""One real train step: the gradients the optimizer applies are clipped to `grad_clip`."""
+"""One real train step: clipped gradients, AdamW with decay on matrices only, the logged metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ponderlab.core.model import ModelOutput
 from ponderlab.core.run import build_model_from_spec, build_task
 from ponderlab.core.spec import validate_spec
 from ponderlab.core.trainer import Trainer
@@ -30,12 +31,12 @@ def tiny_trainer(grad_clip: float | None) -> Trainer:
                    progress=False)
 
 
-def unclipped_gradients(trainer: Trainer, batch: dict) -> list[torch.Tensor]:
-    """The gradients of the step's loss, from a copy of the model (the reference)."""
+def reference_step(trainer: Trainer, batch: dict) -> tuple[ModelOutput, list[torch.Tensor]]:
+    """The step's forward output and unclipped gradients, from a copy of the model."""
     model = copy.deepcopy(trainer.model).train()
     out = model(batch["input_ids"], labels=batch["labels"], mask=batch["mask"])
     out.loss.backward()
-    return [param.grad.clone() for param in model.parameters()]
+    return out, [param.grad.clone() for param in model.parameters()]
 
 
 def gradients_at_optimizer_step(trainer: Trainer) -> list[list[torch.Tensor]]:
@@ -57,7 +58,7 @@ def test_train_step_applies_gradients_clipped_to_grad_clip(grad_clip):
     the logged grad_norm is |g| before clipping (NaN without clipping)."""
     trainer = tiny_trainer(grad_clip)
     batch = trainer.plan.batch(0)
-    reference = unclipped_gradients(trainer, batch)
+    out, reference = reference_step(trainer, batch)
     seen = gradients_at_optimizer_step(trainer)
     metrics = trainer.train_step(batch)
 
@@ -72,3 +73,36 @@ def test_train_step_applies_gradients_clipped_to_grad_clip(grad_clip):
     else:
         assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-4)
         assert global_norm(seen[0]) == pytest.approx(min(norm, grad_clip), rel=1e-4)
+
+
+def test_train_step_logs_the_batch_loss_hops_and_next_learning_rate():
+    trainer = tiny_trainer(1.0)
+    batch = trainer.plan.batch(0)
+    out, _ = reference_step(trainer, batch)
+    metrics = trainer.train_step(batch)
+    real = batch["mask"]
+    loss, task_loss = float(out.loss.detach()), float(out.task_loss.detach())
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-6)
+    assert metrics["task_loss"] == pytest.approx(task_loss, rel=1e-6)
+    assert loss > task_loss  # the ponder cost term (time_penalty 0.01)
+    assert metrics["mean_hops"] == pytest.approx(float(out.stats.hops[real].mean()), rel=1e-6)
+    assert metrics["ponder_cost"] == pytest.approx(float(out.stats.ponder_cost.detach()[real].mean()), rel=1e-6)
+    # after one of 4 steps without warmup: lr (1e-3) times 0.1 + 0.9 * (1 + cos(pi / 4)) / 2
+    assert metrics["lr"] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))
+
+
+def test_first_step_is_adamw_with_weight_decay_on_matrices_only():
+    """Adam's first step moves each parameter by lr * g / (|g| + eps); AdamW first shrinks
+    matrices (not biases, norms or halting biases) by lr * weight_decay."""
+    trainer = tiny_trainer(None)
+    batch = trainer.plan.batch(0)
+    _, gradients = reference_step(trainer, batch)
+    before = [param.detach().clone() for param in trainer.model.parameters()]
+    trainer.train_step(batch)
+    lr, decay = trainer.config.lr, trainer.config.weight_decay
+    assert decay > 0
+    for start, gradient, (name, param) in zip(before, gradients, trainer.model.named_parameters(),
+                                              strict=True):
+        shrink = 1 - lr * decay if start.dim() >= 2 else 1.0
+        expected = start * shrink - lr * gradient / (gradient.abs() + 1e-8)
+        torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-7, msg=name)
