@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
+from ponderlab.core.config import TrainingConfig
+from ponderlab.core.errors import NonFiniteLossError
 from ponderlab.core.model import ModelOutput
 from ponderlab.core.run import build_model_from_spec, build_task
 from ponderlab.core.spec import validate_spec
-from ponderlab.core.trainer import Trainer
+from ponderlab.core.trainer import Trainer, lr_factor
 
 SPEC = {
     "seed": 3,
@@ -106,3 +108,20 @@ def test_first_step_is_adamw_with_weight_decay_on_matrices_only():
         shrink = 1 - lr * decay if start.dim() >= 2 else 1.0
         expected = start * shrink - lr * gradient / (gradient.abs() + 1e-8)
         torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so():
+    trainer = tiny_trainer(1.0)
+    with torch.no_grad():
+        trainer.model.head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train_step(trainer.plan.batch(0))
+    assert str(info.value) == "non-finite loss (nan) at step 1; no checkpoint was written yet"
+
+
+def test_lr_schedule_edges():
+    """No decay span (warmup is every step): full lr at the end of warmup; one step: the floor
+    at once; after the last step the floor stays."""
+    assert lr_factor(10, TrainingConfig(steps=10, warmup_steps=10, min_lr_ratio=0.1)) == 1.0
+    assert lr_factor(1, TrainingConfig(steps=1, warmup_steps=0, min_lr_ratio=0.1)) == pytest.approx(0.1)
+    assert lr_factor(30, TrainingConfig(steps=20, warmup_steps=0, min_lr_ratio=0.1)) == pytest.approx(0.1)
