@@ -7,9 +7,11 @@ import math
 
 import pytest
 import torch
+from twin_checks import randomize_halting_units
 
 from ponderlab.core.config import TrainingConfig
 from ponderlab.core.errors import NonFiniteLossError
+from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.model import ModelOutput
 from ponderlab.core.run import build_model_from_spec, build_task
 from ponderlab.core.spec import validate_spec
@@ -24,8 +26,8 @@ SPEC = {
 }
 
 
-def tiny_trainer(grad_clip: float | None) -> Trainer:
-    spec = validate_spec({**SPEC, "training": {**SPEC["training"], "grad_clip": grad_clip}})
+def tiny_trainer(grad_clip: float | None, **training) -> Trainer:
+    spec = validate_spec({**SPEC, "training": {**SPEC["training"], "grad_clip": grad_clip, **training}})
     task = build_task(spec)
     torch.manual_seed(0)
     model = build_model_from_spec(spec, task.vocab_size)
@@ -77,11 +79,26 @@ def test_train_step_applies_gradients_clipped_to_grad_clip(grad_clip):
         assert global_norm(seen[0]) == pytest.approx(min(norm, grad_clip), rel=1e-4)
 
 
+def padded(batch: dict) -> dict:
+    """The batch with its last two positions made padding in every other row."""
+    batch = {key: value.clone() for key, value in batch.items()}
+    batch["mask"][::2, -2:] = False
+    batch["labels"][::2, -2:] = IGNORE_INDEX
+    return batch
+
+
 def test_train_step_logs_the_batch_loss_hops_and_next_learning_rate():
+    """On a padded batch: the ponder cost in the loss and the logged hops count real tokens only
+    (random halting units, so that tokens differ in ponder cost)."""
     trainer = tiny_trainer(1.0)
-    batch = trainer.plan.batch(0)
+    randomize_halting_units(trainer.model, std=1.0)
+    batch = padded(trainer.plan.batch(0))
     out, _ = reference_step(trainer, batch)
+    masks = []
+    trainer.model.register_forward_pre_hook(lambda module, args, kwargs: masks.append(kwargs["mask"]),
+                                            with_kwargs=True)
     metrics = trainer.train_step(batch)
+    assert len(masks) == 1 and torch.equal(masks[0], batch["mask"])  # the model sees the padding
     real = batch["mask"]
     loss, task_loss = float(out.loss.detach()), float(out.task_loss.detach())
     assert metrics["loss"] == pytest.approx(loss, rel=1e-6)
@@ -125,3 +142,12 @@ def test_lr_schedule_edges():
     assert lr_factor(10, TrainingConfig(steps=10, warmup_steps=10, min_lr_ratio=0.1)) == 1.0
     assert lr_factor(1, TrainingConfig(steps=1, warmup_steps=0, min_lr_ratio=0.1)) == pytest.approx(0.1)
     assert lr_factor(30, TrainingConfig(steps=20, warmup_steps=0, min_lr_ratio=0.1)) == pytest.approx(0.1)
+
+
+def test_train_step_runs_under_the_configured_precision():
+    """precision bf16 on a CPU: the step's forward runs under bfloat16 autocast."""
+    trainer = tiny_trainer(1.0, precision="bf16")
+    dtypes = []
+    trainer.model.head.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    trainer.train_step(trainer.plan.batch(0))
+    assert dtypes == [torch.bfloat16]
