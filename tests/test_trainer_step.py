@@ -113,13 +113,12 @@ def test_train_step_logs_the_batch_loss_hops_and_next_learning_rate():
 def test_first_step_is_adamw_with_weight_decay_on_matrices_only():
     """Adam's first step moves each parameter by lr * g / (|g| + eps); AdamW first shrinks
     matrices (not biases, norms or halting biases) by lr * weight_decay."""
-    trainer = tiny_trainer(None)
+    trainer = tiny_trainer(None, lr=0.01, weight_decay=0.5)  # shrink by 0.995: far above rounding
     batch = trainer.plan.batch(0)
     _, gradients = reference_step(trainer, batch)
     before = [param.detach().clone() for param in trainer.model.parameters()]
     trainer.train_step(batch)
-    lr, decay = trainer.config.lr, trainer.config.weight_decay
-    assert decay > 0
+    lr, decay = 0.01, 0.5
     for start, gradient, (name, param) in zip(before, gradients, trainer.model.named_parameters(),
                                               strict=True):
         shrink = 1 - lr * decay if start.dim() >= 2 else 1.0
