@@ -110,20 +110,28 @@ def test_train_step_logs_the_batch_loss_hops_and_next_learning_rate():
     assert metrics["lr"] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))
 
 
-def test_first_step_is_adamw_with_weight_decay_on_matrices_only():
-    """Adam's first step moves each parameter by lr * g / (|g| + eps); AdamW first shrinks
-    matrices (not biases, norms or halting biases) by lr * weight_decay."""
-    trainer = tiny_trainer(None, lr=0.01, weight_decay=0.5)  # shrink by 0.995: far above rounding
-    batch = trainer.plan.batch(0)
-    _, gradients = reference_step(trainer, batch)
-    before = [param.detach().clone() for param in trainer.model.parameters()]
-    trainer.train_step(batch)
-    lr, decay = 0.01, 0.5
-    for start, gradient, (name, param) in zip(before, gradients, trainer.model.named_parameters(),
-                                              strict=True):
-        shrink = 1 - lr * decay if start.dim() >= 2 else 1.0
-        expected = start * shrink - lr * gradient / (gradient.abs() + 1e-8)
-        torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-7, msg=name)
+def test_steps_follow_adamw_with_the_configured_betas_and_decay_on_matrices_only():
+    """Two steps of AdamW by hand, from the gradients the optimizer received: matrices (not
+    biases, norms or halting biases) shrink by lr * weight_decay, then move by
+    lr * m_hat / (sqrt(v_hat) + eps) with the configured betas and the scheduled lr."""
+    beta1, beta2, decay = 0.5, 0.75, 0.5  # decay: shrink by 0.995, far above rounding
+    trainer = tiny_trainer(None, lr=0.01, weight_decay=decay, betas=[beta1, beta2])
+    seen = gradients_at_optimizer_step(trainer)
+    expected = [param.detach().clone() for param in trainer.model.parameters()]
+    first_moments = [torch.zeros_like(param) for param in expected]
+    second_moments = [torch.zeros_like(param) for param in expected]
+    rates = [0.01, 0.01 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4)))]  # no warmup, 4 steps
+    for step, lr in enumerate(rates):
+        trainer.train_step(trainer.plan.batch(step))
+        for index, gradient in enumerate(seen[step]):
+            first_moments[index] = beta1 * first_moments[index] + (1 - beta1) * gradient
+            second_moments[index] = beta2 * second_moments[index] + (1 - beta2) * gradient.square()
+            m_hat = first_moments[index] / (1 - beta1 ** (step + 1))
+            v_hat = second_moments[index] / (1 - beta2 ** (step + 1))
+            shrink = 1 - lr * decay if expected[index].dim() >= 2 else 1.0
+            expected[index] = expected[index] * shrink - lr * m_hat / (v_hat.sqrt() + 1e-8)
+    for (name, param), value in zip(trainer.model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(param.detach(), value, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_non_finite_loss_before_any_checkpoint_says_so():
