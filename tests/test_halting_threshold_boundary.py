@@ -6,9 +6,9 @@ h = sigmoid(0) = 0.5 exactly for every token and hop, so:
   `graves` with epsilon 0.5 (threshold 0.5): c_1 = 0.5 = threshold  -> N = 1, R = 1.
 Halting only once the sum goes PAST the threshold (`<=` for "still running") gives one hop more.
 Every loop path is reached through public switches only: built-in strategies and backbones built
-by name, training (autograd) or inference, layer/model/depth scope, the fused CPU kernel on or off
-(PONDERLAB_FUSED_ACT), and depth-scope inference on packed rows (a transformer at inference)
-or dense hops (an LSTM, whose blocks have no packed form).
+by name, training (autograd) or inference, layer/model/depth scope, and depth-scope inference
+on packed rows (a transformer at inference) or dense hops (an LSTM, whose blocks have no packed
+form).
 """
 
 from __future__ import annotations
@@ -38,20 +38,26 @@ BACKBONES = {
 
 
 def count_block_calls(model: torch.nn.Module) -> list[int]:
-    """Dense calls per block (packed-row calls do not go through the module's forward)."""
+    """Calls per block: dense (`forward`) or on a subset of tokens (`forward_rows`)."""
     calls = [0] * len(model.backbone.blocks)
     for index, block in enumerate(model.backbone.blocks):
         block.register_forward_pre_hook(lambda *_, _i=index: calls.__setitem__(_i, calls[_i] + 1))
+        rows = getattr(block, "forward_rows", None)
+        if rows is not None:
+
+            def counted(*args, _i=index, _rows=rows, **kwargs):
+                calls[_i] += 1
+                return _rows(*args, **kwargs)
+
+            block.forward_rows = counted
     return calls
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "eager"])
 @pytest.mark.parametrize("mode", ["training", "inference"])
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("case", sorted(BOUNDARY_CASES))
-def test_running_sum_exactly_at_the_threshold_halts(case, backbone, mode, fused, padded, monkeypatch):
-    monkeypatch.setenv("PONDERLAB_FUSED_ACT", fused)
+def test_running_sum_exactly_at_the_threshold_halts(case, backbone, mode, padded):
     halting, sites, hops, remainder = BOUNDARY_CASES[case]
     model = ponderlab.build_model(backbone=BACKBONES[backbone], halting=halting, vocab_size=VOCAB, seed=0)
     calls = count_block_calls(model)
@@ -71,7 +77,7 @@ def test_running_sum_exactly_at_the_threshold_halts(case, backbone, mode, fused,
         assert stats.hops[~real].tolist() == [1.0] * int((~real).sum())
     scope = halting.get("scope", "depth")
     packed = scope == "depth" and mode == "inference" and backbone == "transformer"
-    if scope == "depth":  # layers past the exit never run; dense hops run each earlier layer once
+    if scope == "depth":  # layers past the exit never run; dense and subset hops run each earlier one once
         assert calls[hops:] == [0] * (N_LAYERS - hops)
         if not packed:
             assert calls[:hops] == [1] * hops
