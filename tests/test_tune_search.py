@@ -150,7 +150,10 @@ def local_cluster():
         "runtime-env-agent-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
     )}
     command = [
-        "ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        # This interpreter's Ray (not whichever `ray` is first on PATH), so the cluster's workers
+        # import the same ponderlab as this test.
+        sys.executable, "-c", "from ray.scripts.scripts import main; main()",
+        "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
         "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
         *(f"--{name}={value}" for name, value in ports.items()),
     ]
