@@ -16,7 +16,7 @@ from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
 from ponderlab.plugins.halting.none import NoHalting, NoHaltingConfig
 from ponderlab.plugins.tasks.babi import Babi
 from ponderlab.plugins.tasks.ca1d import CA1D
-from ponderlab.plugins.tasks.common import next_token_example
+from ponderlab.core.tasks import next_token_example
 from ponderlab.plugins.tasks.dfa import RegBench
 from ponderlab.plugins.tasks.icl import MQAR, AssociativeRecall, InductionHead
 from ponderlab.plugins.tasks.parity import Parity

@@ -48,7 +48,7 @@ from .babi_files import (
     read_babilong_file,
 )
 from .babi_world import VOCAB_SIZE, padded_prompt, random_story, tokenize, word_id
-from .common import disjoint_splits, lm_example, rng_for, split_sizes
+from ponderlab.core.tasks import disjoint_splits, lm_example, rng_for, split_sizes
 
 
 class BabiConfig(TaskConfig):

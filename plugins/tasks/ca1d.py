@@ -42,7 +42,7 @@ from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
 
 from .binary import GEN, SEP, VOCAB_SIZE
-from .common import (
+from ponderlab.core.tasks import (
     SPLITS,
     disjoint_splits,
     lm_example,

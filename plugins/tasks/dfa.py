@@ -43,7 +43,7 @@ from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import IGNORE_INDEX, Task, TaskData
 
 from .automata import DFA, random_minimal_dfa
-from .common import disjoint_splits, next_token_example, split_sizes
+from ponderlab.core.tasks import disjoint_splits, next_token_example, split_sizes
 
 N_LETTERS = 18
 SEP = 18  # `|`
