@@ -40,6 +40,7 @@ from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
+from ponderlab.core.tasks import disjoint_splits, lm_example, rng_for, split_sizes
 
 from .babi_files import (
     find_babi_text_files,
@@ -48,7 +49,6 @@ from .babi_files import (
     read_babilong_file,
 )
 from .babi_world import VOCAB_SIZE, padded_prompt, random_story, tokenize, word_id
-from ponderlab.core.tasks import disjoint_splits, lm_example, rng_for, split_sizes
 
 
 class BabiConfig(TaskConfig):

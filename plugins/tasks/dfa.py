@@ -41,9 +41,9 @@ from ponderlab.core.config import TaskConfig
 from ponderlab.core.data import TensorDataset
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import IGNORE_INDEX, Task, TaskData
+from ponderlab.core.tasks import disjoint_splits, next_token_example, split_sizes
 
 from .automata import DFA, random_minimal_dfa
-from ponderlab.core.tasks import disjoint_splits, next_token_example, split_sizes
 
 N_LETTERS = 18
 SEP = 18  # `|`
