@@ -232,6 +232,22 @@ def _check_plugin_names(data: dict, registry: Registry, source: _Source) -> None
             raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
 
 
+def _cross_field_error(message: str, path: tuple, data: dict, source: _Source) -> tuple[str, tuple, str | None]:
+    """A plugin validator's ValueError: drop pydantic's prefix, name the option the message
+    starts with, and point at the overrides of that section when some were given."""
+    message = message.removeprefix("Value error, ")
+    section = data.get(path[0]) if isinstance(data.get(path[0]), dict) else {}
+    option = message.split(" ", 1)[0].strip("`'\":,")
+    if option in section and option != "name":
+        path = (*path, option)
+    where = source.where(path)
+    overrides = [raw for key, raw in source.overrides.items() if key[0] == path[0]]
+    if overrides and not (where or "").startswith("override"):
+        shown = ", ".join(repr(raw) for raw in overrides)
+        where = f"override {shown}" + (f" (with {where})" if where else "")
+    return message, path, where
+
+
 def validate_spec(data: dict, source: _Source | None = None, registry: Registry | None = None) -> SpecBase:
     """Validate a spec dict into the assembled spec model, or raise one clear SpecError."""
     registry = registry or get_registry()
@@ -244,14 +260,17 @@ def validate_spec(data: dict, source: _Source | None = None, registry: Registry 
         first = exc.errors()[0]
         path = _strip_tags(tuple(first["loc"]), data)
         message = first["msg"]
+        where = source.where(path)
         if first["type"] == "extra_forbidden":
             message = "unknown key"
+        elif first["type"] == "value_error" and len(path) == 1 and path[0] in PLUGIN_SECTIONS:
+            message, path, where = _cross_field_error(message, path, data, source)
         elif "input" in first and first["type"] not in ("missing",):
             message = f"{message} (got {first['input']!r})"
         more = len(exc.errors()) - 1
         if more:
             message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise SpecError(message, path=_dotted(path) or None, where=source.where(path)) from None
+        raise SpecError(message, path=_dotted(path) or None, where=where) from None
     halting_cls = registry.get("halting", spec.halting.name).cls
     scope = getattr(spec.halting, "scope", None)
     if scope is not None and scope not in halting_cls.supported_scopes:
