@@ -44,7 +44,8 @@ def test_public_modules_are_not_built_in_plugins(name):
 def test_the_docs_point_plugin_authors_at_public_modules_only():
     for doc in (ROOT / "docs" / "plugins.md", ROOT / "README.md"):
         text = doc.read_text()
-        for internal in ("ponderlab.plugins.tasks.common", "ponderlab.plugins.halting.common"):
+        for internal, public in (("ponderlab.plugins.tasks.common", "ponderlab.core.tasks"),
+                                 ("ponderlab.plugins.halting.common", "ponderlab.core.halting")):
             for line in text.splitlines():
-                if internal in line:
-                    assert "deprecated" in line, f"{doc.name} points at {internal}: {line}"
+                if internal in line:  # only as a deprecated alias, or in the table naming its successor
+                    assert "deprecated" in line or public in line, f"{doc.name} points at {internal}: {line}"
