@@ -177,7 +177,7 @@ def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
                 continue
             seen.add(key)
             found.append((ep, dist_name, dist.version))
-    return sorted(found, key=lambda item: (item[1] != "ponderlab", item[0].name))
+    return sorted(found, key=lambda item: (item[1] != "ponderlab", item[0].name, item[1]))
 
 
 def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registry:
@@ -185,12 +185,15 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
-    sources: dict[str, tuple[str, str]] = {}
+    sources: dict[str, tuple[str, str]] = {}  # entry-point name -> (distribution, version)
 
     found = _entry_points()
     registry.notes = selection_notes(found)
     for ep, dist_name, version in found:
         if not _selected(ep.name, dist_name):
+            continue
+        if ep.name in sources:  # pluggy would refuse it with a dump of every registered plugin
+            registry.errors.append(LoadError(ep.name, dist_name, _entry_point_clash(ep, dist_name, version, sources)))
             continue
         try:
             module = ep.load()
@@ -219,6 +222,16 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
             except Exception as exc:
                 registry.errors.append(LoadError(source, dist_name, f"{type(exc).__name__}: {exc}"))
     return registry
+
+
+def _entry_point_clash(ep: metadata.EntryPoint, dist_name: str, version: str,
+                       sources: dict[str, tuple[str, str]]) -> str:
+    first_dist, first_version = sources[ep.name]
+    return (
+        f"entry point {ep.name!r} is registered twice: by {first_dist} {first_version} and by "
+        f"{dist_name} {version} ({ep.value}); {dist_name}'s is skipped. Entry-point names must be "
+        "unique across installed packages: name them '<kind>.<plugin name>'"
+    )
 
 
 _REGISTRY: Registry | None = None

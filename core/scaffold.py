@@ -1,8 +1,10 @@
-"""`ponderlab new-plugin {backbone,halting,task} NAME [--dir DIR]`: write a ready plugin package.
+"""`ponderlab new-plugin KIND NAME [KIND NAME ...] [--package PKG] [--dir DIR]`: write a plugin package.
 
-The package (DIR/ponderlab-NAME/) holds a pyproject with the `ponderlab` entry
-point, the plugin module, a README, a demo spec and tests built on
-`ponderlab.testing`; it installs with pip and its tests pass as generated.
+One plugin: DIR/ponderlab-NAME/ with the module ponderlab_NAME/__init__.py. Several
+plugins (any kinds): DIR/ponderlab-PKG/ with one module ponderlab_PKG/NAME.py and one
+entry point per plugin. Either way the package holds a pyproject with the `ponderlab`
+entry points, a README, a demo spec using its plugins and one test file per plugin
+built on `ponderlab.testing`; it installs with pip and its tests pass as generated.
 Templates live in ponderlab/core/templates/ (string.Template, `$name` fields).
 """
 
@@ -47,18 +49,30 @@ class ScaffoldError(PonderlabError):
 
 @dataclass(frozen=True)
 class PluginNames:
-    """Every name the generated package uses, derived from the kind and the plugin name."""
+    """Every name the generated package uses for one plugin.
+
+    `package` is the package's name when it holds several plugins (None: named after the plugin).
+    """
 
     kind: str
     name: str
+    package: str | None = None
 
     @property
     def dist_name(self) -> str:
-        return "ponderlab-" + self.name.replace("_", "-")
+        return "ponderlab-" + (self.package or self.name).replace("_", "-")
+
+    @property
+    def package_module(self) -> str:
+        return "ponderlab_" + (self.package or self.name)
 
     @property
     def module_name(self) -> str:
-        return "ponderlab_" + self.name
+        return self.package_module if self.package is None else f"{self.package_module}.{self.name}"
+
+    @property
+    def module_path(self) -> str:
+        return f"{self.package_module}/{'__init__' if self.package is None else self.name}.py"
 
     @property
     def camel(self) -> str:
@@ -75,8 +89,6 @@ class PluginNames:
     def fields(self) -> dict[str, str]:
         from .hookspecs import HOOK_API_VERSION
 
-        sections = {f"{k}_section": v for k, v in DEMO_SECTIONS.items()}
-        sections[f"{self.kind}_section"] = f"{SECTIONS[self.kind]}:\n  name: {self.name}"
         return {
             "kind": self.kind,
             "name": self.name,
@@ -91,8 +103,27 @@ class PluginNames:
             "test_config": TEST_CONFIGS[self.kind],
             "hook_api_version": str(HOOK_API_VERSION),
             "ponderlab_requirement": ponderlab_requirement(),
-            **sections,
         }
+
+
+def package_fields(plugins: list[PluginNames]) -> dict[str, str]:
+    """Fields of the package-level files (pyproject, README, demo spec) for its plugins."""
+    first = plugins[0]
+    sections = {f"{k}_section": v for k, v in DEMO_SECTIONS.items()}
+    for names in reversed(plugins):  # the demo uses the package's first plugin of each kind
+        sections[f"{names.kind}_section"] = f"{SECTIONS[names.kind]}:\n  name: {names.name}"
+    described = [f"- `{n.name}`: a {n.kind} (`{n.module_name}.{n.plugin_class}`, entry point "
+                 f"`{n.entry_point}`, tests in `tests/test_{n.name}.py`)" for n in plugins]
+    return {
+        **first.fields(),
+        **sections,
+        "package_module": first.package_module,
+        "entry_points": "\n".join(f'"{n.entry_point}" = "{n.module_name}"' for n in plugins),
+        "plugin_list": "\n".join(described),
+        "yaml_sections": "\n".join(f"{SECTIONS[n.kind]}:\n  name: {n.name}" for n in plugins),
+        "command": " ".join(f"{n.kind} {n.name}" for n in plugins)
+        + (f" --package {first.package}" if first.package else ""),
+    }
 
 
 def ponderlab_requirement() -> str:
@@ -110,11 +141,33 @@ def ponderlab_requirement() -> str:
 def check_name(kind: str, name: str) -> None:
     if kind not in KINDS:
         raise ScaffoldError(f"unknown plugin kind {kind!r} (choose from {', '.join(KINDS)})")
+    _check_identifier("plugin", name)
+
+
+def _check_identifier(what: str, name: str) -> None:
     if not NAME_PATTERN.match(name) or keyword.iskeyword(name):
         raise ScaffoldError(
-            f"plugin name {name!r} must be lower-case letters, digits and underscores, "
+            f"{what} name {name!r} must be lower-case letters, digits and underscores, "
             "start with a letter, at most 40 characters (e.g. my_gru)"
         )
+
+
+def plan(plugins: list[tuple[str, str]], package: str | None = None) -> list[PluginNames]:
+    """Names for a package of `(kind, name)` plugins; several plugins need a package name."""
+    if not plugins:
+        raise ScaffoldError("give at least one KIND NAME pair")
+    for kind, name in plugins:
+        check_name(kind, name)
+    if len(plugins) == 1 and package is None:
+        return [PluginNames(*plugins[0])]
+    if package is None:
+        raise ScaffoldError("several plugins go into one package: name it with --package (e.g. my_plugins)")
+    _check_identifier("package", package)
+    names = [name for _, name in plugins]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ScaffoldError(f"each plugin of a package needs its own name (repeated: {', '.join(repeated)})")
+    return [PluginNames(kind, name, package) for kind, name in plugins]
 
 
 def check_not_registered(kind: str, name: str) -> None:
@@ -132,24 +185,36 @@ def _template(relative: str) -> Template:
 
 
 def render_package(kind: str, name: str) -> dict[str, str]:
-    """The generated files: path inside the package folder -> text."""
-    check_name(kind, name)
-    names = PluginNames(kind, name)
-    fields = names.fields()
-    layout = {
-        "pyproject.toml": "package/pyproject.toml.tmpl",
-        "README.md": "package/README.md.tmpl",
-        "spec.yaml": "package/spec.yaml.tmpl",
-        f"{names.module_name}/__init__.py": f"{kind}/plugin.py.tmpl",
-        f"tests/test_{name}.py": "package/test_plugin.py.tmpl",
+    """The generated files of a one-plugin package: path inside the package folder -> text."""
+    return render_plugins(plan([(kind, name)]))
+
+
+def render_plugins(plugins: list[PluginNames]) -> dict[str, str]:
+    """The generated files of a package holding `plugins` (see `plan`)."""
+    shared = package_fields(plugins)
+    files = {
+        "pyproject.toml": _template("package/pyproject.toml.tmpl").substitute(shared),
+        "README.md": _template("package/README.md.tmpl").substitute(shared),
+        "spec.yaml": _template("package/spec.yaml.tmpl").substitute(shared),
     }
-    return {path: _template(source).substitute(fields) for path, source in layout.items()}
+    if plugins[0].package is not None:
+        files[f"{plugins[0].package_module}/__init__.py"] = _template("package/init.py.tmpl").substitute(shared)
+    for names in plugins:
+        fields = names.fields()
+        files[names.module_path] = _template(f"{names.kind}/plugin.py.tmpl").substitute(fields)
+        files[f"tests/test_{names.name}.py"] = _template("package/test_plugin.py.tmpl").substitute(fields)
+    return files
 
 
 def write_package(kind: str, name: str, directory: str | Path = ".") -> Path:
     """Write ponderlab-NAME/ under `directory`; refuse to overwrite a non-empty folder."""
-    files = render_package(kind, name)
-    root = Path(directory) / PluginNames(kind, name).dist_name
+    return write_plugins(plan([(kind, name)]), directory)
+
+
+def write_plugins(plugins: list[PluginNames], directory: str | Path = ".") -> Path:
+    """Write the package of `plugins` under `directory`; refuse to overwrite a non-empty folder."""
+    files = render_plugins(plugins)
+    root = Path(directory) / plugins[0].dist_name
     if root.exists() and any(root.iterdir()):
         raise ScaffoldError(f"{root} already exists and is not empty")
     for relative, text in files.items():
@@ -163,22 +228,36 @@ def write_package(kind: str, name: str, directory: str | Path = ".") -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=KINDS, help="what the plugin provides")
-    parser.add_argument("name", help="plugin name used in specs, e.g. my_gru")
     parser.add_argument(
-        "--dir", default=".", help="folder in which ponderlab-NAME/ is created (default: current folder)"
+        "plugins", nargs="+", metavar="KIND NAME",
+        help=f"pairs of a kind ({', '.join(KINDS)}) and a plugin name used in specs, e.g. backbone my_gru",
+    )
+    parser.add_argument(
+        "--package", default=None,
+        help="package name (ponderlab-PKG/, module ponderlab_PKG); needed for several plugins",
+    )
+    parser.add_argument(
+        "--dir", default=".", help="folder in which the package folder is created (default: current folder)"
     )
 
 
+def parse_pairs(words: list[str]) -> list[tuple[str, str]]:
+    """["backbone", "my_gru", "task", "my_sort"] -> [("backbone", "my_gru"), ("task", "my_sort")]."""
+    if len(words) % 2:
+        raise ScaffoldError(f"expected KIND NAME pairs, got {' '.join(words)!r} (an odd number of words)")
+    return list(zip(words[::2], words[1::2], strict=True))
+
+
 def main(args: argparse.Namespace) -> int:
-    check_name(args.kind, args.name)
-    check_not_registered(args.kind, args.name)
-    root = write_package(args.kind, args.name, args.dir)
-    names = PluginNames(args.kind, args.name)
-    print(f"wrote {root}/ ({names.dist_name}: {args.kind} {args.name!r}, class {names.plugin_class})")
+    plugins = plan(parse_pairs(args.plugins), args.package)
+    for names in plugins:
+        check_not_registered(names.kind, names.name)
+    root = write_plugins(plugins, args.dir)
+    listed = ", ".join(f"{n.kind} {n.name!r} (class {n.plugin_class})" for n in plugins)
+    print(f"wrote {root}/ ({plugins[0].dist_name}: {listed})")
     print("next:")
     print(f"  cd {root}")
-    print("  pip install -e .        # registers the entry point")
+    print("  pip install -e .        # registers the entry points")
     print("  pytest                  # conformance tests from ponderlab.testing")
     print("  ponderlab run spec.yaml")
     sys.stdout.flush()

@@ -293,6 +293,22 @@ def _check_plugin_names(data: dict, registry: Registry, source: Source) -> None:
             raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
 
 
+def _cross_field_error(message: str, path: tuple, data: dict, source: Source) -> tuple[str, tuple, str | None]:
+    """A plugin validator's ValueError: drop pydantic's prefix, name the option the message
+    starts with, and point at the overrides of that section when some were given."""
+    message = message.removeprefix("Value error, ")
+    section = data.get(path[0]) if isinstance(data.get(path[0]), dict) else {}
+    option = message.split(" ", 1)[0].strip("`'\":,")
+    if option in section and option != "name":
+        path = (*path, option)
+    where = source.where(path)
+    overrides = [raw for key, raw in source.overrides.items() if key[0] == path[0]]
+    if overrides and not (where or "").startswith("override"):
+        shown = ", ".join(repr(raw) for raw in overrides)
+        where = f"override {shown}" + (f" (with {where})" if where else "")
+    return message, path, where
+
+
 def validate_spec(data: dict, source: Source | None = None, registry: Registry | None = None) -> SpecBase:
     """Validate a spec dict into the assembled spec model, or raise one clear SpecError."""
     registry = registry or get_registry()
@@ -304,7 +320,11 @@ def validate_spec(data: dict, source: Source | None = None, registry: Registry |
     except ValidationError as exc:
         loc, message = validation_message(exc)
         path = _strip_tags(loc, data)
-        raise SpecError(message, path=dotted_key(path) or None, where=source.where(path)) from None
+        where = source.where(path)
+        first = exc.errors()[0]
+        if first["type"] == "value_error" and len(path) == 1 and path[0] in PLUGIN_SECTIONS:
+            message, path, where = _cross_field_error(first["msg"], path, data, source)
+        raise SpecError(message, path=dotted_key(path) or None, where=where) from None
     halting_cls = registry.get("halting", spec.halting.name).cls
     scope = getattr(spec.halting, "scope", None)
     if scope is not None and scope not in halting_cls.supported_scopes:

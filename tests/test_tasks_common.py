@@ -11,12 +11,12 @@ from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.model import PonderModel
 from ponderlab.core.registry import get_registry, reset_registry
 from ponderlab.core.spec import validate_spec
+from ponderlab.core.tasks import next_token_example
 from ponderlab.core.trainer import Trainer
 from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
 from ponderlab.plugins.halting.none import NoHalting, NoHaltingConfig
 from ponderlab.plugins.tasks.babi import Babi
 from ponderlab.plugins.tasks.ca1d import CA1D
-from ponderlab.plugins.tasks.common import next_token_example
 from ponderlab.plugins.tasks.dfa import RegBench
 from ponderlab.plugins.tasks.icl import MQAR, AssociativeRecall, InductionHead
 from ponderlab.plugins.tasks.parity import Parity

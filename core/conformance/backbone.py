@@ -21,6 +21,7 @@ from .base import (
     _max_abs,
     _names,
     _token_ids,
+    perturb_for_contracts,
 )
 from .probes import (
     ProbeHalting,
@@ -33,7 +34,7 @@ class BackboneChecks:
 
     def _backbone(self, seed: int = 0) -> Backbone:
         seed_everything(seed)
-        return self.plugin(self.config, vocab_size=VOCAB)
+        return perturb_for_contracts(self.plugin(self.config, vocab_size=VOCAB))
 
     def _check_construction(self) -> None:
         backbone = self._backbone()

@@ -41,6 +41,7 @@ from .base import (
     _Problem,
     _state_differences,
     _token_ids,
+    perturb_for_contracts,
     plugin_kind,
 )
 from .probes import (
@@ -192,37 +193,57 @@ class CommonChecks:
         registry._add(self.kind, self.plugin, "plugin under test", self.plugin.__module__, "")
         return registry
 
-    def _spec_data(self) -> dict[str, Any]:
+    def _spec_data(self, config: PluginConfig | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {section: {"name": "conformance_probe"} for section in SECTIONS.values()}
-        data[SECTIONS[self.kind]] = self.config.model_dump(mode="json")
+        data[SECTIONS[self.kind]] = (config or self.config).model_dump(mode="json")
         data["training"] = {"steps": 1}
         return copy.deepcopy(data)
 
+    def _round_trip_configs(self) -> list[tuple[PluginConfig, str]]:
+        """The config under test, and for a halting strategy the same options in every supported scope."""
+        configs = [(self.config, "")]
+        if self.kind == "halting":
+            for scope in self._scopes():
+                if scope != self.config.scope:
+                    configs.append((self._config_for_scope(scope), f" ({scope} scope)"))
+        return configs
+
     def _check_yaml_round_trip(self) -> None:
-        config = self.config
+        for config, where in self._round_trip_configs():
+            self._yaml_round_trip(config, where)
+
+    def _yaml_round_trip(self, config: PluginConfig, where: str) -> None:
         config_class = type(config)
         try:
             text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         except yaml.YAMLError as exc:
-            _fail(f"model_dump(mode='json') is not YAML-serialisable: {exc}")
-        reloaded = config_class.model_validate(yaml.safe_load(text))
+            _fail(f"model_dump(mode='json') is not YAML-serialisable{where}: {exc}")
+        try:
+            reloaded = config_class.model_validate(yaml.safe_load(text))
+        except ValidationError as exc:
+            problem = "; ".join(e["msg"] for e in exc.errors())
+            _fail(
+                f"the config's own dump does not validate again{where}: {problem}. A validator that rejects an "
+                "option must only reject a value the user set, or the dump must leave the option out "
+                "(as ACTConfig does for max_steps in depth scope); saved runs write every option back"
+            )
         if reloaded != config:
-            _fail(f"config changed through YAML: {self._diff(config, reloaded)}")
+            _fail(f"config changed through YAML{where}: {self._diff(config, reloaded)}")
         registry = self._spec_registry()
         section = SECTIONS[self.kind]
         try:
-            spec = validate_spec(self._spec_data(), registry=registry)
+            spec = validate_spec(self._spec_data(config), registry=registry)
         except SpecError as exc:
-            _fail(f"a spec holding this config is rejected: {exc}")
+            _fail(f"a spec holding this config is rejected{where}: {exc}")
         if getattr(spec, section) != config:
-            _fail(f"validating the spec changed the config: {self._diff(config, getattr(spec, section))}")
+            _fail(f"validating the spec changed the config{where}: {self._diff(config, getattr(spec, section))}")
         data, source = read_yaml(spec_to_yaml(spec), "<round trip>")
         try:
             again = validate_spec(data, source, registry=registry)
         except SpecError as exc:
-            _fail(f"the spec written by spec_to_yaml does not validate again: {exc}")
+            _fail(f"the spec written by spec_to_yaml does not validate again{where}: {exc}")
         if getattr(again, section) != config:
-            _fail(f"config changed through spec YAML: {self._diff(config, getattr(again, section))}")
+            _fail(f"config changed through spec YAML{where}: {self._diff(config, getattr(again, section))}")
 
     @staticmethod
     def _diff(before: PluginConfig, after: PluginConfig) -> str:
@@ -251,16 +272,19 @@ class CommonChecks:
 
     # ------------------------------------------------------------------ models
     def _model(self, seed: int, scope: str | None = None) -> PonderModel:
-        """A PonderModel around the plugin under test (backbone or halting), seeded."""
+        """A PonderModel around the plugin under test (backbone or halting), seeded, with the
+        plugin's parameters perturbed (`perturb_for_contracts`)."""
         seed_everything(seed)
         if self.kind == "backbone":
-            backbone = self.plugin(self.config, vocab_size=VOCAB)
+            backbone = perturb_for_contracts(self.plugin(self.config, vocab_size=VOCAB))
             halting_config = ProbeHaltingConfig(scope=scope or "layer")
             return PonderModel(backbone, ProbeHalting, halting_config, vocab_size=VOCAB)
         config = self.config if scope is None else self._config_for_scope(scope)
         n_layers = self._layers_for(config.scope)
         backbone = ProbeBackbone(ProbeBackboneConfig(n_layers=n_layers), vocab_size=VOCAB)
-        return PonderModel(backbone, self.plugin, config, vocab_size=VOCAB)
+        model = PonderModel(backbone, self.plugin, config, vocab_size=VOCAB)
+        perturb_for_contracts(model.sites)
+        return model
 
     def _length(self, backbone: Backbone | None = None) -> int:
         """A sequence length that spans at least two segments of a memory backbone."""

@@ -65,16 +65,19 @@ class TaskChecks:
                 _fail(f"the batch group column {group!r} must hold ints")
 
     def _check_split_overlap(self) -> None:
+        """No validation or test example occurs in train, and none occurs in both of them."""
         data = self._task_data()
-        train = {tuple(ids) for ids in data.train["input_ids"]}
-        for split in ("validation", "test"):
+        seen = {"train": {tuple(ids) for ids in data.train["input_ids"]}}
+        for split, earlier in (("validation", ("train",)), ("test", ("train", "validation"))):
             rows = [tuple(ids) for ids in data.split(split)["input_ids"]]
-            shared = [ids for ids in rows if ids in train]
-            if shared:
-                _fail(
-                    f"{len(shared)} of {len(rows)} {split} examples also appear in train "
-                    f"(first: {list(shared[0])[:24]})"
-                )
+            for other in earlier:
+                shared = [ids for ids in rows if ids in seen[other]]
+                if shared:
+                    _fail(
+                        f"{len(shared)} of {len(rows)} {split} examples also appear in {other} "
+                        f"(first: {list(shared[0])[:24]})"
+                    )
+            seen[split] = set(rows)
 
     def _check_task_determinism(self) -> None:
         first, second = self._task_data(), self._task().build(0)

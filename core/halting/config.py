@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.errors import SpecError
@@ -10,7 +10,12 @@ from ponderlab.core.errors import SpecError
 
 class ACTConfig(HaltingConfig):
     """A strategy with a cap on hops: `max_steps` in layer and model scopes; in depth
-    scope the cap is the number of layers, so setting `max_steps` there is an error."""
+    scope the cap is the number of layers, so setting `max_steps` there is an error.
+
+    `max_hops()` of a strategy reads `max_steps` in layer and model scope and the number
+    of layers in depth scope. A depth-scope config leaves `max_steps` out of its dump
+    (saved `spec.yaml`, `best.yaml`, tune trials), so what it writes validates again.
+    """
 
     max_steps: int = Field(4, ge=1, description="Cap on hops per token (M); layer and model scopes.")
 
@@ -21,6 +26,13 @@ class ACTConfig(HaltingConfig):
                 "max_steps does not apply in depth scope (the cap is the number of layers); remove it"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_cap_in_depth_scope(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if self.scope == "depth" and isinstance(data, dict):
+            data.pop("max_steps", None)  # not set (the validator forbids it) and not applicable
+        return data
 
 
 def require_scope(strategy: str, scope: str, supported: frozenset[str], hint: str = "") -> None:

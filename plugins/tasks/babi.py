@@ -44,11 +44,11 @@ from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
+from ponderlab.core.tasks import disjoint_splits, lm_example, rng_for, split_sizes
 
 from .babi_sources import BabilongTables, BabiText, load_source
 from .babi_vocab import WordVocabulary
 from .babi_world import SIMULATED_TASKS, SIMULATOR_VOCABULARY, padded_prompt, random_story
-from .common import disjoint_splits, lm_example, rng_for, split_sizes
 from .text_tokenizer import TokenizerVocabulary
 
 BABI_TASKS = tuple(f"qa{i}" for i in range(1, 21))

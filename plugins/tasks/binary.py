@@ -29,8 +29,15 @@ from pydantic import Field, model_validator
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-
-from .common import SPLITS, disjoint_splits, lm_example, load_published, rng_for, split_of, take
+from ponderlab.core.tasks import (
+    SPLITS,
+    disjoint_splits,
+    lm_example,
+    load_published,
+    rng_for,
+    split_of,
+    take,
+)
 
 SEP, GEN, EOS = 100, 101, 102
 VOCAB_SIZE = 128

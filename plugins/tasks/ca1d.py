@@ -40,9 +40,7 @@ from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-
-from .binary import GEN, SEP, VOCAB_SIZE
-from .common import (
+from ponderlab.core.tasks import (
     SPLITS,
     disjoint_splits,
     lm_example,
@@ -52,6 +50,8 @@ from .common import (
     split_sizes,
     take,
 )
+
+from .binary import GEN, SEP, VOCAB_SIZE
 
 HUB_ID = "irodkin/1dCA_r2s20T20"
 

@@ -47,9 +47,9 @@ from ponderlab.core.config import TaskConfig
 from ponderlab.core.data import TensorDataset
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import IGNORE_INDEX, Task, TaskData
+from ponderlab.core.tasks import disjoint_splits, next_token_example, split_sizes
 
 from .automata import DFA, draw_size_and_alphabet, minimised_random_dfa, random_minimal_dfa
-from .common import disjoint_splits, next_token_example, split_sizes
 
 N_LETTERS = 18
 SEP = 18  # `|`

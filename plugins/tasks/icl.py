@@ -43,8 +43,7 @@ from pydantic import Field, model_validator
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-
-from .common import disjoint_splits, next_token_example, split_sizes
+from ponderlab.core.tasks import disjoint_splits, next_token_example, split_sizes
 
 
 def arrow_id(vocab_size: int) -> int:

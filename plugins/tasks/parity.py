@@ -26,8 +26,7 @@ from pydantic import Field, model_validator
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-
-from .common import disjoint_splits, lm_example, split_sizes
+from ponderlab.core.tasks import disjoint_splits, lm_example, split_sizes
 
 ZERO, PLUS, MINUS, QUERY, EVEN, ODD = 0, 1, 2, 3, 4, 5
 VOCAB_SIZE = 6

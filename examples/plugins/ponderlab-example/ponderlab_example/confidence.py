@@ -24,14 +24,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ponderlab.core.config import HaltingConfig
+from ponderlab.core.halting import ACTConfig, HaltingStrategy, HopFn, PonderOutput, RunningTokens
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 
-class ConfidenceExitConfig(HaltingConfig):
+class ConfidenceExitConfig(ACTConfig):  # max_steps (default 4), not settable in depth scope
     name: Literal["confidence_exit"] = "confidence_exit"
-    max_steps: int = Field(4, ge=1, description="Cap on hops per token (layer and model scope).")
     threshold: float = Field(0.9, gt=0, lt=1, description="Exit once the confidence reaches it.")
     tolerance: float = Field(0.05, gt=0, lt=1, description="Saturated: cos(s_n, s_{n-1}) >= 1 - tolerance.")
     aux_weight: float = Field(0.1, ge=0, description="Weight of the confidence loss.")
@@ -54,10 +52,14 @@ class ConfidenceExit(HaltingStrategy):
         running = torch.ones(shape, dtype=torch.bool, device=state.device)
         hops = torch.zeros(shape, device=state.device)
         aux_total = torch.zeros((), device=state.device)
-        aux_count = 0
+        aux_count = torch.zeros((), device=state.device)
         previous = state
+        tokens = RunningTokens(state)  # no host read per hop on a GPU (docs/plugins.md)
         for step in range(self.max_hops()):
-            state = hop(state, step, None if bool(running.all()) else running)  # (B, L, D)
+            new_state = hop(state, step, tokens.active)  # (B, L, D)
+            if not tokens.keep_hop():  # queued after every token had exited: drop it
+                break
+            state = new_state
             hops = hops + running.float()
             confidence = torch.sigmoid(self.confidence(state).squeeze(-1).float())  # (B, L)
             with torch.no_grad():
@@ -65,17 +67,17 @@ class ConfidenceExit(HaltingStrategy):
                 saturated = (similarity >= 1.0 - self.config.tolerance).float()  # (B, L) oracle label
             loss = F.binary_cross_entropy(confidence, saturated, reduction="none")
             aux_total = aux_total + (loss * running).sum()
-            aux_count += int(running.sum())
+            aux_count = aux_count + running.sum()
             previous = state
             running = running & (confidence < self.config.threshold)
-            if not bool(running.any()):
+            if not tokens.record(running):
                 break
         return PonderOutput(
             output=state,
             hops=hops,
             ponder_cost=hops.clone(),
             remainder=torch.zeros_like(hops),
-            aux_loss=self.config.aux_weight * aux_total / max(aux_count, 1),
+            aux_loss=self.config.aux_weight * aux_total / aux_count.clamp(min=1),
         )
 
 

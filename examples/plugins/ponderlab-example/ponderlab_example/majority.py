@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from ponderlab.plugins.tasks.common import disjoint_splits, lm_example
+from ponderlab.core.tasks import disjoint_splits, lm_example
 
 BOS, QUERY = 2, 3
 
