@@ -5,7 +5,8 @@
 * contracts: `HaltingStrategy`, `HaltingConfig`, `PonderOutput`, `HopFn`;
 * `ACTConfig`: `max_steps` and the depth-scope check; `require_scope`, `depth_cap_error`;
 * units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
-* the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`);
+* the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`), and
+  tensor2tensor's per-hop bookkeeping (`t2t_hop_update`, for `ut`-style strategies);
 * `fixed_hops_output` for strategies without halting weights, `accumulate`,
   `interpolation_weights` (the effective hop weights of `y = w s + (1 - w) y_prev`);
 * `RunningTokens` (stop a loop once no token runs) from `ponderlab.core.early_exit`.
@@ -19,6 +20,7 @@ from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
 from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output, interpolation_weights
+from .t2t import t2t_hop_update
 from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
 
 __all__ = [
@@ -42,4 +44,5 @@ __all__ = [
     "interpolation_weights",
     "logit",
     "require_scope",
+    "t2t_hop_update",
 ]

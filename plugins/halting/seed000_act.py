@@ -37,6 +37,7 @@ from ponderlab.core.halting import (
     HopFn,
     PonderOutput,
     interpolation_weights,
+    t2t_hop_update,
 )
 from ponderlab.core.hookspecs import hookimpl
 
@@ -124,13 +125,9 @@ class Seed000ACT(HaltingStrategy):
                 reached = torch.ones_like(reached)
             if step == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop, with weight 1
-            new_halted = reached.to(dtype) * run
-            still = (~reached).to(dtype) * run
-            halting = halting + p * still
-            remainder = remainder + new_halted * (1.0 - halting)
-            halting = halting + new_halted * remainder
-            n_updates = n_updates + still + new_halted
-            weight = p * still + new_halted * remainder  # (B, L)
+            halting, remainder, n_updates, weight = t2t_hop_update(
+                p, reached, running, halting, remainder, n_updates
+            )  # (B, L) each
             weights.append(weight)
             w = weight.unsqueeze(-1)  # (B, L, 1)
             if cfg.combine == "interpolate":

@@ -42,6 +42,7 @@ from ponderlab.core.halting import (
     accumulation_dtype,
     interpolation_weights,
     require_scope,
+    t2t_hop_update,
 )
 from ponderlab.core.hookspecs import hookimpl
 
@@ -90,24 +91,20 @@ class UniversalTransformerACT(HaltingStrategy):
                 reached = torch.ones_like(reached)
             elif step == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop
-            new_halted = (reached & running).to(dtype)
-            still = (~reached & running).to(dtype)
             next_state = hop(state, step, tokens.active)
             if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
                 break
             state = next_state
-            halting = halting + p * still
-            remainder = remainder + new_halted * (1.0 - halting)
-            halting = halting + new_halted * remainder
-            n_updates = n_updates + still + new_halted
-            weight = p * still + new_halted * remainder  # (B, L)
+            halting, remainder, n_updates, weight = t2t_hop_update(
+                p, reached, running, halting, remainder, n_updates
+            )  # (B, L) each
             weights.append(weight)
             if cfg.combine == "accumulated":  # y = y + w s
                 output = accumulate(output, weight, state)
             else:  # y = w s + (1 - w) y
                 w = weight.unsqueeze(-1)
                 output = w * state.to(dtype) + (1.0 - w) * output
-            running = still.bool()
+            running = ~reached & running
             if not tokens.record(running):
                 break
         return PonderOutput(
