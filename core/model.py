@@ -8,7 +8,6 @@ Scopes (see docs/architecture.md):
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
+from .halting.head import ExitHead, takes_keyword
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -95,7 +95,8 @@ class PonderModel(nn.Module):
             for _ in range(n_sites)
         )
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
-        self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
+        self.sites_take_mask = takes_keyword(halting_cls, "mask")
+        self.sites_take_head = takes_keyword(halting_cls, "head")  # core/halting/head.py
 
     @property
     def n_layers(self) -> int:
@@ -111,10 +112,14 @@ class PonderModel(nn.Module):
         return layer_update(self.backbone.blocks[index], inputs, state, context)  # (B, L, D)
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
-        """Call one ponder site, with the padding mask when there is padding and it takes one."""
-        if mask is None or not self.sites_take_mask:
-            return site(hidden, hop)
-        return site(hidden, hop, mask=mask)
+        """Call one ponder site, with the padding mask when there is padding and it takes one,
+        and with the output head (`ExitHead`) when it takes one."""
+        keywords = {}
+        if mask is not None and self.sites_take_mask:
+            keywords["mask"] = mask
+        if self.sites_take_head:
+            keywords["head"] = ExitHead(self.backbone.finalize, self.head)
+        return site(hidden, hop, **keywords)
 
     def run_stack(self, hidden: Tensor, memory: object = None, mask: Tensor | None = None) -> StackOutput:
         """Run every layer under the halting scope; write memory once per layer per segment.

@@ -7,6 +7,7 @@
 * units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
 * the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`);
 * `fixed_hops_output` for strategies without halting weights, `accumulate`;
+* `ExitHead` (the output head inside a loop, for strategies declaring `head`), `takes_keyword`;
 * `RunningTokens` (stop a loop once no token runs) from `ponderlab.core.early_exit`.
 """
 
@@ -16,6 +17,7 @@ from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
+from .head import ExitHead, takes_keyword
 from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output
 from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
@@ -24,6 +26,7 @@ __all__ = [
     "ACTConfig",
     "CumulativeHalting",
     "DenseTokens",
+    "ExitHead",
     "HaltingConfig",
     "HaltingFn",
     "HaltingMLP",
@@ -40,4 +43,5 @@ __all__ = [
     "fixed_hops_output",
     "logit",
     "require_scope",
+    "takes_keyword",
 ]
