@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
 from .halting.head import ExitHead, takes_keyword
+from .halting.units import accumulation_dtype
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -204,7 +205,7 @@ class PonderModel(nn.Module):
             for n, state in enumerate(site.hop_states):
                 hop_logits = self.head(self.backbone.finalize(state))  # (B, L, V)
                 ce = F.cross_entropy(
-                    hop_logits.flatten(0, 1).float(),
+                    hop_logits.flatten(0, 1).to(accumulation_dtype(hop_logits)),
                     labels.flatten().clamp_min(0),
                     reduction="none",
                 ).view_as(labels)
@@ -212,7 +213,7 @@ class PonderModel(nn.Module):
                 total = total + (weight * ce * scored).sum()
             return total / scored.sum().clamp_min(1)
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+            logits.flatten(0, 1).to(accumulation_dtype(logits)), labels.flatten(), ignore_index=IGNORE_INDEX
         )
 
     def aggregate_stats(self, sites: list[PonderOutput], mask: Tensor | None) -> HaltingStats:

@@ -131,11 +131,11 @@ class CALM(HaltingStrategy):
         """L_meta: mean BCE of c_i against y_i = 1[argmax head(s_i) = argmax head(s_N)]."""
         with torch.no_grad():
             final = head(states[-1]).argmax(-1)  # (B, L)
-            targets = [(head(s).argmax(-1) == final).float() for s in states[:-1]]
-        losses = [
-            F.binary_cross_entropy(unit(s.detach()).float(), y)
-            for unit, s, y in zip(self.classifiers, states[:-1], targets, strict=True)
-        ]
+            targets = [head(s).argmax(-1) == final for s in states[:-1]]  # (B, L) each
+        losses = []
+        for unit, state, target in zip(self.classifiers, states[:-1], targets, strict=True):
+            confidence = unit(state.detach())  # (B, L)
+            losses.append(F.binary_cross_entropy(confidence, target.to(confidence.dtype)))
         return torch.stack(losses).mean()
 
 
