@@ -24,8 +24,8 @@ import math
 import platform
 
 import torch
-
 from halting import registry_model, single_thread_cpu, sync, time_pair, use_clock  # benchmarks/
+
 from ponderlab.core.registry import get_registry
 
 #: strategy -> (scope, options, perturb halting units) at n_layers L
