@@ -111,8 +111,7 @@ def test_confident_exit_matches_per_token_reference():
 def test_float64_gradients_of_the_early_exit_loss():
     model = tiny_model(LayerSkip, LayerSkipConfig(p_max=0.0, exit_curriculum="none")).double().train()
     ids = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(5))
-    name = "backbone.blocks.0.mlp.0.weight" if "backbone.blocks.0.mlp.0.weight" in dict(
-        model.named_parameters()) else "head.weight"
+    name = "backbone.blocks.0.layer.attention.dense.weight"  # reaches every layer's exit loss
     weight = dict(model.named_parameters())[name].detach().clone().requires_grad_()
 
     def loss(value):
