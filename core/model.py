@@ -8,7 +8,6 @@ Scopes (see docs/architecture.md):
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ from torch import Tensor, nn
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
 from .halting.routing import require_routed_blocks, site_mixing
+from .halting.head import ExitHead, takes_keyword
+from .halting.units import accumulation_dtype
 from .interfaces import (
     IGNORE_INDEX,
     Backbone,
@@ -98,7 +99,8 @@ class PonderModel(nn.Module):
         )
         self.head = nn.Linear(backbone.d_model, vocab_size, bias=False)
         backbone.bind_output_head(self.head)
-        self.sites_take_mask = "mask" in inspect.signature(halting_cls.forward).parameters
+        self.sites_take_mask = takes_keyword(halting_cls, "mask")
+        self.sites_take_head = takes_keyword(halting_cls, "head")  # core/halting/head.py
         self.mixing = site_mixing(self.sites[0])  # what routed tokens read (halting.routing)
         require_routed_blocks(halting_config.name, self.mixing, backbone.blocks)
 
@@ -125,10 +127,14 @@ class PonderModel(nn.Module):
         return where_rows(routed, block.forward_routed(inputs, routed, context), state)
 
     def _ponder(self, site: HaltingStrategy, hidden: Tensor, hop, mask: Tensor | None) -> PonderOutput:
-        """Call one ponder site, with the padding mask when there is padding and it takes one."""
-        if mask is None or not self.sites_take_mask:
-            return site(hidden, hop)
-        return site(hidden, hop, mask=mask)
+        """Call one ponder site, with the padding mask when there is padding and it takes one,
+        and with the output head (`ExitHead`) when it takes one."""
+        keywords = {}
+        if mask is not None and self.sites_take_mask:
+            keywords["mask"] = mask
+        if self.sites_take_head:
+            keywords["head"] = ExitHead(self.backbone.finalize, self.head)
+        return site(hidden, hop, **keywords)
 
     def run_stack(self, hidden: Tensor, memory: object = None, mask: Tensor | None = None) -> StackOutput:
         """Run every layer under the halting scope; write memory once per layer per segment.
@@ -214,7 +220,7 @@ class PonderModel(nn.Module):
             for n, state in enumerate(site.hop_states):
                 hop_logits = self.head(self.backbone.finalize(state))  # (B, L, V)
                 ce = F.cross_entropy(
-                    hop_logits.flatten(0, 1).float(),
+                    hop_logits.flatten(0, 1).to(accumulation_dtype(hop_logits)),
                     labels.flatten().clamp_min(0),
                     reduction="none",
                 ).view_as(labels)
@@ -222,7 +228,7 @@ class PonderModel(nn.Module):
                 total = total + (weight * ce * scored).sum()
             return total / scored.sum().clamp_min(1)
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+            logits.flatten(0, 1).to(accumulation_dtype(logits)), labels.flatten(), ignore_index=IGNORE_INDEX
         )
 
     def aggregate_stats(self, sites: list[PonderOutput], mask: Tensor | None) -> HaltingStats:

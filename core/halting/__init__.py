@@ -9,6 +9,7 @@
   tensor2tensor's per-hop bookkeeping (`t2t_hop_update`, for `ut`-style strategies);
 * `fixed_hops_output` for strategies without halting weights, `accumulate`,
   `interpolation_weights` (the effective hop weights of `y = w s + (1 - w) y_prev`);
+* `ExitHead` (the output head inside a loop, for strategies declaring `head`), `takes_keyword`;
 * `RunningTokens` (stop a loop once no token runs) from `ponderlab.core.early_exit`.
 """
 
@@ -18,6 +19,7 @@ from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .config import ACTConfig, depth_cap_error, require_scope
 from .cumulative import CumulativeHalting
+from .head import ExitHead, takes_keyword
 from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output, interpolation_weights
 from .t2t import t2t_hop_update
@@ -27,6 +29,7 @@ __all__ = [
     "ACTConfig",
     "CumulativeHalting",
     "DenseTokens",
+    "ExitHead",
     "HaltingConfig",
     "HaltingFn",
     "HaltingMLP",
@@ -45,4 +48,5 @@ __all__ = [
     "logit",
     "require_scope",
     "t2t_hop_update",
+    "takes_keyword",
 ]
