@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from .config import HaltingConfig
 from .early_exit import depth_hop, hop_policy, layer_update, where_rows
-from .halting.routing import require_routed_blocks, site_mixing
 from .halting.head import ExitHead, takes_keyword
+from .halting.routing import require_routed_blocks, site_mixing
 from .halting.units import accumulation_dtype
 from .interfaces import (
     IGNORE_INDEX,
