@@ -30,6 +30,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ponderlab  # noqa: E402
 from ponderlab.core.registry import reset_registry  # noqa: E402
+from ponderlab.tune.cluster import forget_cached_token  # noqa: E402
 from ponderlab.tune.search import run_search  # noqa: E402
 from ponderlab.tune.spec import load_tune_spec  # noqa: E402
 
@@ -80,6 +81,7 @@ def ray_session():
     plugin_dir = root / "site"
     plugin_dir.mkdir()
     pythonpath = os.pathsep.join(p for p in (str(plugin_dir), os.environ.get("PYTHONPATH")) if p)
+    forget_cached_token()  # a cluster joined earlier in this process left its token in Ray's cache
     ray.init(
         num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=str(root / "ray"),
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, logging_level="WARNING",

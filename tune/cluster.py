@@ -56,6 +56,20 @@ def enable_token_mode() -> None:
         pass
 
 
+def forget_cached_token() -> None:
+    """Make Ray read its token afresh (variables and files) at the next connection or start.
+
+    Ray caches the token of the first cluster a process meets; a process that joins another
+    cluster, or starts a local one afterwards, would otherwise present that stale token.
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # Ray without token authentication
+        pass
+
+
 def join(address: str, *, option: str = "tune.address", **init_options: Any) -> None:
     """`ray.init(address=...)`, with the token mode set when a token is here; SpecError (exit 2) on failure.
 
@@ -68,6 +82,7 @@ def join(address: str, *, option: str = "tune.address", **init_options: Any) -> 
     if token and not mode:
         enable_token_mode()
         mode = "token"
+    forget_cached_token()
     try:
         ray.init(address=address, **init_options)
     except ray.exceptions.AuthenticationError as exc:

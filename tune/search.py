@@ -24,7 +24,7 @@ import yaml
 from ponderlab.core.checkpoint import atomic_write_text
 from ponderlab.core.errors import PonderlabError, SpecError
 
-from .cluster import join
+from .cluster import forget_cached_token, join
 from .dims import SearchDim
 from .options import Resources
 from .results import ResultTable, build_table, write_outputs
@@ -175,6 +175,7 @@ def connect(tspec: TuneSpec) -> bool:
     if tspec.options.address:
         join(tspec.options.address, **options)
     else:
+        forget_cached_token()  # a new local cluster makes or reads its own token
         ray.init(**options)
     return True
 

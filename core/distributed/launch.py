@@ -32,11 +32,12 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     options: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING)
-    if address:
-        from ponderlab.tune.cluster import join
+    from ponderlab.tune.cluster import forget_cached_token, join
 
+    if address:
         join(address, option="distributed.address", **options)
     else:
+        forget_cached_token()  # a new local cluster makes or reads its own token
         ray.init(**options)
     return True
 
