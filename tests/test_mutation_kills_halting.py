@@ -24,6 +24,7 @@ from ponderlab.core.halting import (
     logit,
     require_scope,
 )
+from ponderlab.core.halting.routing import RoutingStrategy, site_mixing
 from ponderlab.core.halting.units import rowwise_linear
 
 
@@ -105,6 +106,16 @@ def test_halting_mlp_starts_at_sigmoid_of_its_bias_and_evaluates_only_active_tok
     assert partial.dtype == torch.float64 and partial.shape == (2, 3)
     assert torch.equal(partial[~active], torch.zeros(3, dtype=torch.float64))
     assert torch.allclose(partial[active], full[active])
+    low = mlp.to(torch.bfloat16)  # bf16 states: h in float32 on both paths
+    assert low(state.to(torch.bfloat16)).dtype == torch.float32
+    assert low(state.to(torch.bfloat16), active).dtype == torch.float32
+
+
+def test_a_routing_strategy_mixes_routed_tokens_and_a_halting_strategy_all():
+    routing = RoutingStrategy.__new__(RoutingStrategy)  # the default, without a config
+    assert routing.token_mixing() == "routed"
+    assert site_mixing(routing) == "routed"
+    assert site_mixing(torch.nn.Linear(1, 1)) == "all"  # no token_mixing: a halting site
 
 
 # ---------------------------------------------------------------- outputs

@@ -44,15 +44,15 @@ def test_padding_mask_is_none_without_padding_and_bool_with_it():
 
 
 def test_padded_hops_repeat_the_last_state_with_probability_zero():
-    s0, s1 = torch.full((1, 2, 1), 1.0), torch.full((1, 2, 1), 2.0)
-    probs = torch.tensor([[[0.25, 0.75], [0.5, 0.5]]])
-    output = PonderOutput(output=s1, hops=torch.ones(1, 2), ponder_cost=torch.ones(1, 2),
-                          remainder=torch.ones(1, 2), hop_states=[s0, s1], hop_probs=probs)
-    states, padded = _padded_hops(output, 4)
-    assert [s[0, 0, 0].item() for s in states] == [1.0, 2.0, 2.0, 2.0]
-    assert padded.tolist() == [[[0.25, 0.75, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]]
-    states, same = _padded_hops(output, 2)
-    assert len(states) == 2 and same is probs
+    hop_states = [torch.full((1, 2, 1), value) for value in (1.0, 2.0, 3.0)]
+    probs = torch.tensor([[[0.25, 0.25, 0.5], [0.5, 0.5, 0.0]]])
+    output = PonderOutput(output=hop_states[-1], hops=torch.ones(1, 2), ponder_cost=torch.ones(1, 2),
+                          remainder=torch.ones(1, 2), hop_states=hop_states, hop_probs=probs)
+    states, padded = _padded_hops(output, 5)
+    assert [s[0, 0, 0].item() for s in states] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    assert padded.tolist() == [[[0.25, 0.25, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0]]]
+    states, same = _padded_hops(output, 3)
+    assert len(states) == 3 and same is probs
 
 
 def test_concat_sites_joins_along_the_sequence_and_weights_aux_losses_by_length():
