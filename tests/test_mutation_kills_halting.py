@@ -137,6 +137,8 @@ def test_fixed_hops_output_from_an_int_and_from_a_tensor():
     assert fixed.ponder_cost.tolist() == [[0.0] * 3] * 2
     assert fixed.remainder.tolist() == [[0.0] * 3] * 2
     assert fixed.remainder is not fixed.ponder_cost
+    wide = fixed_hops_output(state.double(), 2)  # float64 states: float64 hop counts and costs
+    assert wide.hops.dtype == wide.ponder_cost.dtype == wide.remainder.dtype == torch.float64
     per_token = fixed_hops_output(state.double(), torch.tensor([[1, 2, 3], [4, 5, 6]]))
     assert per_token.hops.dtype == torch.float64
     assert per_token.hops.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
@@ -169,6 +171,9 @@ def test_require_scope_names_the_strategy_the_scope_and_what_is_supported():
     assert str(raised.value) == (
         "halting.scope: halting 'mine' does not support scope 'model' (supported: depth, layer); try depth")
     assert raised.value.path == "halting.scope"
+    with pytest.raises(SpecError) as raised:
+        require_scope("mine", "depth", frozenset({"model"}))  # no hint: nothing after the list
+    assert str(raised.value) == "halting.scope: halting 'mine' does not support scope 'depth' (supported: model)"
 
 
 def test_depth_cap_error_message_and_path():
