@@ -243,3 +243,12 @@ def test_cumulative_loop_single_hop_and_every_token_halting_early():
     assert early.hops.tolist() == [[1.0, 1.0]] and early.remainder.tolist() == [[1.0, 1.0]]
     assert calls == [0]  # every token halted at hop 1: no further hop runs
     assert early.output.dtype == state.dtype
+
+
+def test_cumulative_loop_accumulates_bf16_states_in_float32_and_returns_bf16():
+    state = torch.zeros(1, 2, 1, dtype=torch.bfloat16)
+    out = cumulative_halting_loop(state, add_one, n_hops=3, threshold=0.9,
+                                  halting_probability=constant_h([0.25, 0.5]))
+    assert out.output.dtype == torch.bfloat16
+    assert out.hops.dtype == out.remainder.dtype == torch.float32
+    assert out.output[0, :, 0].tolist() == [0.25 * 1 + 0.25 * 2 + 0.5 * 3, 0.5 * 1 + 0.5 * 2]
