@@ -217,6 +217,19 @@ def test_cumulative_loop_by_hand():
         [0.25, 0.5, 0.125], [0.25, 0.5, 0.125], [0.25, 0.0, 0.125], [0.25, 0.0, 0.625]]
 
 
+def test_cumulative_loop_tells_the_halting_probability_which_tokens_still_run():
+    seen = []
+    base = constant_h([0.25, 0.5, 0.125])
+
+    def probability(step, states, active):
+        seen.append(None if active is None else active.tolist())
+        return base(step, states, active)
+    cumulative_halting_loop(torch.zeros(1, 3, 1), add_one, n_hops=4, threshold=0.9,
+                            halting_probability=probability)
+    # None while every token runs; token 1 halts at hop 2, so hop 3 runs tokens 0 and 2 only
+    assert seen == [None, None, [[True, False, True]]]
+
+
 def test_cumulative_loop_padding_halts_after_one_hop_with_weight_one():
     state = torch.full((1, 2, 1), 10.0)
     mask = torch.tensor([[True, False]])
