@@ -78,6 +78,11 @@ def test_concat_sites_keeps_each_site_apart_and_drops_what_a_segment_lacks():
     assert sites[0].hop_states is None and sites[0].hop_probs is None
     assert sites[0].aux_loss.item() == pytest.approx(6.0)  # only the segment that has one
     assert sites[1].aux_loss is None
+    states_only = site([1.0], hop_states=[torch.zeros(1, 1, 1)])  # no probabilities: nothing joined
+    (joined,) = _concat_sites([[states_only], [with_hops]])
+    assert joined.hop_states is None and joined.hop_probs is None
+    with pytest.raises(ValueError):  # every segment runs the same sites
+        _concat_sites([[site([1.0]), site([2.0])], [site([3.0])]])
 
 
 def test_token_slice_drops_memory_positions_from_every_per_token_tensor():
@@ -104,11 +109,14 @@ class OneMemoryToken:
         self.segment_size, self.bptt_depth = segment_size, bptt_depth
         self.detached_after = []
         self.segment = 0
+        self.calls = []
 
     def init_memory(self, batch, device, dtype):
+        self.calls.append(("init_memory", batch, device, dtype))
         return torch.zeros(batch, 1, 1, dtype=dtype, device=device)
 
     def token_mask(self, memory, segment_length, device):
+        self.calls.append(("token_mask", None if memory is None else memory.sum().item(), segment_length, device))
         return torch.tensor([False] + [True] * segment_length, device=device)
 
     def wrap_segment(self, segment, memory):
@@ -151,6 +159,9 @@ def test_run_segments_truncates_bptt_to_the_last_k_segments(depth, detached, gra
     hidden = torch.arange(5.0, dtype=torch.float64).view(1, 5, 1).requires_grad_()
     result = run_segments(model, hidden)
     assert backbone.detached_after == detached
+    cpu = torch.device("cpu")
+    assert backbone.calls == [("init_memory", 1, cpu, torch.float64), ("token_mask", 0.0, 2, cpu),
+                              ("token_mask", 1.0, 2, cpu), ("token_mask", 4.0, 1, cpu)]
     assert result.hidden[0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert result.memory.item() == 1.0 + 3.0 + 4.0  # the last token of each segment
     assert result.memory.dtype == torch.float64
