@@ -9,11 +9,14 @@ from typing import Literal
 
 import pytest
 
+import ponderlab.core
 import ponderlab.core.early_exit as early_exit
 import ponderlab.core.halting as toolkit
+import ponderlab.plugins
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-CORE = Path(__file__).resolve().parents[1] / "core"
+# Through the imported packages, so that the checks also read the tree mutmut runs (mutants/src).
+PLUGINS = Path(ponderlab.plugins.__file__).resolve().parent
+CORE = Path(ponderlab.core.__file__).resolve().parent
 
 
 @pytest.mark.parametrize(("old", "new", "names"), [
