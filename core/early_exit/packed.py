@@ -34,9 +34,9 @@ class PackedTokens:
     def first(self, mask: Tensor) -> Tensor:  # every token runs at hop 1
         return mask.reshape(-1)
 
-    def hop(self, step: int) -> Tensor:
-        self.step = step
-        self.states = self.rows_hop(step, self.rows, self.states)  # (K, D)
+    def hop(self, n: int) -> Tensor:
+        self.hop_index = n
+        self.states = self.rows_hop(n, self.rows, self.states)  # (K, D)
         return self.states
 
     def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
@@ -58,7 +58,7 @@ class PackedTokens:
             self.output = self.accumulated
         else:
             self.output.index_copy_(0, halted_rows, self.accumulated.index_select(0, halted))
-        self.hops.index_fill_(0, halted_rows, float(self.step + 1))
+        self.hops.index_fill_(0, halted_rows, float(self.hop_index + 1))
         self.remainder.index_copy_(0, halted_rows, weight.index_select(0, halted))
         if kept.shape[0] == 0:
             return None

@@ -23,8 +23,8 @@ class RunningTokens:
     only while the GPU is still busy with the hop just queued.
 
         tokens = RunningTokens(state)
-        for step in range(cap):
-            new_state = hop(state, step, tokens.active)
+        for n in range(cap):
+            new_state = hop(state, n, tokens.active)
             if not tokens.keep_hop():
                 break
             ...  # bookkeeping with new_state, giving `running`

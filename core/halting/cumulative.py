@@ -19,8 +19,8 @@ class CumulativeHalting(HaltingStrategy):
     def halting_threshold(self) -> float:
         raise NotImplementedError
 
-    def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        """h_n after hop `step`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
+    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        """h_n after hop `n`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
         raise NotImplementedError
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:

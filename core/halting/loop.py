@@ -25,7 +25,7 @@ from ponderlab.core.interfaces import HopFn, PonderOutput
 from .outputs import accumulate
 from .units import accumulation_dtype
 
-#: halting_probability(step, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
+#: halting_probability(n, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
 
 
@@ -42,15 +42,15 @@ def cumulative_halting_loop(
     dtype = accumulation_dtype(state)
     tokens = PackedTokens(state, hop, dtype) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
     total = remaining = None  # c_n and 1 - c_n of the tokens the layout keeps, made at hop 1
-    for step in range(n_hops):
-        states = tokens.hop(step)  # (B, L, D) or (K, D)
+    for n in range(n_hops):
+        states = tokens.hop(n)  # (B, L, D) or (K, D)
         if states is None:  # speculative mode: no token was running, that hop is dropped
             break
-        if step == n_hops - 1:  # the cap: every running token halts with its remainder
+        if n == n_hops - 1:  # the cap: every running token halts with its remainder
             weight = remaining if remaining is not None else states.new_ones(states.shape[:-1])
             running = None
         else:
-            h = halting_probability(step, states, tokens.active)  # >= 0
+            h = halting_probability(n, states, tokens.active)  # >= 0
             if total is None:
                 total = h if mask is None else h.masked_fill(~tokens.first(mask), threshold + 1.0)
                 remaining = torch.ones_like(h)
@@ -83,8 +83,8 @@ class DenseTokens:
     def first(self, mask: Tensor) -> Tensor:  # (B, L) padding mask, as kept by this layout
         return mask
 
-    def hop(self, step: int) -> Tensor | None:
-        new = self.hop_fn(self.state, step, self.running.active)  # halted tokens keep their state
+    def hop(self, n: int) -> Tensor | None:
+        new = self.hop_fn(self.state, n, self.running.active)  # halted tokens keep their state
         if not self.running.keep_hop():
             return None
         self.state = new

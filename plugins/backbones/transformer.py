@@ -93,7 +93,7 @@ class NeoXBlock(Block):
 
         mixing "routed": each token attends causally to the routed tokens (B, L) only (and to
         itself, so unrouted rows, which the core discards, stay finite). "shared_kv": keys
-        and values are those of the site's first hop (step 0 stores them in
+        and values are those of the site's first hop (hop 0 stores them in
         `context.kv_cache[layer]`), causal over every token. Computed densely: (B, L, D).
         """
         layer = self.layer
@@ -102,7 +102,7 @@ class NeoXBlock(Block):
         length = hidden.shape[1]
         allowed = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()  # (L, L)
         if context.mixing == "shared_kv":
-            if context.step == 0:
+            if context.hop == 0:
                 context.kv_cache[context.layer] = (key, value)
             key, value = context.kv_cache[context.layer]
         else:

@@ -67,17 +67,17 @@ def confident_exit_loop(
     hops = torch.zeros(state.shape[:-1], dtype=dtype, device=state.device)  # (B, L)
     running = torch.ones(state.shape[:-1], dtype=torch.bool, device=state.device)
     tokens = RunningTokens(state)
-    for step in range(n_layers):
-        new = hop(state, step, tokens.active)  # (B, L, D)
+    for n in range(n_layers):
+        new = hop(state, n, tokens.active)  # (B, L, D)
         if not tokens.keep_hop():
             break
         hops = hops + running.to(dtype)
         previous, state = state, new
-        if step == n_layers - 1:
+        if n == n_layers - 1:
             break
-        confident = confidence(step, state, previous) >= thresholds  # (B, L)
+        confident = confidence(n, state, previous) >= thresholds  # (B, L)
         running = running & ~confident
-        if mask is not None and step == 0:
+        if mask is not None and n == 0:
             running = running & mask  # padding exits after its first layer
         if not tokens.record(running):
             break

@@ -48,8 +48,8 @@ class GravesACT(CumulativeHalting):
         units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
-    def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        return self.units[step if self.per_layer else 0](state, active)  # (B, L)
+    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        return self.units[n if self.per_layer else 0](state, active)  # (B, L)
 
     def halting_threshold(self) -> float:
         return 1.0 - self.config.epsilon
