@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -62,29 +63,22 @@ def layer_update(block: nn.Module, inputs: Tensor, state: Tensor, context: Block
     return where_rows(active, block(inputs, context), state)  # halted tokens keep their state
 
 
+@dataclass
 class PackedHops:
-    """A hop that can also run on packed rows of running tokens: `rows(n, rows, states)`.
+    """A hop that can also run on packed rows of running tokens: `rows(n, rows, states)`;
+    called like any hop function (`hop(state, n, active)`) it runs `dense`."""
 
-    Called like any hop function (`hop(state, n, active)`) it runs `dense`.
-    """
-
-    def __init__(self, rows: RowsHopFn, dense: HopFn | None = None):
-        self.rows = rows
-        self.dense = dense
+    rows: RowsHopFn
+    dense: HopFn | None = None
 
     def __call__(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
-        if self.dense is None:
-            raise TypeError("this PackedHops has no dense hop")
         return self.dense(state, n, active)
 
 
 class DepthRowHops:
-    """rows_hop for depth scope: layer `n` on the tokens at `rows`.
-
-    Blocks see every token through one (B, L, D) buffer holding each token's latest state
-    (halted tokens' frozen states are the context running tokens read); new states of the
-    rows computed are written into it.
-    """
+    """rows_hop for depth scope: layer `n` on the tokens at `rows`. Blocks read every token
+    from one (B, L, D) buffer of latest states (halted tokens' frozen ones included), into
+    which the new states of the rows are written."""
 
     def __init__(self, blocks: Sequence[nn.Module], hidden: Tensor):
         self.blocks = blocks

@@ -10,11 +10,8 @@ from .loop import cumulative_halting_loop
 
 
 class CumulativeHalting(HaltingStrategy):
-    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap).
-
-    A subclass gives the threshold and the per-hop halting probability; `forward` runs
-    `cumulative_halting_loop`, on packed rows where the core offers them.
-    """
+    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap); a subclass
+    gives both, and `forward` runs `cumulative_halting_loop` (on packed rows where offered)."""
 
     def halting_threshold(self) -> float:
         raise NotImplementedError

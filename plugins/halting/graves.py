@@ -10,11 +10,7 @@ Defaults: epsilon 0.01 (the paper), halting_bias_init 1.0 (seed 000 / t2t),
 max_steps 4 (seed 000's max_hop), time_penalty 0 (seed 000 uses 3e-4 on CA/LSTM).
 Scopes: layer (one loop per layer), model (the stack is one hop) and depth (the
 distinct layers, one halting unit each; the cap is the number of layers, so
-`max_steps` must not be set there).
-
-Halted tokens are frozen (passed as inactive to later hops), so a block that
-computes rows skips their work, and the loop stops as soon as every token halted
-(the loop: `ponderlab.core.halting.cumulative_halting_loop`).
+`max_steps` must not be set there). Loop: `ponderlab.core.halting.cumulative_halting_loop`.
 """
 
 from __future__ import annotations
