@@ -70,23 +70,19 @@ def cumulative_halting_loop(
                         hop_weights=weights)
 
 
-class DenseTokens:
-    """Whole (B, L, D) states, halted tokens frozen by the hop."""
+class DenseTokens(RunningTokens):
+    """Whole (B, L, D) states, halted tokens frozen by the hop; `RunningTokens` says which run."""
 
     def __init__(self, state: Tensor, hop: HopFn):
+        super().__init__(state)
         self.state, self.hop_fn = state, hop
-        self.running = RunningTokens(state)
         self.output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
         self.weights: list[Tensor] = []  # p_n, (B, L) each
         self.halt_index = torch.zeros(state.shape[:-1], dtype=torch.long, device=state.device)  # N - 1
 
-    @property
-    def active(self) -> Tensor | None:
-        return self.running.active
-
     def hop(self, n: int) -> Tensor | None:
-        new = self.hop_fn(self.state, n, self.running.active)  # halted tokens keep their state
-        if not self.running.keep_hop():
+        new = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
+        if not self.keep_hop():
             return None
         self.state = new
         return new
@@ -101,7 +97,7 @@ class DenseTokens:
         if running is None:
             return None
         self.halt_index += running  # a running token halts at a later hop
-        return carried if self.running.record(running) else None
+        return carried if self.record(running) else None
 
     def result(self) -> tuple[Tensor, list[Tensor], Tensor]:
         """(output (B, L, D) in the state's dtype, p_n (B, L) per hop, N - 1 (B, L))."""

@@ -35,7 +35,6 @@ class GravesACT(CumulativeHalting):
     """Vectorised Graves ACT over all tokens of a (B, L, D) state."""
 
     config_class = GravesConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
