@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone
 
-from .hf_block import HFBlock
+from .hf_block import make_block
 from .hf_finetune import add_lora, freeze
 from .hf_layout import build_causal_lm, find_parts, load_causal_lm
 from .transformer import TransformerConfig, neox_config
@@ -101,7 +101,7 @@ class HFBackbone(Backbone):
         self.positions = parts.positions
         self.dropout = parts.dropout if parts.dropout is not None else nn.Identity()
         self.blocks = nn.ModuleList(
-            HFBlock(layer, index=i, config=model.config, rotary=parts.rotary) for i, layer in enumerate(parts.layers)
+            make_block(layer, index=i, config=model.config, rotary=parts.rotary) for i, layer in enumerate(parts.layers)
         )
         self.norm = parts.norm
         # Not a submodule: its parameters belong to the model's head once bound (bind_output_head).
