@@ -52,11 +52,11 @@ def tokens(batch=3, length=10, seed=4):
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def twins(path, halting: dict, std: float, **options):
+def twins(path, halting: dict, std: float, name: str = "hf", **options):
     """The model that skips halted tokens, its full-computation twin, and the fast one's MLP row counts."""
     models = []
     for _ in range(2):
-        model = ponderlab.build_model(backbone={"name": "hf", "model": str(path), **options}, halting=halting,
+        model = ponderlab.build_model(backbone={"name": name, "model": str(path), **options}, halting=halting,
                                       vocab_size=VOCAB, seed=0)
         randomize_halting_units(model, std=std)  # token-dependent halting: a mix of exits
         models.append(model)
@@ -168,3 +168,32 @@ def test_an_unknown_layout_computes_every_token(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(ids).logits, full.eval()(ids).logits)
     assert set(mlp_rows) == {ids.numel()}  # every layer computed every token
+
+
+@pytest.mark.parametrize("name", ["rmt", "armt"])
+def test_memory_backbones_on_rows_match_the_twin(saved, name):
+    """RMT and ARMT run the same wrapped layers segment by segment: rows there too, exactly."""
+    memory = {"segment_size": 4, "memory_size": 2}
+    fast, full, mlp_rows = twins(saved["gpt2"], {"name": "graves", "scope": "layer", "max_steps": 3,
+                                                 "epsilon": 0.1, "halting_bias_init": -1.0},
+                                 std=30.0, name=name, **memory)
+    full_rows: list[int] = []
+    for block in full.backbone.blocks:
+        count_rows(block.layer.mlp, full_rows)
+    ids = tokens(batch=2, length=9, seed=5)
+    fast_out, full_out = fast.train()(ids), full.train()(ids)
+    assert len(mlp_rows) == len(full_rows) and sum(mlp_rows) < sum(full_rows)  # later hops: running rows only
+    assert_same_logits_and_gradients(fast, full, fast_out.logits, full_out.logits)
+
+
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_rows_under_bf16_autocast_match_the_full_layers(saved, layout):
+    """Mixed precision as the trainer runs it: projections in bf16, frozen rows in float32."""
+    fast, full, mlp_rows = twins(saved[layout], {"name": "threshold", "threshold": 0.6, "halting_bias_init": 0.0},
+                                 std=30.0)
+    ids = tokens()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast_out, full_out = fast.eval()(ids), full.eval()(ids)
+    assert min(mlp_rows) < ids.numel()  # the rows path ran
+    assert torch.equal(fast_out.stats.layers, full_out.stats.layers)
+    torch.testing.assert_close(fast_out.logits.float(), full_out.logits.float(), rtol=0.02, atol=0.02)

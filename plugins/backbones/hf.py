@@ -10,7 +10,9 @@ output head become the backbone's `embed`, `blocks`, `finalize` and the model's
 head (bound to the LM head's weight, so tied embeddings stay tied). Every halting
 strategy and scope then applies: ACT around each layer (`layer`), around the
 stack (`model`), early exit across the layers (`depth`). With halting `none` the
-logits are the Hugging Face model's own.
+logits are the Hugging Face model's own. Halted tokens skip their layers' work
+for GPT-2, GPT-NeoX, Llama and Qwen2 layouts (`hf_rows`); other layouts compute
+every token.
 
 Starting ACT on a pretrained model without changing what it computes: halting
 units start with zero weights, so at step 0 h = sigmoid(halting_bias_init) for
