@@ -197,3 +197,21 @@ def test_rows_under_bf16_autocast_match_the_full_layers(saved, layout):
     assert min(mlp_rows) < ids.numel()  # the rows path ran
     assert torch.equal(fast_out.stats.layers, full_out.stats.layers)
     torch.testing.assert_close(fast_out.logits.float(), full_out.logits.float(), rtol=0.02, atol=0.02)
+
+
+def test_grouped_keys_and_values_serve_their_own_query_heads(tmp_path):
+    """Llama with 4 query heads over 2 key/value heads: each key/value head serves its two
+    consecutive query heads, as the layer's repeat_kv pairs them."""
+    config = CONFIGS["llama"]()
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, 4
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama_gqa")
+    model = ponderlab.build_model(backbone={"name": "hf", "model": str(tmp_path / "llama_gqa")},
+                                  vocab_size=VOCAB, seed=0).eval()
+    hidden = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(10))  # (B, L, D)
+    rows = torch.tensor([0, 2, 7, 9, 12, 17])  # (K,)
+    for index, block in enumerate(model.backbone.blocks):
+        with torch.no_grad():
+            full = block(hidden, BlockContext(layer=index)).reshape(-1, 16)
+            packed = block.forward_rows(hidden, rows, hidden.reshape(-1, 16)[rows], BlockContext(layer=index))
+        torch.testing.assert_close(packed, full[rows])
