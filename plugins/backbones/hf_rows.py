@@ -43,12 +43,12 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
 
 
-def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Tensor, key_value: Tensor
-                  ) -> tuple[Tensor, Tensor]:
+def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Tensor | slice,
+                  key_value: Tensor | slice) -> tuple[Tensor, Tensor]:
     """A fused projection's query channels for the rows and key/value channels for every token.
 
-    normed (B, L, D), rows (K,), query / key_value: output channel indices (Cq,) / (Ckv,)
-    -> queries (K, Cq), keys and values (B, L, Ckv).
+    normed (B, L, D), rows (K,), query / key_value: output channels (indices (Cq,) / (Ckv,),
+    or slices: weight views, no copy) -> queries (K, Cq), keys and values (B, L, Ckv).
     """
     flat = normed.reshape(-1, normed.shape[-1])  # (B*L, D)
     bias = projection.bias
@@ -129,9 +129,8 @@ class GPT2Rows(LayerRows):
     def update(self, layer, hidden, rows, states, tables):
         attention = layer.attn
         width, size = hidden.shape[-1], attention.head_dim
-        channels = torch.arange(3 * width, device=hidden.device)
-        query, key_value = project_split(attention.c_attn, layer.ln_1(hidden), rows, channels[:width],
-                                         channels[width:])  # (K, D), (B, L, 2D)
+        query, key_value = project_split(attention.c_attn, layer.ln_1(hidden), rows, slice(0, width),
+                                         slice(width, 3 * width))  # (K, D), (B, L, 2D)
         key, value = (heads_first(part, size) for part in key_value.split(width, dim=-1))  # (B, H, L, dh)
         mixed = attend_rows(query.view(len(rows), -1, size), key, value, rows, scaling=attention.scaling,
                             dropout=attention.attn_dropout.p if layer.training else 0.0)  # (K, D)
