@@ -10,7 +10,9 @@ output head become the backbone's `embed`, `blocks`, `finalize` and the model's
 head (bound to the LM head's weight, so tied embeddings stay tied). Every halting
 strategy and scope then applies: ACT around each layer (`layer`), around the
 stack (`model`), early exit across the layers (`depth`). With halting `none` the
-logits are the Hugging Face model's own.
+logits are the Hugging Face model's own. Halted tokens skip their layers' work
+for GPT-2, GPT-NeoX, Llama and Qwen2 layouts (`hf_rows`); other layouts compute
+every token.
 
 Starting ACT on a pretrained model without changing what it computes: halting
 units start with zero weights, so at step 0 h = sigmoid(halting_bias_init) for
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone
 
-from .hf_block import HFBlock
+from .hf_block import make_block
 from .hf_finetune import add_lora, freeze
 from .hf_layout import build_causal_lm, find_parts, load_causal_lm
 from .transformer import TransformerConfig, neox_config
@@ -101,7 +103,7 @@ class HFBackbone(Backbone):
         self.positions = parts.positions
         self.dropout = parts.dropout if parts.dropout is not None else nn.Identity()
         self.blocks = nn.ModuleList(
-            HFBlock(layer, index=i, config=model.config, rotary=parts.rotary) for i, layer in enumerate(parts.layers)
+            make_block(layer, index=i, config=model.config, rotary=parts.rotary) for i, layer in enumerate(parts.layers)
         )
         self.norm = parts.norm
         # Not a submodule: its parameters belong to the model's head once bound (bind_output_head).
