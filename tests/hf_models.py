@@ -24,16 +24,17 @@ transformers_logging.disable_progress_bar()
 VOCAB = 23
 WIDTH = 16
 
-#: One tiny config per layout (2 layers, width 16, vocabulary 23, no dropout).
+#: One tiny config per layout (n layers, default 2; width 16, vocabulary 23, no dropout). The layer
+#: count goes to the constructor: configs such as Qwen2's derive per-layer fields (layer_types) from it.
 CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=2, n_head=2, n_positions=64,
+    "gpt2": lambda n=2: GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=n, n_head=2, n_positions=64,
                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0),
-    "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=2,
+    "gpt_neox": lambda n=2: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=n,
                                       num_attention_heads=2, intermediate_size=32, rotary_pct=0.5,
                                       max_position_embeddings=64),
-    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+    "llama": lambda n=2: LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=n, num_attention_heads=2,
                                  num_key_value_heads=1, intermediate_size=32, max_position_embeddings=64),
-    "qwen2": lambda: Qwen2Config(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+    "qwen2": lambda n=2: Qwen2Config(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=n, num_attention_heads=2,
                                  num_key_value_heads=1, intermediate_size=32, max_position_embeddings=64,
                                  tie_word_embeddings=True),
 }
@@ -42,8 +43,7 @@ CONFIGS = {
 def save_tiny(layout: str, directory: Path, seed: int = 1234, n_layers: int = 2) -> Path:
     """A tiny randomly initialised model of `layout`, saved to `directory/layout`; returns the path."""
     torch.manual_seed(seed)
-    config = CONFIGS[layout]()
-    config.num_hidden_layers = n_layers
+    config = CONFIGS[layout](n_layers)
     model = AutoModelForCausalLM.from_config(config)
     path = directory / layout
     model.save_pretrained(path)

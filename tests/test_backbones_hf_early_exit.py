@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import CONFIGS, VOCAB
+from hf_models import CONFIGS, VOCAB, save_tiny
 from transformers import AutoModelForCausalLM, MistralConfig
 from twin_checks import (
     assert_same_inference,
@@ -30,22 +30,11 @@ LAYOUTS = ["gpt2", "gpt_neox", "llama", "qwen2"]
 N_LAYERS = 4
 
 
-def save_deep(layout, root):
-    """A tiny model of `layout` with N_LAYERS layers, saved with save_pretrained."""
-    config = CONFIGS[layout]()
-    config.num_hidden_layers = N_LAYERS
-    if getattr(config, "layer_types", None):  # one attention type per layer (Qwen2)
-        config.layer_types = config.layer_types[:1] * N_LAYERS
-    torch.manual_seed(1234)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / layout)
-    return root / layout
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Every layout with 4 layers, saved once for the module: {layout: path}."""
     root = tmp_path_factory.mktemp("hf_early_exit")
-    return {layout: save_deep(layout, root) for layout in LAYOUTS}
+    return {layout: save_tiny(layout, root, n_layers=N_LAYERS) for layout in LAYOUTS}
 
 
 def tokens(batch=3, length=10, seed=4):
