@@ -67,7 +67,8 @@ class NeoXBlock(Block):
     `forward` is `GPTNeoXLayer.forward`. `forward_rows` computes the running tokens
     only: halted tokens cost only layer norm and their key/value projection, because
     running tokens still attend to them (keys and values from their frozen states, as
-    in CALM). Queries, attention, the output projection and the MLP run for the rows.
+    in CALM), and only up to the last running position (later ones are read by nobody).
+    Queries, attention, the output projection and the MLP run for the rows.
     """
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
@@ -85,6 +86,8 @@ class NeoXBlock(Block):
         return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        if rows.numel() == 0:
+            return states  # (0, D)
         _, cos_sin = self.rotary_tables(hidden)
         return self.update_rows(hidden, rows_mask(rows, hidden.shape[:2]), rows, states, cos_sin)
 
@@ -204,26 +207,30 @@ class NeoXBlock(Block):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return rotary(query, cos, sin), rotary(key, cos, sin), value
 
-    def running_attention(self, normed: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-        """Causal attention for the running tokens' queries over every token's keys and values.
+    def running_attention(self, hidden: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """Causal attention for the running tokens' queries over the keys and values they read.
 
-        normed (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
-        output projection. Keys and values come from the fused QKV weights for every
-        token; queries only for the K running ones, packed per sequence (Kq = the most
-        running tokens in one sequence) with an explicit causal mask at their positions.
+        hidden (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
+        output projection. Keys and values (from the fused QKV weights) are computed only
+        for positions up to the last running one in the batch (later halted tokens are read
+        by nobody); queries only for the K running tokens, packed per sequence (Kq = the
+        most running tokens in one sequence) with an explicit causal mask at their positions.
         """
         attention = self.layer.attention
-        batch, length, width = normed.shape
-        cos, sin = cos_sin  # (1, L, r)
-        key, value = self.project_key_value(normed, cos, sin)  # (B, H, L, dh) each
+        norm = self.layer.input_layernorm
+        batch, _, width = hidden.shape
+        length = int(active.any(0).nonzero()[-1]) + 1  # the keys any running token reads
+        cos, sin = cos_sin[0][:, :length], cos_sin[1][:, :length]  # (1, L', r)
+        key, value = self.project_key_value(norm(hidden[:, :length]), cos, sin)  # (B, H, L', dh) each
         positions, valid = routed_positions(active)  # (B, Kq) each
+        positions = positions.clamp_max(length - 1)  # padding slots only: read by nobody
         packed = positions.shape[1]
-        running_query = self.qkv_part(gather_active(normed, rows), slice(0, 1)).flatten(1)  # (K, D), rows order
+        running_query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1)).flatten(1)  # (K, D)
         query = running_query.new_zeros(batch * packed, width)  # the projection's dtype (autocast)
         query[valid.reshape(-1)] = running_query
         query = query.view(batch, packed, -1, attention.head_size).transpose(1, 2)  # (B, H, Kq, dh)
         query = rotary(query, cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1))
-        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L)
+        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L')
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=allowed.unsqueeze(1),
             dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
@@ -236,7 +243,7 @@ class NeoXBlock(Block):
         """The layer's new states (K, D) for the running tokens: active (B, L) and rows (K,)
         mark them, residual (K, D) holds their current states, hidden (B, L, D) every token's."""
         layer = self.layer
-        context = self.running_attention(layer.input_layernorm(hidden), active, rows, cos_sin)  # (K, D)
+        context = self.running_attention(hidden, active, rows, cos_sin)  # (K, D)
         attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
         return self.residual_update(residual, attn)
 
