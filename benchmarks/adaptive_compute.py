@@ -48,6 +48,8 @@ METHODS = {
     "mixture_of_recursions": lambda L: ("mixture_of_recursions", "model", {"recursions": 4}, True, None),
     "mixture_of_recursions masked": lambda L: (
         "mixture_of_recursions", "model", {"recursions": 4}, True, "masked"),
+    "mixture_of_recursions kv_sharing": lambda L: (
+        "mixture_of_recursions", "model", {"recursions": 4, "kv_sharing": True}, True, None),
     "recurrent_depth": lambda L: ("recurrent_depth", "model", {"max_steps": 4, "exit_threshold": 0.3}, True, None),
 }
 
