@@ -47,9 +47,9 @@ def cache_halting(model: PonderModel, ids: Tensor) -> None:
     strategy = model.sites[0]
     computed: dict[int, Tensor] = {}
 
-    def recording(step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        computed[step] = strategy.units[step](state, active)  # (B, L)
-        return computed[step]
+    def recording(n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        computed[n] = strategy.units[n](state, active)  # (B, L)
+        return computed[n]
 
     strategy.halting_probability = recording
     with torch.no_grad():

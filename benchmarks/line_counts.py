@@ -2,7 +2,10 @@
 newcomer reads to follow `graves` end to end.
 
 Code lines are cloc's: non-blank lines that are not comments or docstrings (Python)
-or comments (C). "Reading graves" counts every line (docstrings included) of the
+or comments (C). "Like for like" leaves out the files of features added after the
+before-revision (FEATURES_ADDED below), so that it compares the same functionality;
+files split out of older modules (SPLIT_FROM_OLD) stay counted. Files added since
+the before-revision that neither list names are printed, to be classified. "Reading graves" counts every line (docstrings included) of the
 definitions a reader meets from `GravesACT.forward` down, listed in READING below:
 whole files where the file serves that path only, else the named functions/classes.
 
@@ -44,6 +47,45 @@ READING = {
         ("core/early_exit/policy.py", ["hop_policy", "speculation_mode"]),
         ("core/early_exit/execution.py", ["PackedHops", "DepthRowHops", "packs_rows", "depth_hop"]),
     ],
+}
+
+
+#: files that implement features added after 837f26f (issues 24, 25, 27 and later work).
+FEATURES_ADDED = {
+    "plugins/halting/calm.py": "CALM (issue 25)",
+    "plugins/halting/confidence.py": "confidence exits shared by calm and layerskip (issue 25)",
+    "plugins/halting/layerskip.py": "LayerSkip (issue 25)",
+    "plugins/halting/recurrent_depth.py": "recurrent depth (issue 25)",
+    "plugins/halting/mixture_of_depths.py": "mixture of depths (issue 27)",
+    "plugins/halting/mixture_of_recursions.py": "mixture of recursions (issue 27)",
+    "plugins/halting/routing_reference.py": "slow reference of the routing strategies (issue 27)",
+    "plugins/halting/seed000_act.py": "seed 000's ACT as its own strategy",
+    "core/halting/routing.py": "capacity routing toolkit (issue 27)",
+    "core/halting/head.py": "output head given to halting sites (issue 25)",
+    "core/distributed/__init__.py": "distributed runs on Ray Train",
+    "core/distributed/group.py": "distributed runs on Ray Train",
+    "core/distributed/launch.py": "distributed runs on Ray Train",
+    "core/distributed/placement.py": "distributed runs on Ray Train",
+    "core/distributed/worker.py": "distributed runs on Ray Train",
+    "core/run_lock.py": "runs claim their directory with a lock",
+    "plugins/backbones/hf.py": "Hugging Face backbones (issue 24)",
+    "plugins/backbones/hf_block.py": "Hugging Face backbones (issue 24)",
+    "plugins/backbones/hf_finetune.py": "Hugging Face backbones (issue 24)",
+    "plugins/backbones/hf_layout.py": "Hugging Face backbones (issue 24)",
+    "plugins/tasks/text_tokenizer.py": "real tokenizer for bAbI/BABILong",
+    "plugins/tasks/babi_sources.py": "BABILong layouts and hub sources",
+}
+
+#: files added after 837f26f that hold code split or moved out of older modules: counted.
+SPLIT_FROM_OLD = {
+    "core/conformance/__init__.py", "core/conformance/backbone.py", "core/conformance/base.py",
+    "core/conformance/common.py", "core/conformance/halting.py", "core/conformance/probes.py",
+    "core/conformance/task.py", "core/early_exit/__init__.py", "core/early_exit/execution.py",
+    "core/early_exit/packed.py", "core/early_exit/policy.py", "core/early_exit/rows.py",
+    "core/early_exit/running.py", "core/halting/__init__.py", "core/halting/config.py",
+    "core/halting/cumulative.py", "core/halting/loop.py", "core/halting/outputs.py",
+    "core/halting/units.py", "core/halting/t2t.py", "core/tasks.py", "core/run_records.py",
+    "plugins/tasks/babi_vocab.py",
 }
 
 
@@ -94,14 +136,23 @@ def c_code_lines(text: str) -> int:
 
 
 def code_lines(rev: str) -> dict[str, int]:
-    totals = {"core": 0, "plugins": 0}
+    """Code lines of core/, plugins/, and of the files in FEATURES_ADDED ("added")."""
+    totals = {"core": 0, "plugins": 0, "added": 0}
     for path in files(rev):
         text = show(rev, path)
         if text is None:
             continue
         count = c_code_lines(text) if path.endswith(".c") else python_code_lines(text)
         totals[path.split("/")[0]] += count
+        if path in FEATURES_ADDED:
+            totals["added"] += count
     return totals
+
+
+def unclassified(before: str, after: str) -> list[str]:
+    """Files of `after` that `before` lacks and neither FEATURES_ADDED nor SPLIT_FROM_OLD names."""
+    old = set(files(before))
+    return sorted(p for p in files(after) if p not in old and p not in FEATURES_ADDED and p not in SPLIT_FROM_OLD)
 
 
 def reading_lines(rev: str, plan: list[tuple[str, list[str] | None]]) -> int:
@@ -135,12 +186,20 @@ def main() -> None:
     before, after = code_lines(args.revs[0]), code_lines(args.revs[1])
     for key in ("core", "plugins"):
         print(f"{'code lines ' + key + '/':<28}{before[key]:>12}{after[key]:>12}")
-    print(f"{'code lines core/ + plugins/':<28}{sum(before.values()):>12}{sum(after.values()):>12}")
+    total = [counts["core"] + counts["plugins"] for counts in (before, after)]
+    print(f"{'code lines core/ + plugins/':<28}{total[0]:>12}{total[1]:>12}")
+    like = [count - counts["added"] for count, counts in zip(total, (before, after), strict=True)]
+    print(f"{'  like for like':<28}{like[0]:>12}{like[1]:>12}   (without FEATURES_ADDED, listed below)")
     reading = reading_lines(args.revs[0], READING["before"]), reading_lines(args.revs[1], READING["after"])
     print(f"{'lines read to follow graves':<28}{reading[0]:>12}{reading[1]:>12}")
     dense = [reading_lines(rev, [(path, symbols) for path, symbols in READING[key] if path not in DENSE_ONLY])
              for rev, key in zip(args.revs, ("before", "after"), strict=True)]
     print(f"{'  of which not packed':<28}{dense[0]:>12}{dense[1]:>12}")
+    print(f"\nleft out of 'like for like' ({after['added']} code lines at {args.revs[1]}):")
+    for path, feature in FEATURES_ADDED.items():
+        print(f"  {path:<44} {feature}")
+    for path in unclassified(*args.revs):
+        print(f"  unclassified (counted): {path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Shapes: B batch, L sequence length, D model width, V vocabulary, N hops.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,8 +41,9 @@ class BlockContext:
     """What a block may need besides the hidden state.
 
     layer:  index of the distinct layer being applied.
-    step:   hop index inside the current ponder loop (0-based); a block may add a
-            hop/depth signal from it (the Universal Transformer does).
+    hop:    hop index n inside the current ponder loop (0-based); a block may add a
+            depth signal from it (the Universal Transformer does). `step` is its
+            deprecated old name (read-only).
     active: optional (B, L) bool mask of the tokens that still take this hop (None: all).
             The core keeps the others' previous state whatever the block returns for
             them; a block may skip their work. To compute a subset of tokens by rows,
@@ -54,11 +56,17 @@ class BlockContext:
     """
 
     layer: int = 0
-    step: int = 0
+    hop: int = 0
     active: Tensor | None = None
     memory: Any = None
     mixing: str = "all"
     kv_cache: dict | None = None
+
+    @property
+    def step(self) -> int:
+        """Deprecated name of `hop`."""
+        warnings.warn("BlockContext.step is deprecated; read BlockContext.hop", DeprecationWarning, stacklevel=2)
+        return self.hop
 
 
 class Block(nn.Module):
@@ -155,7 +163,7 @@ def _detach_tree(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- halting
 
-#: hop(state (B, L, D), step, active (B, L) bool | None) -> new state (B, L, D)
+#: hop(state (B, L, D), n (hop index, 0-based), active (B, L) bool | None) -> new state (B, L, D)
 HopFn = Callable[[Tensor, int, "Tensor | None"], Tensor]
 
 

@@ -110,7 +110,7 @@ class PonderModel(nn.Module):
 
     # ------------------------------------------------------------------ hops
     def _apply_block(
-        self, index: int, state: Tensor, step: int, active: Tensor | None, memory: object
+        self, index: int, state: Tensor, n: int, active: Tensor | None, memory: object
     ) -> Tensor:
         """One layer application: memory read, the block, frozen rows for inactive tokens.
 
@@ -118,7 +118,7 @@ class PonderModel(nn.Module):
         the keys/values a "shared_kv" site keeps per layer in `self.kv_cache`.
         """
         inputs = self.backbone.read_memory(index, state, memory)
-        context = BlockContext(layer=index, step=step, active=active, memory=memory,
+        context = BlockContext(layer=index, hop=n, active=active, memory=memory,
                                mixing=self.mixing, kv_cache=self.kv_cache)
         block = self.backbone.blocks[index]
         if self.mixing == "all":
@@ -147,8 +147,8 @@ class PonderModel(nn.Module):
             sites = []
             for index in range(self.n_layers):
 
-                def hop(state, step, active, _index=index, _memory=memory):
-                    return self._apply_block(_index, state, step, active, _memory)
+                def hop(state, n, active, _index=index, _memory=memory):
+                    return self._apply_block(_index, state, n, active, _memory)
 
                 result = self._ponder(self.sites[index], hidden, hop, mask)
                 hidden = result.output
@@ -162,20 +162,20 @@ class PonderModel(nn.Module):
         hop_active: list[Tensor | None] = []
         if self.scope == "model":
 
-            def hop(state, step, active):
+            def hop(state, n, active):
                 hop_active.append(active)
                 for index in range(self.n_layers):
-                    state = self._apply_block(index, state, step, active, memory)
+                    state = self._apply_block(index, state, n, active, memory)
                     if track:
                         layer_outputs.setdefault(index, []).append(state)
                 return state
 
         else:  # depth: layer n runs once, at hop n
 
-            def dense_hop(state, step, active):
-                state = self._apply_block(step, state, 0, active, memory)
+            def dense_hop(state, n, active):
+                state = self._apply_block(n, state, 0, active, memory)
                 if track:
-                    layer_outputs[step] = [state]
+                    layer_outputs[n] = [state]
                 return state
 
             dense_only = track or backbone.uses_segments or not self.packed_inference

@@ -23,7 +23,6 @@ from .errors import PonderlabError
 
 KINDS = ("backbone", "halting", "task")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-SECTIONS = {"backbone": "backbone", "halting": "halting", "task": "task"}
 
 #: What the demo spec uses for the parts the new plugin does not provide (built-ins).
 DEMO_SECTIONS = {
@@ -98,7 +97,7 @@ class PluginNames:
             "config_class": self.camel + "Config",
             "block_class": self.camel + "Block",
             "entry_point": self.entry_point,
-            "section": SECTIONS[self.kind],
+            "section": self.kind,
             "contract_class": CONTRACT_CLASS[self.kind],
             "test_config": TEST_CONFIGS[self.kind],
             "hook_api_version": str(HOOK_API_VERSION),
@@ -111,7 +110,7 @@ def package_fields(plugins: list[PluginNames]) -> dict[str, str]:
     first = plugins[0]
     sections = {f"{k}_section": v for k, v in DEMO_SECTIONS.items()}
     for names in reversed(plugins):  # the demo uses the package's first plugin of each kind
-        sections[f"{names.kind}_section"] = f"{SECTIONS[names.kind]}:\n  name: {names.name}"
+        sections[f"{names.kind}_section"] = f"{names.kind}:\n  name: {names.name}"
     described = [f"- `{n.name}`: a {n.kind} (`{n.module_name}.{n.plugin_class}`, entry point "
                  f"`{n.entry_point}`, tests in `tests/test_{n.name}.py`)" for n in plugins]
     return {
@@ -120,7 +119,7 @@ def package_fields(plugins: list[PluginNames]) -> dict[str, str]:
         "package_module": first.package_module,
         "entry_points": "\n".join(f'"{n.entry_point}" = "{n.module_name}"' for n in plugins),
         "plugin_list": "\n".join(described),
-        "yaml_sections": "\n".join(f"{SECTIONS[n.kind]}:\n  name: {n.name}" for n in plugins),
+        "yaml_sections": "\n".join(f"{n.kind}:\n  name: {n.name}" for n in plugins),
         "command": " ".join(f"{n.kind} {n.name}" for n in plugins)
         + (f" --package {first.package}" if first.package else ""),
     }

@@ -21,10 +21,10 @@ def build(halting, **backbone):
 
 
 def record_steps(model):
-    """Record (layer, step) of every application of the shared block."""
+    """Record (layer, hop) of every application of the shared block."""
     calls = []
     block = model.backbone.blocks[0]
-    block.register_forward_pre_hook(lambda module, args: calls.append((args[1].layer, args[1].step)))
+    block.register_forward_pre_hook(lambda module, args: calls.append((args[1].layer, args[1].hop)))
     return calls
 
 
@@ -57,10 +57,10 @@ def test_depth_signal_changes_the_layer_output(kind):
         torch.nn.init.normal_(model.backbone.depth.table.weight)
     block = model.backbone.blocks[0]
     hidden = torch.randn(2, 5, 16)
-    first = block(hidden, BlockContext(layer=0, step=0))
-    second = block(hidden, BlockContext(layer=0, step=1))
+    first = block(hidden, BlockContext(layer=0, hop=0))
+    second = block(hidden, BlockContext(layer=0, hop=1))
     assert not torch.allclose(first, second)
-    torch.testing.assert_close(first, block(hidden, BlockContext(layer=0, step=0)))
+    torch.testing.assert_close(first, block(hidden, BlockContext(layer=0, hop=0)))
 
 
 def test_learned_depth_table_has_a_clear_limit():
@@ -95,7 +95,7 @@ def test_trains_with_each_halting_strategy(halting):
         out.loss.backward()
         optimizer.step()
     assert torch.isfinite(out.loss)
-    steps = {step for _, step in calls}
+    steps = {n for _, n in calls}
     assert steps and max(steps) < 3 and (halting == "constant") <= (steps == {0, 1, 2})
     assert 1.0 <= float(out.stats.hops.mean()) <= 3.0
     moved = [not torch.equal(a, b) for a, b in zip(before, model.backbone.blocks[0].parameters(), strict=True)]

@@ -98,8 +98,8 @@ class KitHalting(HaltingStrategy):
         running = torch.ones(state.shape[:-1], dtype=torch.bool)
         hops = torch.zeros(state.shape[:-1])
         cost = torch.zeros(state.shape[:-1])
-        for step in range(self.max_hops()):
-            state = hop(state, step, None if bool(running.all()) else running)
+        for n in range(self.max_hops()):
+            state = hop(state, n, None if bool(running.all()) else running)
             h = self.halting(state)
             hops = hops + running.float()
             cost = cost + torch.where(running, 1.0 - h, torch.zeros_like(h))
@@ -330,7 +330,7 @@ class NarrowBackbone(KitBackbone):
 
 
 def test_blocks_must_keep_the_shape():
-    broken(NarrowBackbone, "output shapes", r"blocks\[0\] \(step 0\) has shape \(2, 8, 16\), expected \(2, 9, 16\)")
+    broken(NarrowBackbone, "output shapes", r"blocks\[0\] \(hop 0\) has shape \(2, 8, 16\), expected \(2, 9, 16\)")
 
 
 class SkippingBlock(KitBlock):
@@ -489,7 +489,7 @@ def test_hops_must_not_exceed_the_hops_run():
 
 class StepSkippingHalting(KitHalting):
     def forward(self, state, hop):
-        state = hop(state, 1, None)  # starts at step 1
+        state = hop(state, 1, None)  # starts at hop 1
         return PonderOutput(
             output=state, hops=torch.ones(state.shape[:-1]), ponder_cost=torch.zeros(state.shape[:-1]),
             remainder=torch.zeros(state.shape[:-1]),
@@ -497,7 +497,7 @@ class StepSkippingHalting(KitHalting):
 
 
 def test_hops_must_be_called_with_steps_in_order():
-    broken(StepSkippingHalting, "hop protocol", r"step 1 after steps \[\]; steps must be 0, 1, 2")
+    broken(StepSkippingHalting, "hop protocol", r"n=1 after hops \[\]; hops must be 0, 1, 2")
 
 
 def test_packed_depth_must_give_what_forward_gives():

@@ -20,7 +20,7 @@ from ponderlab.plugins.halting.random_halting import (
 from ponderlab.plugins.halting.reference import ScriptedHop
 
 
-def counting_hop(state, step, active):
+def counting_hop(state, n, active):
     """Adds 1 to channel 0 of every active token: channel 0 counts the hops a token took."""
     new = state.clone()
     new[..., 0] += 1

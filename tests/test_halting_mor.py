@@ -38,7 +38,7 @@ def site(d_model: int = 1, n_layers: int = 1, **options) -> MixtureOfRecursions:
     return MixtureOfRecursions(MixtureOfRecursionsConfig(**options), d_model=d_model, n_layers=n_layers)
 
 
-def doubling(state, step, active):
+def doubling(state, n, active):
     return 2.0 * state  # f(h) = 2 h at every recursion, so f(h) - h = h
 
 
@@ -98,9 +98,9 @@ def test_expert_choice_is_hierarchical():
     set_linear(strategy.routers[2].linear, [[-1.0]], [0.0])  # prefers small h: token 0 would win
     active = []
 
-    def hop(state, step, mask):
+    def hop(state, n, mask):
         active.append(mask)
-        return doubling(state, step, mask)
+        return doubling(state, n, mask)
 
     out = strategy(torch.tensor([[[-3.0], [1.0], [2.0]]]), hop)
     assert active[1].tolist() == [[False, True, True]]

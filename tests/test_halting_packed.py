@@ -170,14 +170,14 @@ def test_hand_computed_weights_and_rows_of_three_tokens():
     state = torch.zeros(1, 3, 2, dtype=torch.float64)  # (B, L, D)
     asked: list[list[int] | None] = []
 
-    def row_hop(step, rows, states):
+    def row_hop(n, rows, states):
         asked.append(None if rows is None else rows.tolist())
         current = state.reshape(-1, 2) if rows is None else states
-        return current + (step + 1)  # s_n = 1, 3, 6 for a token that runs every layer
+        return current + (n + 1)  # s_n = 1, 3, 6 for a token that runs every layer
 
-    def halting_probability(step, states, active):
-        assert active is None and states.shape[0] == len(h[step])
-        return h[step]
+    def halting_probability(n, states, active):
+        assert active is None and states.shape[0] == len(h[n])
+        return h[n]
 
     out = cumulative_halting_loop(state, PackedHops(row_hop), n_hops=3, threshold=0.9,
                                   halting_probability=halting_probability)

@@ -48,9 +48,9 @@ def count_hops(model: PonderModel) -> list[int]:
     calls: list[int] = []
     original = model._apply_block
 
-    def counting(index, state, step, active, memory):
+    def counting(index, state, n, active, memory):
         calls.append(state.shape[:-1].numel() if active is None else int(active.sum()))
-        return original(index, state, step, active, memory)
+        return original(index, state, n, active, memory)
 
     model._apply_block = counting
     return calls
@@ -122,9 +122,9 @@ def test_pondernet_sampled_inference_gives_pads_one_hop_and_their_first_state():
     first: list[torch.Tensor] = []
     original = model._apply_block
 
-    def record(index, state, step, active, memory):  # the stack's output after hop 1
-        out = original(index, state, step, active, memory)
-        if step == 0 and index == model.n_layers - 1:
+    def record(index, state, n, active, memory):  # the stack's output after hop 1
+        out = original(index, state, n, active, memory)
+        if n == 0 and index == model.n_layers - 1:
             first.append(out)
         return out
 

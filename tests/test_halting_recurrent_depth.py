@@ -72,11 +72,11 @@ def test_truncated_backprop_matches_manual_loop():
     embedded = model.backbone.embed(ids)
     state = torch.randn_like(embedded) * 0.5
     steps = sample_recurrence(6.0, 0.0, 6)
-    for step in range(steps):
-        with torch.set_grad_enabled(step >= steps - 2):
+    for n in range(steps):
+        with torch.set_grad_enabled(n >= steps - 2):
             state = site.adapter(torch.cat([embedded, state], dim=-1))
             for index, block in enumerate(model.backbone.blocks):
-                state = block(state, BlockContext(layer=index, step=step))
+                state = block(state, BlockContext(layer=index, hop=n))
     logits = model.head(model.backbone.finalize(state))
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     loss.backward()

@@ -96,10 +96,10 @@ def test_shared_kv_reuses_the_first_hop_keys_and_values():
     routed = torch.tensor([[False, True, True, False, True]])
     cache: dict = {}
     with torch.no_grad():
-        out0 = neox.forward_routed(first, torch.ones_like(routed), BlockContext(layer=1, step=0, mixing="shared_kv", kv_cache=cache))
-        torch.testing.assert_close(out0, neox(first, BlockContext()))  # step 0: the plain layer
+        out0 = neox.forward_routed(first, torch.ones_like(routed), BlockContext(layer=1, hop=0, mixing="shared_kv", kv_cache=cache))
+        torch.testing.assert_close(out0, neox(first, BlockContext()))  # hop 0: the plain layer
         assert set(cache) == {1}
-        out1 = neox.forward_routed(later, routed, BlockContext(layer=1, step=1, mixing="shared_kv", kv_cache=cache))
+        out1 = neox.forward_routed(later, routed, BlockContext(layer=1, hop=1, mixing="shared_kv", kv_cache=cache))
         expected = per_token_layer(neox, later[0], first[0], lambda t, s: s <= t)
     torch.testing.assert_close(out1[0][routed[0]], expected[routed[0]])
 
@@ -111,6 +111,6 @@ def test_universal_transformer_block_adds_its_depth_signal_when_routed():
     hidden = torch.randn(2, 4, 8)
     everyone = torch.ones(2, 4, dtype=torch.bool)
     with torch.no_grad():
-        for step in (0, 2):
-            torch.testing.assert_close(shared.forward_routed(hidden, everyone, BlockContext(step=step, mixing="routed")),
-                                       shared(hidden, BlockContext(step=step)))
+        for n in (0, 2):
+            torch.testing.assert_close(shared.forward_routed(hidden, everyone, BlockContext(hop=n, mixing="routed")),
+                                       shared(hidden, BlockContext(hop=n)))

@@ -50,9 +50,9 @@ ROUTED = torch.tensor([
 ])
 
 
-def run_block(block, hidden, routed, mixing, execution, cache=None, step=0):
+def run_block(block, hidden, routed, mixing, execution, cache=None, hop=0):
     block.routed_execution = execution
-    context = BlockContext(layer=1, step=step, mixing=mixing, kv_cache=cache)
+    context = BlockContext(layer=1, hop=hop, mixing=mixing, kv_cache=cache)
     return block.forward_routed(hidden, routed, context)
 
 
@@ -66,9 +66,9 @@ def test_gathered_block_equals_the_masked_one_with_gradients(parallel, mixing):
     results = {}
     for execution in ("gathered", "masked"):
         cache: dict = {}
-        if mixing == "shared_kv":  # step 0 (every token routed) stores the keys and values
-            run_block(block, first, torch.ones_like(ROUTED), mixing, execution, cache, step=0)
-        out = run_block(block, hidden, ROUTED, mixing, execution, cache, step=1 if mixing == "shared_kv" else 0)
+        if mixing == "shared_kv":  # hop 0 (every token routed) stores the keys and values
+            run_block(block, first, torch.ones_like(ROUTED), mixing, execution, cache, hop=0)
+        out = run_block(block, hidden, ROUTED, mixing, execution, cache, hop=1 if mixing == "shared_kv" else 0)
         loss = (out * weights * ROUTED.unsqueeze(-1)).sum()  # the core reads routed rows only
         grads = torch.autograd.grad(loss, [hidden, *block.parameters()], allow_unused=True)
         results[execution] = (out, grads)
@@ -91,9 +91,9 @@ def test_shared_kv_first_hop_with_a_subset_routed_stores_every_tokens_keys():
         caches, outs = {}, {}
         for execution in ("gathered", "masked"):
             caches[execution] = {}
-            run_block(block, first, ROUTED, "shared_kv", execution, caches[execution], step=0)
+            run_block(block, first, ROUTED, "shared_kv", execution, caches[execution], hop=0)
             outs[execution] = run_block(block, later, ROUTED.roll(1, 1), "shared_kv", execution,
-                                        caches[execution], step=1)
+                                        caches[execution], hop=1)
     for a, b in zip(caches["gathered"][1], caches["masked"][1], strict=True):
         torch.testing.assert_close(a, b)  # (B, H, L, dh): every token's, routed or not
     routed = ROUTED.roll(1, 1)

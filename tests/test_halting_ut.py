@@ -76,7 +76,7 @@ def test_halted_state_is_not_the_raw_transformed_state():
 def mixing_hop(weight: torch.Tensor):
     """A causal token-mixing hop: s_t <- tanh(W (s_t + mean_{u<=t} s_u)). Frozen tokens keep their state."""
 
-    def hop(state, step, active):
+    def hop(state, n, active):
         counts = torch.arange(1, state.shape[1] + 1, dtype=state.dtype).view(1, -1, 1)
         mixed = state + state.cumsum(1) / counts
         new = torch.tanh(mixed @ weight.T)
@@ -97,13 +97,13 @@ def test_matches_per_token_reference(combine):
         weights = [torch.randn(d, d, generator=generator, dtype=D64) for _ in range(5)]
         state = torch.randn(3, 4, d, generator=generator, dtype=D64)
 
-        def hop(s, step, active, _w=weights):
-            new = torch.tanh(s @ _w[step].T)
+        def hop(s, n, active, _w=weights):
+            new = torch.tanh(s @ _w[n].T)
             return new if active is None else torch.where(active.unsqueeze(-1), new, s)
 
         out = ut(state, hop)
 
-        def halt(step, s, _unit=ut.unit):
+        def halt(n, s, _unit=ut.unit):
             return float(_unit(s.view(1, 1, -1)).item())
 
         for b in range(3):
@@ -142,16 +142,16 @@ def slow_ut_loop(ut, hop, state, cap: int, threshold: float):
     halting = [[0.0] * length for _ in range(batch)]
     done = [[False] * length for _ in range(batch)]
     y = torch.zeros_like(state)
-    for step in range(cap):
+    for n in range(cap):
         p = ut.unit(s)
-        new = hop(s, step, None)
+        new = hop(s, n, None)
         for b in range(batch):
             for t in range(length):
                 if done[b][t]:
                     new[b, t] = s[b, t]
                     continue
                 pt = float(p[b, t])
-                if halting[b][t] + pt > threshold or step == cap - 1:
+                if halting[b][t] + pt > threshold or n == cap - 1:
                     w = 1.0 - halting[b][t]
                     done[b][t] = True
                 else:
@@ -181,12 +181,12 @@ def test_gradcheck_float64():
         s, halting = state.detach(), torch.zeros(1, 3, dtype=D64)
         running = torch.ones(1, 3, dtype=torch.bool)
         margins = []
-        for step in range(4):
+        for n in range(4):
             p = ut.unit(s)
             margins.append((halting + p - 0.8).abs()[running].min().item())
             halts = running & (halting + p > 0.8)
             halting = torch.where(running & ~halts, halting + p, halting)
-            s = hop(s, step, None if step == 0 else running)
+            s = hop(s, n, None if n == 0 else running)
             running = running & ~halts
             if not running.any():
                 break
@@ -213,8 +213,8 @@ def test_hop_weights_reproduce_the_output(combine):
     weights = [torch.randn(6, 6, dtype=torch.float64) * 0.5 for _ in range(4)]
     states = []
 
-    def hop(s, step, active):
-        new = torch.tanh(s @ weights[step])
+    def hop(s, n, active):
+        new = torch.tanh(s @ weights[n])
         states.append(new if active is None else torch.where(active.unsqueeze(-1), new, s))
         return states[-1]
 

@@ -191,12 +191,12 @@ def constant_h(values):
     """halting_probability giving each token of a (1, L) batch a fixed h at every hop."""
     h = torch.tensor([values])
 
-    def probability(step, states, active):
+    def probability(n, states, active):
         return h.to(states.dtype).expand(states.shape[:-1])
     return probability
 
 
-def add_one(state, step, active):
+def add_one(state, n, active):
     return state + 1.0
 
 
@@ -221,9 +221,9 @@ def test_cumulative_loop_tells_the_halting_probability_which_tokens_still_run():
     seen = []
     base = constant_h([0.25, 0.5, 0.125])
 
-    def probability(step, states, active):
+    def probability(n, states, active):
         seen.append(None if active is None else active.tolist())
-        return base(step, states, active)
+        return base(n, states, active)
     cumulative_halting_loop(torch.zeros(1, 3, 1), add_one, n_hops=4, threshold=0.9,
                             halting_probability=probability)
     # None while every token runs; token 1 halts at hop 2, so hop 3 runs tokens 0 and 2 only
@@ -248,8 +248,8 @@ def test_cumulative_loop_single_hop_and_every_token_halting_early():
     assert one.output[0, :, 0].tolist() == [1.0, 1.0]
     calls = []
 
-    def counted(state, step, active):
-        calls.append(step)
+    def counted(state, n, active):
+        calls.append(n)
         return state + 1.0
     early = cumulative_halting_loop(state, counted, n_hops=5, threshold=0.5,
                                     halting_probability=constant_h([0.75, 0.5]))

@@ -25,7 +25,7 @@ def full_computation_class(block_class: type[Block]) -> type[Block]:
     core then freezes halted tokens): the reference for a block's early-exit paths."""
 
     def forward(self, hidden, context):
-        return block_class.forward(self, hidden, BlockContext(layer=context.layer, step=context.step))
+        return block_class.forward(self, hidden, BlockContext(layer=context.layer, hop=context.hop))
 
     return type(f"Full{block_class.__name__}", (block_class,), {
         "forward_rows": None, "forward": forward,

@@ -64,9 +64,9 @@ class BackboneChecks:
                     _fail(f"embed returned {hidden.dtype}, expected a floating dtype")
                 if not backbone.uses_segments:
                     for index, block in enumerate(backbone.blocks):
-                        for step in (0, 1):
-                            out = block(hidden, BlockContext(layer=index, step=step))
-                            _expect_shape(f"blocks[{index}] (step {step})", out, (2, length, width))
+                        for n in (0, 1):
+                            out = block(hidden, BlockContext(layer=index, hop=n))
+                            _expect_shape(f"blocks[{index}] (hop {n})", out, (2, length, width))
                             _expect_finite(f"blocks[{index}] output", out)
                 for scope in ("layer", "model", "depth"):
                     model = PonderModel(backbone, ProbeHalting, ProbeHaltingConfig(scope=scope), vocab_size=VOCAB)
@@ -90,10 +90,10 @@ class BackboneChecks:
             if computes_rows(block):
                 self._check_rows(index, block, hidden, active)
             with torch.no_grad():
-                full = block(hidden, BlockContext(layer=index, step=1))
+                full = block(hidden, BlockContext(layer=index, hop=1))
                 for mask, what in ((active, "an active mask"), (nobody, "no active token")):
                     try:
-                        update = layer_update(block, hidden, hidden, BlockContext(layer=index, step=1, active=mask))
+                        update = layer_update(block, hidden, hidden, BlockContext(layer=index, hop=1, active=mask))
                     except Exception as error:  # noqa: BLE001 - any failure is the finding
                         _fail(f"blocks[{index}] fails with {what}: {type(error).__name__}: {error}")
                     _expect_shape(f"blocks[{index}] with {what}", update, tuple(hidden.shape))
@@ -109,11 +109,11 @@ class BackboneChecks:
         """forward_rows gives the rows of the full forward, for a subset and for every token."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
         with torch.no_grad():
-            full = block(hidden, BlockContext(layer=index, step=1)).reshape(flat.shape)
+            full = block(hidden, BlockContext(layer=index, hop=1)).reshape(flat.shape)
             for rows in (active.reshape(-1).nonzero().squeeze(1), torch.arange(len(flat))):
                 try:
                     packed = block.forward_rows(hidden, rows, flat.index_select(0, rows),
-                                                BlockContext(layer=index, step=1))
+                                                BlockContext(layer=index, hop=1))
                 except Exception as error:  # noqa: BLE001 - any failure is the finding
                     _fail(f"blocks[{index}].forward_rows fails: {type(error).__name__}: {error}")
                 _expect_shape(f"blocks[{index}].forward_rows for {len(rows)} rows", packed,

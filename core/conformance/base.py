@@ -9,12 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import BackboneConfig, HaltingConfig, TaskConfig
-from ..interfaces import (
-    Backbone,
-    HaltingStrategy,
-    Task,
-)
+from ..registry import KINDS
 
 COMMON_CONTRACTS = ("config", "yaml round trip", "entry point")
 CONTRACTS: dict[str, tuple[str, ...]] = {
@@ -56,8 +51,6 @@ SMALL_OPTIONS: dict[str, Any] = {
 }
 
 VOCAB = 13  # vocabulary of the probe inputs for backbone and halting checks
-BASES = {"backbone": (Backbone, BackboneConfig), "halting": (HaltingStrategy, HaltingConfig), "task": (Task, TaskConfig)}
-SECTIONS = {"backbone": "backbone", "halting": "halting", "task": "task"}
 UNKNOWN_KEY = "conformance_unknown_option"
 
 
@@ -99,7 +92,7 @@ def _fail(problem: str) -> typing.NoReturn:
 
 def plugin_kind(plugin: type) -> str:
     """'backbone', 'halting' or 'task' for a plugin class."""
-    for kind, (base, _) in BASES.items():
+    for kind, (_, base) in KINDS.items():
         if isinstance(plugin, type) and issubclass(plugin, base):
             return kind
     raise TypeError(f"{plugin!r} is not a Backbone, HaltingStrategy or Task subclass")

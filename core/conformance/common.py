@@ -22,13 +22,11 @@ from ..interfaces import (
     TaskData,
 )
 from ..model import PonderModel
-from ..registry import Registry, get_registry, plugin_name
+from ..registry import CONFIG_BASES, Registry, get_registry, plugin_name
 from ..run import seed_everything
-from ..spec import read_yaml, spec_to_yaml, validate_spec
+from ..spec import PLUGIN_SECTIONS, read_yaml, spec_to_yaml, validate_spec
 from .base import (
-    BASES,
     CONTRACTS,
-    SECTIONS,
     SMALL_OPTIONS,
     UNKNOWN_KEY,
     VOCAB,
@@ -148,7 +146,7 @@ class CommonChecks:
                     del small[key]
 
     def _check_config(self) -> None:
-        kind_base, config_base = BASES[self.kind]
+        config_base = CONFIG_BASES[self.kind]
         config_class = getattr(self.plugin, "config_class", None)
         if config_class is None:
             _fail("the class has no `config_class`")
@@ -175,7 +173,7 @@ class CommonChecks:
             config_class.model_json_schema()
         except Exception as exc:  # `ponderlab schema` needs it
             _fail(f"no JSON schema for the config ({type(exc).__name__}: {exc}); `ponderlab schema` would fail")
-        section = SECTIONS[self.kind]
+        section = self.kind  # a plugin's spec section is named after its kind
         data = self._spec_data()
         data[section][UNKNOWN_KEY] = 1
         try:
@@ -194,8 +192,8 @@ class CommonChecks:
         return registry
 
     def _spec_data(self, config: PluginConfig | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = {section: {"name": "conformance_probe"} for section in SECTIONS.values()}
-        data[SECTIONS[self.kind]] = (config or self.config).model_dump(mode="json")
+        data: dict[str, Any] = {section: {"name": "conformance_probe"} for section in PLUGIN_SECTIONS}
+        data[self.kind] = (config or self.config).model_dump(mode="json")
         data["training"] = {"steps": 1}
         return copy.deepcopy(data)
 
@@ -230,7 +228,7 @@ class CommonChecks:
         if reloaded != config:
             _fail(f"config changed through YAML{where}: {self._diff(config, reloaded)}")
         registry = self._spec_registry()
-        section = SECTIONS[self.kind]
+        section = self.kind  # a plugin's spec section is named after its kind
         try:
             spec = validate_spec(self._spec_data(config), registry=registry)
         except SpecError as exc:

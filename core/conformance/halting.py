@@ -127,7 +127,7 @@ class HaltingChecks:
             out, log, where = run["out"], run["log"], run["where"]
             if not isinstance(out, PonderOutput):
                 _fail(f"forward returned {type(out).__name__}, expected a PonderOutput ({where})")
-            if not log.steps:
+            if not log.hops:
                 _fail(f"the hop function was never called ({where})")
             _expect_shape(f"PonderOutput.output ({where})", out.output, tuple(run["state"].shape))
             if out.output.dtype != run["state"].dtype:
@@ -232,22 +232,22 @@ class _HopLog:
         self.shape = (batch, length, width)
         self.cap = cap
         self.tail = tail  # (B, L, T)
-        self.steps: list[int] = []
+        self.hops: list[int] = []
         self.executed = torch.zeros(batch, length)  # (B, L) hops run per token
 
-    def hop(self, state: Tensor, step: int, active: Tensor | None) -> Tensor:
-        expected = len(self.steps)
-        if isinstance(step, Tensor) or not isinstance(step, int):
-            _fail(f"hop called with step={step!r}; step must be a Python int")
-        if step != expected:
-            _fail(f"hop called with step {step} after steps {self.steps}; steps must be 0, 1, 2, ... in order")
-        if step >= self.cap:
-            _fail(f"hop called with step {step}, but max_hops() is {self.cap}")
+    def hop(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
+        expected = len(self.hops)
+        if isinstance(n, Tensor) or not isinstance(n, int):
+            _fail(f"hop called with n={n!r}; n must be a Python int")
+        if n != expected:
+            _fail(f"hop called with n={n} after hops {self.hops}; hops must be 0, 1, 2, ... in order")
+        if n >= self.cap:
+            _fail(f"hop called with n={n}, but max_hops() is {self.cap}")
         if tuple(state.shape) != self.shape:
             _fail(f"hop called with a state of shape {tuple(state.shape)}, expected {self.shape}")
-        self.steps.append(step)
+        self.hops.append(n)
         new = torch.zeros(self.shape, dtype=state.dtype)
-        new[..., step] = 1.0
+        new[..., n] = 1.0
         new[..., self.cap + 1 :] = self.tail
         if active is None:
             self.executed += 1

@@ -86,10 +86,10 @@ class ProbeHalting(HaltingStrategy):
         rows = torch.arange(batch, device=state.device).unsqueeze(1)
         later = (positions.unsqueeze(0) + rows) % 2 == 0  # (B, L) tokens that keep going
         hops = torch.ones(batch, length, device=state.device)
-        for step in range(self.max_hops()):
-            active = None if step == 0 else later
-            state = hop(state, step, active)
-            if step:
+        for n in range(self.max_hops()):
+            active = None if n == 0 else later
+            state = hop(state, n, active)
+            if n:
                 hops = hops + later.float()
         zeros = torch.zeros_like(hops)
         return PonderOutput(output=state, hops=hops, ponder_cost=zeros, remainder=zeros)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -23,7 +24,7 @@ from ponderlab.core.interfaces import BlockContext, HopFn
 from .policy import speculates
 from .rows import active_rows, gather_active, scatter_active, where_rows
 
-#: rows_hop(step, rows (K,) | None, states (K, D) | None) -> new states (K, D) of the tokens
+#: rows_hop(n, rows (K,) | None, states (K, D) | None) -> new states (K, D) of the tokens
 #: at flat indices `rows` (None: every token, in row-major order)
 RowsHopFn = Callable[[int, "Tensor | None", "Tensor | None"], Tensor]
 
@@ -62,38 +63,31 @@ def layer_update(block: nn.Module, inputs: Tensor, state: Tensor, context: Block
     return where_rows(active, block(inputs, context), state)  # halted tokens keep their state
 
 
+@dataclass
 class PackedHops:
-    """A hop that can also run on packed rows of running tokens: `rows(step, rows, states)`.
+    """A hop that can also run on packed rows of running tokens: `rows(n, rows, states)`;
+    called like any hop function (`hop(state, n, active)`) it runs `dense`."""
 
-    Called like any hop function (`hop(state, step, active)`) it runs `dense`.
-    """
+    rows: RowsHopFn
+    dense: HopFn | None = None
 
-    def __init__(self, rows: RowsHopFn, dense: HopFn | None = None):
-        self.rows = rows
-        self.dense = dense
-
-    def __call__(self, state: Tensor, step: int, active: Tensor | None) -> Tensor:
-        if self.dense is None:
-            raise TypeError("this PackedHops has no dense hop")
-        return self.dense(state, step, active)
+    def __call__(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
+        return self.dense(state, n, active)
 
 
 class DepthRowHops:
-    """rows_hop for depth scope: layer `step` on the tokens at `rows`.
-
-    Blocks see every token through one (B, L, D) buffer holding each token's latest state
-    (halted tokens' frozen states are the context running tokens read); new states of the
-    rows computed are written into it.
-    """
+    """rows_hop for depth scope: layer `n` on the tokens at `rows`. Blocks read every token
+    from one (B, L, D) buffer of latest states (halted tokens' frozen ones included), into
+    which the new states of the rows are written."""
 
     def __init__(self, blocks: Sequence[nn.Module], hidden: Tensor):
         self.blocks = blocks
         self.hidden = hidden  # (B, L, D): every token's latest state
         self.width = hidden.shape[-1]
 
-    def __call__(self, step: int, rows: Tensor | None, states: Tensor | None) -> Tensor:
-        block = self.blocks[step]
-        context = BlockContext(layer=step, step=0)  # as the dense depth hop: layer n, step 0
+    def __call__(self, n: int, rows: Tensor | None, states: Tensor | None) -> Tensor:
+        block = self.blocks[n]
+        context = BlockContext(layer=n, hop=0)  # as the dense depth hop: layer n, hop 0
         if rows is None:
             new = block(self.hidden, context)  # (B, L, D)
             if new.untyped_storage().data_ptr() == self.hidden.untyped_storage().data_ptr():
@@ -101,7 +95,7 @@ class DepthRowHops:
             self.hidden = new.contiguous()
             return self.hidden.view(-1, self.width)  # (B*L, D)
         new = block.forward_rows(self.hidden, rows, states, context)  # (K, D)
-        if step < len(self.blocks) - 1:  # the last layer's states are read by nobody else
+        if n < len(self.blocks) - 1:  # the last layer's states are read by nobody else
             self.hidden.view(-1, self.width).index_copy_(0, rows, new.to(self.hidden.dtype))
         return new
 

@@ -9,39 +9,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ponderlab.core.interfaces import PonderOutput
-
 from .execution import PackedHops
 
 
 class PackedTokens:
-    """The running tokens as packed (K, D) rows (no autograd); a token's output row, hop count
-    and remainder are written when it halts, and the rows shrink to the tokens still running."""
+    """The running tokens as packed (K, D) rows (no autograd); a token's output row and halting
+    hop are written when it halts, and the rows shrink to the tokens still running."""
 
-    def __init__(self, state: Tensor, hop: PackedHops, accumulation: torch.dtype):
+    def __init__(self, state: Tensor, hop: PackedHops):
         self.shape, self.dtype = state.shape, state.dtype
-        count = state.shape[:-1].numel()
         self.rows_hop = hop.rows
         self.rows: Tensor | None = None  # (K,) flat indices of the running tokens; None: all
         self.states: Tensor | None = None  # (K, D)
         self.accumulated: Tensor | None = None  # (K, D) sum_n p_n s_n of the running tokens
         self.output: Tensor | None = None  # (B*L, D)
-        self.hops = torch.zeros(count, dtype=accumulation, device=state.device)
-        self.remainder = torch.zeros_like(self.hops)
         self.weights: list[Tensor] = []  # p_n, (B*L,) each
+        self.halt_index = torch.zeros(state.shape[:-1].numel(), dtype=torch.long, device=state.device)
         self.active = None  # halting units see packed rows only
 
-    def first(self, mask: Tensor) -> Tensor:  # every token runs at hop 1
-        return mask.reshape(-1)
-
-    def hop(self, step: int) -> Tensor:
-        self.step = step
-        self.states = self.rows_hop(step, self.rows, self.states)  # (K, D)
+    def hop(self, n: int) -> Tensor:
+        self.states = self.rows_hop(n, self.rows, self.states)  # (K, D)
         return self.states
 
     def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
-        count = self.hops.shape[0]
-        full = weight if self.rows is None else weight.new_zeros(count).index_copy_(0, self.rows, weight)
+        full = weight if self.rows is None else weight.new_zeros(self.halt_index.shape).index_copy_(0, self.rows, weight)
         self.weights.append(full)
         if self.accumulated is None:
             self.accumulated = self.states * weight.unsqueeze(-1)  # (K, D)
@@ -58,20 +49,15 @@ class PackedTokens:
             self.output = self.accumulated
         else:
             self.output.index_copy_(0, halted_rows, self.accumulated.index_select(0, halted))
-        self.hops.index_fill_(0, halted_rows, float(self.step + 1))
-        self.remainder.index_copy_(0, halted_rows, weight.index_select(0, halted))
+        self.halt_index.index_fill_(0, halted_rows, len(self.weights) - 1)
         if kept.shape[0] == 0:
             return None
         self.rows = kept if self.rows is None else self.rows.index_select(0, kept)
         self.states, self.accumulated = self.states.index_select(0, kept), self.accumulated.index_select(0, kept)
         return tuple(tensor.index_select(0, kept) for tensor in carried)
 
-    def result(self) -> PonderOutput:
+    def result(self) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(output (B, L, D) in the state's dtype, p_n (B, L) per hop, N - 1 (B, L))."""
         batch_shape = self.shape[:-1]
-        return PonderOutput(
-            output=self.output.view(self.shape).to(self.dtype),
-            hops=self.hops.view(batch_shape),
-            ponder_cost=(self.hops + self.remainder).view(batch_shape),
-            remainder=self.remainder.view(batch_shape),
-            hop_weights=[weight.view(batch_shape) for weight in self.weights],
-        )
+        output = self.output.view(self.shape).to(self.dtype)
+        return output, [weight.view(batch_shape) for weight in self.weights], self.halt_index.view(batch_shape)

@@ -11,25 +11,13 @@ from .policy import speculation_mode
 class RunningTokens:
     """Which tokens a halting loop still runs, and whether the loop goes on.
 
-    Exact mode (the CPU): after each hop the number of running tokens is read at once;
-    `record` returns False as soon as no token runs, and `active` is None while every
-    token runs (no masking cost).
-
-    Speculative mode (see `ponderlab.core.early_exit.policy`): `record` copies "any token
-    running?" to the host without blocking, the loop queues the next hop with the mask as
-    `active`, and `keep_hop` reads the answer after that. When no token was running the
-    queued hop is dropped and the loop stops, with the exact mode's results (the dropped
-    hop froze every token). Under "auto" (CUDA) the choice is made per hop: speculate
-    only while the GPU is still busy with the hop just queued.
-
-        tokens = RunningTokens(state)
-        for step in range(cap):
-            new_state = hop(state, step, tokens.active)
-            if not tokens.keep_hop():
-                break
-            ...  # bookkeeping with new_state, giving `running`
-            if not tokens.record(running):
-                break
+    A loop calls `keep_hop()` after each hop (False: drop that hop and stop) and
+    `record(running)` after its bookkeeping (False: stop), and passes `active` to the next
+    hop. Exact mode (the CPU) reads the running count at once; `active` is None while every
+    token runs. Speculative mode (policy.py) copies "any token running?" to the host without
+    blocking and queues the next hop before reading it; when no token was running that hop
+    (which froze every token) is dropped. Under "auto" (CUDA) a hop is speculated only while
+    the GPU is still busy with the one before.
     """
 
     def __init__(self, state: Tensor):

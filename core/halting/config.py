@@ -9,22 +9,16 @@ from ponderlab.core.errors import SpecError
 
 
 class ACTConfig(HaltingConfig):
-    """A strategy with a cap on hops: `max_steps` in layer and model scopes; in depth
-    scope the cap is the number of layers, so setting `max_steps` there is an error.
-
-    `max_hops()` of a strategy reads `max_steps` in layer and model scope and the number
-    of layers in depth scope. A depth-scope config leaves `max_steps` out of its dump
-    (saved `spec.yaml`, `best.yaml`, tune trials), so what it writes validates again.
-    """
+    """A strategy with a cap on hops, `max_steps`, in layer and model scopes. In depth scope
+    the cap is the number of layers: setting `max_steps` there is an error, and the dump
+    (saved specs, tune trials) leaves it out, so what a config writes validates again."""
 
     max_steps: int = Field(4, ge=1, description="Cap on hops per token (M); layer and model scopes.")
 
     @model_validator(mode="after")
     def _no_cap_in_depth_scope(self):
         if self.scope == "depth" and "max_steps" in self.model_fields_set:
-            raise ValueError(
-                "max_steps does not apply in depth scope (the cap is the number of layers); remove it"
-            )
+            raise ValueError("max_steps does not apply in depth scope (the cap is the number of layers); remove it")
         return self
 
     @model_serializer(mode="wrap")

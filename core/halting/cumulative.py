@@ -10,17 +10,14 @@ from .loop import cumulative_halting_loop
 
 
 class CumulativeHalting(HaltingStrategy):
-    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap).
-
-    A subclass gives the threshold and the per-hop halting probability; `forward` runs
-    `cumulative_halting_loop`, on packed rows where the core offers them.
-    """
+    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap); a subclass
+    gives both, and `forward` runs `cumulative_halting_loop` (on packed rows where offered)."""
 
     def halting_threshold(self) -> float:
         raise NotImplementedError
 
-    def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        """h_n after hop `step`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
+    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        """h_n after hop `n`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
         raise NotImplementedError
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:

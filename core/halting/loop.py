@@ -25,7 +25,7 @@ from ponderlab.core.interfaces import HopFn, PonderOutput
 from .outputs import accumulate
 from .units import accumulation_dtype
 
-#: halting_probability(step, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
+#: halting_probability(n, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
 
 
@@ -40,19 +40,19 @@ def cumulative_halting_loop(
 ) -> PonderOutput:
     """Run the cumulative ACT loop over `state` (B, L, D); see the module docstring."""
     dtype = accumulation_dtype(state)
-    tokens = PackedTokens(state, hop, dtype) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
+    tokens = PackedTokens(state, hop) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
     total = remaining = None  # c_n and 1 - c_n of the tokens the layout keeps, made at hop 1
-    for step in range(n_hops):
-        states = tokens.hop(step)  # (B, L, D) or (K, D)
+    for n in range(n_hops):
+        states = tokens.hop(n)  # (B, L, D) or (K, D)
         if states is None:  # speculative mode: no token was running, that hop is dropped
             break
-        if step == n_hops - 1:  # the cap: every running token halts with its remainder
+        if n == n_hops - 1:  # the cap: every running token halts with its remainder
             weight = remaining if remaining is not None else states.new_ones(states.shape[:-1])
             running = None
         else:
-            h = halting_probability(step, states, tokens.active)  # >= 0
+            h = halting_probability(n, states, tokens.active)  # >= 0; (B, L), or (K,) = (B*L,) at hop 1
             if total is None:
-                total = h if mask is None else h.masked_fill(~tokens.first(mask), threshold + 1.0)
+                total = h if mask is None else h.masked_fill(~mask.reshape(h.shape), threshold + 1.0)
                 remaining = torch.ones_like(h)
             else:
                 total = total + h  # c_n only grows, so a halted token stays halted
@@ -63,29 +63,26 @@ def cumulative_halting_loop(
         if carried is None:
             break
         total, remaining = carried
-    return tokens.result()
+    output, weights, halt_index = tokens.result()
+    remainder = torch.stack(weights).gather(0, halt_index.unsqueeze(0)).squeeze(0)  # R = p_N
+    hops = halt_index.to(remainder.dtype).add_(1)  # N
+    return PonderOutput(output=output, hops=hops, ponder_cost=hops + remainder, remainder=remainder,
+                        hop_weights=weights)
 
 
-class DenseTokens:
-    """Whole (B, L, D) states; hop counts and remainders are read off the weights at the end."""
+class DenseTokens(RunningTokens):
+    """Whole (B, L, D) states, halted tokens frozen by the hop; `RunningTokens` says which run."""
 
     def __init__(self, state: Tensor, hop: HopFn):
+        super().__init__(state)
         self.state, self.hop_fn = state, hop
-        self.running = RunningTokens(state)
         self.output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
         self.weights: list[Tensor] = []  # p_n, (B, L) each
-        self.halt_index: Tensor | None = None  # N - 1 per token
+        self.halt_index = torch.zeros(state.shape[:-1], dtype=torch.long, device=state.device)  # N - 1
 
-    @property
-    def active(self) -> Tensor | None:
-        return self.running.active
-
-    def first(self, mask: Tensor) -> Tensor:  # (B, L) padding mask, as kept by this layout
-        return mask
-
-    def hop(self, step: int) -> Tensor | None:
-        new = self.hop_fn(self.state, step, self.running.active)  # halted tokens keep their state
-        if not self.running.keep_hop():
+    def hop(self, n: int) -> Tensor | None:
+        new = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
+        if not self.keep_hop():
             return None
         self.state = new
         return new
@@ -99,15 +96,9 @@ class DenseTokens:
             self.output = accumulate(self.output, weight, self.state)
         if running is None:
             return None
-        step = running.long()
-        self.halt_index = step if self.halt_index is None else self.halt_index.add_(step)
-        return carried if self.running.record(running) else None
+        self.halt_index += running  # a running token halts at a later hop
+        return carried if self.record(running) else None
 
-    def result(self) -> PonderOutput:
-        halt_index = self.halt_index
-        if halt_index is None:  # a single hop
-            halt_index = torch.zeros(self.weights[0].shape, dtype=torch.long, device=self.state.device)
-        remainder = torch.stack(self.weights).gather(0, halt_index.unsqueeze(0)).squeeze(0)  # R = p_N
-        hops = halt_index.to(remainder.dtype).add_(1)  # N
-        return PonderOutput(output=self.output.to(self.state.dtype), hops=hops,
-                            ponder_cost=hops + remainder, remainder=remainder, hop_weights=self.weights)
+    def result(self) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(output (B, L, D) in the state's dtype, p_n (B, L) per hop, N - 1 (B, L))."""
+        return self.output.to(self.state.dtype), self.weights, self.halt_index

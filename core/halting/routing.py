@@ -47,7 +47,7 @@ class RoutedBlock(Protocol):
 
         context.mixing "routed": token mixing reads only routed tokens (causally);
         "shared_kv": keys and values are those stored in `context.kv_cache[context.layer]`
-        at the site's first hop (step 0), which stores them there.
+        at the site's first hop (hop 0), which stores them there.
         """
 
 

@@ -100,7 +100,7 @@ class NeoXBlock(Block):
 
         mixing "routed": each routed token (B, L) attends causally to the routed tokens
         only. "shared_kv": keys and values are those of every token at the site's first
-        hop (step 0 stores them in `context.kv_cache[layer]`), causal over every token.
+        hop (hop 0 stores them in `context.kv_cache[layer]`), causal over every token.
         Gathered (default): each sequence's routed tokens are packed in their original
         order as (B, C, D), C the most routed in one sequence, and only they are computed
         (queries, attention among them or over the shared keys, output projection, MLP);
@@ -119,7 +119,7 @@ class NeoXBlock(Block):
         attention = layer.attention
         dropout = attention.attention_dropout if self.training else 0.0
         if context.mixing == "shared_kv":
-            if context.step == 0:
+            if context.hop == 0:
                 key, value = self.project_key_value(layer.input_layernorm(hidden), cos, sin)  # (B, H, L, dh)
                 context.kv_cache[context.layer] = (key, value)
             key, value = context.kv_cache[context.layer]
@@ -152,7 +152,7 @@ class NeoXBlock(Block):
         length = hidden.shape[1]
         allowed = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()  # (L, L)
         if context.mixing == "shared_kv":
-            if context.step == 0:
+            if context.hop == 0:
                 context.kv_cache[context.layer] = (key, value)
             key, value = context.kv_cache[context.layer]
         else:

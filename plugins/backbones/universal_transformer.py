@@ -5,7 +5,7 @@ Universal Transformer (Dehghani et al. 2018, arXiv 1807.03819): the same layer
 added to the state before each application; the halting strategy decides the
 number of hops per token (`ut`, `graves`, `pondernet`, `constant`, ...; with
 `none` it is a one-layer transformer). Hop n of a ponder loop passes
-`context.step = n`, which selects the depth signal.
+`context.hop = n`, which selects the depth signal.
 
 Defaults: one shared layer (`n_layers` > 1 stacks that many distinct shared
 layers), GPT-NeoX layer as in `transformer` (heads = n_layers, FFN = d_model,
@@ -36,12 +36,12 @@ class UniversalTransformerConfig(TransformerConfig):
     max_depth: int = Field(64, ge=1, description="Rows of the learned depth table (hops beyond it are an error).")
 
 
-def sinusoidal_signal(step: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The transformer timing signal at position `step` over `width` channels: (width,)."""
+def sinusoidal_signal(n: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The transformer timing signal at position `n` over `width` channels: (width,)."""
     half = width // 2
     scale = math.log(10000.0) / max(half - 1, 1)
     frequencies = torch.exp(-scale * torch.arange(half, device=device, dtype=torch.float32))
-    angles = step * frequencies  # (half,)
+    angles = n * frequencies  # (half,)
     signal = torch.cat([torch.sin(angles), torch.cos(angles)])
     if width % 2:
         signal = torch.cat([signal, signal.new_zeros(1)])
@@ -58,33 +58,33 @@ class DepthSignal(nn.Module):
         self.max_depth = max_depth
         self.table = nn.Embedding(max_depth, d_model) if kind == "learned" else None
 
-    def forward(self, step: int, like: Tensor) -> Tensor:  # -> (D,)
+    def forward(self, n: int, like: Tensor) -> Tensor:  # -> (D,)
         if self.table is None:
-            return sinusoidal_signal(step, self.d_model, like.device, like.dtype)
-        if step >= self.max_depth:
+            return sinusoidal_signal(n, self.d_model, like.device, like.dtype)
+        if n >= self.max_depth:
             raise ValueError(
-                f"universal_transformer: hop {step} exceeds backbone.max_depth={self.max_depth}; raise it"
+                f"universal_transformer: hop {n} exceeds backbone.max_depth={self.max_depth}; raise it"
             )
-        return self.table.weight[step].to(like.dtype)
+        return self.table.weight[n].to(like.dtype)
 
 
 class UTBlock(NeoXBlock):
-    """The shared layer: adds the depth signal of `context.step`, then the GPT-NeoX layer."""
+    """The shared layer: adds the depth signal of `context.hop`, then the GPT-NeoX layer."""
 
     def __init__(self, hf_config, layer_index: int, depth: DepthSignal):
         super().__init__(hf_config, layer_index)
         self.depth = depth
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
-        hidden = hidden + self.depth(context.step, hidden)  # (B, L, D) + (D,)
+        hidden = hidden + self.depth(context.hop, hidden)  # (B, L, D) + (D,)
         return super().forward(hidden, context)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
-        signal = self.depth(context.step, hidden)  # (D,): every token's input gets it, as in forward
+        signal = self.depth(context.hop, hidden)  # (D,): every token's input gets it, as in forward
         return super().forward_rows(hidden + signal, rows, states + signal, context)  # (K, D)
 
     def forward_routed(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
-        hidden = hidden + self.depth(context.step, hidden)  # as in forward
+        hidden = hidden + self.depth(context.hop, hidden)  # as in forward
         return super().forward_routed(hidden, routed, context)  # (B, L, D)
 
 

@@ -102,8 +102,8 @@ class CALM(HaltingStrategy):
             return self._train_forward(state, hop, head)
         confidence = self.confidence(head)
         if confidence is None:
-            for step in range(self.n_layers):
-                state = hop(state, step, None)
+            for n in range(self.n_layers):
+                state = hop(state, n, None)
             return fixed_hops_output(state, self.n_layers)
         thresholds = position_thresholds(
             self.config.threshold, state.shape[1], tau=self.config.decay_tau,
@@ -116,8 +116,8 @@ class CALM(HaltingStrategy):
 
     def _train_forward(self, state: Tensor, hop: HopFn, head: ExitHead | None) -> PonderOutput:
         states = []
-        for step in range(self.n_layers):
-            state = hop(state, step, None)  # (B, L, D)
+        for n in range(self.n_layers):
+            state = hop(state, n, None)  # (B, L, D)
             states.append(state)
         output = fixed_hops_output(state, self.n_layers)
         if self.config.layer_loss:

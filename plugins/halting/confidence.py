@@ -69,17 +69,17 @@ def confident_exit_loop(
     hops = torch.zeros(state.shape[:-1], dtype=dtype, device=state.device)  # (B, L)
     running = torch.ones(state.shape[:-1], dtype=torch.bool, device=state.device)
     tokens = RunningTokens(state)
-    for step in range(n_layers):
-        new = hop(state, step, tokens.active)  # (B, L, D)
+    for n in range(n_layers):
+        new = hop(state, n, tokens.active)  # (B, L, D)
         if not tokens.keep_hop():
             break
         hops = hops + running.to(dtype)
         previous, state = state, new
-        if step == n_layers - 1:
+        if n == n_layers - 1:
             break
-        confident = running_confident(confidence, step, state, previous, thresholds, running)  # (B, L)
+        confident = running_confident(confidence, n, state, previous, thresholds, running)  # (B, L)
         running = running & ~confident
-        if mask is not None and step == 0:
+        if mask is not None and n == 0:
             running = running & mask  # padding exits after its first layer
         if not tokens.record(running):
             break
@@ -88,7 +88,7 @@ def confident_exit_loop(
 
 
 def running_confident(
-    confidence: ConfidenceFn, step: int, new: Tensor, old: Tensor, thresholds: Tensor, running: Tensor
+    confidence: ConfidenceFn, n: int, new: Tensor, old: Tensor, thresholds: Tensor, running: Tensor
 ) -> Tensor:
     """(B, L) confidence >= thresholds (L,) at the running tokens (B, L), False elsewhere.
 
@@ -97,9 +97,9 @@ def running_confident(
     there (`ponderlab.core.early_exit.policy`): then for every token, masked.
     """
     if speculates(new) or bool(running.all()):
-        return (confidence(step, new, old) >= thresholds) & running
+        return (confidence(n, new, old) >= thresholds) & running
     rows = active_rows(running)  # (K,)
-    values = confidence(step, gather_active(new, rows).unsqueeze(0), gather_active(old, rows).unsqueeze(0))[0]  # (K,)
+    values = confidence(n, gather_active(new, rows).unsqueeze(0), gather_active(old, rows).unsqueeze(0))[0]  # (K,)
     confident = values >= thresholds[rows % running.shape[1]]  # (K,) each at its position
     return rows_mask(rows[confident], running.shape)
 

@@ -44,8 +44,8 @@ class ConstantDepth(HaltingStrategy):
         return self.config.steps
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
-        for step in range(self.config.steps):
-            state = hop(state, step, None)
+        for n in range(self.config.steps):
+            state = hop(state, n, None)
         return fixed_hops_output(state, self.config.steps)
 
 

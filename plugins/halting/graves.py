@@ -10,11 +10,7 @@ Defaults: epsilon 0.01 (the paper), halting_bias_init 1.0 (seed 000 / t2t),
 max_steps 4 (seed 000's max_hop), time_penalty 0 (seed 000 uses 3e-4 on CA/LSTM).
 Scopes: layer (one loop per layer), model (the stack is one hop) and depth (the
 distinct layers, one halting unit each; the cap is the number of layers, so
-`max_steps` must not be set there).
-
-Halted tokens are frozen (passed as inactive to later hops), so a block that
-computes rows skips their work, and the loop stops as soon as every token halted
-(the loop: `ponderlab.core.halting.cumulative_halting_loop`).
+`max_steps` must not be set there). Loop: `ponderlab.core.halting.cumulative_halting_loop`.
 """
 
 from __future__ import annotations
@@ -39,7 +35,6 @@ class GravesACT(CumulativeHalting):
     """Vectorised Graves ACT over all tokens of a (B, L, D) state."""
 
     config_class = GravesConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
@@ -48,8 +43,8 @@ class GravesACT(CumulativeHalting):
         units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
-    def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        return self.units[step if self.per_layer else 0](state, active)  # (B, L)
+    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        return self.units[n if self.per_layer else 0](state, active)  # (B, L)
 
     def halting_threshold(self) -> float:
         return 1.0 - self.config.epsilon

@@ -139,8 +139,8 @@ class LayerSkip(HaltingStrategy):
                 thresholds=thresholds, mask=mask,
             )
         layers = self.config.exit_layer or self.n_layers
-        for step in range(layers):
-            state = hop(state, step, None)
+        for n in range(layers):
+            state = hop(state, n, None)
         return fixed_hops_output(state, layers)
 
     def _train_forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
@@ -151,10 +151,10 @@ class LayerSkip(HaltingStrategy):
         batch, length = state.shape[:2]
         hops = torch.zeros(batch, length, dtype=accumulation_dtype(state), device=state.device)
         states = []
-        for step, rate in enumerate(rates):
+        for n, rate in enumerate(rates):
             kept = torch.rand(batch, device=state.device) >= rate  # (B,) sequences running layer l
             active = None if bool(kept.all()) else kept.unsqueeze(1).expand(batch, length)
-            state = hop(state, step, active)  # (B, L, D); dropped sequences keep their state
+            state = hop(state, n, active)  # (B, L, D); dropped sequences keep their state
             hops = hops + kept.unsqueeze(1).to(hops.dtype)
             states.append(state)
         enabled = curriculum(config.exit_curriculum, t, self.n_layers, config.rotation,

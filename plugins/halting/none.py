@@ -31,8 +31,8 @@ class NoHalting(HaltingStrategy):
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
         hops = self.max_hops()
-        for step in range(hops):
-            state = hop(state, step, None)
+        for n in range(hops):
+            state = hop(state, n, None)
         return fixed_hops_output(state, hops)
 
 

@@ -110,8 +110,8 @@ class PonderNet(HaltingStrategy):
     def loss_weight(self) -> float:
         return 0.0  # the KL term (aux_loss) is PonderNet's regulariser
 
-    def lambda_at(self, step: int, state: Tensor) -> Tensor:
-        return self.units[step if len(self.units) > 1 else 0](state)  # (B, L)
+    def lambda_at(self, n: int, state: Tensor) -> Tensor:
+        return self.units[n if len(self.units) > 1 else 0](state)  # (B, L)
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         if self.training:
@@ -123,10 +123,10 @@ class PonderNet(HaltingStrategy):
         n_hops = self.max_hops()
         dtype = accumulation_dtype(state)
         states, lambdas = [], []
-        for step in range(n_hops):
-            state = hop(state, step, None)
+        for n in range(n_hops):
+            state = hop(state, n, None)
             states.append(state)
-            lambdas.append(self.lambda_at(step, state))
+            lambdas.append(self.lambda_at(n, state))
         p = halting_distribution(torch.stack(lambdas, dim=-1))  # (B, L, N)
         prior = truncated_geometric(self.config.lambda_p, n_hops, dtype=dtype, device=p.device)
         kl = kl_to_prior(p, prior)  # (B, L)
@@ -159,28 +159,28 @@ class PonderNet(HaltingStrategy):
         survive = torch.ones_like(hops)  # prod_{j<n}(1 - lambda_j)
         best = torch.full(shape, -1.0, dtype=dtype, device=state.device)  # best p_n so far
         tokens = RunningTokens(state)
-        for step in range(n_hops):
-            next_state = hop(state, step, tokens.active)
+        for n in range(n_hops):
+            next_state = hop(state, n, tokens.active)
             if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
                 break
             state = next_state
-            lam = self.lambda_at(step, state)
-            last = step == n_hops - 1
+            lam = self.lambda_at(n, state)
+            last = n == n_hops - 1
             # tokens that must stop now: all at the cap, padding after its first hop
-            forced = ~mask if step == 0 and mask is not None and not last else last
+            forced = ~mask if n == 0 and mask is not None and not last else last
             hops = hops + running.to(dtype)
             if most_likely:
                 p_n = survive if last else lam * survive
                 better = running & (p_n > best)
                 output = where_rows(better, state, output)
-                halting_step = torch.where(better, torch.full_like(hops, step + 1.0), halting_step)
+                halting_step = torch.where(better, torch.full_like(hops, n + 1.0), halting_step)
                 best = torch.where(better, p_n, best)
                 survive = survive * (1.0 - lam)
-                stops = running & ((best >= survive) | forced)  # at step 0 every token is `better`
+                stops = running & ((best >= survive) | forced)  # at hop 0 every token is `better`
             else:
                 stops = running & ((torch.rand_like(lam) < lam) | forced)
                 output = where_rows(stops, state, output)
-                halting_step = torch.where(stops, torch.full_like(hops, step + 1.0), halting_step)
+                halting_step = torch.where(stops, torch.full_like(hops, n + 1.0), halting_step)
             running = running & ~stops
             if not tokens.record(running):
                 break

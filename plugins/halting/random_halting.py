@@ -109,10 +109,10 @@ class RandomHalting(HaltingStrategy):
         if mask is not None:
             counts = counts.masked_fill(~mask, 1)  # padding takes one hop
         tokens = RunningTokens(state)
-        for step in range(cap):
-            if step > 0 and not tokens.record(counts > step):  # (B, L) running mask
+        for n in range(cap):
+            if n > 0 and not tokens.record(counts > n):  # (B, L) running mask
                 break
-            next_state = hop(state, step, tokens.active)
+            next_state = hop(state, n, tokens.active)
             if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
                 break
             state = next_state

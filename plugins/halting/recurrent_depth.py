@@ -130,13 +130,13 @@ class RecurrentDepth(HaltingStrategy):
             steps = sample_recurrence(config.mean_recurrence, config.sigma, config.max_steps)
             first_with_grad = max(0, steps - config.backprop_steps)
             grad = torch.is_grad_enabled()
-            for step in range(steps):
-                with torch.set_grad_enabled(grad and step >= first_with_grad):
-                    current = hop(self.inject(embedded, current), step, None)
+            for n in range(steps):
+                with torch.set_grad_enabled(grad and n >= first_with_grad):
+                    current = hop(self.inject(embedded, current), n, None)
             return fixed_hops_output(current, steps)
         if head is None or self.config.exit_threshold is None:
-            for step in range(self.config.max_steps):
-                current = hop(self.inject(embedded, current), step, None)
+            for n in range(self.config.max_steps):
+                current = hop(self.inject(embedded, current), n, None)
             return fixed_hops_output(current, self.config.max_steps)
         return self._kl_exit(embedded, current, hop, head, mask)
 
@@ -147,8 +147,8 @@ class RecurrentDepth(HaltingStrategy):
         running = torch.ones(embedded.shape[:-1], dtype=torch.bool, device=embedded.device)
         tokens = RunningTokens(embedded)
         previous_logits = None
-        for step in range(self.config.max_steps):
-            new = hop(self.inject(embedded, current), step, tokens.active)  # (B, L, D)
+        for n in range(self.config.max_steps):
+            new = hop(self.inject(embedded, current), n, tokens.active)  # (B, L, D)
             if not tokens.keep_hop():
                 break
             hops = hops + running.to(dtype)
@@ -159,7 +159,7 @@ class RecurrentDepth(HaltingStrategy):
                     running = running & mask  # padding stops after its first iteration
             else:
                 running = kl_still_running(head, current, previous_logits, running, self.config.exit_threshold)
-            if step == self.config.max_steps - 1 or not tokens.record(running):
+            if n == self.config.max_steps - 1 or not tokens.record(running):
                 break
         return fixed_hops_output(current, hops)
 

@@ -4,7 +4,7 @@ These loops follow the formulas of docs/halting.md one token at a time with
 Python floats, so they are easy to read and check against the papers. The tests
 compare the vectorised strategies with them; third-party halting strategies can
 do the same. Functions take one token's initial state `s0` (D,) and position-wise
-callables: `step_fn(step, s) -> s` (the hop) and `halt_fn(step, s) -> float`.
+callables: `step_fn(n, s) -> s` (the hop) and `halt_fn(n, s) -> float`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ HaltFn = Callable[[int, Tensor], float]
 def cumulative_act_token(s0: Tensor, step_fn: StepFn, halt_fn: HaltFn, *, n_hops: int, threshold: float) -> dict:
     """Graves / threshold ACT for one token: h_n on the state after hop n; halt when sum h >= threshold."""
     state, total, weights, output = s0, 0.0, [], torch.zeros_like(s0)
-    for step in range(n_hops):
-        state = step_fn(step, state)
-        h = None if step == n_hops - 1 else halt_fn(step, state)  # the cap needs no h
+    for n in range(n_hops):
+        state = step_fn(n, state)
+        h = None if n == n_hops - 1 else halt_fn(n, state)  # the cap needs no h
         if h is None or total + h >= threshold:
             remainder = 1.0 - total
             weights.append(remainder)
             output = output + remainder * state
-            return {"output": output, "hops": step + 1, "remainder": remainder,
-                    "ponder_cost": step + 1 + remainder, "weights": weights}
+            return {"output": output, "hops": n + 1, "remainder": remainder,
+                    "ponder_cost": n + 1 + remainder, "weights": weights}
         weights.append(h)
         output = output + h * state
         total += h
@@ -42,28 +42,28 @@ def ut_act_token(
 ) -> dict:
     """tensor2tensor ACT for one token: p on the state entering the hop; halt when H + p > threshold."""
     state, halting, output, weights = s0, 0.0, torch.zeros_like(s0), []
-    for step in range(max_steps):
-        p = halt_fn(step, state)
-        state = step_fn(step, state)
-        halts = halting + p > threshold or step == max_steps - 1
+    for n in range(max_steps):
+        p = halt_fn(n, state)
+        state = step_fn(n, state)
+        halts = halting + p > threshold or n == max_steps - 1
         weight = 1.0 - halting if halts else p
         if not halts:
             halting += p
         weights.append(weight)
         output = output + weight * state if combine == "accumulated" else weight * state + (1 - weight) * output
         if halts:
-            return {"output": output, "hops": step + 1, "remainder": weight,
-                    "ponder_cost": step + 1 + weight, "weights": weights}
+            return {"output": output, "hops": n + 1, "remainder": weight,
+                    "ponder_cost": n + 1 + weight, "weights": weights}
     raise AssertionError("unreachable: the last hop always halts")
 
 
 def pondernet_token(s0: Tensor, step_fn: StepFn, lambda_fn: HaltFn, *, n_hops: int, lambda_p: float) -> dict:
     """PonderNet for one token: p_n, the hop states, KL(p || truncated geometric(lambda_p))."""
     state, survive, probs, states = s0, 1.0, [], []
-    for step in range(n_hops):
-        state = step_fn(step, state)
+    for n in range(n_hops):
+        state = step_fn(n, state)
         states.append(state)
-        lam = 1.0 if step == n_hops - 1 else lambda_fn(step, state)
+        lam = 1.0 if n == n_hops - 1 else lambda_fn(n, state)
         probs.append(lam * survive)
         survive *= 1.0 - lam
     prior = [lambda_p * (1 - lambda_p) ** k for k in range(n_hops)]
@@ -104,11 +104,11 @@ class ScriptedHop:
             state[..., self.cap] = self.controls[..., 0]
         return state
 
-    def __call__(self, state: Tensor, step: int, active: Tensor | None) -> Tensor:
+    def __call__(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
         self.calls.append(active)
         new = torch.zeros_like(state)
-        new[..., step] = 1.0
-        new[..., self.cap] = self.controls[..., step + self.shift] if step + self.shift < self.controls.shape[-1] else 0.0
+        new[..., n] = 1.0
+        new[..., self.cap] = self.controls[..., n + self.shift] if n + self.shift < self.controls.shape[-1] else 0.0
         new[..., self.cap + 1] = 1.0
         if active is None:
             return new

@@ -143,7 +143,7 @@ class PositionwiseLayers:
     def layer(self, n: int, s: torch.Tensor) -> torch.Tensor:
         return torch.tanh(s @ self.weights[n].T.to(s.dtype) + self.biases[n].to(s.dtype)) + s
 
-    def hop(self, state, step, active):
+    def hop(self, state, n, active):
         self.active.append(active)
-        new = self.layer(step, state)
+        new = self.layer(n, state)
         return new if active is None else torch.where(active.unsqueeze(-1), new, state)

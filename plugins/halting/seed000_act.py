@@ -110,20 +110,20 @@ class Seed000ACT(HaltingStrategy):
         output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # y, (B, L, D)
         weights: list[Tensor] = []  # w_n, (B, L) each
         active: Tensor | None = None  # tokens the next hop transforms (None: all)
-        for step in range(cfg.max_steps):
+        for n in range(cfg.max_steps):
             running = halting < 1.0  # (B, L)
             if not bool((running & (halting < cfg.threshold)).any()):
                 break
             if cfg.probability_from == "entering":
                 p = self.probability(state, dtype)
-            state = hop(state, step, active)  # (B, L, D)
+            state = hop(state, n, active)  # (B, L, D)
             if cfg.probability_from == "produced":
                 p = self.probability(state, dtype)
             run = running.to(dtype)
             reached = halting + p * run > cfg.threshold
-            if cfg.cap_remainder and step == cfg.max_steps - 1:
+            if cfg.cap_remainder and n == cfg.max_steps - 1:
                 reached = torch.ones_like(reached)
-            if step == 0 and mask is not None:
+            if n == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop, with weight 1
             halting, remainder, n_updates, weight = t2t_hop_update(
                 p, reached, running, halting, remainder, n_updates

@@ -74,8 +74,8 @@ class ThresholdACT(CumulativeHalting):
             HaltingMLP(d_model, bias, config.halting_hidden) for _ in range(n_layers - 1)
         )
 
-    def halting_probability(self, step: int, state: Tensor, active: Tensor | None) -> Tensor:
-        return self.units[step](state, active)  # (B, L), zero for inactive tokens
+    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
+        return self.units[n](state, active)  # (B, L), zero for inactive tokens
 
     def halting_threshold(self) -> float:
         return self.config.threshold

@@ -83,15 +83,15 @@ class UniversalTransformerACT(HaltingStrategy):
         output = torch.zeros_like(state, dtype=dtype)  # y, (B, L, D), in the state's memory layout
         weights: list[Tensor] = []  # w_n per hop
         tokens = RunningTokens(state)
-        for step in range(max_steps):
+        for n in range(max_steps):
             p = self.unit(state)  # (B, L), from the state entering this hop
             run = running.to(dtype)
             reached = halting + p * run > threshold
-            if step == max_steps - 1:
+            if n == max_steps - 1:
                 reached = torch.ones_like(reached)
-            elif step == 0 and mask is not None:
+            elif n == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop
-            next_state = hop(state, step, tokens.active)
+            next_state = hop(state, n, tokens.active)
             if not tokens.keep_hop():  # speculative mode: no token was running, drop that hop
                 break
             state = next_state

@@ -55,8 +55,8 @@ class ConfidenceExit(HaltingStrategy):
         aux_count = torch.zeros((), device=state.device)
         previous = state
         tokens = RunningTokens(state)  # no host read per hop on a GPU (docs/plugins.md)
-        for step in range(self.max_hops()):
-            new_state = hop(state, step, tokens.active)  # (B, L, D)
+        for n in range(self.max_hops()):
+            new_state = hop(state, n, tokens.active)  # (B, L, D)
             if not tokens.keep_hop():  # queued after every token had exited: drop it
                 break
             state = new_state
