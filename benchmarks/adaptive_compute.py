@@ -95,7 +95,7 @@ def shown(scope: str, options: dict) -> str:
 
 def row(name: str, timing: dict, layers: float, ideal: float, settings: str) -> str:
     speedup = 1.0 / timing["ratio"]
-    return (f"{name:<30}{1e3 * timing['first']:>10.1f}{1e3 * timing['second']:>10.1f}"
+    return (f"{name:<34}{1e3 * timing['first']:>10.1f}{1e3 * timing['second']:>10.1f}"
             f"{layers:>11.2f}{speedup:>9.2f}{ideal:>7.2f}{speedup / ideal:>7.2f}  {settings}")
 
 
@@ -171,7 +171,7 @@ def main() -> None:
     with torch.no_grad():
         fixed_layers = float(fixed(ids).stats.layers.float().mean())
 
-    header = (f"{'method':<30}{'ms fixed':>10}{'ms method':>10}{'layers/tok':>11}{'speedup':>9}"
+    header = (f"{'method':<34}{'ms fixed':>10}{'ms method':>10}{'layers/tok':>11}{'speedup':>9}"
               f"{'ideal':>7}{'eff.':>7}  settings")
     print(header)
     print("-" * len(header))
@@ -192,7 +192,7 @@ def main() -> None:
                     block.routed_execution = execution
             timing, layers, ideal = forward_case(model, fixed, fixed_layers, ids, args, device)
         except Exception as exc:  # a plugin that cannot run here is reported, not fatal
-            print(f"{method:<30} could not run: {type(exc).__name__}: {exc}"[:160])
+            print(f"{method:<34} could not run: {type(exc).__name__}: {exc}"[:160])
             continue
         print(row(method, timing, layers, ideal, shown(model.scope, options)), flush=True)
         if method == "layerskip fixed exit" and (args.only is None or "layerskip self-speculative" in args.only):
