@@ -100,6 +100,14 @@ def test_shared_kv_first_hop_with_a_subset_routed_stores_every_tokens_keys():
     torch.testing.assert_close(outs["gathered"][routed], outs["masked"][routed])
 
 
+def test_nothing_routed_leaves_every_row_unchanged():
+    block = backbone().blocks[1].eval()
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        out = run_block(block, hidden, torch.zeros(2, 5, dtype=torch.bool), "routed", "gathered")
+    assert torch.equal(out, hidden)
+
+
 def test_the_mlp_computes_routed_tokens_only():
     block = backbone().blocks[1].eval()
     seen = []
