@@ -82,6 +82,8 @@ def test_refused_settings():
                 {"exit_layer": 1, "draft_tokens": 0}):
         with pytest.raises(ValueError):
             self_speculative_decode(net, ids, 3, **bad)
+    with pytest.raises(ValueError, match="eval mode"):
+        self_speculative_decode(model().train(), ids, 3, exit_layer=1, draft_tokens=2)
     shared = tiny_model(UniversalTransformerACT, UTConfig(scope="model"), layers=2).eval()
     with pytest.raises(ValueError, match="depth scope"):
         self_speculative_decode(shared, ids, 3, exit_layer=1, draft_tokens=2)

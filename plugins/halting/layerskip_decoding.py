@@ -64,7 +64,10 @@ class DecodingStats:
 
 
 def require_decodable(model: PonderModel, exit_layer: int) -> None:
-    """ValueError unless `model` is a depth-scope model without segments and 1 <= E <= N."""
+    """ValueError unless `model` is a depth-scope model without segments, in eval mode
+    (dropout would make the two passes disagree), and 1 <= E <= N."""
+    if model.training:
+        raise ValueError("decode with the model in eval mode (model.eval())")
     if model.scope != "depth" or model.backbone.uses_segments:
         raise ValueError("self-speculative decoding needs depth scope (distinct layers) and no segment memory")
     if not 1 <= exit_layer <= model.n_layers:
