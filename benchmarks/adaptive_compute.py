@@ -24,6 +24,7 @@ alternates the fixed model and the method (`--repeats` each, medians of the per-
 ratios, see benchmarks/halting.py); on the CPU one thread, thread CPU time.
 
     nice -n 5 python benchmarks/adaptive_compute.py
+    nice -n 5 python benchmarks/adaptive_compute.py --train --only "fixed depth" mixture_of_depths ...
     python benchmarks/adaptive_compute.py --device cuda --d-model 512 --length 512
 """
 
@@ -100,12 +101,21 @@ def row(name: str, timing: dict, layers: float, ideal: float, settings: str) -> 
 
 
 def forward_case(model, fixed, fixed_layers: float, ids, args, device) -> tuple[dict, float, float]:
-    """Timing of one forward of `model` against `fixed`, its layers per token and the ideal."""
+    """Timing of one forward of `model` against `fixed` (with `--train`: a training step,
+    forward and backward), its layers per token and the ideal."""
+    if args.train:
+        model.train()
+        fixed.train()
+        torch.manual_seed(0)
     with torch.no_grad():
         layers = float(model(ids).stats.layers.float().mean())
 
     def forward(net):
         def run():
+            if args.train:
+                net.zero_grad(set_to_none=True)
+                net(ids, labels=ids).loss.backward()
+                return
             with torch.no_grad():
                 net(ids)
         return run
@@ -155,6 +165,8 @@ def main() -> None:
     parser.add_argument("--decode-new", type=int, default=16)
     parser.add_argument("--only", nargs="*", default=None, help="Run only these methods (names as printed).")
     parser.add_argument("--all", action="store_true", help="Also every other registered halting strategy.")
+    parser.add_argument("--train", action="store_true",
+                        help="Time a training step (forward + backward) instead of inference; no decoding row.")
     args = parser.parse_args()
     if args.device == "cpu":
         device = single_thread_cpu()
@@ -164,7 +176,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, d_model {args.d_model}, ffn "
           f"{args.ffn or 4 * args.d_model}, {args.layers} layers, {args.heads} heads, batch {args.batch} x "
-          f"length {args.length}, vocab {args.vocab}, repeats {args.repeats}")
+          f"length {args.length}, vocab {args.vocab}, repeats {args.repeats}"
+          + (", training step (forward + backward)" if args.train else ", inference forward"))
     torch.manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.batch, args.length), device=device)
     fixed = build("none", "depth", {}, False, args, device)
@@ -195,9 +208,9 @@ def main() -> None:
             print(f"{method:<34} could not run: {type(exc).__name__}: {exc}"[:160])
             continue
         print(row(method, timing, layers, ideal, shown(model.scope, options)), flush=True)
-        if method == "layerskip fixed exit" and (args.only is None or "layerskip self-speculative" in args.only):
+        if method == "layerskip fixed exit" and not args.train and (args.only is None or "layerskip self-speculative" in args.only):
             print(decoding_case(args, device), flush=True)
-    if args.only is not None and "layerskip self-speculative" in args.only and "layerskip fixed exit" not in args.only:
+    if not args.train and args.only is not None and "layerskip self-speculative" in args.only and "layerskip fixed exit" not in args.only:
         print(decoding_case(args, device), flush=True)
 
 
