@@ -117,6 +117,36 @@ def test_causal_at_inference(scope):
     assert not torch.equal(a.logits[:, 5:], b.logits[:, 5:])
 
 
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_running_rows_equal_the_dense_computation(scope, monkeypatch):
+    """At inference the head (and the core's rows path) runs on running tokens only; the
+    dense computation (every token through the core and the head, stopped ones frozen) agrees."""
+    import ponderlab.core.early_exit.execution as execution
+    import ponderlab.plugins.halting.recurrent_depth as module
+
+    config = RecurrentDepthConfig(scope=scope, max_steps=5, exit_threshold=0.05)
+    model = tiny_model(RecurrentDepth, config, layers=2).double().eval()
+    head_rows = []
+    model.head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[:-1].numel()))
+    ids = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    mask[1, 6:] = False
+    with torch.no_grad():
+        torch.manual_seed(0)
+        fast = model(ids, mask=mask)
+        fast_rows, head_rows[:] = list(head_rows), []
+        with monkeypatch.context() as patch:
+            patch.setattr(execution, "computes_rows", lambda block: False)
+            patch.setattr(module, "speculates", lambda state: True)
+            torch.manual_seed(0)
+            slow = model(ids, mask=mask)
+    hops = fast.stats.hops[mask]
+    assert hops.min() < hops.max(), "the case must mix exit iterations"
+    assert torch.equal(fast.stats.hops, slow.stats.hops)
+    torch.testing.assert_close(fast.logits, slow.logits)
+    assert min(fast_rows[1:-1]) < 24 and max(head_rows) == 24  # rows only vs every token
+
+
 def test_depth_scope_is_rejected():
     with pytest.raises(SpecError, match="does not support scope 'depth'"):
         RecurrentDepth(RecurrentDepthConfig(scope="depth"), d_model=4, n_layers=2)

@@ -67,7 +67,8 @@ class NeoXBlock(Block):
     `forward` is `GPTNeoXLayer.forward`. `forward_rows` computes the running tokens
     only: halted tokens cost only layer norm and their key/value projection, because
     running tokens still attend to them (keys and values from their frozen states, as
-    in CALM). Queries, attention, the output projection and the MLP run for the rows.
+    in CALM), and only up to the last running position (later ones are read by nobody).
+    Queries, attention, the output projection and the MLP run for the rows.
     """
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
@@ -85,16 +86,65 @@ class NeoXBlock(Block):
         return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        if rows.numel() == 0:
+            return states  # (0, D)
         _, cos_sin = self.rotary_tables(hidden)
         return self.update_rows(hidden, rows_mask(rows, hidden.shape[:2]), rows, states, cos_sin)
+
+    #: how `forward_routed` computes: "gathered" (the routed tokens only, the default) or
+    #: "masked" (every token, attention masked; the dense path it must equal)
+    routed_execution: Literal["gathered", "masked"] = "gathered"
 
     def forward_routed(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
         """The layer with token mixing restricted for routing (`ponderlab.core.halting.routing`).
 
-        mixing "routed": each token attends causally to the routed tokens (B, L) only (and to
-        itself, so unrouted rows, which the core discards, stay finite). "shared_kv": keys
-        and values are those of the site's first hop (hop 0 stores them in
-        `context.kv_cache[layer]`), causal over every token. Computed densely: (B, L, D).
+        mixing "routed": each routed token (B, L) attends causally to the routed tokens
+        only. "shared_kv": keys and values are those of every token at the site's first
+        hop (hop 0 stores them in `context.kv_cache[layer]`), causal over every token.
+        Gathered (default): each sequence's routed tokens are packed in their original
+        order as (B, C, D), C the most routed in one sequence, and only they are computed
+        (queries, attention among them or over the shared keys, output projection, MLP);
+        unrouted rows come back unchanged: (B, L, D). "masked": `forward_routed_masked`.
+        """
+        if self.routed_execution == "masked":
+            return self.forward_routed_masked(hidden, routed, context)
+        layer = self.layer
+        width = hidden.shape[-1]
+        positions, valid = routed_positions(routed)  # (B, C) each
+        index = positions.unsqueeze(-1).expand(-1, -1, width)  # (B, C, D)
+        gathered = hidden.gather(1, index)  # (B, C, D), original order
+        _, (cos, sin) = self.rotary_tables(hidden)  # (1, L, r)
+        cos_at, sin_at = cos[0][positions], sin[0][positions]  # (B, C, r)
+        normed = layer.input_layernorm(gathered)
+        attention = layer.attention
+        dropout = attention.attention_dropout if self.training else 0.0
+        if context.mixing == "shared_kv":
+            if context.hop == 0:
+                key, value = self.project_key_value(layer.input_layernorm(hidden), cos, sin)  # (B, H, L, dh)
+                context.kv_cache[context.layer] = (key, value)
+            key, value = context.kv_cache[context.layer]
+            query = self.project_query(normed, cos_at, sin_at)  # (B, H, C, dh)
+            allowed = torch.arange(hidden.shape[1], device=hidden.device) <= positions.unsqueeze(-1)  # (B, C, L)
+            mixed = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=allowed.unsqueeze(1), dropout_p=dropout, scale=attention.scaling
+            )  # (B, H, C, dh)
+        else:
+            query, key, value = self.project_qkv(normed, cos_at, sin_at)  # (B, H, C, dh) each
+            # routed tokens come first in each row, in order: causal over C is causal by
+            # position among them (padding slots sit after them and are read by nobody)
+            mixed = F.scaled_dot_product_attention(
+                query, key, value, is_causal=True, dropout_p=dropout, scale=attention.scaling
+            )  # (B, H, C, dh)
+        attn = layer.post_attention_dropout(attention.dense(mixed.transpose(1, 2).flatten(2)))  # (B, C, D)
+        updated = self.residual_update(gathered, attn)  # (B, C, D)
+        updated = torch.where(valid.unsqueeze(-1), updated, gathered)  # padding slots: unchanged
+        return hidden.scatter(1, index, updated)  # (B, L, D)
+
+    def forward_routed_masked(self, hidden: Tensor, routed: Tensor, context: BlockContext) -> Tensor:
+        """`forward_routed` computed for every token with an attention mask: (B, L, D).
+
+        Each token attends causally to the routed tokens and itself (so unrouted rows, which
+        the core discards, stay finite). The dense reference the gathered path must equal.
         """
         layer = self.layer
         _, (cos, sin) = self.rotary_tables(hidden)
@@ -114,13 +164,41 @@ class NeoXBlock(Block):
             dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
         )  # (B, H, L, dh)
         attn = layer.post_attention_dropout(attention.dense(mixed.transpose(1, 2).flatten(2)))  # (B, L, D)
+        return self.residual_update(hidden, attn)
+
+    def residual_update(self, residual: Tensor, attn: Tensor) -> Tensor:
+        """The layer's output from its input `residual` and attention output `attn` (..., D)."""
+        layer = self.layer
         if layer.use_parallel_residual:
-            return hidden + attn + layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(hidden)))
-        attn = attn + hidden
+            return residual + attn + layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
+        attn = attn + residual
         return layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
 
+    def qkv_part(self, normed: Tensor, part: slice) -> Tensor:
+        """Heads' rows `part` of the fused QKV projection (0: query, 1: key, 2: value):
+        normed (..., D) -> (..., H, parts, dh)."""
+        projection = self.layer.attention.query_key_value
+        size = self.layer.attention.head_size
+        width = normed.shape[-1]
+        heads = width // size
+        weight = projection.weight.view(heads, 3, size, width)[:, part]
+        bias = None if projection.bias is None else projection.bias.view(heads, 3, size)[:, part].reshape(-1)
+        out = F.linear(normed, weight.reshape(-1, width), bias)
+        return out.view(*normed.shape[:-1], heads, -1, size)
+
+    def project_query(self, normed: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotated queries (B, H, C, dh) of normed (B, C, D) at tables cos, sin (B or 1, C, r)."""
+        query = self.qkv_part(normed, slice(0, 1))[..., 0, :].transpose(1, 2)  # (B, H, C, dh)
+        return rotary(query, cos.unsqueeze(1), sin.unsqueeze(1))
+
+    def project_key_value(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotated keys and values (B, H, L, dh) of normed (B, L, D)."""
+        key, value = self.qkv_part(normed, slice(1, 3)).permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
+        return rotary(key, cos.unsqueeze(1), sin.unsqueeze(1)), value
+
     def project_qkv(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Rotated queries and keys, and values, of every token: (B, H, L, dh) each."""
+        """Rotated queries and keys, and values, of normed (B, L, D) at rotary tables cos,
+        sin (B or 1, L, r): (B, H, L, dh) each."""
         attention = self.layer.attention
         batch, length, width = normed.shape
         size = attention.head_size
@@ -129,39 +207,30 @@ class NeoXBlock(Block):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return rotary(query, cos, sin), rotary(key, cos, sin), value
 
-    def running_attention(self, normed: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-        """Causal attention for the running tokens' queries over every token's keys and values.
+    def running_attention(self, hidden: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """Causal attention for the running tokens' queries over the keys and values they read.
 
-        normed (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
-        output projection. Keys and values come from the fused QKV weights for every
-        token; queries only for the K running ones, packed per sequence (Kq = the most
-        running tokens in one sequence) with an explicit causal mask at their positions.
+        hidden (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
+        output projection. Keys and values (from the fused QKV weights) are computed only
+        for positions up to the last running one in the batch (later halted tokens are read
+        by nobody); queries only for the K running tokens, packed per sequence (Kq = the
+        most running tokens in one sequence) with an explicit causal mask at their positions.
         """
         attention = self.layer.attention
-        batch, length, width = normed.shape
-        size = attention.head_size
-        heads = width // size
-        weight = attention.query_key_value.weight.view(heads, 3, size, width)  # per head: q, k, v
-        bias = attention.query_key_value.bias
-        bias = None if bias is None else bias.view(heads, 3, size)
-
-        def project(part: slice, x: Tensor) -> Tensor:
-            return F.linear(x, weight[:, part].reshape(-1, width), None if bias is None else bias[:, part].reshape(-1))
-
-        key, value = project(slice(1, 3), normed).view(batch, length, heads, 2, size).permute(3, 0, 2, 1, 4)
-        cos, sin = cos_sin  # (1, L, r)
-        key = rotary(key, cos.unsqueeze(1), sin.unsqueeze(1))  # (B, H, L, dh)
-
-        counts = active.sum(1)  # (B,)
-        packed = int(counts.max())  # Kq
-        positions = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, Kq)
-        valid = torch.arange(packed, device=active.device) < counts.unsqueeze(1)  # (B, Kq)
-        running_query = project(slice(0, 1), gather_active(normed, rows))  # (K, H*dh), row-major = rows order
-        query = running_query.new_zeros(batch * packed, heads * size)  # the projection's dtype (autocast)
+        norm = self.layer.input_layernorm
+        batch, _, width = hidden.shape
+        length = int(active.any(0).nonzero()[-1]) + 1  # the keys any running token reads
+        cos, sin = cos_sin[0][:, :length], cos_sin[1][:, :length]  # (1, L', r)
+        key, value = self.project_key_value(norm(hidden[:, :length]), cos, sin)  # (B, H, L', dh) each
+        positions, valid = routed_positions(active)  # (B, Kq) each
+        positions = positions.clamp_max(length - 1)  # padding slots only: read by nobody
+        packed = positions.shape[1]
+        running_query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1)).flatten(1)  # (K, D)
+        query = running_query.new_zeros(batch * packed, width)  # the projection's dtype (autocast)
         query[valid.reshape(-1)] = running_query
-        query = query.view(batch, packed, heads, size).transpose(1, 2)  # (B, H, Kq, dh)
+        query = query.view(batch, packed, -1, attention.head_size).transpose(1, 2)  # (B, H, Kq, dh)
         query = rotary(query, cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1))
-        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L)
+        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L')
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=allowed.unsqueeze(1),
             dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
@@ -174,15 +243,9 @@ class NeoXBlock(Block):
         """The layer's new states (K, D) for the running tokens: active (B, L) and rows (K,)
         mark them, residual (K, D) holds their current states, hidden (B, L, D) every token's."""
         layer = self.layer
-        context = self.running_attention(layer.input_layernorm(hidden), active, rows, cos_sin)  # (K, D)
+        context = self.running_attention(hidden, active, rows, cos_sin)  # (K, D)
         attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
-        if layer.use_parallel_residual:
-            mlp = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(residual)))
-            updated = residual + attn + mlp
-        else:
-            attn = attn + residual
-            updated = layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
-        return updated
+        return self.residual_update(residual, attn)
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -190,6 +253,17 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     span = cos.shape[-1]
     turned, kept = x[..., :span], x[..., span:]
     return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
+
+
+def routed_positions(routed: Tensor) -> tuple[Tensor, Tensor]:
+    """routed (B, L) bool -> positions (B, C) long, valid (B, C) bool, C the most routed
+    tokens in one sequence (at least 1): each row lists its routed tokens' positions in
+    ascending order, then (valid False) unrouted positions as padding."""
+    counts = routed.sum(1)  # (B,)
+    packed = max(1, int(counts.max()))  # C (a host read: it sets the shapes)
+    order = torch.argsort((~routed).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, C)
+    valid = torch.arange(packed, device=routed.device) < counts.unsqueeze(1)  # (B, C)
+    return order, valid
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ponderlab.core.early_exit import active_rows, gather_active, rows_mask, speculates
 from ponderlab.core.halting import HopFn, PonderOutput, RunningTokens, accumulation_dtype
 
-#: confidence(layer, new state (B, L, D), previous state (B, L, D)) -> (B, L)
+#: confidence(layer, new state (B, L, D), previous state (B, L, D)) -> (B, L); position-wise
+#: (each token's from its own states), so the loop may call it on running tokens' rows only
 ConfidenceFn = Callable[[int, Tensor, Tensor], Tensor]
 
 
@@ -75,7 +77,7 @@ def confident_exit_loop(
         previous, state = state, new
         if n == n_layers - 1:
             break
-        confident = confidence(n, state, previous) >= thresholds  # (B, L)
+        confident = running_confident(confidence, n, state, previous, thresholds, running)  # (B, L)
         running = running & ~confident
         if mask is not None and n == 0:
             running = running & mask  # padding exits after its first layer
@@ -83,6 +85,23 @@ def confident_exit_loop(
             break
     zeros = torch.zeros_like(hops)
     return PonderOutput(output=state, hops=hops, ponder_cost=zeros, remainder=zeros.clone())
+
+
+def running_confident(
+    confidence: ConfidenceFn, n: int, new: Tensor, old: Tensor, thresholds: Tensor, running: Tensor
+) -> Tensor:
+    """(B, L) confidence >= thresholds (L,) at the running tokens (B, L), False elsewhere.
+
+    Computed for the running tokens' rows only (the softmax response's head costs V x D per
+    token), except under GPU speculation, where finding the rows is a host read forbidden
+    there (`ponderlab.core.early_exit.policy`): then for every token, masked.
+    """
+    if speculates(new) or bool(running.all()):
+        return (confidence(n, new, old) >= thresholds) & running
+    rows = active_rows(running)  # (K,)
+    values = confidence(n, gather_active(new, rows).unsqueeze(0), gather_active(old, rows).unsqueeze(0))[0]  # (K,)
+    confident = values >= thresholds[rows % running.shape[1]]  # (K,) each at its position
+    return rows_mask(rows[confident], running.shape)
 
 
 def depth_weights(n_layers: int, like: Tensor) -> Tensor:

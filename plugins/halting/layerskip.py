@@ -15,7 +15,8 @@ T = `curriculum_steps`.
 
 Inference: exit after the fixed layer `exit_layer` (1-based; default: the last), or, with
 `confidence: softmax`, at the first layer whose softmax response p_(1) - p_(2) reaches
-`threshold` (as in CALM; exited tokens frozen).
+`threshold` (as in CALM; exited tokens frozen). Self-speculative decoding (draft with the
+first E layers, verify with all): `plugins/halting/layerskip_decoding.py`.
 
 Defaults: p_max 0.1, constant S, e_scale 1, rotational curriculum with R = 2, T 1000.
 Under layer dropout the output is the state after the last layer a token ran, while

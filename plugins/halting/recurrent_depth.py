@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ponderlab.core.early_exit import active_rows, gather_active, rows_mask, speculates
 from ponderlab.core.halting import (
     ExitHead,
     HaltingConfig,
@@ -72,6 +73,28 @@ def successive_kl(logits: Tensor, previous_logits: Tensor) -> Tensor:  # (B, L, 
     log_p = F.log_softmax(logits.to(dtype), dim=-1)
     log_q = F.log_softmax(previous_logits.to(dtype), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def kl_still_running(head: ExitHead, current: Tensor, previous_logits: Tensor, running: Tensor,
+                     threshold: float) -> Tensor:
+    """The tokens (B, L) that go on: running ones whose KL(p_n || p_{n-1}) >= threshold.
+
+    current (B, L, D) holds s_n; previous_logits (B, L, V) the logits of each token's last
+    state, overwritten with p_n's at the running tokens. The head runs on the running
+    tokens' rows only (stopped tokens' states and logits do not change), except under GPU
+    speculation, where finding the rows is a forbidden host read: then on every token.
+    """
+    if speculates(current):
+        logits = head(current)  # (B, L, V)
+        going_on = running & (successive_kl(logits, previous_logits) >= threshold)
+        previous_logits.copy_(logits)
+        return going_on
+    rows = active_rows(running)  # (K,)
+    fresh = head(gather_active(current, rows))  # (K, V)
+    flat = previous_logits.view(-1, previous_logits.shape[-1])  # (B*L, V)
+    keep = successive_kl(fresh, flat.index_select(0, rows)) >= threshold  # (K,)
+    flat.index_copy_(0, rows, fresh.to(flat.dtype))
+    return rows_mask(rows[keep], running.shape)
 
 
 class RecurrentDepth(HaltingStrategy):
@@ -130,12 +153,12 @@ class RecurrentDepth(HaltingStrategy):
                 break
             hops = hops + running.to(dtype)
             current = torch.where(running.unsqueeze(-1), new, current)  # stopped tokens keep s
-            logits = head(current)  # (B, L, V)
-            if previous_logits is not None:
-                running = running & (successive_kl(logits, previous_logits) >= self.config.exit_threshold)
-            elif mask is not None:
-                running = running & mask  # padding stops after its first iteration
-            previous_logits = logits
+            if previous_logits is None:
+                previous_logits = head(current)  # (B, L, V): every token ran the first iteration
+                if mask is not None:
+                    running = running & mask  # padding stops after its first iteration
+            else:
+                running = kl_still_running(head, current, previous_logits, running, self.config.exit_threshold)
             if n == self.config.max_steps - 1 or not tokens.record(running):
                 break
         return fixed_hops_output(current, hops)
