@@ -108,3 +108,44 @@ def test_two_trials_of_two_workers_each_match_their_one_process_runs(local_ray, 
             next(r["loss"] for r in jsonl(run_dir / "metrics.jsonl") if r["split"] == "validation"), rel=1e-6)
         assert row.metrics["test/loss"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["test/loss"])
         assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_continues_from_its_reported_checkpoint(local_ray, tmp_path):
+    """Tune retries the trial from the checkpoint rank 0 reported (the path `--resume` takes too):
+    the run directory is restored from it and the 2 workers continue to the same end."""
+    import signal
+    import threading
+    import time
+
+    path = search_file(tmp_path, "retry", {"workers": 2, "cpus_per_worker": 0.5})
+    spec = yaml.safe_load(path.read_text())
+    spec["search"] = {"training.lr": {"grid": [0.01]}}
+    spec["training"].update({"steps": 40, "eval_every": 10, "log_every": 10})
+    spec["tune"]["max_failures"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    outcome: dict = {}
+    search = threading.Thread(target=lambda: outcome.update(done=run_search(load_tune_spec(path))), daemon=True)
+    search.start()
+    experiment = tmp_path / "store" / "retry"
+    deadline = time.time() + 400
+    killed = None
+    while killed is None and time.time() < deadline and search.is_alive():
+        for result_file in experiment.glob("trial_*/result.json"):
+            if any(r.get("checkpoint_dir_name") for r in jsonl(result_file)):
+                run_dir = experiment / "runs" / result_file.parent.name.removeprefix("trial_")
+                rank1 = [r["pid"] for r in jsonl(run_dir / "workers.jsonl") if r["rank"] == 1]
+                os.kill(rank1[-1], signal.SIGKILL)
+                killed = rank1[-1]
+        time.sleep(0.1)
+    assert killed is not None, "no trial reported a checkpoint in time"
+    search.join(timeout=600)
+    (row,) = outcome["done"].table.rows
+    assert row.status == "completed"
+    run_dir = experiment / "runs" / row.trial_id
+    starts = jsonl(experiment / "runs" / f"{row.trial_id}.attempts.jsonl")
+    assert [s["start_step"] for s in starts][0] == 0 and 0 < starts[-1]["start_step"] < 40, starts
+    assert {r["pid"] for r in jsonl(run_dir / "workers.jsonl") if r["start_step"] > 0}  # workers restarted
+    reference = tmp_path / "one"
+    ponderlab.run({k: v for k, v in row.spec.items() if k != "distributed"}, output_dir=reference)
+    assert_same_run(run_dir, reference)
