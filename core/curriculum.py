@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .config import CurriculumConfig
 from .data import BatchPlan, TensorDataset
 from .errors import SpecError
@@ -100,15 +98,6 @@ class Curriculum:
         end = current if position.reached else self.stage_end()
         return end + sum(self.steps[position.stage + 1 :])
 
-    def stage_at(self, step: int) -> int:
-        """The stage that trains step `step` + 1 when no stage ends early (a plain step schedule)."""
-        bound = 0
-        for stage, steps in enumerate(self.steps):
-            bound += steps
-            if step < bound:
-                return stage
-        return len(self.steps) - 1
-
     def fields(self) -> dict[str, int]:
         """What every metrics record carries: the stage and its segments."""
         stage = self.position.stage
@@ -125,9 +114,9 @@ class Curriculum:
             self.enter(trainer)
         if trainer.step == self.position.start:  # a stage's first step (a resumed run is past it)
             # Logged as that step, which a run resumed before it drops and writes anew.
+            stage = self.position.stage
             trainer._log({"step": trainer.step + 1, "split": "curriculum", **self.fields(),
-                              "stage_steps": self.steps[self.position.stage],
-                              "sample_tokens": self.stage_length(self.position.stage)})
+                          "stage_steps": self.steps[stage], "sample_tokens": self.stage_length(stage)})
 
     def after_validation(self, trainer: Trainer, metrics: dict[str, float] | None) -> None:
         """Note whether this validation ended the stage (rank 0 decides for every worker)."""
@@ -140,8 +129,6 @@ class Curriculum:
 
     def enter(self, trainer: Trainer) -> None:
         """Stage data, a fresh AdamW and a fresh schedule over the stage's steps."""
-        from .trainer import lr_factor, make_optimizer
-
         stage = self.position.stage
         stage_task, data = self.stage_data(trainer, stage)
         slices = trainer.task.slice_columns
@@ -150,11 +137,7 @@ class Curriculum:
         group_column = stage_task.batch_group_column()
         group = list(data.train[group_column]) if group_column else None
         trainer.plan = StagePlan(trainer.train_data, trainer.config.batch_size, trainer.seed, group, self.position.start)
-        stage_config = trainer.config.model_copy(update={"steps": self.steps[stage], "curriculum": None})
-        trainer.optimizer = make_optimizer(trainer.model, trainer.config)
-        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            trainer.optimizer, lambda step: lr_factor(step, stage_config)
-        )
+        trainer.fresh_optimizer(self.steps[stage])
         self._entered = stage
 
     def stage_data(self, trainer: Trainer, stage: int):

@@ -166,10 +166,7 @@ class Trainer:
         group_column = task.batch_group_column()
         group = list(data.train[group_column]) if group_column else None
         self.plan = BatchPlan(self.train_data, config.batch_size, seed, group)
-        self.optimizer = make_optimizer(model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, config)
-        )
+        self.fresh_optimizer(config.steps)
         self.step = 0
         self.elapsed = 0.0
         self._writer = None
@@ -177,6 +174,12 @@ class Trainer:
         if config.curriculum is not None:  # the first stage's data now: a bad length fails before any write
             self.curriculum = Curriculum(config.curriculum, model.backbone.segment_size)
             self.curriculum.enter(self)
+
+    def fresh_optimizer(self, steps: int) -> None:
+        """A new AdamW, and warmup + cosine over `steps` from now (the run, or a curriculum stage)."""
+        self.optimizer = make_optimizer(self.model, self.config)
+        schedule = self.config if steps == self.config.steps else self.config.model_copy(update={"steps": steps})
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, schedule))
 
     # ------------------------------------------------------------------ paths
     @property

@@ -120,3 +120,18 @@ def test_a_task_without_target_lengths_cannot_take_a_curriculum():
     spec["task"] = {"name": "parity", "size": 8}
     with pytest.raises(SpecError, match="needs a task with target `lengths`.*'parity'"):
         resolve_spec(spec)
+
+
+def test_a_stage_whose_samples_cannot_fit_is_one_message_before_anything_is_written(tmp_path, capsys):
+    import yaml
+
+    spec = copy.deepcopy(SPEC)
+    spec["task"].update({"min_facts": 8, "max_facts": 8})  # 8 facts alone are longer than 2 segments of 16
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    output = tmp_path / "run"
+    code = main(["run", str(spec_path), "--output-dir", str(output), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and not output.exists()
+    assert error.count("\n") == 1 and "training.curriculum: stage 0 samples reach" in error
+    assert "more than its 2 segments of 16 (32); raise answer_room (now 4)" in error
