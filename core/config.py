@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StrictModel(BaseModel):
@@ -46,6 +46,39 @@ class TaskConfig(PluginConfig):
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
+class CurriculumConfig(StrictModel):
+    """Staged training on longer and longer samples (seed 001's 2 -> 32 segments); core/curriculum.py."""
+
+    segments: list[Annotated[int, Field(ge=1)]] = Field(
+        ..., min_length=1, description="Segments per sample at each stage, e.g. [2, 4, 8, 16, 32]."
+    )
+    steps_per_stage: Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]] = Field(
+        ..., description="Most steps of each stage (one number for all, or one per stage)."
+    )
+    until: float | None = Field(
+        None, description="End a stage early once a periodic validation's `metric` reaches this."
+    )
+    metric: str = Field("exact_match", description="Validation metric compared with `until`.")
+    answer_room: int = Field(
+        16, ge=0, description="Tokens of a stage's length kept for the question's answer and framing."
+    )
+
+    @model_validator(mode="after")
+    def _stages(self):
+        if any(b < a for a, b in zip(self.segments, self.segments[1:], strict=False)):
+            raise ValueError(f"segments must not decrease from one stage to the next, got {self.segments}")
+        if isinstance(self.steps_per_stage, list) and len(self.steps_per_stage) != len(self.segments):
+            raise ValueError(
+                f"steps_per_stage lists {len(self.steps_per_stage)} stages but segments lists "
+                f"{len(self.segments)}"
+            )
+        return self
+
+    def stage_steps(self) -> list[int]:
+        steps = self.steps_per_stage
+        return list(steps) if isinstance(steps, list) else [steps] * len(self.segments)
+
+
 class TrainingConfig(StrictModel):
     """Optimiser, schedule, evaluation and checkpointing options."""
 
@@ -72,6 +105,23 @@ class TrainingConfig(StrictModel):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    curriculum: CurriculumConfig | None = Field(
+        None, description="Stages of growing sample length; `steps` is then their total (docs/pretrained.md)."
+    )
+
+    @model_validator(mode="after")
+    def _curriculum_steps(self):
+        if self.curriculum is None:
+            return self
+        total = sum(self.curriculum.stage_steps())
+        if "steps" in self.model_fields_set and self.steps != total:
+            raise ValueError(
+                f"steps ({self.steps}) must equal the curriculum's total ({total} = sum of steps_per_stage); "
+                "leave steps out to take the total"
+            )
+        if self.steps != total:
+            object.__setattr__(self, "steps", total)
+        return self
 
 
 class DistributedConfig(StrictModel):

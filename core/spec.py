@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .config import DistributedConfig, StrictModel, TrainingConfig
+from .curriculum import check_curriculum
 from .errors import PluginError, SpecError
 from .registry import KINDS, Registry, get_registry
 
@@ -334,6 +335,7 @@ def validate_spec(data: dict, source: Source | None = None, registry: Registry |
             path="halting.scope",
             where=source.where(("halting", "scope")),
         )
+    check_curriculum(spec, source.where)
     return spec
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import TrainingConfig
+from .curriculum import Curriculum
 from .data import BatchPlan, TensorDataset
 from .distributed.group import LocalGroup, StepTotals
 from .errors import CheckpointError, NonFiniteLossError
@@ -165,13 +166,20 @@ class Trainer:
         group_column = task.batch_group_column()
         group = list(data.train[group_column]) if group_column else None
         self.plan = BatchPlan(self.train_data, config.batch_size, seed, group)
-        self.optimizer = make_optimizer(model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, config)
-        )
+        self.fresh_optimizer(config.steps)
         self.step = 0
         self.elapsed = 0.0
         self._writer = None
+        self.curriculum = None
+        if config.curriculum is not None:  # the first stage's data now: a bad length fails before any write
+            self.curriculum = Curriculum(config.curriculum, model.backbone.segment_size)
+            self.curriculum.enter(self)
+
+    def fresh_optimizer(self, steps: int) -> None:
+        """A new AdamW, and warmup + cosine over `steps` from now (the run, or a curriculum stage)."""
+        self.optimizer = make_optimizer(self.model, self.config)
+        schedule = self.config if steps == self.config.steps else self.config.model_copy(update={"steps": steps})
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, schedule))
 
     # ------------------------------------------------------------------ paths
     @property
@@ -237,6 +245,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "torch_rng": torch.get_rng_state(),
         }
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -262,6 +272,8 @@ class Trainer:
             raise CheckpointError(f"{source}: not a ponderlab checkpoint (holds a {type(state).__name__})")
         try:
             self.model.load_state_dict(state["model"])
+            if self.curriculum is not None:  # the stage's optimizer and schedule, then their states
+                self.curriculum.load_state_dict(state["curriculum"], self)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
@@ -305,7 +317,7 @@ class Trainer:
         metrics_file = self.run_dir / "metrics.jsonl"
         if not metrics_file.exists():
             return
-        finished = self.step >= self.config.steps
+        finished = self.step >= self.final_step()
         kept = []
         for line in metrics_file.read_text(errors="replace").splitlines():
             try:
@@ -321,6 +333,10 @@ class Trainer:
         ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
+    def final_step(self) -> int:
+        """The last step: `config.steps`, or where the curriculum's stages end."""
+        return self.curriculum.final_step(self.step) if self.curriculum else self.config.steps
+
     def fit(self) -> dict[str, float]:
         """Train to `config.steps`, validating and checkpointing periodically; then test."""
         config = self.config
@@ -332,24 +348,30 @@ class Trainer:
             bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
         started = time.perf_counter() - self.elapsed
         running: dict[str, float] = {}
-        while self.step < config.steps:
+        while self.step < self.final_step():
+            if self.curriculum is not None:
+                self.curriculum.before_step(self)
+            stage = self.curriculum.fields() if self.curriculum else {}
             metrics = self.train_step(self.plan.batch(self.step))
             self.step += 1
             for key, value in metrics.items():
                 running[key] = running.get(key, 0.0) + value
-            if self.step % config.log_every == 0 or self.step == config.steps:
+            if self.step % config.log_every == 0 or self.step == self.final_step():
                 count = config.log_every if self.step % config.log_every == 0 else self.step % config.log_every
                 averaged = {k: v / count for k, v in running.items()}
-                self._log({"step": self.step, "split": "train", **averaged})
+                self._log({"step": self.step, "split": "train", **averaged, **stage})
                 running = {}
                 if bar is not None:
                     bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
             validation = None
-            if self.step % config.eval_every == 0 and self.step < config.steps and self.group.is_writer:
+            periodic = self.step % config.eval_every == 0 and self.step < self.final_step()
+            if periodic and self.group.is_writer:
                 validation = self.evaluate("validation", config.eval_max_examples).compute()
-                self._log({"step": self.step, "split": "validation", **validation})
+                self._log({"step": self.step, "split": "validation", **validation, **stage})
+            if periodic and self.curriculum is not None:
+                self.curriculum.after_validation(self, validation)
             self.elapsed = time.perf_counter() - started
-            if self.step % checkpoint_every == 0 or self.step == config.steps:
+            if self.step % checkpoint_every == 0 or self.step == self.final_step():
                 self.save_checkpoint()
             if validation is not None and self.on_validation is not None:
                 # After this step's checkpoint, so the callback can hand it on (Ray Tune trials).
@@ -359,6 +381,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.elapsed = time.perf_counter() - started
+        if self.curriculum is not None:
+            self.curriculum.finish(self)
         return self.final_results() if self.group.is_writer else {}
 
     def final_results(self) -> dict[str, Any]:

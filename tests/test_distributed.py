@@ -335,3 +335,43 @@ def test_joining_without_the_token_exits_2_and_writes_nothing(head, tmp_path):
     assert len(messages) == 1 and "Traceback" not in errors, errors[-3000:]
     assert messages[0].startswith(f"error: distributed.address: cannot join the Ray cluster at {head.address}")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- curriculum, capacity
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process_through_a_curriculum(head, tmp_path):
+    """Stages switch on the same steps on every worker; `until` is decided by rank 0 for all."""
+    from test_curriculum import SPEC as CURRICULUM
+
+    from ponderlab.core.distributed.launch import run_distributed
+
+    spec = {**CURRICULUM, "training": {**CURRICULUM["training"], "curriculum": {
+        **CURRICULUM["training"]["curriculum"], "steps_per_stage": [3, 5, 2], "until": 0.0}}}
+    reference = tmp_path / "one"
+    ponderlab.run(spec, output_dir=reference)
+    _, run_dir = run_distributed(resolve_spec(distributed(spec)), output_dir=tmp_path / "two")
+    logged, expected = jsonl(run_dir / "metrics.jsonl"), jsonl(reference / "metrics.jsonl")
+    shape = [(r["step"], r["split"], r.get("stage")) for r in expected]
+    assert [(r["step"], r["split"], r.get("stage")) for r in logged] == shape
+    assert [s for s in shape if s[1] == "curriculum"] == [(1, "curriculum", 0), (3, "curriculum", 1),
+                                                          (5, "curriculum", 2)]  # until at steps 2 and 4
+    for got, want in zip(logged, expected, strict=True):
+        keys = {"train": TRAIN_KEYS, "validation": FINAL_KEYS, "test": FINAL_KEYS}.get(want["split"], ())
+        for key in keys:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["step"], got["split"], key)
+
+
+@pytest.mark.slow
+def test_gpu_workers_without_gpus_exit_2_before_anything_is_written(tmp_path):
+    from cli_runs import cli
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GRAVES))
+    finished = cli("run", spec, "--workers", "2", "--gpus-per-worker", "1", "--output-dir", tmp_path / "run",
+                   env=without_ray_auth(dict(os.environ)), timeout=300)
+    errors = [line for line in finished.stderr.splitlines() if line.startswith("error:")]
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert len(errors) == 1 and "distributed.gpus_per_worker: 2 workers x 1 GPUs need 2 GPUs; Ray here has 0" in errors[0]
+    assert not (tmp_path / "run").exists()

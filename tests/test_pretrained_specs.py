@@ -13,7 +13,10 @@ import ponderlab
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pretrained"
 #: spec -> (the layout of the real model it names, overrides that shrink the memory options)
 SPECS = {
-    "armt_gpt2_babilong_qa1": ("gpt2", ["backbone.segment_size=16", "backbone.memory_size=2", "backbone.d_mem=4"]),
+    "armt_gpt2_babilong_qa1": ("gpt2", ["backbone.segment_size=16", "backbone.memory_size=2", "backbone.d_mem=4",
+                                        "training.curriculum.segments=[2,4]",
+                                        "training.curriculum.steps_per_stage=1",
+                                        "training.curriculum.answer_room=8"]),
     "rmt_gpt2_babilong_qa1": ("gpt2", ["backbone.segment_size=16", "backbone.memory_size=2"]),
     "early_exit_pythia": ("gpt_neox", []),
 }

@@ -22,10 +22,12 @@ from typing import Any
 import yaml
 
 from ponderlab.core.checkpoint import atomic_write_text
+from ponderlab.core.distributed.placement import check_capacity, runs_distributed
 from ponderlab.core.errors import PonderlabError, SpecError
 
 from .cluster import forget_cached_token, join
 from .dims import SearchDim
+from .distributed_trial import concurrency_limit
 from .options import Resources
 from .results import ResultTable, build_table, write_outputs
 from .spec import TuneSpec, compare_for_resume, saved_spec_path
@@ -89,7 +91,7 @@ def make_scheduler(tspec: TuneSpec):
     )
 
 
-def make_searcher(tspec: TuneSpec):
+def make_searcher(tspec: TuneSpec, max_concurrent: int | None):
     options = tspec.options
     if options.search_algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -98,7 +100,7 @@ def make_searcher(tspec: TuneSpec):
     from ray.tune.search import BasicVariantGenerator
 
     # Ray ignores TuneConfig.max_concurrent_trials with this generator: it takes its own limit.
-    return BasicVariantGenerator(random_state=options.seed, max_concurrent=options.max_concurrent_trials or 0)
+    return BasicVariantGenerator(random_state=options.seed, max_concurrent=max_concurrent or 0)
 
 
 def trial_plan(tspec: TuneSpec, resources: dict[str, float]) -> dict[str, Any]:
@@ -192,7 +194,17 @@ def run_search(tspec: TuneSpec, *, resume: bool = False, retry_failed: bool = Fa
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connected = connect(tspec)
     try:
-        resources = resolve_resources(tspec.options.resources, ray.cluster_resources())
+        cluster = ray.cluster_resources()
+        resources = resolve_resources(tspec.options.resources, cluster)
+        if any(runs_distributed(spec) for spec in tspec.checked):
+            resources["gpu"] = 0.0  # the trial drives workers that Ray Train places (GPUs: theirs)
+            if not tspec.options.address:  # a local Ray has what it has: every trial must fit
+                for spec in tspec.checked:
+                    if runs_distributed(spec):
+                        check_capacity(spec.distributed, cluster, driver_cpus=resources["cpu"])
+        max_concurrent = concurrency_limit(
+            tspec.checked, cluster, tspec.options.max_concurrent_trials, driver_cpus=resources["cpu"]
+        )
         trainable = tune.with_resources(
             tune.with_parameters(trial_main, plan=trial_plan(tspec, resources)), resources
         )
@@ -216,12 +228,9 @@ def run_search(tspec: TuneSpec, *, resume: bool = False, retry_failed: bool = Fa
                     mode=tspec.options.resolved_mode,
                     num_samples=tspec.options.num_samples,
                     scheduler=make_scheduler(tspec),
-                    search_alg=make_searcher(tspec),
+                    search_alg=make_searcher(tspec, max_concurrent),
                     # Optuna: Ray wraps it in a ConcurrencyLimiter; the basic generator has its own.
-                    max_concurrent_trials=(
-                        tspec.options.max_concurrent_trials
-                        if tspec.options.search_algorithm == "optuna" else None
-                    ),
+                    max_concurrent_trials=max_concurrent if tspec.options.search_algorithm == "optuna" else None,
                     reuse_actors=tspec.options.reuse_actors,
                     trial_dirname_creator=trial_dirname,
                 ),

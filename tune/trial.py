@@ -5,7 +5,9 @@ dimensions, its sampled values), so each Ray worker rediscovers the plugins thro
 its own entry points. Its run directory is `<experiment>/runs/<trial_id>/`, the same
 contents as `ponderlab run` writes. Each periodic validation is reported with the
 checkpoint of that step, so a scheduler can stop the trial there and Ray can resume
-it from there (after a crash, or on `ponderlab tune --resume`).
+it from there (after a crash, or on `ponderlab tune --resume`). A spec with
+`distributed.workers > 1` (or GPU workers) makes the trial an N-worker run
+(distributed_trial.py): same run directory, reports from rank 0.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 import ray.tune
 
 from ponderlab.core import checkpoint as ckpt
+from ponderlab.core.distributed.placement import runs_distributed
 from ponderlab.core.spec import SpecBase, spec_to_yaml, validate_spec
 
 from .dims import SearchDim, apply_point
+from .distributed_trial import run_distributed_trial
 from .results import COMPLETED_KEY
 
 
@@ -123,7 +127,10 @@ def trial_main(config: dict[str, Any], *, plan: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
     reporter = Reporter(run_dir, spec.training.steps)
-    results, _ = execute(
-        spec, output_dir=run_dir, resume=start > 0, progress=False, on_validation=reporter.on_validation
-    )
+    if runs_distributed(spec):  # the trial is an N-worker run: it drives a TorchTrainer
+        results = run_distributed_trial(spec, run_dir, start > 0, reporter)
+    else:
+        results, _ = execute(
+            spec, output_dir=run_dir, resume=start > 0, progress=False, on_validation=reporter.on_validation
+        )
     reporter.report({**numeric(results), COMPLETED_KEY: 1}, int(results["train/steps"]))

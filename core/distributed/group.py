@@ -49,6 +49,10 @@ class LocalGroup:
     def shard(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return batch
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's `flag` on every worker (a decision only the evaluating rank can make)."""
+        return flag
+
     def reduce_step(self, out, batch: dict[str, Tensor]) -> StepTotals:
         """out: the model's ModelOutput; batch on the model's device (no mask: every token is real)."""
         real = batch.get("mask", torch.ones_like(batch["input_ids"], dtype=torch.bool))  # (B, L)
@@ -79,6 +83,13 @@ class TorchGroup(LocalGroup):
     def shard(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """This rank's contiguous rows of the global batch (first ranks take one more when uneven)."""
         return {key: value.tensor_split(self.world_size)[self.rank] for key, value in batch.items()}
+
+    def agree(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def reduce_step(self, out, batch: dict[str, Tensor]) -> StepTotals:
         import torch.distributed as dist

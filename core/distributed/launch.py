@@ -17,7 +17,7 @@ from .. import checkpoint as ckpt
 from ..errors import PonderlabError
 from ..run import build_task, prepare_run_dir, resume_spec
 from ..spec import SpecBase, spec_to_yaml
-from .placement import check_placement
+from .placement import check_capacity, check_placement
 from .worker import WORKERS_FILE, train_worker
 
 
@@ -94,8 +94,11 @@ def failure_message(run_dir: Path, error: Exception) -> str:
     return f"{what}; {kept}; continue with: ponderlab run --resume --output-dir {run_dir}"
 
 
-def make_trainer(spec: SpecBase, run_dir: Path):
-    """Ray Train's TorchTrainer for the run: N workers (gloo on CPUs, NCCL on GPUs), our failure policy."""
+def make_trainer(spec: SpecBase, run_dir: Path, channel: Any = None):
+    """Ray Train's TorchTrainer for the run: N workers (gloo on CPUs, NCCL on GPUs), our failure policy.
+
+    channel: where rank 0 sends each validation (a Tune trial's `TuneChannel`), or None.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -108,7 +111,7 @@ def make_trainer(spec: SpecBase, run_dir: Path):
         train_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
-            "use_gpu": use_gpu, "cpus_per_worker": placement.cpus_per_worker,
+            "use_gpu": use_gpu, "cpus_per_worker": placement.cpus_per_worker, "channel": channel,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -122,12 +125,13 @@ def make_trainer(spec: SpecBase, run_dir: Path):
 
 
 def run_distributed(
-    spec: SpecBase, *, output_dir: str | Path | None = None, resume: bool = False, progress: bool = True
+    spec: SpecBase, *, output_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+    channel: Any = None,
 ) -> tuple[dict[str, Any], Path]:
     """Train one run over `spec.distributed.workers` Ray Train workers; returns (results, run_dir).
 
     progress: accepted for `execute`'s signature; workers show no progress bar (metrics.jsonl,
-    and Ray's worker log lines, show the progress).
+    and Ray's worker log lines, show the progress). channel: see `make_trainer` (Tune trials).
     """
     from ray.train.v2.api.exceptions import TrainingFailedError
 
@@ -139,13 +143,17 @@ def run_distributed(
     placement = spec.distributed
     connected = connect(placement.address)  # a cluster that refuses us: also before any write
     try:
+        if connected and not placement.address:  # a local Ray has what it has: workers must fit
+            import ray
+
+            check_capacity(placement, ray.cluster_resources())
         run_dir = run_dir.resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             resolved = spec.model_copy(update={"output_dir": str(run_dir)})
             ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
             ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
-        make_trainer(spec, run_dir).fit()
+        make_trainer(spec, run_dir, channel).fit()
     except TrainingFailedError as exc:
         raise WorkerFailedError(failure_message(run_dir, exc)) from None
     finally:

@@ -49,3 +49,32 @@ def check_placement(spec: SpecBase) -> None:
             f"(training.batch_size is {batch_size}): each worker takes its share of that batch",
             path="distributed.workers",
         )
+
+
+def capacity_problem(
+    placement: DistributedConfig, cluster: dict[str, float], driver_cpus: float = 0.0
+) -> tuple[str, str] | None:
+    """(option, message) when `placement`'s workers (and a driver taking `driver_cpus`, as a Tune
+    trial's does) cannot all be placed on `cluster`'s resources."""
+    cpus = placement.workers * placement.cpus_per_worker + driver_cpus
+    gpus = placement.workers * placement.gpus_per_worker
+    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if gpus > have_gpus:
+        return "distributed.gpus_per_worker", (
+            f"{placement.workers} workers x {placement.gpus_per_worker:g} GPUs need {gpus:g} GPUs; "
+            f"Ray here has {have_gpus:g} (set gpus_per_worker: 0 for CPU workers on gloo)"
+        )
+    if cpus > have_cpus:
+        driver = f" and the trial's driver {driver_cpus:g}" if driver_cpus else ""
+        return "distributed.workers", (
+            f"{placement.workers} workers x {placement.cpus_per_worker:g} CPUs{driver} need {cpus:g} CPUs; "
+            f"Ray here has {have_cpus:g} (fewer workers, a smaller distributed.cpus_per_worker, or a cluster)"
+        )
+    return None
+
+
+def check_capacity(placement: DistributedConfig, cluster: dict[str, float], driver_cpus: float = 0.0) -> None:
+    """SpecError when the workers (and a trial's driver) do not fit this (local, fixed-size) Ray."""
+    problem = capacity_problem(placement, cluster, driver_cpus)
+    if problem is not None:
+        raise SpecError(problem[1], path=problem[0])

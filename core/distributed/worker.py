@@ -58,10 +58,12 @@ def train_worker(config: dict[str, Any]) -> None:
     data = task.build(spec.seed)
     seed_everything(spec.seed)
     model = build_model_from_spec(spec, task.vocab_size)
+    channel = config.get("channel")  # a Tune trial's: rank 0 reports each validation to it
     trainer = Trainer(
         model=model, task=task, data=data, config=spec.training, seed=spec.seed,
         run_dir=run_dir if rank == 0 else None, device=device, progress=False,
         group=TorchGroup(rank, world_size, device),
+        on_validation=channel.send if channel is not None and rank == 0 else None,
     )
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     if latest is not None:
