@@ -373,8 +373,9 @@ class Trainer:
             self.elapsed = time.perf_counter() - started
             if self.step % checkpoint_every == 0 or self.step == self.final_step():
                 self.save_checkpoint()
-            if validation is not None and self.on_validation is not None:
-                # After this step's checkpoint, so the callback can hand it on (Ray Tune trials).
+            if validation is not None and self.on_validation is not None and self.step < self.final_step():
+                # After this step's checkpoint, so the callback can hand it on (Ray Tune trials). A
+                # validation that ended the run (a curriculum's `until`) goes with the final results.
                 self.on_validation(self.step, validation)
             if bar is not None:
                 bar.update(1)

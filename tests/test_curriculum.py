@@ -12,8 +12,8 @@ import ponderlab
 from ponderlab.core.cli import main
 from ponderlab.core.curriculum import StagePosition
 from ponderlab.core.errors import SpecError
-from ponderlab.core.run import build_model_from_spec, build_task
-from ponderlab.core.spec import resolve_spec
+from ponderlab.core.run import build_model_from_spec, build_task, execute
+from ponderlab.core.spec import resolve_spec, validate_spec
 from ponderlab.core.trainer import Trainer
 
 SEGMENT = 16
@@ -65,6 +65,15 @@ def test_until_ends_each_stage_at_its_first_validation_that_reaches_it(tmp_path)
     assert starts == [(1, 0), (3, 1), (5, 2)]
     assert results["train/steps"] == 6
     assert [r["stage"] for r in logged if r["split"] == "train"] == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_validation_that_ends_the_run_is_handed_on_once_with_the_final_results(tmp_path):
+    # A Tune trial reports each validation it is handed: the one at step 6 ended the run (until),
+    # so it must reach the callback once, from the final results, not also as a periodic one.
+    seen = []
+    spec = validate_spec(spec_with(steps_per_stage=[5, 5, 5], until=0.0))
+    execute(spec, output_dir=tmp_path / "run", progress=False, on_validation=lambda step, _: seen.append(step))
+    assert seen == [2, 4, 6]
 
 
 def test_every_stage_builds_samples_of_its_number_of_segments():
