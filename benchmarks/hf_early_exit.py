@@ -35,7 +35,7 @@ import torch
 from transformers import GPT2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import CLOCK, inference_pass, single_thread_cpu, sync, time_pair, use_clock  # noqa: E402
+from halting import CLOCK, benchmark_device, inference_pass, sync, time_pair  # noqa: E402
 
 import ponderlab  # noqa: E402
 from ponderlab.core.early_exit import hop_policy  # noqa: E402
@@ -141,11 +141,7 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true",
                         help="skip the third pair: threshold with blocks that compute every token")
     args = parser.parse_args()
-    if args.device == "cpu":
-        device = single_thread_cpu()
-    else:
-        device = torch.device(args.device)
-        use_clock(device, torch.get_num_threads())
+    device = benchmark_device(args.device)
     torch.manual_seed(0)
     fixed, threshold = build_pair(args, device)
     ids = torch.randint(0, args.vocab, (args.batch, args.length), device=device)
