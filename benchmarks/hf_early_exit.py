@@ -79,13 +79,13 @@ def build_pair(args, device: torch.device) -> tuple[PonderModel, PonderModel]:
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.heads, n_positions=args.length,
                         vocab_size=args.vocab, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=0, eos_token_id=0)
-    directory = Path(tempfile.mkdtemp(prefix="hf_early_exit_"))
-    config.save_pretrained(directory)  # the config only: `pretrained: false` initialises from it
-    backbone = {"name": "hf", "model": str(directory), "pretrained": False}
-    fixed = ponderlab.build_model(backbone=backbone, halting={"name": "none", "scope": "depth"},
-                                  vocab_size=args.vocab, seed=0)
-    threshold = ponderlab.build_model(backbone=backbone, halting={"name": "threshold", "threshold": 0.99},
+    with tempfile.TemporaryDirectory(prefix="hf_early_exit_") as directory:
+        config.save_pretrained(directory)  # the config only: `pretrained: false` initialises from it
+        backbone = {"name": "hf", "model": directory, "pretrained": False}
+        fixed = ponderlab.build_model(backbone=backbone, halting={"name": "none", "scope": "depth"},
                                       vocab_size=args.vocab, seed=0)
+        threshold = ponderlab.build_model(backbone=backbone, halting={"name": "threshold", "threshold": 0.99},
+                                          vocab_size=args.vocab, seed=0)
     script_exits(threshold, exit_layers(args.vocab, args.exits, args.layers))
     fixed.backbone.load_state_dict(threshold.backbone.state_dict())  # the same weights
     return fixed.to(device).eval(), threshold.to(device).eval()
