@@ -35,7 +35,7 @@ import math
 import platform
 
 import torch
-from halting import registry_model, single_thread_cpu, sync, time_pair, use_clock  # benchmarks/
+from halting import benchmark_device, registry_model, sync, time_pair  # benchmarks/
 
 from ponderlab.core.registry import get_registry
 from ponderlab.plugins.halting.layerskip_decoding import greedy_decode, self_speculative_decode
@@ -168,11 +168,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true",
                         help="Time a training step (forward + backward) instead of inference; no decoding row.")
     args = parser.parse_args()
-    if args.device == "cpu":
-        device = single_thread_cpu()
-    else:
-        device = torch.device(args.device)
-        use_clock(device, torch.get_num_threads())
+    device = benchmark_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, d_model {args.d_model}, ffn "
           f"{args.ffn or 4 * args.d_model}, {args.layers} layers, {args.heads} heads, batch {args.batch} x "

@@ -100,6 +100,16 @@ def single_thread_cpu() -> torch.device:
     return device
 
 
+def benchmark_device(name: str) -> torch.device:
+    """`--device` of the A/B scripts: "cpu" gets `single_thread_cpu`; any other device its
+    clock for the current thread count."""
+    if name == "cpu":
+        return single_thread_cpu()
+    device = torch.device(name)
+    use_clock(device, torch.get_num_threads())
+    return device
+
+
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval for the median: a pair of order statistics.
 

@@ -35,7 +35,7 @@ import torch
 from transformers import GPT2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import CLOCK, inference_pass, single_thread_cpu, sync, time_pair, use_clock  # noqa: E402
+from halting import CLOCK, benchmark_device, inference_pass, sync, time_pair  # noqa: E402
 
 import ponderlab  # noqa: E402
 from ponderlab.core.early_exit import hop_policy  # noqa: E402
@@ -79,13 +79,13 @@ def build_pair(args, device: torch.device) -> tuple[PonderModel, PonderModel]:
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.heads, n_positions=args.length,
                         vocab_size=args.vocab, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=0, eos_token_id=0)
-    directory = Path(tempfile.mkdtemp(prefix="hf_early_exit_"))
-    config.save_pretrained(directory)  # the config only: `pretrained: false` initialises from it
-    backbone = {"name": "hf", "model": str(directory), "pretrained": False}
-    fixed = ponderlab.build_model(backbone=backbone, halting={"name": "none", "scope": "depth"},
-                                  vocab_size=args.vocab, seed=0)
-    threshold = ponderlab.build_model(backbone=backbone, halting={"name": "threshold", "threshold": 0.99},
+    with tempfile.TemporaryDirectory(prefix="hf_early_exit_") as directory:
+        config.save_pretrained(directory)  # the config only: `pretrained: false` initialises from it
+        backbone = {"name": "hf", "model": directory, "pretrained": False}
+        fixed = ponderlab.build_model(backbone=backbone, halting={"name": "none", "scope": "depth"},
                                       vocab_size=args.vocab, seed=0)
+        threshold = ponderlab.build_model(backbone=backbone, halting={"name": "threshold", "threshold": 0.99},
+                                          vocab_size=args.vocab, seed=0)
     script_exits(threshold, exit_layers(args.vocab, args.exits, args.layers))
     fixed.backbone.load_state_dict(threshold.backbone.state_dict())  # the same weights
     return fixed.to(device).eval(), threshold.to(device).eval()
@@ -141,11 +141,7 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true",
                         help="skip the third pair: threshold with blocks that compute every token")
     args = parser.parse_args()
-    if args.device == "cpu":
-        device = single_thread_cpu()
-    else:
-        device = torch.device(args.device)
-        use_clock(device, torch.get_num_threads())
+    device = benchmark_device(args.device)
     torch.manual_seed(0)
     fixed, threshold = build_pair(args, device)
     ids = torch.randint(0, args.vocab, (args.batch, args.length), device=device)

@@ -72,6 +72,8 @@ FEATURES_ADDED = {
     "plugins/backbones/hf_block.py": "Hugging Face backbones (issue 24)",
     "plugins/backbones/hf_finetune.py": "Hugging Face backbones (issue 24)",
     "plugins/backbones/hf_layout.py": "Hugging Face backbones (issue 24)",
+    "plugins/backbones/hf_rows.py": "early exit on Hugging Face layers (issue 24)",
+    "plugins/halting/layerskip_decoding.py": "LayerSkip self-speculative decoding (issue 25)",
     "plugins/tasks/text_tokenizer.py": "real tokenizer for bAbI/BABILong",
     "plugins/tasks/babi_sources.py": "BABILong layouts and hub sources",
 }
@@ -85,7 +87,7 @@ SPLIT_FROM_OLD = {
     "core/early_exit/running.py", "core/halting/__init__.py", "core/halting/config.py",
     "core/halting/cumulative.py", "core/halting/loop.py", "core/halting/outputs.py",
     "core/halting/units.py", "core/halting/t2t.py", "core/tasks.py", "core/run_records.py",
-    "plugins/tasks/babi_vocab.py",
+    "plugins/tasks/babi_vocab.py", "plugins/backbones/row_attention.py",
 }
 
 

@@ -29,8 +29,8 @@ def tiny_model(halting_cls, config, *, seed: int = 0, layers: int = LAYERS) -> P
 def table_hop(states: Tensor):
     """A hop returning precomputed per-hop states (N, B, L, D); inactive tokens keep theirs."""
 
-    def hop(state, step, active):
-        new = states[step].to(state.dtype)
+    def hop(state, n, active):
+        new = states[n].to(state.dtype)
         return new if active is None else torch.where(active.unsqueeze(-1), new, state)
 
     return hop

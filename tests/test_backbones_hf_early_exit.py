@@ -14,9 +14,8 @@ from transformers import AutoModelForCausalLM, MistralConfig
 from twin_checks import (
     assert_same_inference,
     assert_same_logits_and_gradients,
-    count_rows,
-    make_full_computation,
-    randomize_halting_units,
+    block_rows,
+    halting_twins,
 )
 
 import ponderlab
@@ -43,18 +42,10 @@ def tokens(batch=3, length=10, seed=4):
 
 def twins(path, halting: dict, std: float, name: str = "hf", **options):
     """The model that skips halted tokens, its full-computation twin, and the fast one's MLP row counts."""
-    models = []
-    for _ in range(2):
-        model = ponderlab.build_model(backbone={"name": name, "model": str(path), **options}, halting=halting,
-                                      vocab_size=VOCAB, seed=0)
-        randomize_halting_units(model, std=std)  # token-dependent halting: a mix of exits
-        models.append(model)
-    fast, full = models
-    make_full_computation(full)
-    mlp_rows: list[int] = []
-    for block in fast.backbone.blocks:
-        count_rows(block.layer.mlp, mlp_rows)
-    return fast, full, mlp_rows
+    backbone = {"name": name, "model": str(path), **options}
+    fast, full = halting_twins(
+        lambda: ponderlab.build_model(backbone=backbone, halting=halting, vocab_size=VOCAB, seed=0), std=std)
+    return fast, full, block_rows(fast, lambda block: block.layer.mlp)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -166,9 +157,7 @@ def test_memory_backbones_on_rows_match_the_twin(saved, name):
     fast, full, mlp_rows = twins(saved["gpt2"], {"name": "graves", "scope": "layer", "max_steps": 3,
                                                  "epsilon": 0.1, "halting_bias_init": -1.0},
                                  std=30.0, name=name, **memory)
-    full_rows: list[int] = []
-    for block in full.backbone.blocks:
-        count_rows(block.layer.mlp, full_rows)
+    full_rows = block_rows(full, lambda block: block.layer.mlp)
     ids = tokens(batch=2, length=9, seed=5)
     fast_out, full_out = fast.train()(ids), full.train()(ids)
     assert len(mlp_rows) == len(full_rows) and sum(mlp_rows) < sum(full_rows)  # later hops: running rows only

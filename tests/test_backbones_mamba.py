@@ -8,9 +8,8 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 from twin_checks import (
     assert_same_inference,
     assert_same_logits_and_gradients,
-    count_rows,
-    make_full_computation,
-    randomize_halting_units,
+    block_rows,
+    halting_twins,
 )
 
 import ponderlab
@@ -189,20 +188,11 @@ def test_fast_scan_without_gradients_gives_the_same_output():
 def mamba_early_exit_twins(halting):
     """(fast, full, projection_rows): a 3-layer depth-scope Mamba whose layers skip halted tokens'
     output projection, and the same weights computing every token; random halting units."""
-    models = []
-    for _ in range(2):
-        model = ponderlab.build_model(
-            backbone={"name": "mamba", "d_model": 16, "n_layers": 3, "d_state": 4, "scan": "torch"},
-            halting={**halting, "scope": "depth"}, vocab_size=11, seed=0,
-        ).double()
-        randomize_halting_units(model, std=3.0)
-        models.append(model)
-    fast, full = models
-    make_full_computation(full)
-    projection_rows: list[int] = []
-    for block in fast.backbone.blocks:
-        count_rows(block.mixer.out_proj, projection_rows)
-    return fast, full, projection_rows
+    fast, full = halting_twins(lambda: ponderlab.build_model(
+        backbone={"name": "mamba", "d_model": 16, "n_layers": 3, "d_state": 4, "scan": "torch"},
+        halting={**halting, "scope": "depth"}, vocab_size=11, seed=0,
+    ).double(), std=3.0)
+    return fast, full, block_rows(fast, lambda block: block.mixer.out_proj)
 
 
 def test_mamba_depth_early_exit_projects_only_running_tokens():

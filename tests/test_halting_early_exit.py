@@ -10,9 +10,8 @@ from torch import nn
 from twin_checks import (
     assert_same_inference,
     assert_same_logits_and_gradients,
-    count_rows,
-    make_full_computation,
-    randomize_halting_units,
+    block_rows,
+    halting_twins,
 )
 
 from ponderlab.core.config import BackboneConfig
@@ -143,22 +142,17 @@ def test_layer_scope_strategies_skip_halted_tokens(cls, config):
 
 
 def neox_twins(halting_cls, halting_config, *, parallel_residual: bool, dtype: torch.dtype = torch.float64):
-    models = []
-    for _ in range(2):
+    def build():
         torch.manual_seed(0)
         config = TransformerConfig(d_model=16, n_layers=3, n_heads=2, ffn_size=32,
                                    parallel_residual=parallel_residual)
-        model = PonderModel(TransformerBackbone(config, vocab_size=VOCAB), halting_cls, halting_config,
-                            vocab_size=VOCAB).to(dtype)
-        # halting that depends on the token; states are small at init (embedding std 0.02): large weights
-        randomize_halting_units(model, std=30.0)
-        models.append(model)
-    fast, full = models
-    make_full_computation(full)  # inference keeps the dense hops: the reference for the packed ones
-    mlp_rows: list[int] = []
-    for block in fast.backbone.blocks:
-        count_rows(block.layer.mlp, mlp_rows)
-    return fast, full, mlp_rows
+        return PonderModel(TransformerBackbone(config, vocab_size=VOCAB), halting_cls, halting_config,
+                           vocab_size=VOCAB).to(dtype)
+
+    # halting that depends on the token; states are small at init (embedding std 0.02): large weights.
+    # The full twin's inference keeps the dense hops: the reference for the packed ones.
+    fast, full = halting_twins(build, std=30.0)
+    return fast, full, block_rows(fast, lambda block: block.layer.mlp)
 
 
 @pytest.mark.parametrize("parallel_residual", [True, False])

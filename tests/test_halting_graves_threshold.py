@@ -98,14 +98,14 @@ def test_stops_as_soon_as_every_token_halted():
 def positionwise_hop(weights: list[torch.Tensor]):
     """A token-wise hop s -> tanh(W_n s + 0.1), and its per-token version for the references."""
 
-    def token_step(step: int, s: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(weights[step] @ s + 0.1)
+    def token_hop(n: int, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(weights[n] @ s + 0.1)
 
-    def hop(state, step, active):
-        new = torch.tanh(state @ weights[step].T + 0.1)  # (B, L, D)
+    def hop(state, n, active):
+        new = torch.tanh(state @ weights[n].T + 0.1)  # (B, L, D)
         return new if active is None else torch.where(active.unsqueeze(-1), new, state)
 
-    return hop, token_step
+    return hop, token_hop
 
 
 def reference_check(site, n_hops: int, threshold: float, units: list, seed: int):
@@ -113,15 +113,15 @@ def reference_check(site, n_hops: int, threshold: float, units: list, seed: int)
     d = site.d_model
     weights = [torch.randn(d, d, generator=generator, dtype=D64) for _ in range(n_hops)]
     state = torch.randn(3, 4, d, generator=generator, dtype=D64)
-    hop, token_step = positionwise_hop(weights)
+    hop, token_hop = positionwise_hop(weights)
     out = site(state, hop)
 
-    def halt(step, s):
-        return float(units[step if len(units) > 1 else 0](s.view(1, 1, -1)).item())
+    def halt(n, s):
+        return float(units[n if len(units) > 1 else 0](s.view(1, 1, -1)).item())
 
     for b in range(3):
         for t in range(4):
-            ref = cumulative_act_token(state[b, t], token_step, halt, n_hops=n_hops, threshold=threshold)
+            ref = cumulative_act_token(state[b, t], token_hop, halt, n_hops=n_hops, threshold=threshold)
             torch.testing.assert_close(out.output[b, t], ref["output"])
             assert out.hops[b, t].item() == ref["hops"]
             assert out.remainder[b, t].item() == pytest.approx(ref["remainder"], abs=1e-12)
@@ -206,9 +206,9 @@ def test_gradcheck_float64(name):
         sums = []
         s = state.detach()
         total = torch.zeros(1, 3, dtype=D64)
-        for step in range(site.max_hops() - 1):  # the last hop halts every token without an h
-            s = hop(s, step, None)
-            total = total + site.halting_probability(step, s, None)
+        for n in range(site.max_hops() - 1):  # the last hop halts every token without an h
+            s = hop(s, n, None)
+            total = total + site.halting_probability(n, s, None)
             sums.append(total)
         margin = (torch.stack(sums) - threshold).abs().min().item()
     assert margin > 1e-3

@@ -79,8 +79,8 @@ def test_top_capacity_by_hand():
     assert top_capacity(scores, 1 / 3, eligible, mask).tolist() == [[False, False, True], [False, True, False]]
 
 
-def hand_hop(state, step, active):
-    return state + 1.0 if step == 0 else 2.0 * state  # layer 0: s + 1 (dense); layer 1: f(s) = 2 s
+def hand_hop(state, n, active):
+    return state + 1.0 if n == 0 else 2.0 * state  # layer 0: s + 1 (dense); layer 1: f(s) = 2 s
 
 
 def test_three_tokens_by_hand_training_and_inference():

@@ -40,7 +40,7 @@ class MixingHop(nn.Module):
         self.query, self.key, self.value = (nn.Linear(d_model, d_model) for _ in range(3))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, state: Tensor, step: int, active: Tensor | None) -> Tensor:  # (B, L, D)
+    def forward(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:  # (B, L, D)
         length = state.shape[1]
         scores = self.query(state) @ self.key(state).transpose(1, 2) / math.sqrt(state.shape[-1])
         future = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
@@ -52,8 +52,8 @@ class MixingHop(nn.Module):
 def table_hop(table: Tensor):
     """Hop n returns table[n + 1] (the core freezes inactive tokens): table (hops + 1, B, L, D)."""
 
-    def hop(state: Tensor, step: int, active: Tensor | None) -> Tensor:
-        new = table[step + 1]
+    def hop(state: Tensor, n: int, active: Tensor | None) -> Tensor:
+        new = table[n + 1]
         return new if active is None else torch.where(active.unsqueeze(-1), new, state)
 
     return hop
@@ -100,20 +100,20 @@ def reference_seed_act(
     hops = dict.fromkeys(tokens, 0)
     halted = dict.fromkeys(tokens, False)
     output = {k: state.new_zeros(state.shape[-1]) for k in tokens}
-    step = 0
+    n = 0
     while any(not halted[k] and float(halting[k].detach()) < threshold and hops[k] < max_hop for k in tokens):
         active = None
         if freeze:
             active = torch.tensor([[not halted[(b, t)] for t in range(length)] for b in range(batch)])
-        new = hop(state, step, active)
+        new = hop(state, n, active)
         for k in tokens:
             source = state if from_entering else new
             p = torch.sigmoid(source[k] @ weight + bias)
             if noise is not None:
-                p = p + noise[step][k]
+                p = p + noise[n][k]
             if halted[k]:
                 w = zero
-            elif float((halting[k] + p).detach()) > threshold or (cap_remainder and step == max_hop - 1):
+            elif float((halting[k] + p).detach()) > threshold or (cap_remainder and n == max_hop - 1):
                 remainder[k] = 1.0 - halting[k]
                 halting[k] = halting[k] + remainder[k]
                 hops[k] += 1
@@ -125,7 +125,7 @@ def reference_seed_act(
                 w = p
             output[k] = w * new[k] + (1.0 - w) * output[k] if combine == "interpolate" else output[k] + w * new[k]
         state = new
-        step += 1
+        n += 1
 
     def grid(values: dict) -> Tensor:
         return torch.stack([torch.as_tensor(values[k], dtype=D64) for k in tokens]).view(batch, length, -1).squeeze(-1)
@@ -194,7 +194,7 @@ def mixing_pair(freeze: bool, cap_remainder: bool = False):
     state = torch.tensor([[[1.0, logit(0.95)], [2.0, logit(0.25)]]], dtype=D64)  # (1, 2, 2)
     calls = []
 
-    def hop(state: Tensor, step: int, active: Tensor | None) -> Tensor:
+    def hop(state: Tensor, n: int, active: Tensor | None) -> Tensor:
         calls.append(active)
         values = state[..., 0]  # (B, L)
         new = state.clone()
@@ -276,8 +276,8 @@ def test_matches_reference_outputs_hops_remainders_and_gradients(options):
         strategy.unit.weight.mul_(scale)  # a spread of hop counts
     states = []  # the state each hop produced, as the strategy saw it
 
-    def recording_hop(state, step, active):
-        states.append(hop(state, step, active))
+    def recording_hop(state, n, active):
+        states.append(hop(state, n, active))
         return states[-1]
 
     out = strategy(state, recording_hop)

@@ -13,9 +13,8 @@ from pydantic import ValidationError
 from twin_checks import (
     assert_same_inference,
     assert_same_logits_and_gradients,
-    count_rows,
-    make_full_computation,
-    randomize_halting_units,
+    block_rows,
+    halting_twins,
 )
 
 import ponderlab
@@ -211,20 +210,15 @@ def early_exit_twins(name, halting, unit_std):
     blocks and with full ones; halting units with random weights (std `unit_std`), so that
     tokens exit at different layers. The lists record how many tokens each call of the fast
     model's FFN and mixer output projection computes."""
-    models = []
-    for _ in range(2):
+    def rough_model():
         model = build(name, halting={**halting, "scope": "depth"}, n_layers=3).double()
         roughen(model.backbone)
-        randomize_halting_units(model, unit_std)
-        models.append(model)
-    fast, full = models
-    make_full_computation(full)
-    ffn_rows: list[int] = []
-    projection_rows: list[int] = []
-    for block in fast.backbone.blocks:
-        count_rows(block.ffn.key if name == "rwkv" else block.ffn, ffn_rows)  # RWKV: the channel mix's first linear
-        count_rows(block.mixer.out_proj, projection_rows)
-    return fast, full, ffn_rows, projection_rows
+        return model
+
+    fast, full = halting_twins(rough_model, std=unit_std)
+    # RWKV: the channel mix's first linear
+    ffn_rows = block_rows(fast, lambda block: block.ffn.key if name == "rwkv" else block.ffn)
+    return fast, full, ffn_rows, block_rows(fast, lambda block: block.mixer.out_proj)
 
 
 @pytest.mark.parametrize("name", NAMES)

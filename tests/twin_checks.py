@@ -4,6 +4,8 @@ block classes, random halting units, row counters and the comparisons of the two
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -44,6 +46,24 @@ def randomize_halting_units(model: nn.Module, std: float, seed: int = 3) -> None
         for unit in site.units:
             for linear in (unit.linear,) if hasattr(unit, "linear") else (unit.hidden, unit.out):
                 nn.init.normal_(linear.weight, std=std, generator=torch.Generator().manual_seed(seed))
+
+
+def halting_twins(build: Callable[[], nn.Module], std: float) -> tuple[nn.Module, nn.Module]:
+    """(fast, full): two models from `build()` (which must give equal weights each call), with
+    the same random halting units (`randomize_halting_units`, std `std`); `full` computes every token."""
+    fast, full = build(), build()
+    for model in (fast, full):
+        randomize_halting_units(model, std=std)
+    make_full_computation(full)
+    return fast, full
+
+
+def block_rows(model: nn.Module, part: Callable[[nn.Module], nn.Module]) -> list[int]:
+    """A list that records how many tokens each call of `part(block)` gets, for every block of `model`."""
+    counts: list[int] = []
+    for block in model.backbone.blocks:
+        count_rows(part(block), counts)
+    return counts
 
 
 def count_rows(module: nn.Module, counts: list[int]) -> None:

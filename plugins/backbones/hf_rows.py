@@ -26,21 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PretrainedConfig
-from transformers.models.llama.modeling_llama import rotate_half
 from transformers.pytorch_utils import Conv1D
 
 from ponderlab.core.early_exit import rows_mask
 
+from .row_attention import attend_rows, rotary
+
 #: (cos, sin) rotary tables of positions 0..L-1: (1, L, r) each
 RotaryTables = tuple[Tensor, Tensor]
-
-
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding on the first cos.shape[-1] channels of x (..., dh), the rest kept
-    (GPT-NeoX's partial rotary; Llama and Qwen2 rotate every channel)."""
-    span = cos.shape[-1]
-    turned, kept = x[..., :span], x[..., span:]
-    return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
 
 
 def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Tensor | slice,
@@ -64,43 +57,12 @@ def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Te
     return every.reshape(-1, every.shape[-1]).index_select(0, rows)[:, query], every[..., key_value]
 
 
-def attend_rows(query: Tensor, key: Tensor, value: Tensor, rows: Tensor, *, scaling: float, dropout: float,
-                window: int | None = None) -> Tensor:
-    """Causal attention of the rows' queries over every token's keys and values.
-
-    query (K, H, dh) for the tokens at flat indices rows (K,); key, value (B, Hkv, L, dh)
-    of every token (Hkv divides H: grouped heads) -> (K, H*dh). Queries are packed per
-    sequence (Kq = the most rows in one sequence) with an explicit causal mask at their
-    positions (and a sliding window of `window` keys where given).
-    """
-    batch, kv_heads, length, size = key.shape
-    heads = query.shape[1]
-    if heads != kv_heads:  # each key/value head serves heads // kv_heads consecutive query heads
-        key = key.repeat_interleave(heads // kv_heads, dim=1)  # (B, H, L, dh)
-        value = value.repeat_interleave(heads // kv_heads, dim=1)
-    active = rows_mask(rows, (batch, length))  # (B, L)
-    counts = active.sum(1)  # (B,)
-    packed = int(counts.max())  # Kq
-    positions = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, Kq)
-    valid = (torch.arange(packed, device=rows.device) < counts.unsqueeze(1)).reshape(-1)  # (B*Kq,)
-    slots = query.new_zeros(batch * packed, heads, size)
-    slots[valid] = query  # rows are row-major, as the valid slots
-    slots = slots.view(batch, packed, heads, size).transpose(1, 2)  # (B, H, Kq, dh)
-    keys_at = torch.arange(length, device=rows.device)  # (L,)
-    allowed = keys_at <= positions.unsqueeze(-1)  # (B, Kq, L)
-    if window is not None:
-        allowed = allowed & (keys_at > positions.unsqueeze(-1) - window)
-    mixed = F.scaled_dot_product_attention(slots, key.to(slots.dtype), value.to(slots.dtype),
-                                           attn_mask=allowed.unsqueeze(1), dropout_p=dropout, scale=scaling)
-    return mixed.transpose(1, 2).reshape(batch * packed, heads * size)[valid]  # (K, H*dh)
-
-
 def rotate_rows(query: Tensor, key: Tensor, rows: Tensor, tables: RotaryTables) -> tuple[Tensor, Tensor]:
     """Rotary positions on the rows' queries (K, H, dh) and every token's keys (B, Hkv, L, dh)."""
     cos, sin = tables  # (1, L, r)
     at = rows % key.shape[2]  # (K,) positions of the rows
-    query = rotate(query, cos[0, at].unsqueeze(1), sin[0, at].unsqueeze(1))
-    return query, rotate(key, cos.unsqueeze(1), sin.unsqueeze(1))
+    query = rotary(query, cos[0, at].unsqueeze(1), sin[0, at].unsqueeze(1))
+    return query, rotary(key, cos.unsqueeze(1), sin.unsqueeze(1))
 
 
 def heads_first(x: Tensor, size: int) -> Tensor:  # (B, L, Hkv*dh) -> (B, Hkv, L, dh)
@@ -132,7 +94,8 @@ class GPT2Rows(LayerRows):
         query, key_value = project_split(attention.c_attn, layer.ln_1(hidden), rows, slice(0, width),
                                          slice(width, 3 * width))  # (K, D), (B, L, 2D)
         key, value = (heads_first(part, size) for part in key_value.split(width, dim=-1))  # (B, H, L, dh)
-        mixed = attend_rows(query.view(len(rows), -1, size), key, value, rows, scaling=attention.scaling,
+        mixed = attend_rows(query.view(len(rows), -1, size), key, value, rows_mask(rows, hidden.shape[:2]),
+                            scaling=attention.scaling,
                             dropout=attention.attn_dropout.p if layer.training else 0.0)  # (K, D)
         middle = attention.resid_dropout(attention.c_proj(mixed)) + states
         return middle + layer.mlp(layer.ln_2(middle))
@@ -149,7 +112,7 @@ class NeoXRows(LayerRows):
                                          channels[:, 0].reshape(-1), channels[:, 1:].reshape(-1))
         key, value = heads_first(key_value, 2 * size).chunk(2, dim=-1)  # (B, H, L, dh) each
         query, key = rotate_rows(query.view(len(rows), -1, size), key, rows, tables)
-        mixed = attend_rows(query, key, value, rows, scaling=attention.scaling,
+        mixed = attend_rows(query, key, value, rows_mask(rows, hidden.shape[:2]), scaling=attention.scaling,
                             dropout=attention.attention_dropout if layer.training else 0.0)  # (K, D)
         attended = layer.post_attention_dropout(attention.dense(mixed))  # (K, D)
         if layer.use_parallel_residual:
@@ -169,7 +132,8 @@ class LlamaRows(LayerRows):
         key = heads_first(attention.k_proj(normed), size)  # (B, Hkv, L, dh)
         value = heads_first(attention.v_proj(normed), size)
         query, key = rotate_rows(query.view(len(rows), -1, size), key, rows, tables)
-        mixed = attend_rows(query, key, value, rows, scaling=attention.scaling, window=self.window,
+        mixed = attend_rows(query, key, value, rows_mask(rows, hidden.shape[:2]), scaling=attention.scaling,
+                            window=self.window,
                             dropout=attention.attention_dropout if layer.training else 0.0)  # (K, H*dh)
         middle = states + attention.o_proj(mixed)
         return middle + layer.mlp(layer.post_attention_layernorm(middle))

@@ -14,16 +14,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import GPTNeoXConfig
-from transformers.models.gpt_neox.modeling_gpt_neox import (
-    GPTNeoXLayer,
-    GPTNeoXRotaryEmbedding,
-    rotate_half,
-)
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXRotaryEmbedding
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.early_exit import gather_active, rows_mask
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
+
+from .row_attention import attend_rows, rotary, routed_positions
 
 
 class TransformerConfig(BackboneConfig):
@@ -213,29 +211,18 @@ class NeoXBlock(Block):
         hidden (B, L, D), active (B, L), rows (K,) -> (K, D) attention output before the
         output projection. Keys and values (from the fused QKV weights) are computed only
         for positions up to the last running one in the batch (later halted tokens are read
-        by nobody); queries only for the K running tokens, packed per sequence (Kq = the
-        most running tokens in one sequence) with an explicit causal mask at their positions.
+        by nobody); queries only for the K running tokens (`row_attention.attend_rows`).
         """
         attention = self.layer.attention
         norm = self.layer.input_layernorm
-        batch, _, width = hidden.shape
         length = int(active.any(0).nonzero()[-1]) + 1  # the keys any running token reads
         cos, sin = cos_sin[0][:, :length], cos_sin[1][:, :length]  # (1, L', r)
         key, value = self.project_key_value(norm(hidden[:, :length]), cos, sin)  # (B, H, L', dh) each
-        positions, valid = routed_positions(active)  # (B, Kq) each
-        positions = positions.clamp_max(length - 1)  # padding slots only: read by nobody
-        packed = positions.shape[1]
-        running_query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1)).flatten(1)  # (K, D)
-        query = running_query.new_zeros(batch * packed, width)  # the projection's dtype (autocast)
-        query[valid.reshape(-1)] = running_query
-        query = query.view(batch, packed, -1, attention.head_size).transpose(1, 2)  # (B, H, Kq, dh)
-        query = rotary(query, cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1))
-        allowed = torch.arange(length, device=active.device) <= positions.unsqueeze(-1)  # (B, Kq, L')
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed.unsqueeze(1),
-            dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
-        )  # (B, H, Kq, dh)
-        return context.transpose(1, 2).reshape(batch * packed, width)[valid.reshape(-1)]  # (K, D)
+        query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1))[..., 0, :]  # (K, H, dh)
+        at = (rows % hidden.shape[1]).unsqueeze(1)  # (K, 1) positions of the rows, all < L'
+        query = rotary(query, cos[0, at], sin[0, at])
+        return attend_rows(query, key, value, active, scaling=attention.scaling,
+                           dropout=attention.attention_dropout if self.training else 0.0)  # (K, D)
 
     def update_rows(
         self, hidden: Tensor, active: Tensor, rows: Tensor, residual: Tensor, cos_sin: tuple[Tensor, Tensor]
@@ -246,24 +233,6 @@ class NeoXBlock(Block):
         context = self.running_attention(hidden, active, rows, cos_sin)  # (K, D)
         attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
         return self.residual_update(residual, attn)
-
-
-def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """GPT-NeoX partial rotary embedding on the first cos.shape[-1] channels of x (..., dh)."""
-    span = cos.shape[-1]
-    turned, kept = x[..., :span], x[..., span:]
-    return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
-
-
-def routed_positions(routed: Tensor) -> tuple[Tensor, Tensor]:
-    """routed (B, L) bool -> positions (B, C) long, valid (B, C) bool, C the most routed
-    tokens in one sequence (at least 1): each row lists its routed tokens' positions in
-    ascending order, then (valid False) unrouted positions as padding."""
-    counts = routed.sum(1)  # (B,)
-    packed = max(1, int(counts.max()))  # C (a host read: it sets the shapes)
-    order = torch.argsort((~routed).to(torch.int8), dim=1, stable=True)[:, :packed]  # (B, C)
-    valid = torch.arange(packed, device=routed.device) < counts.unsqueeze(1)  # (B, C)
-    return order, valid
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -1,7 +1,7 @@
 """`pondernet`: PonderNet (Banino et al. 2021, arXiv 2107.05407).
 
 Hop n produces state s_n and lambda_n = sigmoid(W s_n + b) (n = 1..N, N = max_steps).
-Halting distribution: p_n = lambda_n prod_{j<n} (1 - lambda_j); the last step takes
+Halting distribution: p_n = lambda_n prod_{j<n} (1 - lambda_j); the last hop takes
 all remaining mass, p_N = prod_{j<N} (1 - lambda_j), so sum_n p_n = 1.
 
 Training runs all N hops and returns the per-hop states with p; the core turns
@@ -9,18 +9,18 @@ them into the expected task loss sum_n p_n CE(head(s_n)). This strategy adds
 aux_loss = beta * mean over tokens of KL(p || g), in the paper's direction
 (sum_n p_n log(p_n / g_n)), where g is the geometric prior
 g_n = lambda_p (1 - lambda_p)^(n-1), truncated at N and renormalised to sum to 1.
-The output the head sees in training is s_n at a step n ~ p (a sample of the
+The output the head sees in training is s_n at a hop n ~ p (a sample of the
 model's own halting).
 
 Inference (eval mode): halting by sampling Bernoulli(lambda_n) after each hop
-(`inference: sample`, the paper), or at the most likely step argmax_n p_n
+(`inference: sample`, the paper), or at the most likely hop argmax_n p_n
 (`inference: most_likely`); either way the state of the halting hop is returned
-and tokens stop as soon as their step is decided (early exit; for most_likely a
+and tokens stop as soon as their halting hop is decided (early exit; for most_likely a
 token stops once its best p_n is at least the mass left for later steps).
 
 Statistics: hops = hops executed (N in training); ponder_cost = expected halting
-step sum_n n p_n in training, the realised step at inference; remainder = the
-mass forced onto the last step. The KL is the regulariser (no time penalty).
+hop sum_n n p_n in training, the realised hop at inference; remainder = the
+mass forced onto the last hop. The KL is the regulariser (no time penalty).
 
 Defaults: lambda_p 0.2, beta 0.01 (the paper's parity settings use beta 0.01),
 max_steps 4 (the paper used 20 on parity), halting_bias_init = logit(lambda_p).

@@ -4,7 +4,7 @@ These loops follow the formulas of docs/halting.md one token at a time with
 Python floats, so they are easy to read and check against the papers. The tests
 compare the vectorised strategies with them; third-party halting strategies can
 do the same. Functions take one token's initial state `s0` (D,) and position-wise
-callables: `step_fn(n, s) -> s` (the hop) and `halt_fn(n, s) -> float`.
+callables: `hop_fn(n, s) -> s` (the hop) and `halt_fn(n, s) -> float`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-StepFn = Callable[[int, Tensor], Tensor]
+TokenHopFn = Callable[[int, Tensor], Tensor]
 HaltFn = Callable[[int, Tensor], float]
 
 
-def cumulative_act_token(s0: Tensor, step_fn: StepFn, halt_fn: HaltFn, *, n_hops: int, threshold: float) -> dict:
+def cumulative_act_token(s0: Tensor, hop_fn: TokenHopFn, halt_fn: HaltFn, *, n_hops: int, threshold: float) -> dict:
     """Graves / threshold ACT for one token: h_n on the state after hop n; halt when sum h >= threshold."""
     state, total, weights, output = s0, 0.0, [], torch.zeros_like(s0)
     for n in range(n_hops):
-        state = step_fn(n, state)
+        state = hop_fn(n, state)
         h = None if n == n_hops - 1 else halt_fn(n, state)  # the cap needs no h
         if h is None or total + h >= threshold:
             remainder = 1.0 - total
@@ -38,13 +38,13 @@ def cumulative_act_token(s0: Tensor, step_fn: StepFn, halt_fn: HaltFn, *, n_hops
 
 
 def ut_act_token(
-    s0: Tensor, step_fn: StepFn, halt_fn: HaltFn, *, max_steps: int, threshold: float, combine: str
+    s0: Tensor, hop_fn: TokenHopFn, halt_fn: HaltFn, *, max_steps: int, threshold: float, combine: str
 ) -> dict:
     """tensor2tensor ACT for one token: p on the state entering the hop; halt when H + p > threshold."""
     state, halting, output, weights = s0, 0.0, torch.zeros_like(s0), []
     for n in range(max_steps):
         p = halt_fn(n, state)
-        state = step_fn(n, state)
+        state = hop_fn(n, state)
         halts = halting + p > threshold or n == max_steps - 1
         weight = 1.0 - halting if halts else p
         if not halts:
@@ -57,11 +57,11 @@ def ut_act_token(
     raise AssertionError("unreachable: the last hop always halts")
 
 
-def pondernet_token(s0: Tensor, step_fn: StepFn, lambda_fn: HaltFn, *, n_hops: int, lambda_p: float) -> dict:
+def pondernet_token(s0: Tensor, hop_fn: TokenHopFn, lambda_fn: HaltFn, *, n_hops: int, lambda_p: float) -> dict:
     """PonderNet for one token: p_n, the hop states, KL(p || truncated geometric(lambda_p))."""
     state, survive, probs, states = s0, 1.0, [], []
     for n in range(n_hops):
-        state = step_fn(n, state)
+        state = hop_fn(n, state)
         states.append(state)
         lam = 1.0 if n == n_hops - 1 else lambda_fn(n, state)
         probs.append(lam * survive)
