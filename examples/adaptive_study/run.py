@@ -12,8 +12,8 @@ each run (user + system of the child) are stored beside it in cpu_seconds.json.
 Matched compute. The unit is one layer application per token (results.json
 `test/mean_layers`). The fixed-depth frontier is `none` with 1, 2, 3 and 4 layers. Every
 other strategy is set to spend about 2 layer applications per token with at most 4:
-depth-scope strategies work in a 4-layer stack (constant runs 2 layers, random 2 on
-average, layerskip exits at layer 2, mixture_of_depths routes half the tokens through each
+depth-scope strategies work in a 4-layer stack (constant runs 2 layers, random a
+geometric number with mean 2 and cap 4, layerskip exits at layer 2, mixture_of_depths routes half the tokens through each
 block, graves / threshold / pondernet / calm learn or choose their exits with the knobs
 below); shared-core strategies (ut, seed000_act, recurrent_depth, mixture_of_recursions)
 iterate a 1-layer core at most 4 times (mean recurrence 2, capacities summing to 2). The
@@ -40,7 +40,8 @@ CORE = {"halting.scope": "model", "backbone.n_layers": 1}
 CONFIGS: dict[str, dict[str, object]] = {
     **{f"none_L{k}": {"halting.name": "none", **DEPTH, "backbone.n_layers": k} for k in (1, 2, 3, 4)},
     "constant": {"halting.name": "constant", **DEPTH, "halting.steps": 2},
-    "random": {"halting.name": "random", **DEPTH, "halting.mean_hops": 2.0},
+    # geometric: the two-point default at a whole mean (2.0) is `constant` again
+    "random": {"halting.name": "random", **DEPTH, "halting.mean_hops": 2.0, "halting.distribution": "geometric"},
     "graves": {"halting.name": "graves", **DEPTH, "halting.time_penalty": 0.01},
     "threshold": {"halting.name": "threshold", **DEPTH, "halting.threshold": 0.95},
     "pondernet": {"halting.name": "pondernet", **DEPTH, "halting.lambda_p": 0.5,
