@@ -89,7 +89,7 @@ def report(root: Path, docs: Path) -> int:
                "--pareto-x", "layers", "hops"]
     code = code or subprocess.run(command).returncode
     if code == 0:
-        for name in ("accuracy_vs_layers.png", "accuracy_vs_hops.png", "report.md", "runs.csv"):
+        for name in ("accuracy_vs_layers.png", "accuracy_vs_hops.png", "runs.csv"):
             (docs / name).write_bytes((root / "report" / name).read_bytes())
     return code
 
