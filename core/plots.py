@@ -190,9 +190,23 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plot_accuracy_vs_hops(runs, path: Path) -> list[tuple[str, Path]]:
-    """Test token accuracy and exact match against test mean hops, one point per run."""
-    usable = [r for r in runs if isinstance(r.results.get("test/mean_hops"), (int, float))]
+#: x axes of the Pareto view: results.json key, axis label, figure title.
+PARETO_AXES = {
+    "hops": ("test/mean_hops", "mean hops per token (test)", "Accuracy vs mean hops (Pareto view)"),
+    "layers": ("test/mean_layers", "mean layer applications per token (test)",
+               "Accuracy vs mean layer applications (Pareto view)"),
+}
+
+
+def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops") -> list[tuple[str, Path]]:
+    """Test token accuracy and exact match against test mean hops (or layers), one point per run.
+
+    `x_axis="layers"` puts each run at its mean layer applications per token
+    (`test/mean_layers`, the compute spent) instead of its hops at one ponder site.
+    """
+    x_key, x_label, title = PARETO_AXES[x_axis]
+    usable = [r for r in runs if isinstance(r.results.get(x_key), (int, float))
+              and math.isfinite(r.results[x_key])]
     if not usable:
         return []
     plt = _pyplot()
@@ -206,7 +220,7 @@ def plot_accuracy_vs_hops(runs, path: Path) -> list[tuple[str, Path]]:
             ax = axis(t, row)
             points = []
             for run in group:
-                x, y = run.results.get("test/mean_hops"), run.results.get(key)
+                x, y = run.results.get(x_key), run.results.get(key)
                 if not isinstance(y, (int, float)) or not math.isfinite(y):
                     continue
                 style = encoding.style(run)
@@ -219,14 +233,14 @@ def plot_accuracy_vs_hops(runs, path: Path) -> list[tuple[str, Path]]:
                 ax.step(xs, ys, where="post", color="0.5", linewidth=1, linestyle="--", zorder=2,
                         label="Pareto front")
                 ax.legend(loc="lower right", fontsize=8, frameon=False)
-            ax.set_xlabel("mean hops per token (test)")
+            ax.set_xlabel(x_label)
             ax.set_ylabel(name)
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(task, fontsize=11)
     _finish(plt, fig, encoding, layout, path, kind="marker")
-    return [("Accuracy vs mean hops (Pareto view)", path)]
+    return [(title, path)]
 
 
 # --------------------------------------------------------------------------- hops by position

@@ -10,6 +10,8 @@ trials contain run dirs). The report writes into `--out` (default `report/`):
                             of `ponderlab eval` in evals.csv and a second table)
   learning_curves.png       training task loss and validation token accuracy by step
   accuracy_vs_hops.png      test accuracy against mean hops per run (Pareto view)
+  accuracy_vs_layers.png    the same against mean layer applications per token
+                            (`--pareto-x layers`; compute across scopes)
   hops_by_position.png      mean hops per sequence position (test split)
   hop_heatmap_<task>.png    hops per example and position for adaptive-halting runs
   hop_histogram.png         share of tokens per hop count (test split)
@@ -200,6 +202,7 @@ def write_report(
     *,
     heatmap_examples: int = 32,
     plots: bool = True,
+    pareto_x: tuple[str, ...] = ("hops",),
 ) -> dict[str, Any]:
     """Write report.md, runs.csv, evals.csv and the PNG plots; returns what was written.
 
@@ -219,7 +222,8 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        written = _write_files(runs, unfinished, staging, heatmap_examples=heatmap_examples, plots=plots)
+        written = _write_files(runs, unfinished, staging, heatmap_examples=heatmap_examples, plots=plots,
+                               pareto_x=pareto_x)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if storage_full(exc):
@@ -237,7 +241,8 @@ def write_report(
 
 
 def _write_files(
-    runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool
+    runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool,
+    pareto_x: tuple[str, ...] = ("hops",),
 ) -> dict[str, Any]:
     from . import plots as plotting
 
@@ -254,7 +259,8 @@ def _write_files(
     figures: list[tuple[str, Path]] = []
     if plots:
         figures += plotting.plot_learning_curves(runs, out / "learning_curves.png")
-        figures += plotting.plot_accuracy_vs_hops(runs, out / "accuracy_vs_hops.png")
+        for axis in pareto_x:
+            figures += plotting.plot_accuracy_vs_hops(runs, out / f"accuracy_vs_{axis}.png", x_axis=axis)
         figures += plotting.plot_hops_by_position(runs, out / "hops_by_position.png")
         figures += plotting.plot_hop_histogram(runs, out / "hop_histogram.png")
         if heatmap_examples > 0:
@@ -317,11 +323,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test examples per hop heatmap (0: no heatmaps, which skips loading checkpoints)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--pareto-x",
+        nargs="+",
+        choices=["hops", "layers"],
+        default=["hops"],
+        help="x axes of the Pareto view: hops (accuracy_vs_hops.png) and/or layers "
+        "(accuracy_vs_layers.png: mean layer applications per token)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     written = write_report(
-        args.paths, args.out, heatmap_examples=args.heatmap_examples, plots=not args.no_plots
+        args.paths, args.out, heatmap_examples=args.heatmap_examples, plots=not args.no_plots,
+        pareto_x=tuple(dict.fromkeys(args.pareto_x)),
     )
     runs = written["runs"]
     print(runs_table_markdown(runs))

@@ -218,3 +218,39 @@ def test_heatmap_hops_from_the_checkpoint_match_the_stored_ones(two_runs, tmp_pa
     (stored_again, stored_scored), = hop_matrices([original], examples=12)[0].values()
     assert stored_again == pytest.approx(stored[:12], nan_ok=True)
     assert (stored_scored == scored).all()
+
+
+def test_pareto_view_against_layer_applications(two_runs, tmp_path, monkeypatch):
+    """`--pareto-x layers` puts each run at test/mean_layers (a depth exit at 1.5 of 3 layers
+    and a 1-layer core iterated 2.5 times), not at its hops."""
+    from ponderlab.core import plots
+
+    runs = [record({"name": "parity", "size": 4}, halting=h) for h in ("calm", "ut")]
+    for run, (hops, layers, acc) in zip(runs, [(1.5, 1.5, 0.7), (2.5, 2.5 * 2, 0.9)], strict=True):
+        run.results.update({"test/mean_hops": hops, "test/mean_layers": layers,
+                            "test/token_accuracy": acc, "test/exact_match": acc})
+    runs.append(record({"name": "parity", "size": 4}, halting="none"))  # no mean_layers: left out
+    runs[-1].results.update({"test/mean_hops": 1.0, "test/token_accuracy": 0.5})
+    label_runs(runs)
+    seen = {}
+
+    def keep(plt, fig, *args, **kwargs):
+        seen["points"] = sorted(tuple(p) for c in fig.axes[0].collections for p in c.get_offsets())
+        seen["xlabel"] = fig.axes[0].get_xlabel()
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_finish", keep)
+    assert plots.plot_accuracy_vs_hops(runs, tmp_path / "x.png", x_axis="layers")[0][0].startswith(
+        "Accuracy vs mean layer applications")
+    assert seen["points"] == [(1.5, 0.7), (5.0, 0.9)]
+    assert "layer applications" in seen["xlabel"]
+    plots.plot_accuracy_vs_hops(runs, tmp_path / "x.png")
+    assert seen["points"] == [(1.0, 0.5), (1.5, 0.7), (2.5, 0.9)]
+
+    monkeypatch.undo()
+    out = tmp_path / "r"
+    assert cli_main(["report", str(two_runs), "--out", str(out), "--heatmap-examples", "0",
+                     "--pareto-x", "hops", "layers"]) == 0
+    for name in ("accuracy_vs_hops.png", "accuracy_vs_layers.png"):
+        assert_valid_png(out / name)
+        assert f"]({name})" in (out / "report.md").read_text()

@@ -1,86 +1,116 @@
-"""The adaptive-computation study: every halting strategy, two tasks, three seeds, one report.
+"""The adaptive-computation study: every halting strategy at matched compute, two tasks, three seeds.
 
-    python examples/adaptive_study/run.py                      # everything (resumable)
-    python examples/adaptive_study/run.py --seeds 0 --steps 100 --tasks parity   # smallest
+    python examples/adaptive_study/run.py                         # everything (resumable)
+    python examples/adaptive_study/run.py --tasks addition --seeds 0   # a part
+    python examples/adaptive_study/run.py --report-only           # summary, table and plot
 
-Each run goes to runs/adaptive_study/<task>/<strategy>/seed<k>; a run with results.json is
-skipped, a run killed midway is continued with `--resume`. At the end `ponderlab report`
-writes the tables and the accuracy-vs-compute Pareto plot (accuracy_vs_hops.png) to
-runs/adaptive_study/report.
+Each run goes to runs/adaptive_study/<task>/<config>/seed<k>; a run with results.json is
+skipped, a run killed midway is continued with `--resume`. Runs go seed-major (every config
+at seed 0, then seed 1, ...), so an interrupted study has whole seeds. The CPU seconds of
+each run (user + system of the child) are stored beside it in cpu_seconds.json.
 
-Matched compute: every strategy may spend at most 4 layer applications per token.
-Depth-scope strategies exit early in a 4-layer stack; shared-core strategies (ut,
-recurrent_depth, and mixture_of_recursions when installed) iterate a 1-layer core at most
-4 times, so for all of them "hops" are layer applications, the x axis of the plot.
-constant and random spend 2. Learned strategies spend what their settings make them
-spend (not tuned to a common budget); the plot puts each at its measured cost.
+Matched compute. The unit is one layer application per token (results.json
+`test/mean_layers`). The fixed-depth frontier is `none` with 1, 2, 3 and 4 layers. Every
+other strategy is set to spend about 2 layer applications per token with at most 4:
+depth-scope strategies work in a 4-layer stack (constant runs 2 layers, random a
+geometric number with mean 2 and cap 4, layerskip exits at layer 2, mixture_of_depths routes half the tokens through each
+block, graves / threshold / pondernet / calm learn or choose their exits with the knobs
+below); shared-core strategies (ut, seed000_act, recurrent_depth, mixture_of_recursions)
+iterate a 1-layer core at most 4 times (mean recurrence 2, capacities summing to 2). The
+learned strategies only *aim* at 2: the table and plot put each run at its measured cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from ponderlab.core.registry import get_registry
-
 HERE = Path(__file__).parent
-TASKS = {"parity": HERE / "parity.yaml", "addition": HERE / "addition.yaml"}
+TASKS = {"addition": HERE / "addition.yaml", "parity": HERE / "parity.yaml"}
 
-#: strategy -> halting overrides (and backbone ones); unknown strategies run with defaults
-STRATEGIES: dict[str, dict[str, object]] = {
-    "none": {"halting.scope": "depth"},
-    "constant": {"halting.scope": "depth", "halting.steps": 2},
-    "random": {"halting.scope": "depth", "halting.mean_hops": 2.0},
-    "graves": {"halting.scope": "depth", "halting.time_penalty": 0.01},
-    "threshold": {"halting.scope": "depth", "halting.threshold": 0.95},
-    "pondernet": {"halting.scope": "depth", "halting.inference": "most_likely"},
-    "calm": {"halting.scope": "depth", "halting.threshold": 0.9},
-    "layerskip": {"halting.scope": "depth", "halting.confidence": "softmax", "halting.threshold": 0.9,
+DEPTH = {"halting.scope": "depth"}
+CORE = {"halting.scope": "model", "backbone.n_layers": 1}
+
+#: config -> overrides. `none_L<k>` is the fixed-depth frontier; the rest aim at ~2 layers/token.
+CONFIGS: dict[str, dict[str, object]] = {
+    **{f"none_L{k}": {"halting.name": "none", **DEPTH, "backbone.n_layers": k} for k in (1, 2, 3, 4)},
+    "constant": {"halting.name": "constant", **DEPTH, "halting.steps": 2},
+    # geometric: the two-point default at a whole mean (2.0) is `constant` again
+    "random": {"halting.name": "random", **DEPTH, "halting.mean_hops": 2.0, "halting.distribution": "geometric"},
+    "graves": {"halting.name": "graves", **DEPTH, "halting.time_penalty": 0.01},
+    "threshold": {"halting.name": "threshold", **DEPTH, "halting.threshold": 0.95},
+    "pondernet": {"halting.name": "pondernet", **DEPTH, "halting.lambda_p": 0.5,
+                  "halting.inference": "most_likely"},
+    "calm": {"halting.name": "calm", **DEPTH, "halting.threshold": 0.8},
+    "layerskip": {"halting.name": "layerskip", **DEPTH, "halting.exit_layer": 2, "halting.confidence": "none",
                   "halting.curriculum_steps": 300},
-    "ut": {"halting.scope": "model", "halting.max_steps": 4, "backbone.n_layers": 1},
-    "recurrent_depth": {"halting.scope": "model", "halting.max_steps": 4, "halting.mean_recurrence": 2.0,
-                        "halting.backprop_steps": 4, "backbone.n_layers": 1},
-    "mixture_of_recursions": {"backbone.n_layers": 1},
+    "mixture_of_depths": {"halting.name": "mixture_of_depths", **DEPTH, "halting.capacity": 0.5},
+    "ut": {"halting.name": "ut", **CORE, "halting.max_steps": 4},
+    "seed000_act": {"halting.name": "seed000_act", **CORE, "halting.max_steps": 4},
+    "recurrent_depth": {"halting.name": "recurrent_depth", **CORE, "halting.max_steps": 4,
+                        "halting.mean_recurrence": 2.0, "halting.backprop_steps": 4},
+    "mixture_of_recursions": {"halting.name": "mixture_of_recursions", **CORE, "halting.recursions": 4,
+                              "halting.capacities": "[1.0,0.5,0.25,0.25]"},
 }
 
 
-def run_one(task: str, strategy: str, seed: int, steps: int | None, root: Path) -> str:
-    out = root / task / strategy / f"seed{seed}"
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(task: str, config: str, seed: int, root: Path) -> str:
+    out = root / task / config / f"seed{seed}"
     if (out / "results.json").exists():
         return "done before"
-    overrides = [f"halting.name={strategy}", f"seed={seed}"]
-    overrides += [f"{key}={value}" for key, value in STRATEGIES.get(strategy, {}).items()]
-    if steps is not None:
-        overrides += [f"training.steps={steps}", f"training.eval_every={steps}"]
+    overrides = [f"seed={seed}"] + [f"{key}={value}" for key, value in CONFIGS[config].items()]
     command = ["ponderlab", "run", str(TASKS[task]), *overrides, "--output-dir", str(out), "--no-progress"]
     if (out / "checkpoints").exists():
         command.append("--resume")
+    before, start = cpu_seconds(), time.time()
     result = subprocess.run(command, capture_output=True, text=True)
+    spent = {"cpu_seconds": round(cpu_seconds() - before, 2), "wall_seconds": round(time.time() - start, 2),
+             "resumed": "--resume" in command}
     if result.returncode != 0:
         return "FAILED: " + (result.stderr.strip().splitlines() or ["?"])[-1]
-    return "ran"
+    (out / "cpu_seconds.json").write_text(json.dumps(spent) + "\n")
+    return f"ran ({spent['cpu_seconds']:.0f} CPU s)"
+
+
+def report(root: Path, docs: Path) -> int:
+    """summarize.py (table, summary JSON) and `ponderlab report` (the Pareto plot)."""
+    code = subprocess.run([sys.executable, str(HERE / "summarize.py"), str(root), "--out", str(docs)]).returncode
+    command = ["ponderlab", "report", str(root), "--out", str(root / "report"), "--heatmap-examples", "0",
+               "--pareto-x", "layers", "hops"]
+    code = code or subprocess.run(command).returncode
+    if code == 0:
+        for name in ("accuracy_vs_layers.png", "accuracy_vs_hops.png", "runs.csv"):
+            (docs / name).write_bytes((root / "report" / name).read_bytes())
+    return code
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--strategies", nargs="+", default=None, help="default: every registered one")
-    parser.add_argument("--steps", type=int, default=None, help="override training.steps")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--root", type=Path, default=Path("runs/adaptive_study"))
+    parser.add_argument("--docs", type=Path, default=Path("docs/results/adaptive_study"))
+    parser.add_argument("--no-report", action="store_true", help="runs only")
+    parser.add_argument("--report-only", action="store_true", help="no runs, only the summary and plot")
     args = parser.parse_args()
-    registered = sorted(i.name for i in get_registry().all() if i.kind == "halting")
-    strategies = args.strategies or registered
-    for task in args.tasks:
-        for strategy in strategies:
-            for seed in args.seeds:
-                status = run_one(task, strategy, seed, args.steps, args.root)
-                print(f"{task:<9} {strategy:<22} seed {seed}: {status}", flush=True)
-    report = ["ponderlab", "report", str(args.root), "--out", str(args.root / "report"),
-              "--heatmap-examples", "0"]
-    sys.exit(subprocess.run(report).returncode)
+    if not args.report_only:
+        for seed in args.seeds:
+            for task in args.tasks:
+                for config in args.configs:
+                    status = run_one(task, config, seed, args.root)
+                    print(f"{task:<9} {config:<22} seed {seed}: {status}", flush=True)
+    sys.exit(0 if args.no_report else report(args.root, args.docs))
 
 
 if __name__ == "__main__":

@@ -1,31 +1,147 @@
-"""Mean and spread over seeds of the study's report table (runs.csv of `ponderlab report`).
+"""Summary of the adaptive study from the run outputs: table.md and summary.json.
 
-    python examples/adaptive_study/summarize.py runs/adaptive_study/report/runs.csv
+    python examples/adaptive_study/summarize.py runs/adaptive_study --out docs/results/adaptive_study
+
+Reads every runs/adaptive_study/<task>/<config>/seed<k>/results.json (and cpu_seconds.json).
+Per task and config: seeds, test token accuracy and exact match (mean and 95% t-interval
+over seeds), compute = test mean layer applications per token (`test/mean_layers`), and
+the gap to the fixed-depth frontier: the mean accuracy of `none` with 1..4 layers,
+linearly interpolated at the config's mean compute (positive = above the fixed-depth
+curve). The gap has no interval: it is a reading aid, not a test.
 """
 
 from __future__ import annotations
 
-import collections
-import csv
+import argparse
+import json
+import math
 import statistics
-import sys
+from pathlib import Path
+
+#: two-sided 95% Student t quantiles by degrees of freedom
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+METRICS = (("token", "test/token_accuracy"), ("exact", "test/exact_match"), ("layers", "test/mean_layers"),
+           ("hops", "test/mean_hops"))
 
 
-def main(path: str) -> None:
-    groups: dict[tuple[str, str, str], list[dict]] = collections.defaultdict(list)
-    for row in csv.DictReader(open(path)):
-        groups[(row["task"], row["halting"], row["scope"])].append(row)
-    print("| task | halting | scope | seeds | test token acc (mean ± sd) | test exact match (mean) "
-          "| mean hops = layer applications (mean) |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for (task, halting, scope), rows in sorted(groups.items()):
-        accuracy = [float(r["test token acc"]) for r in rows]
-        exact = [float(r["test exact match"]) for r in rows]
-        hops = [float(r["mean hops"]) for r in rows]
-        spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
-        print(f"| {task} | {halting} | {scope} | {len(rows)} | {statistics.mean(accuracy):.3f} ± "
-              f"{spread:.3f} | {statistics.mean(exact):.3f} | {statistics.mean(hops):.2f} |")
+def interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of the 95% t-interval (None for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def collect(root: Path) -> dict:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(root.glob("*/*/seed*/results.json")):
+        task, config = path.parts[-4], path.parts[-3]
+        results = json.loads(path.read_text())
+        cpu = path.parent / "cpu_seconds.json"
+        results["cpu_seconds"] = json.loads(cpu.read_text())["cpu_seconds"] if cpu.exists() else None
+        results["seed_dir"] = path.parent.name
+        groups.setdefault((task, config), []).append(results)
+    return groups
+
+
+def frontier_at(points: list[tuple[float, float]], x: float) -> float | None:
+    """Piecewise-linear interpolation of (layers, accuracy) points at x; None outside them."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return None
+
+
+def summarize(groups: dict) -> dict:
+    rows = []
+    for (task, config), runs in sorted(groups.items()):
+        row = {"task": task, "config": config, "halting": runs[0]["halting"], "scope": runs[0]["scope"],
+               "seeds": sorted(r["seed"] for r in runs), "params": runs[0]["model/parameters"],
+               "cpu_seconds": sum(r["cpu_seconds"] or 0.0 for r in runs),
+               "cpu_missing": sum(r["cpu_seconds"] is None for r in runs)}
+        for name, key in METRICS:
+            values = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+            row[name], row[name + "_ci"] = interval(values) if values else (None, None)
+            row[name + "_per_seed"] = values
+        rows.append(row)
+    for task in sorted({r["task"] for r in rows}):
+        fixed = [r for r in rows if r["task"] == task and r["config"].startswith("none_L")]
+        for row in (r for r in rows if r["task"] == task):
+            for metric in ("token", "exact"):
+                at = frontier_at([(f["layers"], f[metric]) for f in fixed], row["layers"]) if fixed else None
+                row[metric + "_vs_frontier"] = None if at is None else row[metric] - at
+            # per seed: the run against the same seed's fixed-depth curve at the run's own cost
+            gaps = []
+            for i, seed in enumerate(row["seeds"]):
+                curve = [(f["layers_per_seed"][f["seeds"].index(seed)], f["token_per_seed"][f["seeds"].index(seed)])
+                         for f in fixed if seed in f["seeds"]]
+                at = frontier_at(curve, row["layers_per_seed"][i]) if len(curve) > 1 else None
+                gaps.append(None if at is None else row["token_per_seed"][i] - at)
+            row["token_vs_frontier_per_seed"] = gaps
+    return {"rows": rows, "cpu_seconds_total": sum(r["cpu_seconds"] for r in rows),
+            "runs": sum(len(r["seeds"]) for r in rows),
+            "runs_without_cpu": sum(r["cpu_missing"] for r in rows)}
+
+
+def cell(mean: float | None, ci: float | None, digits: int = 3) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def table(summary: dict) -> str:
+    lines = [
+        "Generated by `examples/adaptive_study/summarize.py` from the run outputs; do not edit.",
+        "Mean ± 95% t-interval over seeds. Compute = test mean layer applications per token.",
+        "vs fixed depth = mean minus the fixed-depth (`none_L1..4`) mean accuracy, linearly "
+        "interpolated at the same compute (blank outside 1..4 layers; no interval: a reading aid, not a test). "
+        "The fixed-depth means are not monotone in depth at this scale, so this curve is not a Pareto front. "
+        "Per seed: each run's token accuracy minus the same seed's fixed-depth curve at the run's own cost.",
+        "",
+        "| task | config | scope | seeds | params | compute (layers/token) | test token acc | vs fixed depth "
+        "| per seed vs fixed depth (token) | test exact match | vs fixed depth | CPU s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = sorted(summary["rows"], key=lambda r: (r["task"], not r["config"].startswith("none_L"), r["config"]))
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['config']} | {r['scope']} | {','.join(map(str, r['seeds']))} | {r['params']:,} "
+            f"| {cell(r['layers'], r['layers_ci'], 2)} | {cell(r['token'], r['token_ci'])} "
+            f"| {signed(r['token_vs_frontier'])} | {' / '.join(map(signed, r['token_vs_frontier_per_seed']))} "
+            f"| {cell(r['exact'], r['exact_ci'])} "
+            f"| {signed(r['exact_vs_frontier'])} | {r['cpu_seconds']:.0f} |")
+    from run import CONFIGS, TASKS  # the study's grid (run.py beside this file)
+
+    done = {(r["task"], r["config"]) for r in rows}
+    missing = [f"{task}/{config}" for task in TASKS for config in CONFIGS if (task, config) not in done]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+    short = [f"{r['task']}/{r['config']} ({len(r['seeds'])})" for r in rows if len(r["seeds"]) < 3]
+    if short:
+        lines += ["", "Fewer than 3 seeds (seeds run): " + ", ".join(short) + "."]
+    lines += ["", f"{summary['runs']} runs, {summary['cpu_seconds_total'] / 60:.1f} CPU minutes of training "
+              "(user + system of the `ponderlab run` children, from cpu_seconds.json; "
+              f"{summary['runs_without_cpu']} runs have no record and count 0).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", type=Path, nargs="?", default=Path("runs/adaptive_study"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/adaptive_study"))
+    args = parser.parse_args()
+    summary = summarize(collect(args.root))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    text = table(summary)
+    (args.out / "table.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
