@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,49 +199,74 @@ PARETO_AXES = {
 }
 
 
-def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops") -> list[tuple[str, Path]]:
-    """Test token accuracy and exact match against test mean hops (or layers), one point per run.
+def seed_groups(runs) -> list[tuple[Any, list]]:
+    """Runs that differ only in their seed, as (representative, members) in report order.
+
+    The representative is the first member with `seed=...` dropped from its variant, so its
+    label names the configuration.
+    """
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        variant = " ".join(t for t in run.variant.split() if not t.startswith("seed="))
+        groups.setdefault((run.task_label, run.backbone, run.halting_key, variant), []).append(run)
+    return [(replace(members[0], variant=key[3]), members) for key, members in groups.items()]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "each") -> list[tuple[str, Path]]:
+    """Test token accuracy and exact match against test mean hops (or layers).
 
     `x_axis="layers"` puts each run at its mean layer applications per token
     (`test/mean_layers`, the compute spent) instead of its hops at one ponder site.
+    `seeds="each"` draws one point per run; `seeds="mean"` one point per configuration
+    (runs differing only in `seed`) at the mean over its seeds, with bars from the lowest
+    to the highest seed on both axes; the Pareto front then joins the means.
     """
     x_key, x_label, title = PARETO_AXES[x_axis]
-    usable = [r for r in runs if isinstance(r.results.get(x_key), (int, float))
-              and math.isfinite(r.results[x_key])]
+    usable = [r for r in runs if _finite(r.results.get(x_key))]
     if not usable:
         return []
+    units = seed_groups(usable) if seeds == "mean" else [(run, [run]) for run in usable]
     plt = _pyplot()
-    encoding = Encoding(usable)
+    encoding = Encoding([representative for representative, _ in units])
     tasks = _tasks(usable)
     fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 3.0, encoding)
     metrics = (("test/token_accuracy", "test token accuracy"), ("test/exact_match", "test exact match"))
     for t, task in enumerate(tasks):
-        group = [r for r in usable if r.task_label == task]
         for row, (key, name) in enumerate(metrics):
             ax = axis(t, row)
             points = []
-            for run in group:
-                x, y = run.results.get(x_key), run.results.get(key)
-                if not isinstance(y, (int, float)) or not math.isfinite(y):
+            for representative, members in (u for u in units if u[0].task_label == task):
+                pairs = [(float(m.results[x_key]), float(m.results[key])) for m in members
+                         if _finite(m.results.get(key))]
+                if not pairs:
                     continue
-                style = encoding.style(run)
+                xs, ys = zip(*pairs, strict=True)
+                x, y = sum(xs) / len(xs), sum(ys) / len(ys)
+                style = encoding.style(representative)
+                if len(pairs) > 1:
+                    ax.errorbar([x], [y], xerr=[[x - min(xs)], [max(xs) - x]], yerr=[[y - min(ys)], [max(ys) - y]],
+                                fmt="none", ecolor=style["color"], elinewidth=1, capsize=2, zorder=2)
                 ax.scatter([x], [y], color=style["color"], marker=style["marker"], s=55,
                            edgecolors="black", linewidths=0.5, zorder=3)
-                points.append((float(x), float(y)))
+                points.append((x, y))
             front = pareto_front(points)
             if len(front) > 1:
-                xs, ys = zip(*front, strict=True)
-                ax.step(xs, ys, where="post", color="0.5", linewidth=1, linestyle="--", zorder=2,
+                fx, fy = zip(*front, strict=True)
+                ax.step(fx, fy, where="post", color="0.5", linewidth=1, linestyle="--", zorder=2,
                         label="Pareto front")
                 ax.legend(loc="lower right", fontsize=8, frameon=False)
             ax.set_xlabel(x_label)
-            ax.set_ylabel(name)
+            ax.set_ylabel(f"{name}, mean over seeds" if seeds == "mean" else name)
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(task, fontsize=11)
     _finish(plt, fig, encoding, layout, path, kind="marker")
-    return [(title, path)]
+    return [(f"{title}, mean over seeds (bars: lowest to highest seed)" if seeds == "mean" else title, path)]
 
 
 # --------------------------------------------------------------------------- hops by position

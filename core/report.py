@@ -11,7 +11,9 @@ trials contain run dirs). The report writes into `--out` (default `report/`):
   learning_curves.png       training task loss and validation token accuracy by step
   accuracy_vs_hops.png      test accuracy against mean hops per run (Pareto view)
   accuracy_vs_layers.png    the same against mean layer applications per token
-                            (`--pareto-x layers`; compute across scopes)
+                            (`--pareto-x layers`; compute across scopes); with
+                            `--pareto-seeds mean`, one point per configuration at
+                            its mean over seeds, bars from lowest to highest seed
   hops_by_position.png      mean hops per sequence position (test split)
   hop_heatmap_<task>.png    hops per example and position for adaptive-halting runs
   hop_histogram.png         share of tokens per hop count (test split)
@@ -203,6 +205,7 @@ def write_report(
     heatmap_examples: int = 32,
     plots: bool = True,
     pareto_x: tuple[str, ...] = ("hops",),
+    pareto_seeds: str = "each",
 ) -> dict[str, Any]:
     """Write report.md, runs.csv, evals.csv and the PNG plots; returns what was written.
 
@@ -223,7 +226,7 @@ def write_report(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         written = _write_files(runs, unfinished, staging, heatmap_examples=heatmap_examples, plots=plots,
-                               pareto_x=pareto_x)
+                               pareto_x=pareto_x, pareto_seeds=pareto_seeds)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if storage_full(exc):
@@ -242,7 +245,7 @@ def write_report(
 
 def _write_files(
     runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool,
-    pareto_x: tuple[str, ...] = ("hops",),
+    pareto_x: tuple[str, ...] = ("hops",), pareto_seeds: str = "each",
 ) -> dict[str, Any]:
     from . import plots as plotting
 
@@ -260,7 +263,8 @@ def _write_files(
     if plots:
         figures += plotting.plot_learning_curves(runs, out / "learning_curves.png")
         for axis in pareto_x:
-            figures += plotting.plot_accuracy_vs_hops(runs, out / f"accuracy_vs_{axis}.png", x_axis=axis)
+            figures += plotting.plot_accuracy_vs_hops(runs, out / f"accuracy_vs_{axis}.png", x_axis=axis,
+                                                      seeds=pareto_seeds)
         figures += plotting.plot_hops_by_position(runs, out / "hops_by_position.png")
         figures += plotting.plot_hop_histogram(runs, out / "hop_histogram.png")
         if heatmap_examples > 0:
@@ -331,12 +335,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="x axes of the Pareto view: hops (accuracy_vs_hops.png) and/or layers "
         "(accuracy_vs_layers.png: mean layer applications per token)",
     )
+    parser.add_argument(
+        "--pareto-seeds",
+        choices=["each", "mean"],
+        default="each",
+        help="Pareto view: a point per run (each), or per configuration at its mean over the runs "
+        "that differ only in seed, with bars from the lowest to the highest seed (mean)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     written = write_report(
         args.paths, args.out, heatmap_examples=args.heatmap_examples, plots=not args.no_plots,
-        pareto_x=tuple(dict.fromkeys(args.pareto_x)),
+        pareto_x=tuple(dict.fromkeys(args.pareto_x)), pareto_seeds=args.pareto_seeds,
     )
     runs = written["runs"]
     print(runs_table_markdown(runs))

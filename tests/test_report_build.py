@@ -254,3 +254,43 @@ def test_pareto_view_against_layer_applications(two_runs, tmp_path, monkeypatch)
     for name in ("accuracy_vs_hops.png", "accuracy_vs_layers.png"):
         assert_valid_png(out / name)
         assert f"]({name})" in (out / "report.md").read_text()
+
+
+def test_pareto_view_averages_the_seeds_of_a_configuration(tmp_path, monkeypatch):
+    """`seeds="mean"`: runs differing only in seed become one point at their mean, with bars
+    from the lowest to the highest seed; a configuration with one seed has no bars."""
+    from ponderlab.core import plots
+
+    runs = []
+    for halting, values in (("calm", [(1.0, 0.6), (2.0, 0.8)]), ("ut", [(3.0, 0.9)])):
+        for seed, (layers, acc) in enumerate(values):
+            run = record({"name": "parity", "size": 4}, halting=halting)
+            run.spec["seed"] = seed
+            run.results.update({"test/mean_layers": layers, "test/token_accuracy": acc, "test/exact_match": acc})
+            runs.append(run)
+    label_runs(runs)
+    assert [r.variant for r, _ in plots.seed_groups(runs)] == ["", ""]
+    assert [len(members) for _, members in plots.seed_groups(runs)] == [2, 1]
+    seen = {}
+
+    from matplotlib.collections import LineCollection, PathCollection
+
+    def keep(plt, fig, encoding, *args, **kwargs):
+        ax = fig.axes[0]
+        seen["points"] = sorted(tuple(p) for c in ax.collections if isinstance(c, PathCollection)
+                                for p in c.get_offsets())
+        seen["bars"] = [tuple(tuple(map(tuple, seg.tolist())) for seg in c.get_segments()) for c in ax.collections
+                        if isinstance(c, LineCollection)]
+        seen["legend"] = [label for _, labels in encoding.legend_groups("marker") for label in labels]
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_finish", keep)
+    title = plots.plot_accuracy_vs_hops(runs, tmp_path / "x.png", x_axis="layers", seeds="mean")[0][0]
+    assert "mean over seeds" in title
+    assert [tuple(round(v, 6) for v in p) for p in seen["points"]] == [(1.5, 0.7), (3.0, 0.9)]
+    # one x bar (1.0 to 2.0 at accuracy 0.7) and one y bar (0.6 to 0.8 at 1.5 layers), for calm only
+    assert sorted(seen["bars"]) == [(((1.0, 0.7), (2.0, 0.7)),), (((1.5, 0.6), (1.5, 0.8)),)]
+    assert seen["legend"] == ["backbone: lstm", "halting: calm/layer", "halting: ut/layer"]
+    plots.plot_accuracy_vs_hops(runs, tmp_path / "x.png", x_axis="layers")  # a point and an entry per run
+    assert len(seen["points"]) == 3 and seen["bars"] == []
+    assert seen["legend"] == ["lstm calm/layer [seed=0]", "lstm calm/layer [seed=1]", "lstm ut/layer"]

@@ -86,7 +86,7 @@ def report(root: Path, docs: Path) -> int:
     """summarize.py (table, summary JSON) and `ponderlab report` (the Pareto plot)."""
     code = subprocess.run([sys.executable, str(HERE / "summarize.py"), str(root), "--out", str(docs)]).returncode
     command = ["ponderlab", "report", str(root), "--out", str(root / "report"), "--heatmap-examples", "0",
-               "--pareto-x", "layers", "hops"]
+               "--pareto-x", "layers", "hops", "--pareto-seeds", "mean"]
     code = code or subprocess.run(command).returncode
     if code == 0:
         for name in ("accuracy_vs_layers.png", "accuracy_vs_hops.png", "runs.csv"):
