@@ -75,7 +75,7 @@ def pilot(study: dict, runs: Path) -> dict:
         storage = Path(spec["tune"]["storage_path"]) / spec["name"]
         table = storage / "results.csv"
         timing_file = runs / f"pilot_{spec['name']}_timing.json"
-        if not table.exists():
+        if not (table.exists() and all(r.get("status") != "unfinished" for r in csv.DictReader(table.open()))):
             args = ["tune", str(spec_path)] + (["--resume"] if storage.exists() else [])
             log(f"pilot: ponderlab {' '.join(args)}")
             timing_file.write_text(json.dumps(run_cli(args, runs / f"pilot_{spec['name']}")))
@@ -180,7 +180,7 @@ def analysis(run_dir: Path, difficulty: str) -> dict:
     torch.set_num_threads(1)
     record = analyze_run(run_dir, difficulty)
     cached.write_text(json.dumps(record, indent=1))
-    return record
+    return json.loads(cached.read_text())  # per-difficulty keys as strings, as when cached
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
@@ -235,17 +235,20 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
                   "|---|---|---:|---:|---:|---:|"]
         for name, rows in best["trials"].items():
             for r in rows:
-                lines.append(f"| {name} | {r.get('task', '')} | {r.get('training.lr', '')} | "
+                task = r.get("task", "").split(", train_size")[0] + ")"
+                lines.append(f"| {name} | {task} | {r.get('training.lr', '')} | "
                              f"{r.get('validation/exact_match', '')} | {r.get('test/exact_match', '')} | "
                              f"{r.get('time_s', '')} |")
         lines += ["", "Chosen: " + ", ".join(f"{k} lr {v['lr']:g}" for k, v in best["best"].items()) + ".", ""]
     lines += ["Test exact match over the 1000 test examples of each run (analyze.py, seeded evaluation), "
               "mean over seeds ± half-width of the 95% t-interval; mean hops over all tokens; rho = Spearman "
-              "correlation, over a run's test examples, between an example's mean hops at its scored "
-              "positions and its difficulty (reverse: n; parity: count of non-zero entries), averaged "
-              "over seeds ± 95% interval.", "",
-              "| task | arm | seeds | exact match | per-seed exact match | mean hops (all tokens) | rho(hops, difficulty) |",
-              "|---|---|---:|---:|---|---:|---:|"]
+              "correlation, over a run's test examples, between an example's mean hops and its difficulty "
+              "(reverse: n; parity: count of non-zero entries), hops at its scored positions (parity: the "
+              "one query token) or over all its tokens, averaged over seeds ± 95% interval (- where the "
+              "hops do not vary).", "",
+              "| task | arm | seeds | exact match | per-seed exact match | mean hops (all tokens) | "
+              "rho scored | rho all tokens |",
+              "|---|---|---:|---:|---|---:|---:|---:|"]
     summary = {"runs": {}, "tests": {}, "pilot": best["best"] if best else None, "cpu_seconds_runs": round(cpu_total, 1),
                "wall_seconds_runs": round(wall_total, 1), "runs_counted": n_runs, "pilot_timing": pilot_timing}
     for label, arms in records.items():
@@ -253,20 +256,23 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
             seeds = sorted(by_seed)
             acc = [by_seed[s]["accuracy"] for s in seeds]
             hops = [by_seed[s]["mean_hops_all_tokens"] for s in seeds]
-            rho = [by_seed[s]["spearman_hops_difficulty"] for s in seeds]
-            rho = [r for r in rho if not math.isnan(r)]
+            rhos = []
+            for key in ("spearman_hops_difficulty", "spearman_all_tokens_difficulty"):
+                rho = [by_seed[s][key] for s in seeds if by_seed[s][key] is not None and not math.isnan(by_seed[s][key])]
+                rhos.append(fmt(*interval(rho)[:2], 2) if rho else "-")
             m, h, _ = interval(acc)
             hm, hh, _ = interval(hops)
-            rm, rh, _ = interval(rho) if rho else (math.nan, math.nan, math.nan)
             lines.append(f"| {label} | {arm} | {len(seeds)} | {fmt(m, h)} | "
-                         + ", ".join(f"{a:.3f}" for a in acc) + f" | {fmt(hm, hh, 2)} | {fmt(rm, rh, 2)} |")
+                         + ", ".join(f"{a:.3f}" for a in acc) + f" | {fmt(hm, hh, 2)} | {rhos[0]} | {rhos[1]} |")
             summary["runs"].setdefault(label, {})[arm] = {
                 str(s): {k: by_seed[s][k] for k in ("accuracy", "mean_hops", "mean_hops_all_tokens",
-                                                    "spearman_hops_difficulty", "per_difficulty", "timing",
+                                                    "spearman_hops_difficulty", "spearman_all_tokens_difficulty",
+                                                    "per_difficulty", "timing",
                                                     "test_exact_match_trainer")} for s in seeds}
     lines += ["", "Learned (graves) vs. random at equal mean hops, per task: difference graves - random in "
               "exact match over the seeds where both finished (random seed s is matched to graves seed s's "
-              "hops), paired t-test, Welch's unpaired t-test.", "",
+              "hops), paired t-test, Welch's unpaired t-test; the rho difference uses the task's `rho` "
+              "column of study.yaml (parity: all tokens, as its one scored token always takes the same hops).", "",
               "| task | pairs | graves - random (95% CI) | paired t-test p | Welch p | "
               "graves rho - random rho (95% CI) |", "|---|---:|---:|---:|---:|---:|"]
     for label, arms in records.items():
@@ -279,7 +285,8 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
         dm, dh, _ = interval(diff)
         paired = stats.ttest_rel([g[s]["accuracy"] for s in pairs], [r[s]["accuracy"] for s in pairs])
         welch = stats.ttest_ind([g[s]["accuracy"] for s in g], [r[s]["accuracy"] for s in r], equal_var=False)
-        rdiff = [g[s]["spearman_hops_difficulty"] - r[s]["spearman_hops_difficulty"] for s in pairs]
+        rkey = study["tasks"][label].get("rho", "spearman_hops_difficulty")
+        rdiff = [g[s][rkey] - r[s][rkey] for s in pairs]
         rdiff = [x for x in rdiff if not math.isnan(x)]
         rdm, rdh, _ = interval(rdiff) if rdiff else (math.nan, math.nan, math.nan)
         pp = float(paired.pvalue) if not np.isnan(paired.pvalue) else math.nan
@@ -295,13 +302,14 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
         for arm in ("graves", "random", "none", "constant"):
             if arm not in arms:
                 continue
-            for key, what in (("mean_hops", "hops"), ("accuracy", "exact")):
-                if key == "mean_hops" and arm in ("none", "constant"):
+            for key, what in (("mean_hops", "hops scored"), ("mean_hops_all_tokens", "hops all"),
+                              ("accuracy", "exact")):
+                if key != "accuracy" and arm in ("none", "constant"):
                     continue
                 cells = []
                 for level in levels:
-                    vals = [rec["per_difficulty"][str(level)][key] if str(level) in rec["per_difficulty"]
-                            else rec["per_difficulty"].get(level, {}).get(key) for rec in arms[arm].values()]
+                    vals = [rec["per_difficulty"][str(level)][key] for rec in arms[arm].values()
+                            if str(level) in rec["per_difficulty"]]
                     vals = [v for v in vals if v is not None]
                     cells.append(f"{np.mean(vals):.2f}" if vals else "-")
                 lines.append(f"| {arm} {what} | " + " | ".join(cells) + " |")
@@ -309,8 +317,8 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
     lines += [f"Budget: {n_runs} runs, {cpu_total / 60:.1f} CPU minutes of training "
               f"({wall_total / 60:.1f} min wall summed over runs; wall time is inflated by other jobs on "
               "the shared 2-core machine), plus the pilot searches ("
-              + "; ".join(f"{k}: {v.get('cpu_seconds', 'n/a')} CPU s measured, {v['trial_seconds']} trial wall s"
-                          for k, v in pilot_timing.items())
+              + "; ".join(f"{k}: {v['trial_seconds']} s wall summed over its trials" for k, v in pilot_timing.items())
+              + "; their CPU time is not measured: Ray's workers are not children of the command"
               + ") and the analysis passes.", ""]
     (out / "table.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
@@ -345,9 +353,9 @@ def plot(records: dict, study: dict, path: Path) -> None:
             by_seed = records[label].get(arm, {})
             for i, rec in enumerate(by_seed.values()):
                 levels = sorted(int(k) for k in rec["per_difficulty"])
-                hops = [rec["per_difficulty"][str(v)]["mean_hops"] for v in levels]
+                hops = [rec["per_difficulty"][str(v)]["mean_hops_all_tokens"] for v in levels]
                 ax.plot(levels, hops, color=colors[arm], alpha=0.6, label=arm if i == 0 else None)
-        ax.set_title(f"{label}: hops (scored positions) by {study['tasks'][label]['difficulty']}")
+        ax.set_title(f"{label}: hops (all tokens) by {study['tasks'][label]['difficulty']}")
         ax.set_xlabel(study["tasks"][label]["difficulty"])
         ax.set_ylabel("mean hops")
         ax.legend()
