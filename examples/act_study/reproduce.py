@@ -236,8 +236,9 @@ def report(study: dict, best: dict | None, runs: Path, out: Path) -> None:
         for name, rows in best["trials"].items():
             for r in rows:
                 task = r.get("task", "").split(", train_size")[0] + ")"
-                lines.append(f"| {name} | {task} | {r.get('training.lr', '')} | "
-                             f"{r.get('validation/exact_match', '')} | {r.get('test/exact_match', '')} | "
+                val, test = (f"{float(r[k]):.3f}" if r.get(k) else "-" for k in
+                             ("validation/exact_match", "test/exact_match"))
+                lines.append(f"| {name} | {task} | {r.get('training.lr', '')} | {val} | {test} | "
                              f"{r.get('time_s', '')} |")
         lines += ["", "Chosen: " + ", ".join(f"{k} lr {v['lr']:g}" for k, v in best["best"].items()) + ".", ""]
     lines += ["Test exact match over the 1000 test examples of each run (analyze.py, seeded evaluation), "

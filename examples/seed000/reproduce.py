@@ -143,6 +143,16 @@ def search(grid: dict, runs: Path, report: Path) -> None:
         before = json.loads(timing_file.read_text()) if timing_file.exists() else {}
         timing = run_cli(args, runs / "search.log")
         timing_file.write_text(json.dumps({k: round(v + before.get(k, 0.0), 1) for k, v in timing.items()}))
+    search_table(grid, runs, report)
+
+
+def search_table(grid: dict, runs: Path, report: Path) -> None:
+    """docs/results/seed000/search.md from the search's results.csv (nothing if it has not run)."""
+    spec = yaml.safe_load((HERE / grid["search"]).read_text())
+    table = Path(spec["tune"]["storage_path"]) / spec["name"] / "results.csv"
+    if not table.exists():
+        return
+    timing_file = runs / "search_timing.json"
     rows = list(csv.DictReader(table.open()))
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     keys = ["task", "backbone", "training.lr", "validation/token_accuracy", "test/token_accuracy",
@@ -154,8 +164,16 @@ def search(grid: dict, runs: Path, report: Path) -> None:
              f"({timing.get('wall_seconds', 'n/a')} s wall for the search, 2 trials at a time, on the shared "
              "2-core machine; CPU time not measured: Ray's workers are not children of the command).", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key, "")
+        if key == "task":
+            return value.split(", train_size")[0] + ")"
+        if "/" in key and value:
+            return f"{float(value):.3f}"
+        return value
+
     for row in rows:
-        lines.append("| " + " | ".join(row.get(k, "") for k in keys) + " |")
+        lines.append("| " + " | ".join(cell(row, k) for k in keys) + " |")
     report.mkdir(parents=True, exist_ok=True)
     (report / "search.md").write_text("\n".join(lines) + "\n")
     log(f"search: {len(rows)} trials -> {report / 'search.md'}")
@@ -328,6 +346,7 @@ def main() -> int:
         if not args.no_random:
             run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
+    search_table(grid, runs, report)
     write_table(grid, runs, report)
     return 0
 
