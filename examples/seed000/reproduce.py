@@ -256,7 +256,8 @@ def write_table(grid: dict, runs: Path, report: Path) -> None:
              "Mean over seeds ± half-width of the 95% t-interval (none with one seed). Token accuracy is "
              "per target bit/cell (chance 0.5); exact match is the whole target. `random_X`: random halting "
              "(two-point) at the mean test hops of ACT row X, run only where X's token accuracy differs "
-             "from none (Welch p < 0.05).", ""]
+             "from none (Welch p < 0.05). CPU s/run: user + system seconds of the run's process; n/m: not "
+             "measured (a run that finished after its launcher was stopped).", ""]
     if baselines.exists():
         lines += ["CA reference predictors on the same test split (`examples/seed000/baselines.py`):", "",
                   baselines.read_text().strip(), ""]
@@ -277,8 +278,11 @@ def write_table(grid: dict, runs: Path, report: Path) -> None:
                 total_cpu += sum(c for c in cpu if not math.isnan(c))
                 total_wall += sum(r["timing"].get("wall_seconds", 0.0) for r in rows.values())
                 n += len(rows)
+                known = [c for c in cpu if not math.isnan(c)]
+                cpu_cell = (f"{sum(known) / len(known):.0f}" if known else "n/m") + (
+                    f" ({len(cpu) - len(known)} n/m)" if known and len(known) < len(cpu) else "")
                 lines.append(f"| {backbone} | {halting} | {len(rows)} | {fmt(*tok)} | {fmt(*ex)} | {hops:.2f} | "
-                             f"{sum(cpu) / len(cpu):.0f} |")
+                             f"{cpu_cell} |")
                 out_json[f"{task}/{backbone}/{halting}"] = {
                     "seeds": sorted(rows), "token_accuracy": [rows[s]["test/token_accuracy"] for s in sorted(rows)],
                     "exact_match": [rows[s]["test/exact_match"] for s in sorted(rows)],
