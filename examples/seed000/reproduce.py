@@ -1,34 +1,49 @@
-"""Seed 000's comparison at CPU scale: every task x backbone x halting of grid.yaml, then a report.
+"""Seed 000's comparison at a CPU scale where the baselines learn: search, grid with seeds, table.
 
-Halting rows: none, constant, graves (Graves' ACT) and seed000_act (seed 000's own ACT).
+    python examples/seed000/reproduce.py                       # search, every run, random arms, table
+    python examples/seed000/reproduce.py --backbones transformer,lstm
+    python examples/seed000/reproduce.py --report-only         # table from the finished runs
+    python examples/seed000/reproduce.py --print-specs         # the composed specs
 
-    python examples/seed000/reproduce.py                      # all runs + report
-    python examples/seed000/reproduce.py --backbones lstm,transformer --no-report
-    python examples/seed000/reproduce.py --report-only        # re-draw tables and plots
-    python examples/seed000/reproduce.py --print-specs        # show the composed specs
+Steps (each skipped when its output exists, so the same command resumes where it stopped):
 
-Runs go to `--runs` (default runs/seed000/<task>-<backbone>-<halting>), one after
-another in this process with one torch thread each. A finished run (results.json
-present) is skipped and a killed one resumed, so the command can be re-run. Then
-`ponderlab eval` runs the grid's `evals` (longer inputs) on every finished run. The
-report (`ponderlab report`, same as `ponderlab report runs/seed000 --out
-docs/results/seed000`) goes to `--report`, with timings.json (wall and CPU seconds
-per run; wall time depends on how busy the machine is, CPU time much less).
+1. `ponderlab tune examples/seed000/search_tune.yaml` (fixed depth, halting none): the
+   settings search; its trials are listed in docs/results/seed000/search.md. grid.yaml holds
+   the settings chosen from it (the search does not rewrite grid.yaml).
+2. Every task x backbone x halting x seed of grid.yaml (`nice -n 10 ponderlab run`, one torch
+   thread, `--jobs` at a time, seed-major so that every cell gets seed 0 before seed 1).
+3. `random` at equal mean hops for each (task, backbone, ACT halting) whose test token
+   accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
+   test hops, same cap.
+4. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
+   over seeds with 95% t-intervals, mean hops, CPU seconds; the CA reference predictors.
+
+Runs go to runs/seed000/<task>-<backbone>-<halting>-s<seed>/ (raw, not committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
+import math
 import os
-import platform
+import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
+LOCK = threading.Lock()
+
+
+def log(message: str) -> None:
+    with LOCK:
+        print(time.strftime("%H:%M:%S"), message, flush=True)
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -42,17 +57,18 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def compose(grid: dict, task: str, backbone: str, halting: str) -> dict:
-    """The experiment spec of one grid point."""
+def compose(grid: dict, task: str, backbone: str, halting: str, seed: int, extra_halting: dict | None = None) -> dict:
+    """The experiment spec of one grid point (halting `random` takes its options from extra_halting)."""
     spec = copy.deepcopy(grid["base"])
-    spec["name"] = f"{task}-{backbone}-{halting}"
+    spec["name"] = f"{task}-{backbone}-{halting}-s{seed}"
+    spec["seed"] = seed
     spec["task"] = copy.deepcopy(grid["tasks"][task])
     section = copy.deepcopy(grid["backbones"][backbone])
     if "n_layers" not in section and task in grid.get("layers", {}):
         section["n_layers"] = grid["layers"][task]
     tweaks = (grid.get("per_task_backbone") or {}).get(task, {}).get(backbone, {})
     spec["backbone"] = merge(section, tweaks)
-    spec["halting"] = copy.deepcopy(grid["haltings"][halting])
+    spec["halting"] = merge(grid["haltings"].get(halting, grid.get("random", {})), extra_halting or {})
     return spec
 
 
@@ -66,163 +82,276 @@ def selected(names: list[str], wanted: str | None, what: str) -> list[str]:
     return chosen
 
 
-def run_grid(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) -> dict[str, dict]:
-    """Run every grid point not finished yet; returns wall and CPU seconds per run done now."""
-    import torch
-
-    import ponderlab
-
-    torch.set_num_threads(1)
-    timings = {}
-    for index, (task, backbone, halting) in enumerate(points, 1):
-        spec = compose(grid, task, backbone, halting)
-        out = runs_dir / spec["name"]
-        if (out / "results.json").exists():
-            print(f"[{index}/{len(points)}] {spec['name']}: done already", flush=True)
-            continue
-        resume = (out / "spec.yaml").exists()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        results = ponderlab.run(spec, output_dir=out, resume=resume)
-        timing = {
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        }
-        timings[spec["name"]] = timing
-        print(
-            f"[{index}/{len(points)}] {spec['name']}: exact {results['test/exact_match']:.3f} "
-            f"token {results['test/token_accuracy']:.3f} hops {results['test/mean_hops']:.2f} "
-            f"({timing['wall_seconds']:.0f} s wall, {timing['cpu_seconds']:.0f} s CPU)",
-            flush=True,
-        )
-    return timings
+def run_cli(args: list[str], logfile: Path) -> dict:
+    """`nice -n 10 ponderlab ...`; wall and CPU seconds of the child (os.wait4)."""
+    started = time.perf_counter()
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") as handle:
+        proc = subprocess.Popen(["nice", "-n", "10", "ponderlab", *args], stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"ponderlab {' '.join(args)} failed ({code}); see {logfile}")
+    return {"wall_seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
-def run_evals(grid: dict, points: list[tuple[str, str, str]], runs_dir: Path) -> None:
-    """`ponderlab eval` of each finished run on the grid's generalisation settings (missing ones only)."""
-    import torch
-
-    from ponderlab.core.checkpoint import atomic_write_text
-    from ponderlab.core.evaluation import evaluate_run, output_path
-
-    torch.set_num_threads(1)
-    for task, backbone, halting in points:
-        run_dir = runs_dir / compose(grid, task, backbone, halting)["name"]
-        for label, overrides in (grid.get("evals") or {}).get(task, {}).items():
-            target = output_path(run_dir, "test", overrides, label)
-            if not (run_dir / "results.json").exists() or target.exists():
-                continue
-            record = evaluate_run(run_dir, overrides=overrides, label=label, device="cpu")
-            atomic_write_text(target, json.dumps(record, indent=1, sort_keys=True))
-            print(f"eval {run_dir.name} {' '.join(overrides)}: exact "
-                  f"{record['results']['test/exact_match']:.3f}", flush=True)
+def train(spec: dict, out: Path) -> None:
+    if (out / "results.json").exists():
+        return
+    spec_file = out.parent / f"{out.name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    args = ["run", str(spec_file), "--output-dir", str(out), "--no-progress"]
+    if (out / "spec.yaml").exists():
+        args.append("--resume")
+    timing = run_cli(args, out.parent / f"{out.name}.log")
+    (out / "timing.json").write_text(json.dumps(timing))
+    r = json.loads((out / "results.json").read_text())
+    log(f"{spec['name']}: token {r['test/token_accuracy']:.3f} exact {r['test/exact_match']:.3f} "
+        f"hops {r['test/mean_hops']:.2f} ({timing['cpu_seconds']:.0f} CPU s, {timing['wall_seconds']:.0f} s wall)")
 
 
-#: The summary's halting columns, in order, with their labels (the ACT rows also show mean hops).
-SUMMARY_HALTINGS = {"none": "none", "constant": "constant", "graves": "graves", "seed000_act": "seed 000's ACT"}
-ACT_HALTINGS = ("graves", "seed000_act")
+def run_points(points: list[tuple[dict, Path]], jobs: int) -> None:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(train, spec, out) for spec, out in points]
+        for future in futures:
+            try:
+                future.result()
+            except Exception as error:  # keep going; report it
+                log(f"error: {error}")
 
 
-def summary_table(runs, metric: str = "test/token_accuracy") -> str:
-    """Markdown pivot: one row per task, one column per backbone, `none / constant / graves /
-    seed 000's ACT (mean hops of the ACT rows)`; "-" for a run not there."""
-    cells: dict[tuple[str, str], dict[str, object]] = {}
-    for run in runs:
-        cells.setdefault((run.task_label, run.backbone), {})[run.halting] = run
-    tasks = list(dict.fromkeys(r.task_label for r in runs))
-    backbones = list(dict.fromkeys(r.backbone for r in sorted(runs, key=lambda r: r.backbone)))
-    lines = ["| task | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+# ------------------------------------------------------------------------- search
+
+
+def finished(table: Path) -> bool:
+    """A search's results.csv with every trial finished (an interrupted one lists unfinished rows)."""
+    return table.exists() and all(r.get("status") != "unfinished" for r in csv.DictReader(table.open()))
+
+
+def search(grid: dict, runs: Path, report: Path) -> None:
+    spec_path = HERE / grid["search"]
+    spec = yaml.safe_load(spec_path.read_text())
+    storage = Path(spec["tune"]["storage_path"]) / spec["name"]
+    table = storage / "results.csv"
+    timing_file = runs / "search_timing.json"
+    if not finished(table):  # never run, or interrupted (results.csv then has unfinished rows)
+        args = ["tune", str(spec_path)] + (["--resume"] if storage.exists() else [])
+        log(f"search: ponderlab {' '.join(args)}")
+        timing_file.parent.mkdir(parents=True, exist_ok=True)
+        before = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        timing = run_cli(args, runs / "search.log")
+        timing_file.write_text(json.dumps({k: round(v + before.get(k, 0.0), 1) for k, v in timing.items()}))
+    search_table(grid, runs, report)
+
+
+def search_table(grid: dict, runs: Path, report: Path) -> None:
+    """docs/results/seed000/search.md from the search's results.csv (nothing if it has not run)."""
+    spec = yaml.safe_load((HERE / grid["search"]).read_text())
+    table = Path(spec["tune"]["storage_path"]) / spec["name"] / "results.csv"
+    if not table.exists():
+        return
+    timing_file = runs / "search_timing.json"
+    rows = list(csv.DictReader(table.open()))
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    keys = ["task", "backbone", "training.lr", "validation/token_accuracy", "test/token_accuracy",
+            "test/exact_match", "time_s"]
+    keys = [k for k in keys if rows and k in rows[0]]
+    lines = [f"# Seed 000 settings search (`ponderlab tune examples/seed000/{grid['search']}`)", "",
+             f"Generated by examples/seed000/reproduce.py from {table}. Budget: {len(rows)} trials, "
+             f"{sum(float(r.get('time_s') or 0) for r in rows):.0f} s wall summed over trials "
+             f"({timing.get('wall_seconds', 'n/a')} s wall for the search, 2 trials at a time, on the shared "
+             "2-core machine; CPU time not measured: Ray's workers are not children of the command).", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key, "")
+        if key == "task":
+            return value.split(", train_size")[0] + ")"
+        if "/" in key and value:
+            return f"{float(value):.3f}"
+        return value
+
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, k) for k in keys) + " |")
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "search.md").write_text("\n".join(lines) + "\n")
+    log(f"search: {len(rows)} trials -> {report / 'search.md'}")
+
+
+# ------------------------------------------------------------------------- table
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (nan below 2 values)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def fmt(mean: float, half: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def collect(runs: Path) -> dict[tuple[str, str, str], dict[int, dict]]:
+    cells: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for results in runs.glob("*/results.json"):
+        name = results.parent.name
+        stem, seed = name.rsplit("-s", 1)
+        task, backbone, halting = stem.split("-", 2)
+        record = json.loads(results.read_text())
+        timing_file = results.parent / "timing.json"
+        record["timing"] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        cells.setdefault((task, backbone, halting), {})[int(seed)] = record
+    return cells
+
+
+def differs(a: list[float], b: list[float]) -> bool:
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return False
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    return bool(p < 0.05)
+
+
+def random_points(grid: dict, runs: Path, tasks, backbones, seeds) -> list[tuple[dict, Path]]:
+    """`random` at the ACT row's mean hops wherever that ACT row's token accuracy differs from none."""
+    cells = collect(runs)
+    points = []
     for task in tasks:
-        row = []
         for backbone in backbones:
-            by_halting = cells.get((task, backbone), {})
-            if not by_halting:
-                row.append("-")
-                continue
-            numbers = " / ".join(
-                f"{by_halting[h].results[metric]:.3f}" if h in by_halting else "-" for h in SUMMARY_HALTINGS
-            )
-            hops = ", ".join(f"{by_halting[h].results['test/mean_hops']:.2f}" if h in by_halting else "-"
-                             for h in ACT_HALTINGS)
-            row.append(f"{numbers} ({hops})")
-        lines.append(f"| {task} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+            none = [r["test/token_accuracy"] for r in cells.get((task, backbone, "none"), {}).values()]
+            for act in grid.get("act_haltings", []):
+                rows = cells.get((task, backbone, act), {})
+                acc = [r["test/token_accuracy"] for r in rows.values()]
+                if not differs(acc, none):
+                    continue
+                hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
+                cap = grid["haltings"][act]["max_steps"]
+                label = f"random_{act}"
+                for seed in seeds:
+                    spec = compose(grid, task, backbone, label, seed,
+                                   {"max_steps": cap, "mean_hops": round(min(max(hops, 1.0), cap), 4)})
+                    points.append((spec, runs / spec["name"]))
+    return points
 
 
-def summary_header(what: str) -> str:
-    columns = " / ".join(SUMMARY_HALTINGS.values())
-    acts = ", ".join(SUMMARY_HALTINGS[h] for h in ACT_HALTINGS)
-    return f"{what}, {columns} (mean hops of {acts}):\n\n"
+def write_table(grid: dict, runs: Path, report: Path) -> None:
+    cells = collect(runs)
+    tasks = list(grid["tasks"])
+    backbones = list(grid["backbones"])
+    haltings = list(grid["haltings"]) + [f"random_{a}" for a in grid.get("act_haltings", [])]
+    baselines = report / "baselines.md"
+    lines = ["# Seed 000 at CPU scale: test accuracy over seeds", "",
+             "Generated by `python examples/seed000/reproduce.py` from runs/seed000/; do not edit by hand. "
+             "Mean over seeds ± half-width of the 95% t-interval (none with one seed). Token accuracy is "
+             "per target bit/cell (chance 0.5); exact match is the whole target. `random_X`: random halting "
+             "(two-point) at the mean test hops of ACT row X, run only where X's token accuracy differs "
+             "from none (Welch p < 0.05). CPU s/run: user + system seconds of the run's process; n/m: not "
+             "measured (a run that finished after its launcher was stopped).", ""]
+    if baselines.exists():
+        lines += ["CA reference predictors on the same test split (`examples/seed000/baselines.py`):", "",
+                  baselines.read_text().strip(), ""]
+    out_json = {}
+    total_cpu, total_wall, n = 0.0, 0.0, 0
+    for task in tasks:
+        lines += [f"## {task}", "", "| backbone | halting | seeds | token accuracy | exact match | mean hops | CPU s/run |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for backbone in backbones:
+            for halting in haltings:
+                rows = cells.get((task, backbone, halting), {})
+                if not rows:
+                    continue
+                tok = interval([r["test/token_accuracy"] for r in rows.values()])
+                ex = interval([r["test/exact_match"] for r in rows.values()])
+                hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
+                cpu = [r["timing"].get("cpu_seconds", math.nan) for r in rows.values()]
+                total_cpu += sum(c for c in cpu if not math.isnan(c))
+                total_wall += sum(r["timing"].get("wall_seconds", 0.0) for r in rows.values())
+                n += len(rows)
+                known = [c for c in cpu if not math.isnan(c)]
+                cpu_cell = (f"{sum(known) / len(known):.0f}" if known else "n/m") + (
+                    f" ({len(cpu) - len(known)} n/m)" if known and len(known) < len(cpu) else "")
+                lines.append(f"| {backbone} | {halting} | {len(rows)} | {fmt(*tok)} | {fmt(*ex)} | {hops:.2f} | "
+                             f"{cpu_cell} |")
+                out_json[f"{task}/{backbone}/{halting}"] = {
+                    "seeds": sorted(rows), "token_accuracy": [rows[s]["test/token_accuracy"] for s in sorted(rows)],
+                    "exact_match": [rows[s]["test/exact_match"] for s in sorted(rows)],
+                    "mean_hops": [rows[s]["test/mean_hops"] for s in sorted(rows)], "cpu_seconds": cpu}
+        lines.append("")
+    planned = len(grid["tasks"]) * len(grid["backbones"]) * len(grid["haltings"]) * len(grid["seeds"])
+    missing = [f"{t}/{b}" for t in tasks for b in backbones
+               if not any((t, b, h) in cells for h in grid["haltings"])]
+    search_timing = runs / "search_timing.json"
+    st = json.loads(search_timing.read_text()) if search_timing.exists() else {}
+    lines += [f"Budget: {n} runs finished ({planned} planned in the main grid, plus random rows), "
+              f"{total_cpu / 60:.1f} CPU minutes of training ({total_wall / 60:.1f} min wall summed over runs, "
+              "inflated by other jobs on the shared 2-core machine); settings search "
+              f"{st.get('wall_seconds', 'n/a')} s wall (search.md).",
+              "Not run (no finished run for any halting): " + (", ".join(missing) if missing else "none") + "."]
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "table.md").write_text("\n".join(lines) + "\n")
+    (report / "table.json").write_text(json.dumps({"cells": out_json, "cpu_seconds": round(total_cpu, 1),
+                                                   "wall_seconds": round(total_wall, 1), "runs": n},
+                                                  indent=1, sort_keys=True))
+    log(f"wrote {report / 'table.md'} ({n} runs)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default=str(HERE / "grid.yaml"), help="grid file (default: next to this script)")
-    parser.add_argument("--runs", default="runs/seed000", help="folder for the run directories")
-    parser.add_argument("--report", default="docs/results/seed000", help="folder for the report")
-    parser.add_argument("--tasks", help="comma-separated subset of the grid's tasks")
-    parser.add_argument("--backbones", help="comma-separated subset of the grid's backbones")
-    parser.add_argument("--haltings", help="comma-separated subset of the grid's haltings")
-    parser.add_argument("--print-specs", action="store_true", help="print the composed specs and exit")
-    parser.add_argument("--no-report", action="store_true", help="only train (no evals, no report)")
-    parser.add_argument("--report-only", action="store_true", help="no training: missing evals, then the report")
+    parser.add_argument("--grid", default=str(HERE / "grid.yaml"))
+    parser.add_argument("--runs", default="runs/seed000")
+    parser.add_argument("--report", default="docs/results/seed000")
+    parser.add_argument("--tasks")
+    parser.add_argument("--backbones")
+    parser.add_argument("--haltings")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: grid.yaml's)")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
+    parser.add_argument("--no-search", action="store_true", help="skip step 1")
+    parser.add_argument("--no-random", action="store_true", help="skip step 3")
+    parser.add_argument("--print-specs", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
     grid = yaml.safe_load(Path(args.grid).read_text())
     tasks = selected(list(grid["tasks"]), args.tasks, "task")
     backbones = selected(list(grid["backbones"]), args.backbones, "backbone")
     haltings = selected(list(grid["haltings"]), args.haltings, "halting")
-    points = [(t, b, h) for t in tasks for b in backbones for h in haltings]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(grid["seeds"])
+    order = grid.get("backbone_groups", [backbones])
+    points = []
+    for group in order:
+        for seed in seeds:
+            for task in tasks:
+                for backbone in [b for b in group if b in backbones]:
+                    for halting in haltings:
+                        spec = compose(grid, task, backbone, halting, seed)
+                        points.append((spec, Path(args.runs) / spec["name"]))
     if args.print_specs:
-        for point in points:
+        for spec, _ in points:
             print("---")
-            print(yaml.safe_dump(compose(grid, *point), sort_keys=False), end="")
+            print(yaml.safe_dump(spec, sort_keys=False), end="")
         return 0
-
-    runs_dir = Path(args.runs)
-    report_dir = Path(args.report)
+    runs, report = Path(args.runs), Path(args.report)
     if not args.report_only:
+        if not args.no_search:
+            search(grid, runs, report)
         started = time.perf_counter()
-        timings = run_grid(grid, points, runs_dir)
-        print(f"{len(timings)} run(s) in {time.perf_counter() - started:.0f} s", flush=True)
-        log = runs_dir / "timings.json"
-        previous = json.loads(log.read_text()) if log.exists() else {}
-        previous = {k: v if isinstance(v, dict) else {"wall_seconds": v} for k, v in previous.items()}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(json.dumps({**previous, **timings}, indent=1, sort_keys=True))
-    if args.no_report:
-        return 0
-    run_evals(grid, points, runs_dir)
-
-    from ponderlab.core.report import write_report
-
-    written = write_report([runs_dir], report_dir, heatmap_examples=24)
-    timings_file = runs_dir / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    import torch
-
-    timings = {k: v if isinstance(v, dict) else {"wall_seconds": v} for k, v in timings.items()}
-
-    def total(key: str) -> dict:
-        values = [t[key] for t in timings.values() if key in t]
-        return {"seconds": round(sum(values), 1), "runs": len(values)}
-
-    (report_dir / "timings.json").write_text(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
-        "1 thread per run",
-        "total_wall": total("wall_seconds"),
-        "total_cpu": total("cpu_seconds"),
-        "runs": timings,
-    }, indent=1, sort_keys=True))
-    (report_dir / "summary.md").write_text(
-        summary_header("Test token accuracy")
-        + summary_table(written["runs"])
-        + "\n"
-        + summary_header("Test exact match")
-        + summary_table(written["runs"], "test/exact_match")
-    )
-    for warning in written["warnings"]:
-        print(f"warning: {warning}")
-    print(f"report: {report_dir / 'report.md'} ({len(written['runs'])} runs)")
+        run_points(points, args.jobs)
+        if not args.no_random:
+            run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
+        log(f"grid done in {time.perf_counter() - started:.0f} s wall")
+    search_table(grid, runs, report)
+    write_table(grid, runs, report)
     return 0
 
 
