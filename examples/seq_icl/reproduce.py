@@ -414,7 +414,7 @@ def write_table(rows: list[dict]) -> None:
     begin, end = "<!-- begin: seq_icl table (reproduce.py) -->\n", "<!-- end: seq_icl table -->"
     if begin in text and end in text:  # the table in docs/results.md is this file, never typed
         head, rest = text.split(begin, 1)
-        results_md.write_text(head + begin + "\n".join(lines[1:]) + "\n" + end + rest.split(end, 1)[1])
+        results_md.write_text(head + begin + "\n".join(lines[1:]).replace("](curve_", "](results/seq_icl/curve_") + "\n" + end + rest.split(end, 1)[1])
     (DOCS / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
     print("\n".join(lines))
 
