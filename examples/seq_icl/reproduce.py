@@ -62,6 +62,7 @@ CHANCE = {"associative_recall": 100 / 9, "induction_head": 100 / 18}
 #: issue 30's targets: (at least %) for the strong rows, "clearly below" (at most %) for the weak ones.
 TARGET_MIN = {("associative_recall", "transformer"): 95.0, ("associative_recall", "h3"): 95.0,
               ("induction_head", "transformer"): 90.0, ("induction_head", "h3"): 90.0}
+#: "Clearly below" is not a number in issue 30; 80% (15 points under the 95% target) is this study's.
 TARGET_MAX = {("associative_recall", b): 80.0 for b in ("lru", "lstm", "rwkv", "s4d")}
 
 #: The CPU-scale search per task: `set` is applied to the row's spec for every trial (dotted
@@ -365,7 +366,7 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
     met = None
     if row["mean"] is not None and (low or high):
         met = row["mean"] >= low if low else row["mean"] < high
-    row["target_met"] = met
+    row["target_met"] = met if len(accs) >= 3 else None  # no claim from fewer than 3 seeds
     if met is False or (row["mean"] is not None and row["reference"] and row["mean"] < row["reference"] - 10):
         runs = {f"seed {s}": d for s, d in zip(seeds, seed_dirs, strict=True)}
         copied = [(d / "source.txt").read_text() for d in seed_dirs if (d / "source.txt").exists()]
@@ -398,6 +399,8 @@ def write_table(rows: list[dict]) -> None:
                if r["seeds"] else "not run")
         width = f"{r['width']}" + (f" ({r['heads']})" if r["heads"] else "")
         met = {True: "yes", False: "**no**", None: "-"}[r["target_met"]]
+        if r["target_met"] is None and r["target"] != "-":
+            met = "n < 3: no claim"
         curve = f"[curve]({r['curve']})" if r.get("curve") else ""
         lines.append(
             f"| {r['task']} | {r['backbone']} | {width} | {r['lr']:g} | {r['steps']} | {r['train_size']} | {acc} | "
@@ -459,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             if budget.exists():
                 text += f"\nBudget (process tree of `ponderlab tune`): {budget.read_text().strip()}\n"
             (DOCS / f"{kind}_{table.parent.name}.md").write_text(text)
+            if kind == "tried":  # the follow-ups' learning curves, one line per trial
+                trials = {f"seed {r['seed']}" if r.get("seed") else r["trial"]: table.parent / r["run_dir"]
+                          for r in read_search(table.parent) if r.get("run_dir")}
+                task = yaml.safe_load((table.parent / "tune_spec.yaml").read_text())["task"]["name"]
+                plot_curves(f"tried_{table.parent.name}", trials, None, CHANCE[task])
     return 0
 
 
