@@ -1,0 +1,474 @@
+"""seq_icl at CPU scale, one command: search, write back, seeds, table, curves.
+
+    python examples/seq_icl/reproduce.py [--only GLOB ...] [--skip-search] [--seeds N]
+                                         [--output-dir runs/seq_icl] [--table-only] [--dry-run]
+
+For every example spec `<task>_<backbone>.yaml` in this folder (a row of seq_icl's
+table; `--only` picks rows by glob on the stem, e.g. `--only 'associative_recall_*'`):
+
+1. search: a small `ponderlab tune` search (SEARCH below: the settings every trial
+   of that task shares, and the searched keys) on the row's spec, 1 CPU per trial,
+   2 trials at a time, into OUT/search/<row>/. The process-tree CPU seconds of the
+   search go to OUT/search/<row>.budget.json.
+2. write back: the best trial (validation exact match) becomes the row's example
+   spec, with a header saying where it came from.
+3. seeds: the written-back spec with seeds 0..N-1 (`ponderlab run SPEC seed=S`) into
+   OUT/seeds/<row>/seed<S>/. Seed 0 is the best search trial itself when its spec is
+   the same (it is copied, not trained again).
+4. table: docs/results/seq_icl/table.md and table.json (mean and spread of test
+   exact match over the seeds beside seq_icl's number) and, for rows below their
+   target, the learning curves docs/results/seq_icl/curve_<row>.png.
+
+Everything is resumable: a search whose results.csv lists only completed trials is
+not searched again (an interrupted one is continued with `ponderlab tune DIR --resume`),
+a seed whose run directory holds results.json is not trained again. `--skip-search`
+uses the example spec as it is (for rows never searched, or to add seeds). Every
+training process runs under `nice -n 10` with one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import fnmatch
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+DOCS = ROOT / "docs" / "results" / "seq_icl"
+
+#: seq_icl README (commit ec42595), test accuracy (%), 2 layers d=32, 400 epochs (GPU).
+REFERENCE = {
+    "associative_recall": {
+        "transformer": 100.0, "s4d": 32.4, "h3": 98.2, "gilr": 50.2, "lru": 11.6, "lstm": 36.2, "rwkv": 30.0,
+    },
+    "induction_head": {
+        "transformer": 97.2, "s4d": 8.8, "h3": 100.0, "gilr": 6.2, "lru": 4.8, "lstm": 4.8, "rwkv": 6.0,
+    },
+}
+CHANCE = {"associative_recall": 100 / 9, "induction_head": 100 / 18}
+#: issue 30's targets: (at least %) for the strong rows, "clearly below" (at most %) for the weak ones.
+TARGET_MIN = {("associative_recall", "transformer"): 95.0, ("associative_recall", "h3"): 95.0,
+              ("induction_head", "transformer"): 90.0, ("induction_head", "h3"): 90.0}
+#: "Clearly below" is not a number in issue 30; 80% (15 points under the 95% target) is this study's.
+TARGET_MAX = {("associative_recall", b): 80.0 for b in ("lru", "lstm", "rwkv", "s4d")}
+
+#: The CPU-scale search per task: `set` is applied to the row's spec for every trial (dotted
+#: keys), `search` is the tune spec's search section, `by_backbone` adds per-backbone settings.
+#: Width 64 (seq_icl: 32) is what makes the transformer learn associative recall within a few
+#: thousand steps (issue 30); warmup is seq_icl's 10% of the steps.
+SEARCH = {
+    "associative_recall": {
+        # 2500 steps (warmup 250) left the transformer at 29-36% (tried, runs/seq_icl/tried/): its
+        # phase transition comes later; 3000 steps with warmup 150 is the setting issue 30 saw at 100%.
+        "set": {"backbone.d_model": 64, "training.steps": 3000, "training.warmup_steps": 150,
+                "training.eval_every": 500, "training.batch_size": 32, "training.weight_decay": 0.1},
+        "search": {"training.lr": {"grid": [1.0e-3, 3.0e-3]}},
+        "by_backbone": {"transformer": {"set": {"backbone.n_heads": 4, "backbone.ffn_size": 256}}},
+    },
+    "induction_head": {
+        # issue 30: width 64, 4 heads, lr 5e-4, 100k training sequences: chance until ~10k steps,
+        # 100% by 16k (about 6 CPU-min on an idle core). Each trial costs about that.
+        "set": {"backbone.d_model": 64, "task.train_size": 100000, "training.steps": 20000,
+                "training.warmup_steps": 2000, "training.eval_every": 2000, "training.batch_size": 32,
+                "training.weight_decay": 0.1},
+        "search": {"training.lr": {"grid": [5.0e-4, 1.0e-3]}},
+        "by_backbone": {"transformer": {"set": {"backbone.n_heads": 4, "backbone.ffn_size": 256}}},
+    },
+}
+TUNE = {"metric": "validation/exact_match", "mode": "max", "scheduler": "fifo", "max_concurrent_trials": 2,
+        "resources": {"cpu": 1, "gpu": 0}, "keep_checkpoints": 1, "verbose": 0}
+NICE = ["nice", "-n", "10"]
+PARALLEL = 2  # training processes at once (searches: tune.max_concurrent_trials)
+#: Row order: the rows with targets first.
+ORDER = ["transformer", "h3", "lstm", "s4d", "lru", "rwkv", "gilr", "retnet"]
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and its reaped children), from /proc."""
+    table, tick = {}, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    return table
+
+
+def timed(command: list[str], env: dict | None = None) -> dict:
+    """Run a command (niced): CPU seconds of its whole process tree, and wall seconds.
+
+    Ray's workers are not reaped by the command itself, so the tree is sampled from /proc
+    every 2 s and the last reading of every process in it is added up (user + system time,
+    with the children each has reaped; up to 2 s of the end and processes that lived under
+    2 s without being reaped are missed).
+    """
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(NICE + command, env=env)
+    seen: dict[int, float] = {}
+    while process.poll() is None:
+        table = _proc_table()
+        tree, frontier = set(), {process.pid}
+        while frontier:
+            tree |= frontier
+            frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - tree
+        for pid in tree & table.keys():
+            seen[pid] = table[pid][1]
+        time.sleep(2)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return {"cpu_seconds": round(sum(seen.values()), 1), "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def set_dotted(spec: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def row_info(spec_path: Path) -> tuple[str, str]:
+    config = yaml.safe_load(spec_path.read_text())
+    return config["task"]["name"], config["backbone"]["name"]
+
+
+def search_spec(spec_path: Path, out: Path) -> dict:
+    """The tune spec of a row: its example spec, the task's shared settings, the search."""
+    task, backbone = row_info(spec_path)
+    base = yaml.safe_load(spec_path.read_text())
+    plan = SEARCH[task]
+    settings = {**plan["set"], **plan.get("by_backbone", {}).get(backbone, {}).get("set", {})}
+    for key, value in settings.items():
+        set_dotted(base, key, value)
+    base["seed"] = 0
+    base["training"]["num_threads"] = 1
+    base["training"]["device"] = "cpu"
+    base["search"] = copy.deepcopy(plan["search"])
+    base["tune"] = {**TUNE, "storage_path": str(out / "search"), "name": spec_path.stem}
+    return base
+
+
+def read_search(directory: Path) -> list[dict]:
+    with open(directory / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def search_done(directory: Path) -> bool:
+    if not (directory / "results.csv").exists():
+        return False
+    rows = read_search(directory)
+    return bool(rows) and all(r["status"] in ("completed", "stopped", "error") for r in rows)
+
+
+def run_search(spec_path: Path, out: Path, dry_run: bool) -> None:
+    directory = out / "search" / spec_path.stem
+    budget_file = out / "search" / f"{spec_path.stem}.budget.json"
+    if search_done(directory):
+        return
+    resuming = (directory / "tune_spec.yaml").exists()
+    tune_file = out / "search" / f"{spec_path.stem}.tune.yaml"
+    if not resuming:
+        tune_file.parent.mkdir(parents=True, exist_ok=True)
+        tune_file.write_text(yaml.safe_dump(search_spec(spec_path, out), sort_keys=False))
+    command = ["ponderlab", "tune", str(directory if resuming else tune_file)]
+    command += ["--resume"] if resuming else (["--dry-run"] if dry_run else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    timing = timed(command, env)
+    if dry_run:
+        return
+    earlier = json.loads(budget_file.read_text()) if budget_file.exists() else {"cpu_seconds": 0, "wall_seconds": 0}
+    budget_file.write_text(json.dumps({k: round(earlier[k] + timing[k], 1) for k in timing}, indent=1))
+
+
+def run_extra(spec_path: Path, out: Path, dry_run: bool) -> None:
+    """A follow-up search (its own tune spec) into OUT/tried/<name>, with its CPU time."""
+    name = yaml.safe_load(spec_path.read_text())["name"]
+    directory = out / "tried" / name
+    budget_file = out / "tried" / f"{name}.budget.json"
+    if search_done(directory):
+        return
+    resuming = (directory / "tune_spec.yaml").exists()
+    command = ["ponderlab", "tune", str(directory) if resuming else str(spec_path),
+               *([] if resuming else [f"tune.storage_path={out / 'tried'}"])]
+    command += ["--resume"] if resuming else (["--dry-run"] if dry_run else [])
+    timing = timed(command, {**os.environ, "OMP_NUM_THREADS": "1"})
+    if not dry_run:
+        earlier = json.loads(budget_file.read_text()) if budget_file.exists() else {"cpu_seconds": 0, "wall_seconds": 0}
+        budget_file.write_text(json.dumps({k: round(earlier[k] + timing[k], 1) for k in timing}, indent=1))
+
+
+def write_back(spec_path: Path, out: Path) -> None:
+    """The best trial's spec becomes the row's example spec."""
+    directory = out / "search" / spec_path.stem
+    best = directory / "best.yaml"
+    if not best.exists():
+        return
+    spec = yaml.safe_load(best.read_text())
+    spec["name"] = yaml.safe_load(spec_path.read_text())["name"]
+    rows = read_search(directory)
+    tried = "; ".join(
+        f"{', '.join(f'{k}={r[k]}' for k in r if k.startswith(('training.', 'backbone.', 'task.')) and r[k])}"
+        f" -> val {r.get('validation/exact_match') or '-'}" for r in rows)
+    task, backbone = row_info(spec_path)
+    header = (
+        f"# seq_icl {task.replace('_', ' ')}, {backbone}: the best of a `ponderlab tune` search, written\n"
+        f"# by examples/seq_icl/reproduce.py (do not edit by hand; rerun the search instead).\n"
+        f"# Search ({len(rows)} trials, validation exact match): {tried}\n"
+        f"# Results over seeds: docs/results/seq_icl/table.md\n"
+    )
+    text = header + yaml.safe_dump(spec, sort_keys=False)
+    if spec_path.read_text() != text:
+        spec_path.write_text(text)
+
+
+def comparable(spec: dict) -> dict:
+    spec = copy.deepcopy(spec)
+    for key in ("name", "output_dir"):
+        spec.pop(key, None)
+    return spec
+
+
+def run_seeds(spec_path: Path, out: Path, seeds: int, dry_run: bool) -> None:
+    spec = yaml.safe_load(spec_path.read_text())
+    best_trial = None
+    directory = out / "search" / spec_path.stem
+    if (directory / "results.csv").exists():
+        rows = [r for r in read_search(directory) if r["status"] == "completed" and r.get("run_dir")]
+        rows.sort(key=lambda r: -float(r.get("validation/exact_match") or "nan"))
+        if rows:
+            best_trial = directory / rows[0]["run_dir"]
+    todo = []
+    for seed in range(seeds):
+        run_dir = out / "seeds" / spec_path.stem / f"seed{seed}"
+        if (run_dir / "results.json").exists():
+            continue
+        if seed == 0 and best_trial is not None and (best_trial / "results.json").exists():
+            trial_spec = yaml.safe_load((best_trial / "spec.yaml").read_text())
+            if comparable(trial_spec) == comparable({**spec, "seed": 0}):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("spec.yaml", "metrics.jsonl", "results.json"):
+                    shutil.copy(best_trial / name, run_dir / name)
+                (run_dir / "source.txt").write_text(f"copied from the search trial {best_trial}\n")
+                continue
+        todo.append((seed, run_dir))
+    if dry_run:
+        for seed, run_dir in todo:
+            print(f"would run {spec_path.name} seed={seed} -> {run_dir}")
+        return
+
+    def one(item: tuple[int, Path]) -> None:
+        seed, run_dir = item
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted run: start it again
+        timing = timed(["ponderlab", "run", str(spec_path), f"seed={seed}", "--output-dir", str(run_dir),
+                        "--no-progress"], {**os.environ, "OMP_NUM_THREADS": "1"})
+        (run_dir / "process_time.json").write_text(json.dumps(timing, indent=1))
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(one, todo))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curve_points(run_dir: Path) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
+        if record.get("split") == "validation" and "exact_match" in record:
+            steps.append(int(record["step"]))
+            values.append(100 * float(record["exact_match"]))
+    return steps, values
+
+
+def plot_curves(stem: str, runs: dict[str, Path], reference: float | None, chance: float) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, run_dir in runs.items():
+        steps, values = curve_points(run_dir)
+        if steps:
+            ax.plot(steps, values, marker="o", ms=3, label=label)
+    if reference is not None:
+        ax.axhline(reference, ls="--", color="k", lw=1, label=f"seq_icl {reference:.1f}")
+    ax.axhline(chance, ls=":", color="grey", lw=1, label=f"chance {chance:.1f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation exact match (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(stem, fontsize=9)
+    ax.legend(fontsize=7)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    path = DOCS / f"curve_{stem}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def summarize(spec_path: Path, out: Path) -> dict | None:
+    task, backbone = row_info(spec_path)
+    stem = spec_path.stem
+    seed_dirs = sorted(d for d in (out / "seeds" / stem).glob("seed*") if (d / "results.json").exists())
+    search_dir = out / "search" / stem
+    budget_file = out / "search" / f"{stem}.budget.json"
+    search_rows = read_search(search_dir) if (search_dir / "results.csv").exists() else []
+    if not seed_dirs and not search_rows:
+        return None
+    spec = yaml.safe_load(spec_path.read_text())
+    accs, cpu, seeds = [], [], []
+    for d in seed_dirs:
+        results = json.loads((d / "results.json").read_text())
+        accs.append(100 * results["test/exact_match"])
+        seeds.append(int(d.name.removeprefix("seed")))
+        timing = d / "process_time.json"
+        if timing.exists():
+            cpu.append(json.loads(timing.read_text())["cpu_seconds"])
+    backbone_cfg = spec["backbone"]
+    width = backbone_cfg.get("d_model")
+    heads = backbone_cfg.get("n_heads")
+    row = {
+        "row": stem, "task": task, "backbone": backbone, "width": width, "heads": heads,
+        "lr": spec["training"]["lr"], "steps": spec["training"]["steps"],
+        "train_size": spec["task"].get("train_size"), "seeds": seeds, "test_exact_match": accs,
+        "mean": statistics.mean(accs) if accs else None,
+        "min": min(accs) if accs else None, "max": max(accs) if accs else None,
+        "std": statistics.stdev(accs) if len(accs) > 1 else None,
+        "reference": REFERENCE.get(task, {}).get(backbone), "chance": CHANCE[task],
+        "search_trials": len(search_rows),
+        "search_cpu_seconds": json.loads(budget_file.read_text())["cpu_seconds"] if budget_file.exists() else None,
+        "search_trial_seconds": round(sum(float(r.get("time/seconds") or 0) for r in search_rows), 1),
+        "seed_cpu_seconds_each": round(statistics.mean(cpu), 1) if cpu else None,
+        "search": [{k: v for k, v in r.items() if k.startswith(("training.", "backbone.", "task.", "validation/",
+                                                                 "test/", "status", "time/"))} for r in search_rows],
+    }
+    low, high = TARGET_MIN.get((task, backbone)), TARGET_MAX.get((task, backbone))
+    row["target"] = f">= {low:.0f}" if low else (f"< {high:.0f}" if high else "-")
+    met = None
+    if row["mean"] is not None and (low or high):
+        met = row["mean"] >= low if low else row["mean"] < high
+    row["target_met"] = met if len(accs) >= 3 else None  # no claim from fewer than 3 seeds
+    if met is False or (row["mean"] is not None and row["reference"] and row["mean"] < row["reference"] - 10):
+        runs = {f"seed {s}": d for s, d in zip(seeds, seed_dirs, strict=True)}
+        copied = [(d / "source.txt").read_text() for d in seed_dirs if (d / "source.txt").exists()]
+        for r in search_rows:
+            if any(str(search_dir / r["run_dir"]) in c for c in copied):
+                continue  # the same run as seed 0
+            if r.get("run_dir") and (search_dir / r["run_dir"]).exists() and r["status"] == "completed":
+                runs[f"search lr={r.get('training.lr')}"] = search_dir / r["run_dir"]
+        path = plot_curves(stem, runs, row["reference"], row["chance"])
+        row["curve"] = path.name if path else None
+    return row
+
+
+def fmt(value, digits=1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def write_table(rows: list[dict]) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "<!-- generated by examples/seq_icl/reproduce.py from runs/seq_icl; do not edit -->",
+        "| task | backbone | width (heads) | lr | steps | train seqs | test exact match % (mean [min, max], n) "
+        "| seq_icl % | chance % | target | met | search trials, CPU s | CPU s per seed | curve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = (f"{fmt(r['mean'])} [{fmt(r['min'])}, {fmt(r['max'])}], n={len(r['seeds'])}"
+               if r["seeds"] else "not run")
+        width = f"{r['width']}" + (f" ({r['heads']})" if r["heads"] else "")
+        met = {True: "yes", False: "**no**", None: "-"}[r["target_met"]]
+        if r["target_met"] is None and r["target"] != "-":
+            met = "n < 3: no claim"
+        curve = f"[curve]({r['curve']})" if r.get("curve") else ""
+        lines.append(
+            f"| {r['task']} | {r['backbone']} | {width} | {r['lr']:g} | {r['steps']} | {r['train_size']} | {acc} | "
+            f"{fmt(r['reference'])} | {fmt(r['chance'])} | {r['target']} | {met} | "
+            f"{r['search_trials']}, {fmt(r['search_cpu_seconds'], 0)} | {fmt(r['seed_cpu_seconds_each'], 0)} | {curve} |"
+        )
+    total = sum((r["search_cpu_seconds"] or 0) + (r["seed_cpu_seconds_each"] or 0) * len(
+        [s for s in r["seeds"] if s != 0 or not r["search_trials"]]) for r in rows)
+    lines += ["", f"Total CPU time of the runs in this table: {total / 60:.0f} CPU-minutes "
+                  "(searches: process tree of `ponderlab tune`, Ray included; seeds: `ponderlab run`)."]
+    (DOCS / "table.md").write_text("\n".join(lines) + "\n")
+    results_md = ROOT / "docs" / "results.md"
+    text = results_md.read_text()
+    begin, end = "<!-- begin: seq_icl table (reproduce.py) -->\n", "<!-- end: seq_icl table -->"
+    if begin in text and end in text:  # the table in docs/results.md is this file, never typed
+        head, rest = text.split(begin, 1)
+        results_md.write_text(head + begin + "\n".join(lines[1:]).replace("](curve_", "](results/seq_icl/curve_") + "\n" + end + rest.split(end, 1)[1])
+    (DOCS / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs/seq_icl", help="Raw run outputs (not committed).")
+    parser.add_argument("--only", action="append", help="Glob on row names (spec stems); repeatable.")
+    parser.add_argument("--skip-search", action="store_true", help="Use the example specs as they are.")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per row (0..N-1).")
+    parser.add_argument("--table-only", action="store_true", help="Only write the table from finished runs.")
+    parser.add_argument("--dry-run", action="store_true", help="Validate the searches, list what would run.")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="Also run the follow-up search examples/seq_icl/tune_NAME.yaml into OUT/tried/NAME.")
+    args = parser.parse_args(argv)
+
+    out = Path(args.output_dir).resolve()
+    specs = [p for p in HERE.glob("*.yaml") if not p.stem.startswith("tune")]
+    specs.sort(key=lambda p: (row_info(p)[0], ORDER.index(row_info(p)[1]) if row_info(p)[1] in ORDER else 99))
+    selected = [p for p in specs if any(fnmatch.fnmatch(p.stem, g) for g in (args.only or ["*"]))]
+    if not selected:
+        print(f"no row matches {args.only}", file=sys.stderr)
+        return 2
+    if not args.table_only:
+        for spec_path in selected:
+            if not args.skip_search:
+                run_search(spec_path, out, args.dry_run)
+                if not args.dry_run:
+                    write_back(spec_path, out)
+            run_seeds(spec_path, out, args.seeds, args.dry_run)
+    for name in args.extra:
+        run_extra(HERE / f"tune_{name}.yaml", out, args.dry_run)
+    if args.dry_run:
+        return 0
+    rows = [r for r in (summarize(p, out) for p in specs) if r is not None]
+    write_table(rows)
+    # every search's own table (ponderlab tune's results.md), also earlier searches kept in OUT/tried/
+    for kind in ("search", "tried"):
+        for table in sorted((out / kind).glob("*/results.md")):
+            budget = out / kind / f"{table.parent.name}.budget.json"
+            text = table.read_text()
+            if budget.exists():
+                text += f"\nBudget (process tree of `ponderlab tune`): {budget.read_text().strip()}\n"
+            (DOCS / f"{kind}_{table.parent.name}.md").write_text(text)
+            if kind == "tried":  # the follow-ups' learning curves, one line per trial
+                trials = {f"seed {r['seed']}" if r.get("seed") else r["trial"]: table.parent / r["run_dir"]
+                          for r in read_search(table.parent) if r.get("run_dir")}
+                task = yaml.safe_load((table.parent / "tune_spec.yaml").read_text())["task"]["name"]
+                plot_curves(f"tried_{table.parent.name}", trials, None, CHANCE[task])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
