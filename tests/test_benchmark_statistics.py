@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import math
 import platform
 import random
@@ -12,16 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "halting.py"
 
 
 @pytest.fixture(scope="module")
 def halting_benchmark():
-    spec = importlib.util.spec_from_file_location("halting_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/halting.py", "halting_benchmark")
 
 
 def binomial_below(n: int, k: int) -> float:

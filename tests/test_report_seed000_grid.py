@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from script_modules import load_script
 
 from ponderlab.core.api import build_task
 from ponderlab.core.data import BatchPlan, TensorDataset
@@ -17,10 +17,7 @@ HERE = Path(__file__).resolve().parents[1] / "examples" / "seed000"
 
 
 def load_reproduce():
-    spec = importlib.util.spec_from_file_location("seed000_reproduce", HERE / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/seed000/reproduce.py", "seed000_reproduce")
 
 
 def test_every_grid_point_is_a_valid_spec(registry):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from script_modules import load_script
 
 from ponderlab.tune.spec import load_tune_spec
 
@@ -14,10 +14,7 @@ HERE = Path(__file__).resolve().parents[1] / "examples" / "seq_icl"
 
 
 def load_reproduce():
-    spec = importlib.util.spec_from_file_location("seq_icl_reproduce", HERE / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/seq_icl/reproduce.py", "seq_icl_reproduce")
 
 
 ROWS = sorted(p for p in HERE.glob("*.yaml") if not p.stem.startswith("tune"))
