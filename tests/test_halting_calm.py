@@ -131,7 +131,7 @@ def test_classifier_targets_by_hand():
         strategy.classifiers[0].linear.bias.fill_(math.log(3.0))  # c = 0.75 for both tokens
     loss = strategy.classifier_loss(states, identity_head(2))
     expected = -(math.log(0.75) + math.log(0.25)) / 2
-    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
 
 
 def test_float64_gradients_of_the_training_loss():

@@ -12,6 +12,7 @@ from torch import nn
 
 from ponderlab.core.interfaces import IGNORE_INDEX
 from ponderlab.core.model import PonderModel
+from ponderlab.core.tasks import next_token_example
 from ponderlab.plugins.backbones.lstm import LSTMBackbone, LSTMConfig
 from ponderlab.plugins.halting.none import NoHalting, NoHaltingConfig
 from ponderlab.plugins.tasks.automata import (
@@ -22,7 +23,6 @@ from ponderlab.plugins.tasks.automata import (
     random_minimal_dfa,
     reachable_states,
 )
-from ponderlab.plugins.tasks.common import next_token_example
 from ponderlab.plugins.tasks.dfa import (
     DOT,
     LETTERS,
