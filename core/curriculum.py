@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .config import CurriculumConfig
-from .data import BatchPlan, TensorDataset
+from .data import TensorDataset
 from .errors import SpecError
 
 if TYPE_CHECKING:
@@ -131,12 +131,7 @@ class Curriculum:
         """Stage data, a fresh AdamW and a fresh schedule over the stage's steps."""
         stage = self.position.stage
         stage_task, data = self.stage_data(trainer, stage)
-        slices = trainer.task.slice_columns
-        trainer.train_data = TensorDataset(data.train, slices)
-        trainer.val_data = TensorDataset(data.validation, slices)
-        group_column = stage_task.batch_group_column()
-        group = list(data.train[group_column]) if group_column else None
-        trainer.plan = StagePlan(trainer.train_data, trainer.config.batch_size, trainer.seed, group, self.position.start)
+        trainer.use_data(stage_task, data, first_step=self.position.start)  # each stage starts at its epoch 0
         trainer.fresh_optimizer(self.steps[stage])
         self._entered = stage
 
@@ -171,13 +166,3 @@ class Curriculum:
             raise KeyError(f"curriculum stage {self.position.stage} (the spec has {len(self.steps)})")
         self.enter(trainer)
 
-
-class StagePlan(BatchPlan):
-    """A BatchPlan whose step 0 is the stage's first step (so each stage starts at its epoch 0)."""
-
-    def __init__(self, data: TensorDataset, batch_size: int, seed: int, group: list[int] | None, start: int):
-        super().__init__(data, batch_size, seed, group)
-        self.start = start
-
-    def indices(self, step: int):
-        return super().indices(step - self.start)

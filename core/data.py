@@ -48,17 +48,21 @@ class TensorDataset:
 class BatchPlan:
     """Which training examples form batch number `step`, deterministic from the seed.
 
-    Each epoch is a fresh permutation drawn from (seed, epoch). With a group
+    Each epoch is a fresh permutation drawn from (seed, epoch); epoch 0 starts at
+    `first_step` (a curriculum stage's first step, else 0). With a group
     column, batches hold examples sharing that column's value; the batches of an
     epoch are shuffled together. A resumed run asks for the same steps and gets
     the same batches.
     """
 
-    def __init__(self, data: TensorDataset, batch_size: int, seed: int, group: list[int] | None = None):
+    def __init__(
+        self, data: TensorDataset, batch_size: int, seed: int, group: list[int] | None = None, first_step: int = 0
+    ):
         self.data = data
         self.batch_size = batch_size
         self.seed = seed
         self.group = group
+        self.first_step = first_step  # the training step that gets epoch 0's first batch
         self._epoch = -1
         self._batches: list[np.ndarray] = []
 
@@ -82,7 +86,7 @@ class BatchPlan:
     def indices(self, step: int) -> np.ndarray:
         """Indices of the batch used at training step `step` (0-based)."""
         per_epoch = len(self._epoch_batches(0)) if self._epoch < 0 else len(self._batches)
-        epoch, position = divmod(step, per_epoch)
+        epoch, position = divmod(step - self.first_step, per_epoch)
         if epoch != self._epoch:
             self._batches = self._epoch_batches(epoch)
             self._epoch = epoch

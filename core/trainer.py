@@ -159,21 +159,27 @@ class Trainer:
         self.group = group or LocalGroup()
         self.train_model = self.group.wrap(model)
         self.data = data
-        slices = task.slice_columns
-        self.train_data = TensorDataset(data.train, slices)
-        self.val_data = TensorDataset(data.validation, slices)
-        self.test_data = TensorDataset(data.test, slices)
-        group_column = task.batch_group_column()
-        group = list(data.train[group_column]) if group_column else None
-        self.plan = BatchPlan(self.train_data, config.batch_size, seed, group)
-        self.fresh_optimizer(config.steps)
+        self.test_data = TensorDataset(data.test, task.slice_columns)
         self.step = 0
         self.elapsed = 0.0
         self._writer = None
         self.curriculum = None
-        if config.curriculum is not None:  # the first stage's data now: a bad length fails before any write
+        if config.curriculum is None:
+            self.use_data(task, data)
+            self.fresh_optimizer(config.steps)
+        else:  # the first stage's data now: a bad length fails before any write
             self.curriculum = Curriculum(config.curriculum, model.backbone.segment_size)
             self.curriculum.enter(self)
+
+    def use_data(self, task: Task, data: TaskData, first_step: int = 0) -> None:
+        """Train and periodically validate on `data` (the spec's, or a curriculum stage's of
+        `task`), its batch order starting at `first_step`."""
+        slices = task.slice_columns
+        self.train_data = TensorDataset(data.train, slices)
+        self.val_data = TensorDataset(data.validation, slices)
+        group_column = task.batch_group_column()
+        group = list(data.train[group_column]) if group_column else None
+        self.plan = BatchPlan(self.train_data, self.config.batch_size, self.seed, group, first_step=first_step)
 
     def fresh_optimizer(self, steps: int) -> None:
         """A new AdamW, and warmup + cosine over `steps` from now (the run, or a curriculum stage)."""
