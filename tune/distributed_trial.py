@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ponderlab.core.distributed.placement import runs_distributed
+from ponderlab.core.distributed.placement import resources_needed, runs_distributed
 from ponderlab.core.spec import SpecBase
 
 #: Seconds rank 0 waits for the trial to take a validation (Tune may be saving a checkpoint).
@@ -51,15 +51,6 @@ class TuneChannel:
         self.acks.put(True)
 
 
-def trial_needs(spec: SpecBase, driver_cpus: float) -> dict[str, float]:
-    """CPUs and GPUs one distributed trial takes: its workers' and its driver's."""
-    placement = spec.distributed
-    return {
-        "CPU": placement.workers * placement.cpus_per_worker + driver_cpus,
-        "GPU": placement.workers * placement.gpus_per_worker,
-    }
-
-
 def concurrency_limit(
     specs: list[SpecBase], cluster: dict[str, float], asked: int | None, driver_cpus: float = 1.0
 ) -> int | None:
@@ -67,7 +58,7 @@ def concurrency_limit(
 
     None when no trial is distributed (Tune's per-trial resources decide); never above `asked`.
     """
-    needs = [trial_needs(spec, driver_cpus) for spec in specs if runs_distributed(spec)]
+    needs = [resources_needed(spec.distributed, driver_cpus) for spec in specs if runs_distributed(spec)]
     if not needs:
         return asked
     fits = []

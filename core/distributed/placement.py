@@ -51,13 +51,21 @@ def check_placement(spec: SpecBase) -> None:
         )
 
 
+def resources_needed(placement: DistributedConfig, driver_cpus: float = 0.0) -> dict[str, float]:
+    """{"CPU", "GPU"} that the workers take, with a driver taking `driver_cpus` (a Tune trial's)."""
+    return {
+        "CPU": placement.workers * placement.cpus_per_worker + driver_cpus,
+        "GPU": placement.workers * placement.gpus_per_worker,
+    }
+
+
 def capacity_problem(
     placement: DistributedConfig, cluster: dict[str, float], driver_cpus: float = 0.0
 ) -> tuple[str, str] | None:
     """(option, message) when `placement`'s workers (and a driver taking `driver_cpus`, as a Tune
     trial's does) cannot all be placed on `cluster`'s resources."""
-    cpus = placement.workers * placement.cpus_per_worker + driver_cpus
-    gpus = placement.workers * placement.gpus_per_worker
+    needed = resources_needed(placement, driver_cpus)
+    cpus, gpus = needed["CPU"], needed["GPU"]
     have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     if gpus > have_gpus:
         return "distributed.gpus_per_worker", (
