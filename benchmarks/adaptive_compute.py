@@ -51,7 +51,7 @@ METHODS = {
         "mixture_of_recursions", "model", {"recursions": 4}, True, "masked"),
     "mixture_of_recursions kv_sharing": lambda L: (
         "mixture_of_recursions", "model", {"recursions": 4, "kv_sharing": True}, True, None),
-    "recurrent_depth": lambda L: ("recurrent_depth", "model", {"max_steps": 4, "exit_threshold": 0.3}, True, None),
+    "recurrent_depth": lambda L: ("recurrent_depth", "model", {"max_hops": 4, "exit_threshold": 0.3}, True, None),
 }
 
 #: --all: the other registered strategies, strategy -> (scope, options, perturb)
@@ -61,14 +61,14 @@ OTHERS = {
     "random": lambda L: ("depth", {"mean_hops": L / 2, "distribution": "geometric"}, False),
     "graves": lambda L: ("depth", {"halting_bias_init": math.log(1 / (L / 2 - 1)), "epsilon": 0.01}, True),
     "threshold": lambda L: ("depth", {"halting_bias_init": math.log(1 / (L / 2 - 1)), "threshold": 0.99}, True),
-    "ut": lambda L: ("model", {"max_steps": 2, "halting_bias_init": 0.0, "epsilon": 0.4}, True),
+    "ut": lambda L: ("model", {"max_hops": 2, "halting_bias_init": 0.0, "epsilon": 0.4}, True),
     "pondernet": lambda L: ("depth", {"inference": "most_likely", "lambda_p": 2 / L}, True),
 }
 
 
 def cap_of(options: dict) -> int:
     """How many times a model-scope method may apply its core (1 in depth scope)."""
-    return options.get("max_steps", options.get("recursions", 1))
+    return options.get("max_hops", options.get("recursions", 1))
 
 
 def build(strategy: str, scope: str | None, options: dict, perturb: bool, args, device) -> torch.nn.Module:

@@ -26,7 +26,7 @@ DEFAULT_BACKBONES = ("lstm", "transformer", "universal_transformer", "mamba", "r
 BATCH, LENGTH, SEGMENT = 32, 82, 41
 HALTINGS = {
     "none": {"name": "none"},
-    "graves": {"name": "graves", "max_steps": 4, "epsilon": 0.1, "scope": "layer"},
+    "graves": {"name": "graves", "max_hops": 4, "epsilon": 0.1, "scope": "layer"},
 }
 
 

@@ -35,7 +35,7 @@ def bench_spec(args: argparse.Namespace, workers: int) -> dict:
                  "test_size": 64},
         "backbone": {"name": "transformer", "d_model": args.d_model, "n_layers": 2, "n_heads": 4,
                      "ffn_size": 2 * args.d_model},
-        "halting": {"name": "graves", "scope": "layer", "max_steps": 3, "epsilon": 0.1},
+        "halting": {"name": "graves", "scope": "layer", "max_hops": 3, "epsilon": 0.1},
         "training": {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": 1,
                      "eval_every": 10 * args.steps, "log_every": args.steps, "num_threads": args.threads,
                      "device": "cuda" if args.gpus_per_worker else "cpu"},

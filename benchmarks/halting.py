@@ -201,7 +201,7 @@ def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, devi
     vocab = 32
     constant = registry_model(backbone, {"name": "constant", "steps": hops}, vocab, device)
     graves = registry_model(
-        backbone, {"name": "graves", "max_steps": hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
+        backbone, {"name": "graves", "max_hops": hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
         vocab, device,
     )
     graves.backbone.load_state_dict(constant.backbone.state_dict())

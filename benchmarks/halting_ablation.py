@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone = {"name": args.backbone, "d_model": args.d_model, "n_layers": 2}
     vocab, batch, length = 32, 16, 128
     graves = registry_model(
-        backbone, {"name": "graves", "max_steps": args.hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
+        backbone, {"name": "graves", "max_hops": args.hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
         vocab, device,
     )
     ids = torch.randint(0, vocab, (batch, length))

@@ -3,7 +3,7 @@
     import ponderlab
     model = ponderlab.build_model(
         backbone={"name": "lstm", "d_model": 64, "n_layers": 2},
-        halting={"name": "graves", "max_steps": 4, "epsilon": 0.1},
+        halting={"name": "graves", "max_hops": 4, "epsilon": 0.1},
         vocab_size=128,
     )
     out = model(input_ids)                   # out.logits (B, L, V), out.stats.hops (B, L)

@@ -28,12 +28,12 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 DEMO_SECTIONS = {
     "task": "task:\n  name: binary_reverse\n  length: 10\n  train_size: 500\n  validation_size: 50\n  test_size: 100",
     "backbone": "backbone:\n  name: lstm\n  d_model: 32\n  n_layers: 1",
-    "halting": "halting:\n  name: graves\n  scope: layer\n  max_steps: 3",
+    "halting": "halting:\n  name: graves\n  scope: layer\n  max_hops: 3",
 }
 #: Small options for the generated conformance tests.
 TEST_CONFIGS = {
     "backbone": '{"d_model": 16, "n_layers": 2}',
-    "halting": '{"max_steps": 3}',
+    "halting": '{"max_hops": 3}',
     "task": '{"train_size": 64, "validation_size": 16, "test_size": 16}',
 }
 CLASS_SUFFIX = {"backbone": "Backbone", "halting": "Halting", "task": "Task"}

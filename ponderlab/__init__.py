@@ -4,7 +4,7 @@ The Python API mirrors the CLI:
 
     import ponderlab
     model = ponderlab.build_model(backbone={"name": "lstm", "n_layers": 2},
-                                  halting={"name": "graves", "max_steps": 4}, vocab_size=128)
+                                  halting={"name": "graves", "max_hops": 4}, vocab_size=128)
     results = ponderlab.run("examples/quickstart.yaml")
 """
 

@@ -14,7 +14,7 @@ TINY = {
     "seed": 5,
     "task": {"name": "binary_reverse", "length": 6, "train_size": 64, "validation_size": 16, "test_size": 16},
     "backbone": {"name": "lstm", "d_model": 8, "n_layers": 1},
-    "halting": {"name": "graves", "max_steps": 3},
+    "halting": {"name": "graves", "max_hops": 3},
     "training": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "eval_every": 2, "log_every": 2,
                  "keep_checkpoints": 2, "num_threads": 1},
 }

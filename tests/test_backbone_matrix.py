@@ -25,7 +25,7 @@ BATCH, LENGTH = 2, 8
 #: Small values for options a backbone may have (applied where its config has the field).
 SMALL = {"d_model": 16, "n_layers": 2, "segment_size": 4, "memory_size": 2, "d_mem": 4, "d_state": 4}
 #: Small values for halting options (applied where the config has the field, scopes permitting).
-SMALL_HALTING = {"max_steps": 3, "steps": 2}
+SMALL_HALTING = {"max_hops": 3, "steps": 2}
 SCOPES = ("layer", "model", "depth")
 FULL_SCOPE_HALTINGS = ("graves", "pondernet")
 

@@ -59,7 +59,7 @@ def test_dtype_option_sets_the_parameter_dtype(saved):
     model = build(saved["gpt_neox"], dtype="bfloat16")
     assert model.backbone.embedding.weight.dtype == torch.bfloat16
     assert model.backbone.blocks[0].layer.mlp.dense_h_to_4h.weight.dtype == torch.bfloat16
-    halting = build(saved["gpt_neox"], {"name": "graves", "scope": "layer", "max_steps": 2}, dtype="bfloat16")
+    halting = build(saved["gpt_neox"], {"name": "graves", "scope": "layer", "max_hops": 2}, dtype="bfloat16")
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as training.precision bf16 runs it
         logits = halting(tokens()).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
@@ -91,9 +91,9 @@ def test_bad_model_path_or_clashing_options_are_one_clear_error(tmp_path, saved)
 @pytest.mark.parametrize(
     "layout, halting",
     [
-        ("gpt2", {"name": "graves", "scope": "layer", "max_steps": 3, "halting_bias_init": 10.0}),
-        ("llama", {"name": "ut", "scope": "layer", "max_steps": 3, "halting_bias_init": 10.0}),
-        ("gpt_neox", {"name": "graves", "scope": "model", "max_steps": 3, "halting_bias_init": 10.0}),
+        ("gpt2", {"name": "graves", "scope": "layer", "max_hops": 3, "halting_bias_init": 10.0}),
+        ("llama", {"name": "ut", "scope": "layer", "max_hops": 3, "halting_bias_init": 10.0}),
+        ("gpt_neox", {"name": "graves", "scope": "model", "max_hops": 3, "halting_bias_init": 10.0}),
         ("qwen2", {"name": "graves", "scope": "depth", "halting_bias_init": -30.0}),
         ("gpt2", {"name": "threshold", "scope": "depth", "halting_bias_init": -30.0}),
         ("llama", {"name": "pondernet", "scope": "depth", "halting_bias_init": -30.0}),
@@ -118,7 +118,7 @@ def test_halting_init_preserves_the_pretrained_function_at_step_zero(saved, layo
 
 @pytest.mark.parametrize("scope", ["layer", "model", "depth"])
 def test_gradients_reach_halting_units_and_layers_in_every_scope(saved, scope):
-    halting = {"name": "graves", "scope": scope, **({} if scope == "depth" else {"max_steps": 2})}
+    halting = {"name": "graves", "scope": scope, **({} if scope == "depth" else {"max_hops": 2})}
     model = build(saved["qwen2"], halting)
     out = model(tokens(), labels=tokens(seed=1))
     out.loss.backward()
@@ -131,7 +131,7 @@ def trainable(model):
 
 
 def test_frozen_trains_only_what_ponderlab_adds(saved):
-    model = build(saved["llama"], {"name": "graves", "scope": "layer", "max_steps": 2}, finetune="frozen")
+    model = build(saved["llama"], {"name": "graves", "scope": "layer", "max_hops": 2}, finetune="frozen")
     assert trainable(model) == {f"sites.{i}.units.0.linear.{p}" for i in range(2) for p in ("weight", "bias")}
     rmt = ponderlab.build_model(backbone={"name": "rmt", "model": str(saved["gpt2"]), "finetune": "frozen",
                                           "segment_size": 4, "memory_size": 2}, vocab_size=VOCAB)

@@ -60,7 +60,7 @@ def test_threshold_exit_at_inference_runs_the_mlp_only_for_running_tokens(saved,
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_graves_training_with_active_masks_gives_the_twins_gradients(saved, layout):
     """Layer scope, training: later hops compute a subset; logits and every gradient equal the twin's."""
-    halting = {"name": "graves", "scope": "layer", "max_steps": 3, "epsilon": 0.1, "halting_bias_init": -1.0}
+    halting = {"name": "graves", "scope": "layer", "max_hops": 3, "epsilon": 0.1, "halting_bias_init": -1.0}
     fast, full, mlp_rows = twins(saved[layout], halting, std=30.0)
     ids = tokens(batch=2, length=9, seed=5)
     fast_out, full_out = fast.train()(ids), full.train()(ids)
@@ -154,7 +154,7 @@ def test_an_unknown_layout_computes_every_token(tmp_path):
 def test_memory_backbones_on_rows_match_the_twin(saved, name):
     """RMT and ARMT run the same wrapped layers segment by segment: rows there too, exactly."""
     memory = {"segment_size": 4, "memory_size": 2}
-    fast, full, mlp_rows = twins(saved["gpt2"], {"name": "graves", "scope": "layer", "max_steps": 3,
+    fast, full, mlp_rows = twins(saved["gpt2"], {"name": "graves", "scope": "layer", "max_hops": 3,
                                                  "epsilon": 0.1, "halting_bias_init": -1.0},
                                  std=30.0, name=name, **memory)
     full_rows = block_rows(full, lambda block: block.layer.mlp)

@@ -99,7 +99,7 @@ def test_armt_with_zero_values_computes_the_pretrained_model_on_each_segment(sav
 
 
 def test_armt_memory_on_a_pretrained_model_carries_information_across_segments(saved):
-    model = build("armt", saved["llama"], {"name": "graves", "scope": "layer", "max_steps": 2}).eval()
+    model = build("armt", saved["llama"], {"name": "graves", "scope": "layer", "max_hops": 2}).eval()
     for memory in model.backbone.memories:
         torch.nn.init.normal_(memory.value.weight, std=0.3, generator=torch.Generator().manual_seed(1))
     assert_memory_carries_token_forward(model, tokens(8), vocab=VOCAB)

@@ -305,7 +305,7 @@ def test_act_around_armt_layers_never_leaks_targets_through_memory(scope):
     model = build("armt", halting)
     enable_armt_values(model)
     assert not leaks_future_tokens(model)
-    graves = build("armt", {"name": "graves", "max_steps": 3, "scope": scope})
+    graves = build("armt", {"name": "graves", "max_hops": 3, "scope": scope})
     enable_armt_values(graves)
     assert not leaks_future_tokens(graves)
     # The check is sensitive: writing on every hop (the reference bug) does leak.
@@ -358,7 +358,7 @@ def record_model_scope(halting):
 
 def test_model_scope_memory_writes_use_the_act_combined_layer_outputs():
     """act.md 3: written once, after the loop, from sum_n p_n s_n of that layer (not the last hop)."""
-    written, outputs, result = record_model_scope({"name": "graves", "scope": "model", "max_steps": 3,
+    written, outputs, result = record_model_scope({"name": "graves", "scope": "model", "max_hops": 3,
                                                    "halting_bias_init": 0.0})
     assert len(set(result.hops.flatten().tolist())) > 1  # tokens halted at different hops
     assert [layer for layer, _ in written] == [0, 1]
@@ -370,7 +370,7 @@ def test_model_scope_memory_writes_use_the_act_combined_layer_outputs():
 
 
 def test_model_scope_memory_writes_without_weights_take_each_tokens_last_hop():
-    written, outputs, result = record_model_scope({"name": "random", "scope": "model", "max_steps": 3,
+    written, outputs, result = record_model_scope({"name": "random", "scope": "model", "max_hops": 3,
                                                    "mean_hops": 1.7})
     hops = result.hops.long()  # (B, Lw)
     assert len(set(hops.flatten().tolist())) > 1

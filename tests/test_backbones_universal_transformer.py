@@ -70,9 +70,9 @@ def test_learned_depth_table_has_a_clear_limit():
 
 
 HALTINGS = {
-    "ut": {"name": "ut", "max_steps": 3},
-    "graves": {"name": "graves", "max_steps": 3},
-    "pondernet": {"name": "pondernet", "max_steps": 3},
+    "ut": {"name": "ut", "max_hops": 3},
+    "graves": {"name": "graves", "max_hops": 3},
+    "pondernet": {"name": "pondernet", "max_hops": 3},
     "constant": {"name": "constant", "steps": 3},
 }
 

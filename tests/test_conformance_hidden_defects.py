@@ -124,12 +124,12 @@ def test_a_shared_example_is_named():
 
 
 class DepthCapConfig(KitHaltingConfig):
-    """Rejects max_steps in depth scope, but still dumps its default there (the graves bug)."""
+    """Rejects max_hops in depth scope, but still dumps its default there (the graves bug)."""
 
     @model_validator(mode="after")
     def _no_cap_in_depth(self):
-        if self.scope == "depth" and "max_steps" in self.model_fields_set:
-            raise ValueError("max_steps does not apply in depth scope")
+        if self.scope == "depth" and "max_hops" in self.model_fields_set:
+            raise ValueError("max_hops does not apply in depth scope")
         return self
 
 

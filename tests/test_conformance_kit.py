@@ -78,7 +78,7 @@ class KitBackbone(Backbone):
 
 class KitHaltingConfig(HaltingConfig):
     name: Literal["kit_halting"] = "kit_halting"
-    max_steps: int = Field(3, ge=1)
+    max_hops: int = Field(3, ge=1)
     time_penalty: float = 0.01
 
 

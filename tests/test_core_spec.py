@@ -30,7 +30,7 @@ backbone:
   n_layers: 2
 halting:
   name: graves
-  max_steps: 3
+  max_hops: 3
 training:
   steps: 5
 """
@@ -53,14 +53,14 @@ def test_good_spec_validates_into_plugin_configs(tmp_path):
     assert spec.seed == 3
     assert spec.task.name == "binary_copy" and spec.task.length == 6
     assert spec.backbone.d_model == 16 and spec.backbone.n_layers == 2
-    assert spec.halting.max_steps == 3 and spec.halting.scope == "layer"
+    assert spec.halting.max_hops == 3 and spec.halting.scope == "layer"
     assert spec.training.steps == 5
 
 
 def test_unknown_key_names_dotted_path_and_line(tmp_path):
-    path = write(tmp_path, GOOD.replace("  max_steps: 3", "  max_step: 3"))
+    path = write(tmp_path, GOOD.replace("  max_hops: 3", "  max_hop: 3"))
     err = error_of(path)
-    assert err.path == "halting.max_step"
+    assert err.path == "halting.max_hop"
     assert err.where == f"{path}:11"
     assert "unknown key" in str(err)
 
@@ -104,7 +104,7 @@ def test_unsupported_scope_is_rejected(tmp_path, registry):
     ]
     assert restricted, "expected at least one halting strategy with a restricted scope set"
     name, scope = restricted[0]
-    path = write(tmp_path, GOOD.replace("  name: graves\n  max_steps: 3", f"  name: {name}\n  scope: {scope}"))
+    path = write(tmp_path, GOOD.replace("  name: graves\n  max_hops: 3", f"  name: {name}\n  scope: {scope}"))
     err = error_of(path)
     assert err.path == "halting.scope"
     assert name in str(err) and scope in str(err)
@@ -144,7 +144,7 @@ def test_schema_includes_every_registered_plugin_option(registry):
     for kind in ("backbone", "halting", "task"):
         for name in registry.names(kind):
             assert f'"{name}"' in schema
-    assert "max_steps" in schema and "time_penalty" in schema
+    assert "max_hops" in schema and "time_penalty" in schema
 
 
 def test_bundled_quickstart_is_valid():
@@ -164,7 +164,7 @@ def run_cli(*args, cwd):
     "edit, expected",
     [
         (("  d_model: 16", "  d_model: [16"), "malformed YAML"),
-        (("  max_steps: 3", "  max_stepz: 3"), "halting.max_stepz: unknown key"),
+        (("  max_hops: 3", "  max_stepz: 3"), "halting.max_stepz: unknown key"),
         (("  steps: 5", "  steps: -1"), "training.steps"),
         (("name: lstm", "name: nope"), "unknown backbone 'nope'"),
     ],

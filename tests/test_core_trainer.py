@@ -21,7 +21,7 @@ TINY = {
     "seed": 5,
     "task": {"name": "binary_reverse", "length": 6, "train_size": 512, "validation_size": 32, "test_size": 48},
     "backbone": {"name": "lstm", "d_model": 16, "n_layers": 2},
-    "halting": {"name": "graves", "max_steps": 3, "epsilon": 0.1, "time_penalty": 0.01},
+    "halting": {"name": "graves", "max_hops": 3, "epsilon": 0.1, "time_penalty": 0.01},
     "training": {
         "steps": 30, "batch_size": 16, "lr": 0.01, "warmup_steps": 5, "eval_every": 10,
         "log_every": 5, "keep_checkpoints": 2, "num_threads": 1,

@@ -45,7 +45,7 @@ TRAINING = {
 GRAVES = {
     "seed": 0, "task": TASK, "training": TRAINING,
     "backbone": {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2, "ffn_size": 32},
-    "halting": {"name": "graves", "scope": "layer", "max_steps": 3, "epsilon": 0.1,
+    "halting": {"name": "graves", "scope": "layer", "max_hops": 3, "epsilon": 0.1,
                 "halting_bias_init": -0.2, "time_penalty": 0.01},
 }
 ARMT = {

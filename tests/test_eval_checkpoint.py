@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory) -> Path:
         "task": {"name": "binary_reverse", "length": 6, "min_length": 4, "train_size": 200,
                  "validation_size": 16, "test_size": 30},
         "backbone": {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2, "ffn_size": 32},
-        "halting": {"name": "graves", "max_steps": 3, "epsilon": 0.1, "halting_bias_init": -1.0},
+        "halting": {"name": "graves", "max_hops": 3, "epsilon": 0.1, "halting_bias_init": -1.0},
         "training": {"steps": 12, "batch_size": 16, "eval_batch_size": 7, "lr": 3e-3, "warmup_steps": 2,
                      "eval_every": 6, "log_every": 6, "num_threads": 1},
     }

@@ -75,7 +75,7 @@ def test_geometric_hops_have_the_requested_mean():
 @pytest.mark.parametrize("distribution", ["two_point", "geometric"])
 def test_random_tokens_take_exactly_their_hops(distribution):
     torch.manual_seed(2)
-    strategy = RandomHalting(RandomHaltingConfig(mean_hops=2.5, max_steps=4, distribution=distribution),
+    strategy = RandomHalting(RandomHaltingConfig(mean_hops=2.5, max_hops=4, distribution=distribution),
                              d_model=3, n_layers=1)
     out = strategy(torch.zeros(4, 8, 3), counting_hop)
     torch.testing.assert_close(out.output[..., 0], out.hops.float())
@@ -84,12 +84,12 @@ def test_random_tokens_take_exactly_their_hops(distribution):
 
 
 def test_random_options_are_validated():
-    with pytest.raises(ValueError, match="exceeds max_steps"):
-        RandomHaltingConfig(mean_hops=5, max_steps=4)
+    with pytest.raises(ValueError, match="exceeds max_hops"):
+        RandomHaltingConfig(mean_hops=5, max_hops=4)
     with pytest.raises(ValueError):
         RandomHaltingConfig(mean_hops=0.5)
-    with pytest.raises(ValueError, match="max_steps does not apply"):
-        RandomHaltingConfig(scope="depth", max_steps=3)
+    with pytest.raises(ValueError, match="max_hops does not apply"):
+        RandomHaltingConfig(scope="depth", max_hops=3)
     with pytest.raises(SpecError, match="halting.mean_hops"):
         RandomHalting(RandomHaltingConfig(scope="depth", mean_hops=3.5), d_model=3, n_layers=3)
     depth = RandomHalting(RandomHaltingConfig(scope="depth", mean_hops=1.5), d_model=3, n_layers=3)

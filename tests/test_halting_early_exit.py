@@ -118,7 +118,7 @@ def test_threshold_stops_when_every_token_exited():
 
 @pytest.mark.parametrize(
     "cls, config",
-    [(GravesACT, GravesConfig(max_steps=4, epsilon=0.1)), (UniversalTransformerACT, UTConfig(max_steps=4))],
+    [(GravesACT, GravesConfig(max_hops=4, epsilon=0.1)), (UniversalTransformerACT, UTConfig(max_hops=4))],
 )
 def test_layer_scope_strategies_skip_halted_tokens(cls, config):
     fast, full = twin_models(cls, config, n_layers=1)
@@ -164,7 +164,7 @@ def test_neox_threshold_early_exit_runs_the_mlp_only_for_running_tokens(parallel
 
 
 def test_neox_active_path_gives_the_same_gradients_in_training():
-    config = GravesConfig(max_steps=3, epsilon=0.1, halting_bias_init=-1.0)
+    config = GravesConfig(max_hops=3, epsilon=0.1, halting_bias_init=-1.0)
     fast, full, mlp_rows = neox_twins(GravesACT, config, parallel_residual=True)
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
     a, b = fast.train()(ids), full.train()(ids)

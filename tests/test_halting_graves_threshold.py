@@ -38,7 +38,7 @@ def scripted_hop(requires_grad: bool = False) -> ScriptedHop:
 
 
 def graves_site(cap: int = 3, epsilon: float = 0.1, **options) -> GravesACT:
-    config = GravesConfig(max_steps=cap, epsilon=epsilon, **options)
+    config = GravesConfig(max_hops=cap, epsilon=epsilon, **options)
     return GravesACT(config, d_model=cap + 2, n_layers=1).double()
 
 
@@ -252,9 +252,9 @@ def test_threshold_is_depth_only():
     assert ThresholdConfig().scope == "depth"
 
 
-def test_graves_rejects_max_steps_in_depth_scope():
-    with pytest.raises(ValueError, match="max_steps does not apply in depth scope"):
-        GravesConfig(scope="depth", max_steps=3)
+def test_graves_rejects_max_hops_in_depth_scope():
+    with pytest.raises(ValueError, match="max_hops does not apply in depth scope"):
+        GravesConfig(scope="depth", max_hops=3)
     with pytest.raises(ValueError):
         GravesConfig(epsilon=0.0)
     with pytest.raises(ValueError):

@@ -19,12 +19,12 @@ from ponderlab.plugins.halting.ut import UniversalTransformerACT, UTConfig
 VOCAB = 7
 
 STRATEGIES = [
-    (GravesACT, GravesConfig(max_steps=4, halting_bias_init=-2.0)),
-    (GravesACT, GravesConfig(scope="model", max_steps=3, halting_bias_init=-2.0)),
+    (GravesACT, GravesConfig(max_hops=4, halting_bias_init=-2.0)),
+    (GravesACT, GravesConfig(scope="model", max_hops=3, halting_bias_init=-2.0)),
     (GravesACT, GravesConfig(scope="depth", halting_bias_init=-2.0)),
     (ThresholdACT, ThresholdConfig(threshold=0.9)),
-    (UniversalTransformerACT, UTConfig(max_steps=4, halting_bias_init=-2.0)),
-    (PonderNet, PonderNetConfig(scope="model", max_steps=4, inference="most_likely")),
+    (UniversalTransformerACT, UTConfig(max_hops=4, halting_bias_init=-2.0)),
+    (PonderNet, PonderNetConfig(scope="model", max_hops=4, inference="most_likely")),
 ]
 
 
@@ -80,10 +80,10 @@ def test_padding_does_not_keep_the_loop_running(cls):
     """Real tokens halt at hop 1; pads, left to themselves, would run to the cap."""
     cap = 4
     if cls is GravesACT:
-        site, hop_shift = GravesACT(GravesConfig(max_steps=cap), d_model=cap + 2, n_layers=1), 0
+        site, hop_shift = GravesACT(GravesConfig(max_hops=cap), d_model=cap + 2, n_layers=1), 0
         script_linear(site.units[0].linear, control_index=cap)
     else:
-        site, hop_shift = UniversalTransformerACT(UTConfig(max_steps=cap), d_model=cap + 2, n_layers=1), 1
+        site, hop_shift = UniversalTransformerACT(UTConfig(max_hops=cap), d_model=cap + 2, n_layers=1), 1
         script_linear(site.unit.linear, control_index=cap)
     mask = torch.tensor([[True, True, True, False, False]])
     controls = torch.where(mask, 10.0, -10.0).unsqueeze(-1).expand(1, 5, cap + hop_shift).double()
@@ -96,7 +96,7 @@ def test_padding_does_not_keep_the_loop_running(cls):
 
 
 def test_pondernet_kl_averages_over_real_tokens_only():
-    model = build(PonderNet, PonderNetConfig(scope="model", max_steps=4, beta=1.0)).train()
+    model = build(PonderNet, PonderNetConfig(scope="model", max_hops=4, beta=1.0)).train()
     ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(4))
     mask = torch.tensor([[True] * 5 + [False] * 3])
     padded = model(ids, mask=mask).stats.regularizer
@@ -107,7 +107,7 @@ def test_pondernet_kl_averages_over_real_tokens_only():
 
 
 def test_random_halting_gives_pads_one_hop():
-    model = build(RandomHalting, RandomHaltingConfig(scope="model", max_steps=4, mean_hops=3.0))
+    model = build(RandomHalting, RandomHaltingConfig(scope="model", max_hops=4, mean_hops=3.0))
     ids = torch.randint(0, VOCAB, (4, 6), generator=torch.Generator().manual_seed(5))
     mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [4], [2], [1]])
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_random_halting_gives_pads_one_hop():
 
 
 def test_pondernet_sampled_inference_gives_pads_one_hop_and_their_first_state():
-    model = build(PonderNet, PonderNetConfig(scope="model", max_steps=4, lambda_p=0.2, inference="sample"))
+    model = build(PonderNet, PonderNetConfig(scope="model", max_hops=4, lambda_p=0.2, inference="sample"))
     ids = torch.randint(0, VOCAB, (4, 6), generator=torch.Generator().manual_seed(7))
     mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [4], [2], [1]])
     first: list[torch.Tensor] = []
@@ -139,7 +139,7 @@ def test_pondernet_sampled_inference_gives_pads_one_hop_and_their_first_state():
 
 def test_memory_backbone_gets_the_segment_mask():
     """ARMT: segments of padding halt at once; memory tokens and real tokens are unaffected."""
-    model = build(GravesACT, GravesConfig(max_steps=3, halting_bias_init=-2.0), backbone="armt")
+    model = build(GravesACT, GravesConfig(max_hops=3, halting_bias_init=-2.0), backbone="armt")
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(6))
     mask = torch.tensor([[True] * 8, [True] * 3 + [False] * 5])
     with torch.no_grad():

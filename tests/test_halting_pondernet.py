@@ -34,7 +34,7 @@ EXECUTED_MOST_LIKELY = [1.0, 2.0, 3.0]  # stop once best p >= mass left
 
 
 def site(**options) -> PonderNet:
-    config = PonderNetConfig(max_steps=3, **options)
+    config = PonderNetConfig(max_hops=3, **options)
     strategy = PonderNet(config, d_model=5, n_layers=1).double()
     script_linear(strategy.units[0].linear, control_index=3)
     return strategy
@@ -108,7 +108,7 @@ def test_sampled_inference_certain_and_impossible_halting():
 
 def test_sampled_inference_follows_the_halting_distribution():
     torch.manual_seed(0)
-    strategy = PonderNet(PonderNetConfig(max_steps=4), d_model=6, n_layers=1).double().eval()
+    strategy = PonderNet(PonderNetConfig(max_hops=4), d_model=6, n_layers=1).double().eval()
     script_linear(strategy.units[0].linear, control_index=4)
     hop = ScriptedHop(torch.zeros(1, 4000, 4, dtype=D64))  # lambda = 0.5 at every hop
     out = strategy(hop.initial_state(), hop)
@@ -119,7 +119,7 @@ def test_sampled_inference_follows_the_halting_distribution():
 def test_matches_per_token_reference():
     generator = torch.Generator().manual_seed(4)
     d, n_hops = 5, 4
-    strategy = PonderNet(PonderNetConfig(max_steps=n_hops, lambda_p=0.3, beta=0.5), d_model=d, n_layers=1)
+    strategy = PonderNet(PonderNetConfig(max_hops=n_hops, lambda_p=0.3, beta=0.5), d_model=d, n_layers=1)
     strategy = strategy.double().train()
     torch.nn.init.normal_(strategy.units[0].linear.weight, std=1.5, generator=generator)
     weights = [torch.randn(d, d, generator=generator, dtype=D64) for _ in range(n_hops)]
@@ -143,7 +143,7 @@ def test_matches_per_token_reference():
 def test_gradcheck_float64():
     generator = torch.Generator().manual_seed(6)
     d = 4
-    strategy = PonderNet(PonderNetConfig(max_steps=3), d_model=d, n_layers=1).double().train()
+    strategy = PonderNet(PonderNetConfig(max_hops=3), d_model=d, n_layers=1).double().train()
     weights = [torch.randn(d, d, generator=generator, dtype=D64) for _ in range(3)]
     state = torch.randn(1, 3, d, generator=generator, dtype=D64, requires_grad=True)
     w = torch.randn(1, d, generator=generator, dtype=D64, requires_grad=True)
@@ -161,7 +161,7 @@ def test_model_loss_is_expected_task_loss_plus_kl():
     torch.manual_seed(0)
     model = ponderlab.build_model(
         backbone={"name": "lstm", "d_model": 8, "n_layers": 1},
-        halting={"name": "pondernet", "max_steps": 3, "beta": 0.1, "halting_bias_init": 0.0},
+        halting={"name": "pondernet", "max_hops": 3, "beta": 0.1, "halting_bias_init": 0.0},
         vocab_size=7,
     ).double()
     torch.nn.init.normal_(model.sites[0].units[0].linear.weight)
@@ -188,8 +188,8 @@ def test_scopes_and_options():
     assert PonderNet(PonderNetConfig(scope="layer"), d_model=4, n_layers=1).max_hops() == 4
     depth = PonderNet(PonderNetConfig(scope="depth"), d_model=4, n_layers=3)
     assert depth.max_hops() == 3 and len(depth.units) == 3
-    with pytest.raises(ValueError, match="max_steps does not apply"):
-        PonderNetConfig(scope="depth", max_steps=3)
+    with pytest.raises(ValueError, match="max_hops does not apply"):
+        PonderNetConfig(scope="depth", max_hops=3)
     with pytest.raises(ValueError):
         PonderNetConfig(lambda_p=1.0)
     # default bias: lambda = lambda_p at init

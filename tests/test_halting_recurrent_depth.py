@@ -46,7 +46,7 @@ def test_kl_exit_by_hand():
     ]).unsqueeze(1)  # (N, 1, L, 2)
     linear = nn.Linear(2, 2, bias=False)
     nn.init.eye_(linear.weight)
-    strategy = RecurrentDepth(RecurrentDepthConfig(max_steps=4, exit_threshold=1e-3, init_std=0.0),
+    strategy = RecurrentDepth(RecurrentDepthConfig(max_hops=4, exit_threshold=1e-3, init_std=0.0),
                               d_model=2, n_layers=1).eval()
     out = strategy(torch.zeros(1, 3, 2), table_hop(seq), head=ExitHead(lambda s: s, linear))
     assert out.hops.tolist() == [[2.0, 3.0, 4.0]]
@@ -59,7 +59,7 @@ def test_kl_exit_by_hand():
 
 
 def test_truncated_backprop_matches_manual_loop():
-    config = RecurrentDepthConfig(scope="model", mean_recurrence=6.0, sigma=0.0, max_steps=6,
+    config = RecurrentDepthConfig(scope="model", mean_recurrence=6.0, sigma=0.0, max_hops=6,
                                   backprop_steps=2, init_std=0.5)
     model = tiny_model(RecurrentDepth, config, layers=2).double().train()
     site = model.sites[0]
@@ -87,7 +87,7 @@ def test_truncated_backprop_matches_manual_loop():
 def test_float64_gradients():
     # k = cap: no truncation, so the analytic gradient is the exact one (truncation is biased
     # on purpose; test_truncated_backprop_matches_manual_loop checks it)
-    config = RecurrentDepthConfig(mean_recurrence=2.0, max_steps=3, backprop_steps=3, init_std=0.3)
+    config = RecurrentDepthConfig(mean_recurrence=2.0, max_hops=3, backprop_steps=3, init_std=0.3)
     model = tiny_model(RecurrentDepth, config, layers=1).double().train()
     ids = torch.randint(0, VOCAB, (1, 3), generator=torch.Generator().manual_seed(2))
     weight = model.sites[0].adapter.weight.detach().clone().requires_grad_()
@@ -102,7 +102,7 @@ def test_float64_gradients():
 
 @pytest.mark.parametrize("scope", ["model", "layer"])
 def test_causal_at_inference(scope):
-    config = RecurrentDepthConfig(scope=scope, max_steps=5, exit_threshold=1e-2)
+    config = RecurrentDepthConfig(scope=scope, max_hops=5, exit_threshold=1e-2)
     model = tiny_model(RecurrentDepth, config, layers=2).eval()
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(6))
     changed = ids.clone()
@@ -124,7 +124,7 @@ def test_running_rows_equal_the_dense_computation(scope, monkeypatch):
     import ponderlab.core.early_exit.execution as execution
     import ponderlab.plugins.halting.recurrent_depth as module
 
-    config = RecurrentDepthConfig(scope=scope, max_steps=5, exit_threshold=0.05)
+    config = RecurrentDepthConfig(scope=scope, max_hops=5, exit_threshold=0.05)
     model = tiny_model(RecurrentDepth, config, layers=2).double().eval()
     head_rows = []
     model.head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[:-1].numel()))

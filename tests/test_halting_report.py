@@ -16,7 +16,7 @@ def run_dir(tmp_path_factory):
     spec = {
         "task": {"name": "binary_copy", "length": 5, "train_size": 32, "validation_size": 8, "test_size": 12},
         "backbone": {"name": "lstm", "d_model": 8, "n_layers": 2},
-        "halting": {"name": "graves", "max_steps": 3, "epsilon": 0.1},
+        "halting": {"name": "graves", "max_hops": 3, "epsilon": 0.1},
         "training": {"steps": 2, "batch_size": 8, "eval_every": 2, "num_threads": 1},
     }
     results = ponderlab.run(spec, output_dir=out)

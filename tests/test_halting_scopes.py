@@ -19,12 +19,12 @@ TRANSFORMER = {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2
 SUPPORTED = [
     ("none", "layer", {}), ("none", "model", {}), ("none", "depth", {}),
     ("constant", "layer", {"steps": 2}), ("constant", "model", {"steps": 2}), ("constant", "depth", {"steps": 1}),
-    ("random", "layer", {"mean_hops": 1.5, "max_steps": 3}), ("random", "model", {"mean_hops": 2.0}),
+    ("random", "layer", {"mean_hops": 1.5, "max_hops": 3}), ("random", "model", {"mean_hops": 2.0}),
     ("random", "depth", {"mean_hops": 1.5}),
-    ("graves", "layer", {"max_steps": 3}), ("graves", "model", {"max_steps": 3}), ("graves", "depth", {}),
-    ("ut", "layer", {"max_steps": 3}), ("ut", "model", {"max_steps": 3, "combine": "interpolate"}),
+    ("graves", "layer", {"max_hops": 3}), ("graves", "model", {"max_hops": 3}), ("graves", "depth", {}),
+    ("ut", "layer", {"max_hops": 3}), ("ut", "model", {"max_hops": 3, "combine": "interpolate"}),
     ("threshold", "depth", {}),
-    ("pondernet", "model", {"max_steps": 3}), ("pondernet", "depth", {}),
+    ("pondernet", "model", {"max_hops": 3}), ("pondernet", "depth", {}),
 ]
 
 
@@ -62,8 +62,8 @@ def test_strategy_trains_and_evaluates_in_scope(name, scope, options):
         ({"name": "ut", "scope": "depth"}, "halting.scope", "does not support scope 'depth'"),
         ({"name": "threshold", "scope": "layer"}, "halting.scope", "does not support scope 'layer'"),
         ({"name": "threshold", "scope": "model"}, "halting.scope", "supported: depth"),
-        ({"name": "graves", "scope": "depth", "max_steps": 3}, "halting.max_steps", "max_steps does not apply"),
-        ({"name": "random", "mean_hops": 3, "max_steps": 2}, "halting.mean_hops", "exceeds max_steps"),
+        ({"name": "graves", "scope": "depth", "max_hops": 3}, "halting.max_hops", "max_hops does not apply"),
+        ({"name": "random", "mean_hops": 3, "max_hops": 2}, "halting.mean_hops", "exceeds max_hops"),
         ({"name": "graves", "epsilon": 1.5}, "halting.epsilon", "less than 1"),
         ({"name": "ut", "combine": "sum"}, "halting.combine", "accumulated"),
         ({"name": "pondernet", "inference": "greedy"}, "halting.inference", "most_likely"),
@@ -93,10 +93,10 @@ def test_combinations_that_need_the_layer_count_fail_at_build(halting, path):
 
 
 SEED000 = [  # seed 000's setting: halting bias 1.0, threshold 0.9
-    {"name": "graves", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "layer", "max_steps": 4},
-    {"name": "graves", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "model", "max_steps": 4},
+    {"name": "graves", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "layer", "max_hops": 4},
+    {"name": "graves", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "model", "max_hops": 4},
     {"name": "graves", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "depth"},
-    {"name": "ut", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "layer", "max_steps": 4},
+    {"name": "ut", "epsilon": 0.1, "halting_bias_init": 1.0, "scope": "layer", "max_hops": 4},
     {"name": "threshold", "threshold": 0.9, "halting_bias_init": 1.0},
 ]
 

@@ -135,7 +135,7 @@ def reference_seed_act(
 
 # --------------------------------------------------------------------------- hand-computed cases
 
-# Three tokens, threshold 0.9, max_steps 3; the state entering hop n carries p_n (coordinate 3):
+# Three tokens, threshold 0.9, max_hops 3; the state entering hop n carries p_n (coordinate 3):
 #   A: p = 0.5, 0.45       -> hop 2: 0.95 > 0.9 halts, R = 0.5, N = 2, w = [0.5, 0.5]
 #   B: p = 0.95            -> halts at hop 1, R = 1, N = 1, w = [1]
 #   C: p = 0.1, 0.2, 0.3   -> H = 0.6 at the cap: the seed gives no remainder (R = 0, N = 3);
@@ -169,7 +169,7 @@ def scripted_table() -> Tensor:
 @pytest.mark.parametrize("case", list(CASES))
 def test_hand_computed_three_tokens(case):
     options, expected, hops, remainder = CASES[case]
-    strategy = site(4, max_steps=3, **options)
+    strategy = site(4, max_hops=3, **options)
     controlled_unit(strategy, control=3)
     table = scripted_table()
     out = strategy(table[0], table_hop(table))
@@ -189,7 +189,7 @@ def mixing_pair(freeze: bool, cap_remainder: bool = False):
     y1 = 0.25 * 11 + 0.75 * 2.5 = 4.625 (frozen: 4.375); with cap_remainder the last weight is
     R = 1 - 0.5 = 0.5: y1 = 0.5 * 11 + 0.5 * 2.5 = 6.75.
     """
-    strategy = site(2, max_steps=3, freeze_halted=freeze, cap_remainder=cap_remainder)
+    strategy = site(2, max_hops=3, freeze_halted=freeze, cap_remainder=cap_remainder)
     controlled_unit(strategy, control=1)
     state = torch.tensor([[[1.0, logit(0.95)], [2.0, logit(0.25)]]], dtype=D64)  # (1, 2, 2)
     calls = []
@@ -239,7 +239,7 @@ def test_threshold_is_strict():
 
 
 def test_padding_halts_after_its_first_hop():
-    strategy = site(4, max_steps=3)
+    strategy = site(4, max_hops=3)
     controlled_unit(strategy, control=3)
     table = scripted_table()
     mask = torch.tensor([[True, False, True]])
@@ -322,7 +322,7 @@ def test_noisy_halting_matches_reference_with_the_same_draws():
 
 def test_gradcheck_float64():
     hop, _, _ = mixed_setup(seed=2, d_model=4, batch=1, length=3)
-    strategy = site(4, max_steps=3)
+    strategy = site(4, max_hops=3)
     state = torch.randn(1, 3, 4, dtype=D64, requires_grad=True)
 
     def run(state, weight):

@@ -100,11 +100,11 @@ SMALL = {"d_model": 16, "n_layers": 3, "segment_size": 4, "memory_size": 2, "d_m
 EARLY_STOP = {
     "graves": {"epsilon": 0.1, "halting_bias_init": 2.5},
     "threshold": {"threshold": 0.9, "halting_bias_init": 2.5},
-    "ut": {"epsilon": 0.1, "halting_bias_init": 2.5, "max_steps": 3},
-    "ut-interpolate": {"epsilon": 0.1, "halting_bias_init": 2.5, "max_steps": 3, "combine": "interpolate"},
-    "pondernet": {"halting_bias_init": 2.5, "max_steps": 3},
-    "pondernet-most-likely": {"halting_bias_init": 2.5, "max_steps": 3, "inference": "most_likely"},
-    "random": {"mean_hops": 1.5, "max_steps": 3, "distribution": "two_point"},
+    "ut": {"epsilon": 0.1, "halting_bias_init": 2.5, "max_hops": 3},
+    "ut-interpolate": {"epsilon": 0.1, "halting_bias_init": 2.5, "max_hops": 3, "combine": "interpolate"},
+    "pondernet": {"halting_bias_init": 2.5, "max_hops": 3},
+    "pondernet-most-likely": {"halting_bias_init": 2.5, "max_hops": 3, "inference": "most_likely"},
+    "random": {"mean_hops": 1.5, "max_hops": 3, "distribution": "two_point"},
 }
 
 
@@ -134,9 +134,9 @@ def test_models_give_the_same_results_with_speculative_hops(backbone, case, scop
     name = case.split("-")[0]
     halting = {"name": name, "scope": scope, **EARLY_STOP[case]}
     if scope == "depth":
-        halting.pop("max_steps", None)
+        halting.pop("max_hops", None)
     elif name == "graves":
-        halting["max_steps"] = 3
+        halting["max_hops"] = 3
     training = name != "pondernet"
     batch = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
     results = {}
@@ -151,7 +151,7 @@ def test_models_give_the_same_results_with_speculative_hops(backbone, case, scop
         grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
         results[policy] = (out, grads)
     (exact, exact_grads), (speculative, speculative_grads) = results["exact"], results["speculative"]
-    assert bool((exact.stats.hops < halting.get("max_steps", 3)).all())  # every token stops before the cap
+    assert bool((exact.stats.hops < halting.get("max_hops", 3)).all())  # every token stops before the cap
     torch.testing.assert_close(speculative.logits, exact.logits, rtol=0, atol=0)
     torch.testing.assert_close(speculative.stats.hops, exact.stats.hops, rtol=0, atol=0)
     assert speculative_grads.keys() == exact_grads.keys() and (bool(exact_grads) == training)

@@ -26,9 +26,9 @@ BOUNDARY_CASES = {
     "threshold-depth": ({"name": "threshold", "threshold": 1.0, "halting_bias_init": 0.0}, 1, 2, 0.5),
     "graves-depth": ({"name": "graves", "scope": "depth", "epsilon": 0.5, "halting_bias_init": 0.0},
                      1, 1, 1.0),
-    "graves-layer": ({"name": "graves", "scope": "layer", "max_steps": 3, "epsilon": 0.5,
+    "graves-layer": ({"name": "graves", "scope": "layer", "max_hops": 3, "epsilon": 0.5,
                       "halting_bias_init": 0.0}, N_LAYERS, 1, 1.0),
-    "graves-model": ({"name": "graves", "scope": "model", "max_steps": 3, "epsilon": 0.5,
+    "graves-model": ({"name": "graves", "scope": "model", "max_hops": 3, "epsilon": 0.5,
                       "halting_bias_init": 0.0}, 1, 1, 1.0),
 }
 BACKBONES = {

@@ -42,9 +42,9 @@ def test_act_config_rejects_a_cap_in_depth_scope_for_any_strategy():
     class MyConfig(toolkit.ACTConfig):
         name: Literal["my_act"] = "my_act"
 
-    assert MyConfig(scope="depth").max_steps == 4  # the default is fine: the cap is the layers
-    with pytest.raises(ValueError, match="max_steps does not apply in depth scope"):
-        MyConfig(scope="depth", max_steps=3)
+    assert MyConfig(scope="depth").max_hops == 4  # the default is fine: the cap is the layers
+    with pytest.raises(ValueError, match="max_hops does not apply in depth scope"):
+        MyConfig(scope="depth", max_hops=3)
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -26,7 +26,7 @@ INTERPOLATED = [[0.25, 0.5, 0.0], [1.0, 0.0, 0.0], [0.024, 0.06, 0.7]]
 
 
 def site(combine: str = "accumulated", cap: int = 3, epsilon: float = 0.1, d_model: int | None = None):
-    config = UTConfig(max_steps=cap, epsilon=epsilon, combine=combine)
+    config = UTConfig(max_hops=cap, epsilon=epsilon, combine=combine)
     return UniversalTransformerACT(config, d_model=d_model or cap + 2, n_layers=1).double()
 
 
@@ -110,7 +110,7 @@ def test_matches_per_token_reference(combine):
             for t in range(4):
                 ref = ut_act_token(
                     state[b, t], lambda n, s, _w=weights: torch.tanh(_w[n] @ s), halt,
-                    max_steps=5, threshold=0.8, combine=combine,
+                    max_hops=5, threshold=0.8, combine=combine,
                 )
                 torch.testing.assert_close(out.output[b, t], ref["output"])
                 assert out.hops[b, t].item() == ref["hops"]
@@ -207,7 +207,7 @@ def test_scopes():
 def test_hop_weights_reproduce_the_output(combine):
     """sum_n hop_weights[n] * s_n is the output; interpolate leaves weight on the zero start (t2t)."""
     torch.manual_seed(0)
-    site = UniversalTransformerACT(UTConfig(max_steps=4, combine=combine, halting_bias_init=-0.5),
+    site = UniversalTransformerACT(UTConfig(max_hops=4, combine=combine, halting_bias_init=-0.5),
                                    d_model=6, n_layers=1).double()
     torch.nn.init.normal_(site.unit.linear.weight, std=2.0)
     weights = [torch.randn(6, 6, dtype=torch.float64) * 0.5 for _ in range(4)]

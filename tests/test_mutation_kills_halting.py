@@ -157,11 +157,11 @@ def test_interpolation_weights_by_hand():
 
 
 def test_act_config_dump_drops_the_cap_only_in_depth_scope():
-    assert "max_steps" not in MyACT(scope="depth").model_dump()
-    assert MyACT(scope="layer", max_steps=3).model_dump()["max_steps"] == 3
-    assert MyACT(scope="model").model_dump()["max_steps"] == 4
+    assert "max_hops" not in MyACT(scope="depth").model_dump()
+    assert MyACT(scope="layer", max_hops=3).model_dump()["max_hops"] == 3
+    assert MyACT(scope="model").model_dump()["max_hops"] == 4
     with pytest.raises(ValueError):
-        MyACT(scope="layer", max_steps=0)
+        MyACT(scope="layer", max_hops=0)
 
 
 def test_require_scope_names_the_strategy_the_scope_and_what_is_supported():

@@ -129,7 +129,7 @@ def test_a_spec_using_the_example_plugins_runs(cli_session):
     assert (results["task"], results["backbone"], results["halting"]) == ("majority", "gru", "confidence_exit")
     assert results["train/steps"] == 12
     assert 0.0 <= results["test/exact_match"] <= 1.0
-    assert 1.0 <= results["test/mean_hops"] <= 3.0  # the spec's max_steps
+    assert 1.0 <= results["test/mean_hops"] <= 3.0  # the spec's max_hops
     assert "test/margin=1/exact_match" in results  # the task's slice column
     assert list((run_dir / "checkpoints").glob("step_*.pt"))
 

@@ -36,7 +36,7 @@ def two_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     ponderlab.run(
         tiny_spec({"name": "transformer", "n_heads": 2, "ffn_size": 32},
-                  {"name": "graves", "max_steps": 3, "epsilon": 0.1, "halting_bias_init": -1.0}),
+                  {"name": "graves", "max_hops": 3, "epsilon": 0.1, "halting_bias_init": -1.0}),
         output_dir=root / "sweep" / "trial_a" / "run",
     )
     ponderlab.run(tiny_spec({"name": "lstm"}, {"name": "none"}), output_dir=root / "sweep" / "trial_b")

@@ -35,7 +35,7 @@ def test_every_grid_point_is_a_valid_spec(registry):
             if grid["backbones"][backbone]["name"] not in registry.names("backbone"):
                 continue  # a backbone plugin still being written is checked once installed
             for halting in [*grid["haltings"], "random_graves"]:
-                extra = {"max_steps": 3, "mean_hops": 1.5} if halting.startswith("random") else None
+                extra = {"max_hops": 3, "mean_hops": 1.5} if halting.startswith("random") else None
                 spec = reproduce.compose(grid, task, backbone, halting, 2, extra)
                 validated = validate_spec(spec)
                 assert validated.training.num_threads == 1

@@ -156,7 +156,7 @@ def test_bf16_autocast_with_active_subset_tracks_float32():
 
 def test_threshold_like_early_exit_under_graves_layer_scope_runs():
     # Graves passes halted tokens as inactive to later hops: exercises the subset path in a model.
-    model = tiny_model(halting={"name": "graves", "scope": "layer", "max_steps": 3, "epsilon": 0.1})
+    model = tiny_model(halting={"name": "graves", "scope": "layer", "max_hops": 3, "epsilon": 0.1})
     out = model(random_ids(), labels=random_ids(seed=1))
     out.loss.backward()
     assert torch.isfinite(out.loss)

@@ -11,7 +11,7 @@ STOCHASTIC = {
     "seed": 4,
     "task": {"name": "binary_reverse", "length": 5, "train_size": 128, "validation_size": 16, "test_size": 16},
     "backbone": {"name": "lstm", "d_model": 8, "n_layers": 2, "dropout": 0.3},
-    "halting": {"name": "random", "mean_hops": 1.5, "max_steps": 3},  # draws in training and evaluation
+    "halting": {"name": "random", "mean_hops": 1.5, "max_hops": 3},  # draws in training and evaluation
     "training": {
         "steps": 64, "batch_size": 8, "lr": 0.01, "warmup_steps": 2, "eval_every": 16, "checkpoint_every": 8,
         "log_every": 8, "keep_checkpoints": 3, "num_threads": 1,

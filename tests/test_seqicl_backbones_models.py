@@ -86,7 +86,7 @@ def test_fast_mixer_matches_its_recurrent_reference(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_whole_model_reference_mode_gives_the_same_logits_under_act(name):
-    model = build(name, halting={"name": "graves", "max_steps": 3, "epsilon": 0.1}).double()
+    model = build(name, halting={"name": "graves", "max_hops": 3, "epsilon": 0.1}).double()
     roughen(model.backbone, scale=0.1)
     ids = tokens()
     fast = model(ids).logits
@@ -101,7 +101,7 @@ def test_whole_model_reference_mode_gives_the_same_logits_under_act(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(
     "halting",
-    [{"name": "none"}, {"name": "graves", "scope": "model", "max_steps": 3, "epsilon": 0.1}],
+    [{"name": "none"}, {"name": "graves", "scope": "model", "max_hops": 3, "epsilon": 0.1}],
     ids=["none", "graves-model"],
 )
 def test_outputs_up_to_t_ignore_inputs_after_t(name, halting):

@@ -1,4 +1,4 @@
-"""A depth-scope run's saved spec.yaml validates again (it once held `max_steps: 4`,
+"""A depth-scope run's saved spec.yaml validates again (it once held `max_hops: 4`,
 which the depth-scope check of ACTConfig then rejected on --resume and eval)."""
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ SPEC = {
 def test_depth_scope_dump_leaves_out_the_cap_and_validates_again(strategy):
     spec = validate_spec({**SPEC, "halting": {"name": strategy, "scope": "depth"}})
     saved = yaml.safe_load(spec_to_yaml(spec))
-    assert "max_steps" not in saved["halting"]
+    assert "max_hops" not in saved["halting"]
     assert validate_spec(saved).halting == spec.halting
     layer = validate_spec({**SPEC, "halting": {"name": strategy, "scope": "layer"}})
-    assert yaml.safe_load(spec_to_yaml(layer))["halting"]["max_steps"] == 4  # resolved defaults stay
+    assert yaml.safe_load(spec_to_yaml(layer))["halting"]["max_hops"] == 4  # resolved defaults stay
 
 
 def test_a_cap_the_user_sets_in_depth_scope_is_still_rejected():
-    with pytest.raises(SpecError, match="max_steps"):
-        validate_spec({**SPEC, "halting": {"name": "graves", "scope": "depth", "max_steps": 4}})
+    with pytest.raises(SpecError, match="max_hops"):
+        validate_spec({**SPEC, "halting": {"name": "graves", "scope": "depth", "max_hops": 4}})
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def test_a_saved_depth_scope_graves_run_reloads_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     first = ponderlab.run(SPEC, output_dir=run_dir)
     saved = (run_dir / "spec.yaml").read_text()
-    assert "scope: depth" in saved and "max_steps" not in saved
+    assert "scope: depth" in saved and "max_hops" not in saved
     reloaded = load_spec(run_dir / "spec.yaml")
     assert reloaded.halting == validate_spec(SPEC).halting
     again = ponderlab.run(SPEC, output_dir=run_dir, resume=True)  # validates the saved spec.yaml

@@ -14,7 +14,7 @@ task: {name: binary_copy, length: 4}
 backbone: {name: lstm, n_layers: 2}
 halting:
   name: graves
-  max_steps: 3
+  max_hops: 3
 """
 
 
@@ -29,11 +29,11 @@ def test_an_override_that_triggers_a_validator_is_named(spec_file):
     with pytest.raises(SpecError) as info:
         load_spec(spec_file, ["halting.scope=depth"])
     error = info.value
-    assert error.path == "halting.max_steps"
+    assert error.path == "halting.max_hops"
     assert error.where == f"override 'halting.scope=depth' (with {spec_file}:5)"
     message = str(error)
     assert message.startswith("override 'halting.scope=depth'")
-    assert "max_steps does not apply in depth scope" in message
+    assert "max_hops does not apply in depth scope" in message
     assert "Value error" not in message and "{" not in message
 
 
@@ -41,7 +41,7 @@ def test_a_validator_error_from_the_file_points_at_the_option_line(spec_file):
     spec_file.write_text(SPEC + "  scope: depth\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec_file)
-    assert info.value.path == "halting.max_steps"
+    assert info.value.path == "halting.max_hops"
     assert info.value.where == f"{spec_file}:5"
     assert "Value error" not in str(info.value) and "{" not in str(info.value)
 
@@ -49,6 +49,6 @@ def test_a_validator_error_from_the_file_points_at_the_option_line(spec_file):
 def test_the_cli_prints_one_clean_line(spec_file, capsys):
     assert cli_main(["validate", str(spec_file), "halting.scope=depth"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "halting.max_steps: max_steps does not apply in depth scope" in err
+    assert "halting.max_hops: max_hops does not apply in depth scope" in err
     assert "override 'halting.scope=depth'" in err
     assert "Value error" not in err and "'epsilon'" not in err

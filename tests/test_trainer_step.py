@@ -21,7 +21,7 @@ SPEC = {
     "seed": 3,
     "task": {"name": "binary_reverse", "length": 6, "train_size": 64, "validation_size": 8, "test_size": 8},
     "backbone": {"name": "lstm", "d_model": 16, "n_layers": 2},
-    "halting": {"name": "graves", "max_steps": 3, "epsilon": 0.1, "time_penalty": 0.01},
+    "halting": {"name": "graves", "max_hops": 3, "epsilon": 0.1, "time_penalty": 0.01},
     "training": {"steps": 4, "batch_size": 16, "warmup_steps": 0, "num_threads": 1},
 }
 

@@ -173,7 +173,7 @@ RESUME = TASK + """\
 training: {steps: 40, batch_size: 16, eval_every: 10, warmup_steps: 2, log_every: 10, num_threads: 1}
 backbone: {name: lstm, d_model: 16, n_layers: 1}
 search:
-  halting: {grid: [{name: graves, max_steps: 2}]}
+  halting: {grid: [{name: graves, max_hops: 2}]}
 tune: {storage_path: STORAGE, verbose: 0}
 """
 
@@ -288,7 +288,7 @@ search:
       - {name: transformer, n_heads: 2}
   halting:
     grid:
-      - {name: graves, max_steps: 2}
+      - {name: graves, max_hops: 2}
       - {name: none}
 tune: {storage_path: STORAGE, verbose: 0, metric: validation/token_accuracy}
 """
@@ -320,7 +320,7 @@ def test_grid_backbone_by_halting_completes(ray_session, tmp_path):
     table = read_csv(outcome.outputs["csv"])
     assert len(table) == 4
     assert {"trial", "status", "task", "backbone", "halting", "validation/token_accuracy"} <= set(table[0])
-    assert {r["halting"] for r in table} == {"graves(max_steps=2)", "none"}
+    assert {r["halting"] for r in table} == {"graves(max_hops=2)", "none"}
     assert {r["backbone"] for r in table} == {"lstm", "transformer(n_heads=2)"}
     scores = [float(r["validation/token_accuracy"]) for r in table]
     assert scores == sorted(scores, reverse=True)
@@ -420,7 +420,7 @@ training: {steps: 20, batch_size: 16, eval_every: 10, warmup_steps: 2, log_every
 search:
   halting:
     grid:
-      - {name: confidence_exit, max_steps: 2}
+      - {name: confidence_exit, max_hops: 2}
 tune: {storage_path: STORAGE, verbose: 0}
 """
 

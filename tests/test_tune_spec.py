@@ -37,7 +37,7 @@ search:
       - {name: transformer, n_heads: 2}
   halting:
     grid:
-      - {name: graves, max_steps: 2}
+      - {name: graves, max_hops: 2}
       - {name: none}
 tune:
   storage_path: STORAGE
@@ -68,17 +68,17 @@ def test_grid_expands_and_every_point_is_validated(tmp_path):
     transformer = next(s for s in tspec.checked if s.backbone.name == "transformer")
     assert (transformer.backbone.d_model, transformer.backbone.n_heads) == (16, 2)
     graves = next(s for s in tspec.checked if s.halting.name == "graves")
-    assert graves.halting.max_steps == 2 and graves.halting.scope == "layer"
+    assert graves.halting.max_hops == 2 and graves.halting.scope == "layer"
     assert tspec.experiment_dir == (tmp_path / "store" / "tiny").resolve()
 
 
 def test_plugin_section_restarts_when_the_name_changes():
-    data = {"halting": {"name": "graves", "max_steps": 4, "epsilon": 0.1}}
+    data = {"halting": {"name": "graves", "max_hops": 4, "epsilon": 0.1}}
     assign(data, ("halting",), {"name": "none"})
     assert data["halting"] == {"name": "none"}
-    data = {"halting": {"name": "graves", "max_steps": 4, "epsilon": 0.1}}
-    assign(data, ("halting",), {"name": "graves", "max_steps": 2})  # same plugin: merged
-    assert data["halting"] == {"name": "graves", "max_steps": 2, "epsilon": 0.1}
+    data = {"halting": {"name": "graves", "max_hops": 4, "epsilon": 0.1}}
+    assign(data, ("halting",), {"name": "graves", "max_hops": 2})  # same plugin: merged
+    assert data["halting"] == {"name": "graves", "max_hops": 2, "epsilon": 0.1}
     data = {"backbone": {"name": "lstm", "d_model": 8, "residual": True}}
     assign(data, ("backbone", "name"), "transformer")  # like `backbone.name=...` on the command line
     assert data["backbone"] == {"name": "transformer"}
@@ -98,11 +98,11 @@ def test_whole_sections_apply_before_deeper_keys():
 def test_domain_values_and_randint_bounds_are_inclusive():
     dim = SearchDim(key="training.batch_size", kind="randint", low=4, high=8)
     assert dim.value(8.0) == 8 and isinstance(dim.value(8.0), int)
-    grid = SearchDim(key="halting", kind="grid", values=({"name": "graves", "max_steps": 4}, {"name": "none"}))
-    assert grid.value(0) == {"name": "graves", "max_steps": 4}
-    grid.value(0)["max_steps"] = 9  # a copy: trials never share mutable values
-    assert grid.values[0]["max_steps"] == 4
-    assert format_value({"name": "graves", "max_steps": 4}) == "graves(max_steps=4)"
+    grid = SearchDim(key="halting", kind="grid", values=({"name": "graves", "max_hops": 4}, {"name": "none"}))
+    assert grid.value(0) == {"name": "graves", "max_hops": 4}
+    grid.value(0)["max_hops"] = 9  # a copy: trials never share mutable values
+    assert grid.values[0]["max_hops"] == 4
+    assert format_value({"name": "graves", "max_hops": 4}) == "graves(max_hops=4)"
     assert format_value(0.000123456) == "0.0001235"
 
 
@@ -173,9 +173,9 @@ def test_compare_for_resume_names_the_first_difference(tmp_path):
 
 
 def test_bad_grid_value_names_search_key_and_line(tmp_path):
-    path = write(tmp_path, GRID.replace("{name: graves, max_steps: 2}", "{name: graves, max_steps: 0}"))
+    path = write(tmp_path, GRID.replace("{name: graves, max_hops: 2}", "{name: graves, max_hops: 0}"))
     err = error_of(path)
-    assert err.path == "halting.max_steps"
+    assert err.path == "halting.max_hops"
     assert err.where == f"{path}:14"
     assert "search halting: grid[0]" in str(err) and "greater than or equal to 1" in str(err)
 
@@ -267,7 +267,7 @@ def test_missing_plugin_name_when_nothing_picks_it(tmp_path):
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys):
-    spec = write(tmp_path, GRID.replace("{name: graves, max_steps: 2}", "{name: graves, max_stepz: 2}"))
+    spec = write(tmp_path, GRID.replace("{name: graves, max_hops: 2}", "{name: graves, max_stepz: 2}"))
     assert cli_main(["tune", str(spec)]) == 2
     err = capsys.readouterr().err
     assert f"{spec}:14: halting.max_stepz: unknown key" in err and "search halting: grid[0]" in err
@@ -278,7 +278,7 @@ def test_cli_dry_run_lists_the_search(tmp_path, capsys):
     spec = write(tmp_path, GRID)
     assert cli_main(["tune", str(spec), "tune.num_samples=3", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "12 trial(s)" in out and "halting: grid over graves(max_steps=2), none" in out
+    assert "12 trial(s)" in out and "halting: grid over graves(max_hops=2), none" in out
     assert not (tmp_path / "store").exists()
 
 

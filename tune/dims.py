@@ -66,7 +66,7 @@ class SearchDim:
 
 
 def format_value(value: Any) -> str:
-    """Compact text of a searched value: graves(max_steps=4), 0.001, lstm."""
+    """Compact text of a searched value: graves(max_hops=4), 0.001, lstm."""
     if isinstance(value, dict):
         inner = ", ".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
         if "name" in value:

@@ -8,7 +8,7 @@
       backbone:                                # a whole plugin section per grid point
         grid: [{name: lstm}, {name: transformer, n_heads: 2}]
       halting:
-        grid: [{name: graves, max_steps: 4}, {name: none}]
+        grid: [{name: graves, max_hops: 4}, {name: none}]
       training.lr: {loguniform: [1.0e-4, 1.0e-2]}
     tune: {metric: validation/exact_match, scheduler: asha, num_samples: 2}
 

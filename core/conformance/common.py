@@ -223,7 +223,7 @@ class CommonChecks:
             _fail(
                 f"the config's own dump does not validate again{where}: {problem}. A validator that rejects an "
                 "option must only reject a value the user set, or the dump must leave the option out "
-                "(as ACTConfig does for max_steps in depth scope); saved runs write every option back"
+                "(as ACTConfig does for max_hops in depth scope); saved runs write every option back"
             )
         if reloaded != config:
             _fail(f"config changed through YAML{where}: {self._diff(config, reloaded)}")

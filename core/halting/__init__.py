@@ -3,7 +3,7 @@
     from ponderlab.core.halting import ACTConfig, CumulativeHalting, HaltingUnit
 
 * contracts: `HaltingStrategy`, `HaltingConfig`, `PonderOutput`, `HopFn`;
-* `ACTConfig`: `max_steps` and the depth-scope check; `require_scope`, `depth_cap_error`;
+* `ACTConfig`: `max_hops` and the depth-scope check; `require_scope`, `depth_cap_error`;
 * units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
 * the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`), and
   tensor2tensor's per-hop bookkeeping (`t2t_hop_update`, for `ut`-style strategies);

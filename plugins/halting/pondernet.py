@@ -1,6 +1,6 @@
 """`pondernet`: PonderNet (Banino et al. 2021, arXiv 2107.05407).
 
-Hop n produces state s_n and lambda_n = sigmoid(W s_n + b) (n = 1..N, N = max_steps).
+Hop n produces state s_n and lambda_n = sigmoid(W s_n + b) (n = 1..N, N = max_hops).
 Halting distribution: p_n = lambda_n prod_{j<n} (1 - lambda_j); the last hop takes
 all remaining mass, p_N = prod_{j<N} (1 - lambda_j), so sum_n p_n = 1.
 
@@ -23,7 +23,7 @@ hop sum_n n p_n in training, the realised hop at inference; remainder = the
 mass forced onto the last hop. The KL is the regulariser (no time penalty).
 
 Defaults: lambda_p 0.2, beta 0.01 (the paper's parity settings use beta 0.01),
-max_steps 4 (the paper used 20 on parity), halting_bias_init = logit(lambda_p).
+max_hops 4 (the paper used 20 on parity), halting_bias_init = logit(lambda_p).
 Scopes: model, depth, and layer only with a single layer (the expected loss
 needs the states that reach the head).
 """
@@ -57,7 +57,7 @@ class PonderNetConfig(ACTConfig):
     scope: Scope = Field(
         "model", description="model (default), depth, or layer with a single layer."
     )
-    max_steps: int = Field(4, ge=1, description="Hops N (layer/model scopes); the last takes all mass.")
+    max_hops: int = Field(4, ge=1, description="Hops N (layer/model scopes); the last takes all mass.")
     lambda_p: float = Field(0.2, gt=0, lt=1, description="Parameter of the geometric prior.")
     beta: float = Field(0.01, ge=0, description="Weight of KL(p || prior) in the loss.")
     halting_bias_init: float | None = Field(

@@ -1,7 +1,7 @@
 """`random`: random halting with a chosen mean hop count (the control for learned halting).
 
 Each token draws its hop count N independently of its content, with E[N] =
-`mean_hops`, capped at `max_steps` (the number of layers in depth scope); it takes
+`mean_hops`, capped at `max_hops` (the number of layers in depth scope); it takes
 exactly N hops and its output is the state after hop N (halted tokens are frozen
 and skipped like in the learned strategies). Comparing a learned strategy with
 `random` at the same mean hops separates "halting where it matters" from "more
@@ -45,8 +45,8 @@ class RandomHaltingConfig(ACTConfig):
 
     @model_validator(mode="after")
     def _mean_within_cap(self):
-        if self.scope != "depth" and self.mean_hops > self.max_steps:
-            raise ValueError(f"mean_hops {self.mean_hops} exceeds max_steps {self.max_steps}")
+        if self.scope != "depth" and self.mean_hops > self.max_hops:
+            raise ValueError(f"mean_hops {self.mean_hops} exceeds max_hops {self.max_hops}")
         return self
 
 

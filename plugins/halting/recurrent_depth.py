@@ -8,13 +8,13 @@ The output is s_r.
 
 Training: r is drawn once per training forward from the paper's heavy-tailed
 log-normal Poisson: tau ~ N(log(r_bar) - sigma^2 / 2, sigma), r = Poisson(e^tau) + 1,
-capped at `max_steps`; gradients flow through the last `backprop_steps` (k) iterations
+capped at `max_hops`; gradients flow through the last `backprop_steps` (k) iterations
 only (the earlier ones run without autograd: truncated backpropagation).
 
-Inference: up to `max_steps` iterations; with the output head given, a token stops after
+Inference: up to `max_hops` iterations; with the output head given, a token stops after
 iteration n >= 2 once KL(p_n || p_{n-1}) < `exit_threshold`, p_n = softmax(head(s_n))
 (in layer scope the head reads the layer's state). Stopped tokens are frozen.
-Without a head (the strategy used on its own) every token runs `max_steps`.
+Without a head (the strategy used on its own) every token runs `max_hops`.
 
 Defaults: r_bar (`mean_recurrence`) 4, sigma 0.5, cap 8, k 8, exit_threshold 5e-4 (the
 paper: r_bar 32, k 8, threshold 5e-4), init_std 0.1 (an option; the paper draws s_0 at
@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from ponderlab.core.early_exit import active_rows, gather_active, rows_mask, speculates
 from ponderlab.core.halting import (
+    ACTConfig,
     ExitHead,
-    HaltingConfig,
     HaltingStrategy,
     HopFn,
     PonderOutput,
@@ -47,15 +47,15 @@ from ponderlab.core.halting import (
 from ponderlab.core.hookspecs import hookimpl
 
 
-class RecurrentDepthConfig(HaltingConfig):
+class RecurrentDepthConfig(ACTConfig):
     name: Literal["recurrent_depth"] = "recurrent_depth"
     scope: Scope = Field("model", description="model (the stack is the core) or layer.")
     mean_recurrence: float = Field(4.0, gt=0, description="r_bar: mean of the Poisson part of r.")
     sigma: float = Field(0.5, ge=0, description="sigma of the log-normal Poisson.")
-    max_steps: int = Field(8, ge=1, description="Cap on iterations (training and inference).")
+    max_hops: int = Field(8, ge=1, description="Cap on iterations (training and inference).")
     backprop_steps: int = Field(8, ge=1, description="k: iterations that get gradients.")
     exit_threshold: float | None = Field(
-        5e-4, gt=0, description="KL exit threshold at inference (None: always max_steps)."
+        5e-4, gt=0, description="KL exit threshold at inference (None: always max_hops)."
     )
     init_std: float = Field(0.1, ge=0, description="Std of the random initial state s_0.")
 
@@ -113,7 +113,7 @@ class RecurrentDepth(HaltingStrategy):
             self.adapter.weight.copy_(torch.cat([eye, eye], dim=1))
 
     def max_hops(self) -> int:
-        return self.config.max_steps
+        return self.config.max_hops
 
     def inject(self, embedded: Tensor, state: Tensor) -> Tensor:  # (B, L, D) x2 -> (B, L, D)
         return self.adapter(torch.cat([embedded, state], dim=-1))
@@ -127,7 +127,7 @@ class RecurrentDepth(HaltingStrategy):
         embedded, current = state, self.initial_state(state)
         if self.training:
             config = self.config
-            steps = sample_recurrence(config.mean_recurrence, config.sigma, config.max_steps)
+            steps = sample_recurrence(config.mean_recurrence, config.sigma, config.max_hops)
             first_with_grad = max(0, steps - config.backprop_steps)
             grad = torch.is_grad_enabled()
             for n in range(steps):
@@ -135,9 +135,9 @@ class RecurrentDepth(HaltingStrategy):
                     current = hop(self.inject(embedded, current), n, None)
             return fixed_hops_output(current, steps)
         if head is None or self.config.exit_threshold is None:
-            for n in range(self.config.max_steps):
+            for n in range(self.config.max_hops):
                 current = hop(self.inject(embedded, current), n, None)
-            return fixed_hops_output(current, self.config.max_steps)
+            return fixed_hops_output(current, self.config.max_hops)
         return self._kl_exit(embedded, current, hop, head, mask)
 
     def _kl_exit(self, embedded: Tensor, current: Tensor, hop: HopFn, head: ExitHead,
@@ -147,7 +147,7 @@ class RecurrentDepth(HaltingStrategy):
         running = torch.ones(embedded.shape[:-1], dtype=torch.bool, device=embedded.device)
         tokens = RunningTokens(embedded)
         previous_logits = None
-        for n in range(self.config.max_steps):
+        for n in range(self.config.max_hops):
             new = hop(self.inject(embedded, current), n, tokens.active)  # (B, L, D)
             if not tokens.keep_hop():
                 break
@@ -159,7 +159,7 @@ class RecurrentDepth(HaltingStrategy):
                     running = running & mask  # padding stops after its first iteration
             else:
                 running = kl_still_running(head, current, previous_logits, running, self.config.exit_threshold)
-            if n == self.config.max_steps - 1 or not tokens.record(running):
+            if n == self.config.max_hops - 1 or not tokens.record(running):
                 break
         return fixed_hops_output(current, hops)
 

@@ -38,14 +38,14 @@ def cumulative_act_token(s0: Tensor, hop_fn: TokenHopFn, halt_fn: HaltFn, *, n_h
 
 
 def ut_act_token(
-    s0: Tensor, hop_fn: TokenHopFn, halt_fn: HaltFn, *, max_steps: int, threshold: float, combine: str
+    s0: Tensor, hop_fn: TokenHopFn, halt_fn: HaltFn, *, max_hops: int, threshold: float, combine: str
 ) -> dict:
     """tensor2tensor ACT for one token: p on the state entering the hop; halt when H + p > threshold."""
     state, halting, output, weights = s0, 0.0, torch.zeros_like(s0), []
-    for n in range(max_steps):
+    for n in range(max_hops):
         p = halt_fn(n, state)
         state = hop_fn(n, state)
-        halts = halting + p > threshold or n == max_steps - 1
+        halts = halting + p > threshold or n == max_hops - 1
         weight = 1.0 - halting if halts else p
         if not halts:
             halting += p

@@ -11,8 +11,8 @@ One block (a layer in layer scope, the stack in model scope) is re-applied; per 
     N += still + new_halted;  w = p * still + new_halted * R
     y = w * f(s) + (1 - w) * y      y starts at 0 (option: y = y + w * f(s))
 
-The loop goes on while some token has H < threshold and N < max_steps. Seed defaults:
-threshold 0.9, halting bias 1.0, PyTorch's default `nn.Linear` init of W, max_steps 4
+The loop goes on while some token has H < threshold and N < max_hops. Seed defaults:
+threshold 0.9, halting bias 1.0, PyTorch's default `nn.Linear` init of W, max_hops 4
 (the seed's `max_hop`), no noise, time_penalty 0, ponder cost R. Faithful to the seed,
 and selectable: tokens stopped by the cap get no remainder (`cap_remainder`), halted
 tokens keep being transformed (`freeze_halted`). With both corrections this is `ut`
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ponderlab.core.errors import SpecError
 from ponderlab.core.halting import (
-    HaltingConfig,
+    ACTConfig,
     HaltingStrategy,
     HopFn,
     PonderOutput,
@@ -42,9 +42,9 @@ from ponderlab.core.halting import (
 from ponderlab.core.hookspecs import hookimpl
 
 
-class Seed000ACTConfig(HaltingConfig):
+class Seed000ACTConfig(ACTConfig):
     name: Literal["seed000_act"] = "seed000_act"
-    max_steps: int = Field(4, ge=1, description="Cap on hops per token (the seed's max_hop).")
+    max_hops: int = Field(4, ge=1, description="Cap on hops per token (the seed's max_hop).")
     threshold: float = Field(0.9, gt=0, lt=1, description="A token halts once H + p > threshold (strict).")
     halting_bias_init: float = Field(1.0, description="Initial bias of the halting unit.")
     unit_init: Literal["pytorch", "zeros"] = Field(
@@ -57,7 +57,7 @@ class Seed000ACTConfig(HaltingConfig):
         "interpolate", description="interpolate: y = w*s + (1-w)*y (the seed); accumulated: y = y + w*s."
     )
     cap_remainder: bool = Field(
-        False, description="Tokens stopped by max_steps halt with their remainder (the seed: they do not)."
+        False, description="Tokens stopped by max_hops halt with their remainder (the seed: they do not)."
     )
     freeze_halted: bool = Field(
         False, description="Halted tokens keep their state (the seed: later hops still transform them)."
@@ -110,7 +110,7 @@ class Seed000ACT(HaltingStrategy):
         output = torch.zeros(state.shape, dtype=dtype, device=state.device)  # y, (B, L, D)
         weights: list[Tensor] = []  # w_n, (B, L) each
         active: Tensor | None = None  # tokens the next hop transforms (None: all)
-        for n in range(cfg.max_steps):
+        for n in range(cfg.max_hops):
             running = halting < 1.0  # (B, L)
             if not bool((running & (halting < cfg.threshold)).any()):
                 break
@@ -121,7 +121,7 @@ class Seed000ACT(HaltingStrategy):
                 p = self.probability(state, dtype)
             run = running.to(dtype)
             reached = halting + p * run > cfg.threshold
-            if cfg.cap_remainder and n == cfg.max_steps - 1:
+            if cfg.cap_remainder and n == cfg.max_hops - 1:
                 reached = torch.ones_like(reached)
             if n == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop, with weight 1

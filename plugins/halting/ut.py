@@ -1,7 +1,7 @@
 """`ut`: Universal-Transformer ACT (Dehghani et al. 2018, arXiv 1807.03819; tensor2tensor rules).
 
 One shared transition (a layer in layer scope, the stack in model scope) is
-applied up to `max_steps` times. Per hop t, on the state entering the hop:
+applied up to `max_hops` times. Per hop t, on the state entering the hop:
 
     p = sigmoid(W s + b)
     new_halted = [H + p > 1 - eps] * running
@@ -18,7 +18,7 @@ Departures from the t2t code, all deliberate (see act.md "known bugs"):
   of every token sum to 1 (t2t leaves capped tokens with weights summing to < 1).
 
 Defaults (t2t): epsilon 0.01, halting_bias_init 1.0, time_penalty (act_loss_weight)
-0.01, combine accumulated; max_steps 4 here (t2t: 2 x the number of layers).
+0.01, combine accumulated; max_hops 4 here (t2t: 2 x the number of layers).
 Ponder cost N + R (t2t's act_loss), gradient through R only.
 Scopes: layer and model (UT shares one transition; depth has distinct layers).
 """
@@ -73,7 +73,7 @@ class UniversalTransformerACT(HaltingStrategy):
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         cfg = self.config
         threshold = 1.0 - cfg.epsilon
-        max_steps = self.max_hops()
+        max_hops = self.max_hops()
         dtype = accumulation_dtype(state)
         shape = state.shape[:-1]  # (B, L)
         halting = torch.zeros(shape, dtype=dtype, device=state.device)  # H
@@ -83,11 +83,11 @@ class UniversalTransformerACT(HaltingStrategy):
         output = torch.zeros_like(state, dtype=dtype)  # y, (B, L, D), in the state's memory layout
         weights: list[Tensor] = []  # w_n per hop
         tokens = RunningTokens(state)
-        for n in range(max_steps):
+        for n in range(max_hops):
             p = self.unit(state)  # (B, L), from the state entering this hop
             run = running.to(dtype)
             reached = halting + p * run > threshold
-            if n == max_steps - 1:
+            if n == max_hops - 1:
                 reached = torch.ones_like(reached)
             elif n == 0 and mask is not None:
                 reached = reached | ~mask  # padding halts after its first hop

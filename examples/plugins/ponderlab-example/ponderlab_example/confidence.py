@@ -1,7 +1,7 @@
 """`confidence_exit`: early exit on a learned confidence (CALM, Schuster et al. 2022, arXiv 2207.07061).
 
 After hop n a confidence unit gives c_n = sigmoid(w . s_n + b) per token. A token
-exits at the first hop with c_n >= threshold, or at the cap (max_steps; the
+exits at the first hop with c_n >= threshold, or at the cap (max_hops; the
 number of layers in depth scope). Exited tokens are frozen (passed as inactive
 to later hops) and the output is each token's state at its exit hop.
 
@@ -11,7 +11,7 @@ saturated", 1[cos(s_n, s_{n-1}) >= 1 - tolerance], on the tokens that ran hop n,
 weighted by aux_weight. The ponder cost is the hop count (not differentiable;
 compute is steered by threshold and tolerance, not by a time penalty).
 
-Defaults: max_steps 4, threshold 0.9, tolerance 0.05, aux_weight 0.1, bias -2
+Defaults: max_hops 4, threshold 0.9, tolerance 0.05, aux_weight 0.1, bias -2
 (c ~ 0.12 at init, so tokens start by running every hop).
 """
 
@@ -28,7 +28,7 @@ from ponderlab.core.halting import ACTConfig, HaltingStrategy, HopFn, PonderOutp
 from ponderlab.core.hookspecs import hookimpl
 
 
-class ConfidenceExitConfig(ACTConfig):  # max_steps (default 4), not settable in depth scope
+class ConfidenceExitConfig(ACTConfig):  # max_hops (default 4), not settable in depth scope
     name: Literal["confidence_exit"] = "confidence_exit"
     threshold: float = Field(0.9, gt=0, lt=1, description="Exit once the confidence reaches it.")
     tolerance: float = Field(0.05, gt=0, lt=1, description="Saturated: cos(s_n, s_{n-1}) >= 1 - tolerance.")

@@ -14,7 +14,7 @@ class TestGRUBackbone(BackboneContract):
 
 class TestConfidenceExit(HaltingContract):
     plugin = ConfidenceExit
-    config = {"max_steps": 3}
+    config = {"max_hops": 3}
 
 
 class TestMajority(TaskContract):
