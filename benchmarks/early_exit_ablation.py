@@ -36,7 +36,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from halting import early_exit_models, inference_pass, single_thread_cpu, time_pair  # noqa: E402
 
-from ponderlab.core.early_exit import DepthRowHops, active_rows  # noqa: E402
+from ponderlab.core.early_exit import PackedHops, active_rows  # noqa: E402
 from ponderlab.core.model import PonderModel  # noqa: E402
 
 VARIANTS = ("same", "free_halting", "execution_only", "fixed")
@@ -60,7 +60,7 @@ def cache_halting(model: PonderModel, ids: Tensor) -> None:
 def execution_only_pass(model: PonderModel, ids: Tensor, layer_masks: list[Tensor | None]):
     """A callable running the blocks on the given running tokens per layer, then the head;
     it returns the logits (B, L, V). Hops on packed rows, as threshold's inference
-    (`DepthRowHops`), with the running tokens' rows of each layer known in advance."""
+    (`PackedHops.rows`), with the running tokens' rows of each layer known in advance."""
     layer_rows = [None if active is None else active_rows(active) for active in layer_masks]
     previous_rows = [None, *layer_rows[:-1]]
     changed = [rows is not None and (before is None or not torch.equal(rows, before))
@@ -68,13 +68,14 @@ def execution_only_pass(model: PonderModel, ids: Tensor, layer_masks: list[Tenso
 
     def run() -> Tensor:
         with torch.no_grad():
-            hops = DepthRowHops(model.backbone.blocks, model.backbone.embed(ids))
+            hops = PackedHops(model.backbone.blocks, model.backbone.embed(ids))
+            width = hops.hidden.shape[-1]
             states = None
             for index, rows in enumerate(layer_rows):
                 if changed[index]:  # (K, D): the latest states of the tokens that go on
-                    states = hops.hidden.reshape(-1, hops.width).index_select(0, rows)
-                states = hops(index, rows, states)
-            hidden = hops.hidden.view(-1, hops.width)
+                    states = hops.hidden.reshape(-1, width).index_select(0, rows)
+                states = hops.rows(index, rows, states)
+            hidden = hops.hidden.view(-1, width)
             if layer_rows[-1] is not None:  # the last layer's states are not written back
                 hidden.index_copy_(0, layer_rows[-1], states)
             return model.head(model.backbone.finalize(hidden.view_as(hops.hidden)))

@@ -41,11 +41,10 @@ READING = {
         ("core/halting/cumulative.py", ["CumulativeHalting"]),
         ("core/halting/loop.py", ["cumulative_halting_loop", "DenseTokens"]),
         ("core/early_exit/packed.py", ["PackedTokens"]),
-        ("core/halting/units.py", ["HaltingUnit", "rowwise_linear", "accumulation_dtype"]),
-        ("core/halting/outputs.py", ["accumulate"]),
+        ("core/halting/units.py", ["HaltingUnit", "accumulation_dtype"]),
         ("core/early_exit/running.py", ["RunningTokens"]),
         ("core/early_exit/policy.py", ["hop_policy", "speculation_mode"]),
-        ("core/early_exit/execution.py", ["PackedHops", "DepthRowHops", "packs_rows", "depth_hop"]),
+        ("core/early_exit/execution.py", ["PackedHops", "depth_hop"]),
     ],
 }
 

@@ -10,12 +10,11 @@ from torch import Tensor, nn
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.early_exit import (
-    DepthRowHops,
     PackedHops,
     active_rows,
+    depth_hop,
     gather_active,
     hop_policy,
-    packs_rows,
     scatter_active,
 )
 from ponderlab.core.halting import cumulative_halting_loop
@@ -179,7 +178,9 @@ def test_hand_computed_weights_and_rows_of_three_tokens():
         assert active is None and states.shape[0] == len(h[n])
         return h[n]
 
-    out = cumulative_halting_loop(state, PackedHops(row_hop), n_hops=3, threshold=0.9,
+    hops = PackedHops([], state)
+    hops.rows = row_hop  # layer n on the given rows, scripted
+    out = cumulative_halting_loop(state, hops, n_hops=3, threshold=0.9,
                                   halting_probability=halting_probability)
     assert asked == [None, [1, 2], [2]]  # layer 2 for tokens 1 and 2, layer 3 for token 2 only
     expected = torch.tensor([1.0, 0.5 * 1 + 0.5 * 3, 0.2 * 1 + 0.3 * 3 + 0.5 * 6], dtype=torch.float64)
@@ -213,8 +214,16 @@ def test_packed_rows_only_without_autograd_and_where_every_part_supports_them():
     model = mixed_exit_model(0)
     blocks = model.backbone.blocks
     hidden = torch.zeros(2, 3, D, dtype=torch.float64)
+
+    def dense(state, n, active):
+        return state
+
+    def packs_rows(blocks, hidden, dense_only=False):
+        return isinstance(depth_hop(blocks, hidden, dense, dense_only=dense_only), PackedHops)
+
     with torch.no_grad():
         assert packs_rows(blocks, hidden)
+        assert not packs_rows(blocks, hidden, dense_only=True)  # e.g. per-layer outputs for memory
         with hop_policy("speculative"):  # loops that do not read the running count per hop
             assert not packs_rows(blocks, hidden)
     assert not packs_rows(blocks, hidden)  # autograd on: training keeps the dense hops
@@ -225,12 +234,12 @@ def test_training_keeps_the_dense_hops_and_inference_takes_the_packed_ones(monke
 
     packed_passes: list[int] = []
 
-    class CountingRowHops(DepthRowHops):
-        def __init__(self, blocks, hidden):
+    class CountingRowHops(PackedHops):
+        def __init__(self, blocks, hidden, dense):
             packed_passes.append(1)
-            super().__init__(blocks, hidden)
+            super().__init__(blocks, hidden, dense)
 
-    monkeypatch.setattr(model_module, "DepthRowHops", CountingRowHops)
+    monkeypatch.setattr(model_module, "PackedHops", CountingRowHops)
     model = mixed_exit_model(0).train()
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
     out = model(ids, labels=ids)
@@ -255,11 +264,11 @@ class IdentityBlock(Block):
 def test_row_hops_never_write_into_the_callers_state():
     hidden = torch.randn(2, 3, 4)
     before = hidden.clone()
-    hops = DepthRowHops(nn.ModuleList(IdentityBlock() for _ in range(3)), hidden)
-    states = hops(0, None, None)  # every token; the block returns `hidden` itself
+    hops = PackedHops(nn.ModuleList(IdentityBlock() for _ in range(3)), hidden)
+    states = hops.rows(0, None, None)  # every token; the block returns `hidden` itself
     rows = torch.tensor([1, 4])
-    states = hops(1, rows, states.index_select(0, rows))
-    hops(2, rows, states)
+    states = hops.rows(1, rows, states.index_select(0, rows))
+    hops.rows(2, rows, states)
     assert torch.equal(hidden, before)
     expected = before.reshape(-1, 4).clone()
     expected[rows] += 1.0  # layer 2's states written back; layer 3's (the last) not needed

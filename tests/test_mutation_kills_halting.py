@@ -8,7 +8,6 @@ from typing import Literal
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ponderlab.core.errors import SpecError
 from ponderlab.core.halting import (
@@ -25,7 +24,6 @@ from ponderlab.core.halting import (
     require_scope,
 )
 from ponderlab.core.halting.routing import RoutingStrategy, site_mixing
-from ponderlab.core.halting.units import rowwise_linear
 
 
 class MyACT(ACTConfig):
@@ -49,25 +47,15 @@ def test_accumulation_dtype(dtype, expected):
     assert accumulation_dtype(torch.zeros(1, dtype=dtype)) is expected
 
 
-def test_rowwise_linear_on_a_permuted_state_equals_the_linear_and_keeps_its_layout():
-    weight, bias = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([0.25])
-    buffer = torch.arange(24.0).view(4, 2, 3)  # (L, B, D), as an LSTM writes it
+def test_halting_unit_on_a_permuted_state_equals_the_contiguous_computation():
+    unit = HaltingUnit(3, bias_init=0.25)
+    with torch.no_grad():
+        unit.linear.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    buffer = torch.arange(24.0).view(4, 2, 3) / 10  # (L, B, D), as an LSTM writes it
     state = buffer.transpose(0, 1)  # (B, L, D) view, not contiguous
-    logits = rowwise_linear(state, weight, bias)
-    expected = state[..., 0] - 2 * state[..., 1] + 0.5 * state[..., 2] + 0.25
-    assert logits.shape == (2, 4)
-    assert torch.equal(logits, expected)
-    assert logits.stride() == (1, 2)  # computed on the (L, B) buffer, handed back as a view
-    contiguous = rowwise_linear(state.contiguous(), weight, bias)
-    assert torch.equal(contiguous, expected) and contiguous.is_contiguous()
-    rows = rowwise_linear(buffer[0], weight, bias)  # (B, D) -> (B,): one leading dim
-    assert torch.equal(rows, expected[:, 0])
-
-
-def test_rowwise_linear_falls_back_when_no_permutation_is_contiguous():
-    weight, bias = torch.tensor([[2.0, 1.0]]), torch.tensor([-1.0])
-    state = torch.arange(32.0).view(2, 4, 4)[:, ::2, :2]  # strided, no permutation is contiguous
-    assert torch.equal(rowwise_linear(state, weight, bias), F.linear(state, weight, bias).squeeze(-1))
+    expected = torch.sigmoid(state[..., 0] - 2 * state[..., 1] + 0.5 * state[..., 2] + 0.25)
+    torch.testing.assert_close(unit(state), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(unit(state.contiguous()), expected, rtol=0, atol=1e-6)
 
 
 def test_halting_unit_starts_at_sigmoid_of_its_bias_and_follows_its_weights():

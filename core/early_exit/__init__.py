@@ -7,14 +7,11 @@ dense, subset and packed execution.
 """
 
 from .execution import (
-    DepthRowHops,
     PackedHops,
     RowsBlock,
-    RowsHopFn,
     computes_rows,
     depth_hop,
     layer_update,
-    packs_rows,
 )
 from .packed import PackedTokens
 from .policy import HopPolicy, hop_policy, speculates, speculation_mode
@@ -22,12 +19,10 @@ from .rows import active_rows, apply_to_active, gather_active, rows_mask, scatte
 from .running import RunningTokens
 
 __all__ = [
-    "DepthRowHops",
     "HopPolicy",
     "PackedHops",
     "PackedTokens",
     "RowsBlock",
-    "RowsHopFn",
     "RunningTokens",
     "active_rows",
     "apply_to_active",
@@ -36,7 +31,6 @@ __all__ = [
     "gather_active",
     "hop_policy",
     "layer_update",
-    "packs_rows",
     "rows_mask",
     "scatter_active",
     "speculates",

@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -23,10 +22,6 @@ from ponderlab.core.interfaces import BlockContext, HopFn
 
 from .policy import speculates
 from .rows import active_rows, gather_active, scatter_active, where_rows
-
-#: rows_hop(n, rows (K,) | None, states (K, D) | None) -> new states (K, D) of the tokens
-#: at flat indices `rows` (None: every token, in row-major order)
-RowsHopFn = Callable[[int, "Tensor | None", "Tensor | None"], Tensor]
 
 
 @runtime_checkable
@@ -63,54 +58,35 @@ def layer_update(block: nn.Module, inputs: Tensor, state: Tensor, context: Block
     return where_rows(active, block(inputs, context), state)  # halted tokens keep their state
 
 
-@dataclass
 class PackedHops:
-    """A hop that can also run on packed rows of running tokens: `rows(n, rows, states)`;
-    called like any hop function (`hop(state, n, active)`) it runs `dense`."""
+    """A depth-scope hop that also runs layer n on packed rows of running tokens: `rows(n, rows
+    (K,) | None (all), states (K, D))` -> new states (K, D). Blocks read every token from one
+    (B, L, D) buffer of latest states, into which new rows are written; called like any hop
+    (`hop(state, n, active)`) it runs `dense`."""
 
-    rows: RowsHopFn
-    dense: HopFn | None = None
+    def __init__(self, blocks: Sequence[nn.Module], hidden: Tensor, dense: HopFn | None = None):
+        self.blocks, self.hidden, self.dense = blocks, hidden, dense  # hidden: every token's latest state
 
     def __call__(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
         return self.dense(state, n, active)
 
-
-class DepthRowHops:
-    """rows_hop for depth scope: layer `n` on the tokens at `rows`. Blocks read every token
-    from one (B, L, D) buffer of latest states (halted tokens' frozen ones included), into
-    which the new states of the rows are written."""
-
-    def __init__(self, blocks: Sequence[nn.Module], hidden: Tensor):
-        self.blocks = blocks
-        self.hidden = hidden  # (B, L, D): every token's latest state
-        self.width = hidden.shape[-1]
-
-    def __call__(self, n: int, rows: Tensor | None, states: Tensor | None) -> Tensor:
-        block = self.blocks[n]
-        context = BlockContext(layer=n, hop=0)  # as the dense depth hop: layer n, hop 0
+    def rows(self, n: int, rows: Tensor | None, states: Tensor | None) -> Tensor:
+        block, context, width = self.blocks[n], BlockContext(layer=n, hop=0), self.hidden.shape[-1]
         if rows is None:
             new = block(self.hidden, context)  # (B, L, D)
             if new.untyped_storage().data_ptr() == self.hidden.untyped_storage().data_ptr():
                 new = new.clone()  # never write into a caller's tensor below
             self.hidden = new.contiguous()
-            return self.hidden.view(-1, self.width)  # (B*L, D)
+            return self.hidden.view(-1, width)  # (B*L, D)
         new = block.forward_rows(self.hidden, rows, states, context)  # (K, D)
         if n < len(self.blocks) - 1:  # the last layer's states are read by nobody else
-            self.hidden.view(-1, self.width).index_copy_(0, rows, new.to(self.hidden.dtype))
+            self.hidden.view(-1, width).index_copy_(0, rows, new.to(self.hidden.dtype))
         return new
 
 
-def packs_rows(blocks: Sequence[nn.Module], hidden: Tensor) -> bool:
-    """Whether a depth-scope pass over `hidden` may run on packed rows: no autograd (the
-    buffer is written in place), every block a `RowsBlock`, and the exact hop policy."""
-    return not torch.is_grad_enabled() and all(map(computes_rows, blocks)) and not speculates(hidden)
-
-
 def depth_hop(blocks: Sequence[nn.Module], hidden: Tensor, dense: HopFn, *, dense_only: bool) -> HopFn:
-    """The hop of a depth-scope site: `PackedHops` where packing applies, else `dense`.
-
-    dense_only: the caller needs dense hops (e.g. it records per-layer outputs for memory).
-    """
-    if dense_only or not packs_rows(blocks, hidden):
-        return dense
-    return PackedHops(DepthRowHops(blocks, hidden), dense)
+    """`PackedHops` where a depth-scope pass may run on packed rows: no autograd (the buffer is
+    written in place), every block a `RowsBlock`, the exact hop policy, and a caller that needs
+    no dense hops (`dense_only`: it records per-layer outputs for memory); else `dense`."""
+    packs = not (dense_only or torch.is_grad_enabled() or speculates(hidden)) and all(map(computes_rows, blocks))
+    return PackedHops(blocks, hidden, dense) if packs else dense

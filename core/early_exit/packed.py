@@ -17,15 +17,10 @@ class PackedTokens:
     hop are written when it halts, and the rows shrink to the tokens still running."""
 
     def __init__(self, state: Tensor, hop: PackedHops):
-        self.shape, self.dtype = state.shape, state.dtype
-        self.rows_hop = hop.rows
-        self.rows: Tensor | None = None  # (K,) flat indices of the running tokens; None: all
-        self.states: Tensor | None = None  # (K, D)
-        self.accumulated: Tensor | None = None  # (K, D) sum_n p_n s_n of the running tokens
-        self.output: Tensor | None = None  # (B*L, D)
-        self.weights: list[Tensor] = []  # p_n, (B*L,) each
+        self.shape, self.dtype, self.rows_hop = state.shape, state.dtype, hop.rows
+        self.rows = self.states = self.sums = self.output = None  # running rows (K,) (None: all), (K, D) x2, (B*L, D)
+        self.active, self.weights = None, []  # halting units see packed rows only; p_n (B*L,) each
         self.halt_index = torch.zeros(state.shape[:-1].numel(), dtype=torch.long, device=state.device)
-        self.active = None  # halting units see packed rows only
 
     def hop(self, n: int) -> Tensor:
         self.states = self.rows_hop(n, self.rows, self.states)  # (K, D)
@@ -34,30 +29,28 @@ class PackedTokens:
     def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
         full = weight if self.rows is None else weight.new_zeros(self.halt_index.shape).index_copy_(0, self.rows, weight)
         self.weights.append(full)
-        if self.accumulated is None:
-            self.accumulated = self.states * weight.unsqueeze(-1)  # (K, D)
+        if self.sums is None:
+            self.sums = self.states * weight.unsqueeze(-1)  # (K, D)
         else:
-            self.accumulated.addcmul_(weight.unsqueeze(-1), self.states.to(self.accumulated.dtype))
-        if running is None:
-            running = torch.zeros_like(weight, dtype=torch.bool)
+            self.sums.addcmul_(weight.unsqueeze(-1), self.states.to(self.sums.dtype))
+        running = torch.zeros_like(weight, dtype=torch.bool) if running is None else running
         kept = running.nonzero().squeeze(1)  # (K',) positions of the tokens that go on
         if kept.shape[0] == weight.shape[0]:
             return carried
         halted = (~running).nonzero().squeeze(1)
         halted_rows = halted if self.rows is None else self.rows.index_select(0, halted)
         if self.output is None:  # the first tokens halt; every token ran, so rows are in place
-            self.output = self.accumulated
+            self.output = self.sums
         else:
-            self.output.index_copy_(0, halted_rows, self.accumulated.index_select(0, halted))
+            self.output.index_copy_(0, halted_rows, self.sums.index_select(0, halted))
         self.halt_index.index_fill_(0, halted_rows, len(self.weights) - 1)
         if kept.shape[0] == 0:
             return None
         self.rows = kept if self.rows is None else self.rows.index_select(0, kept)
-        self.states, self.accumulated = self.states.index_select(0, kept), self.accumulated.index_select(0, kept)
+        self.states, self.sums = self.states.index_select(0, kept), self.sums.index_select(0, kept)
         return tuple(tensor.index_select(0, kept) for tensor in carried)
 
     def result(self) -> tuple[Tensor, list[Tensor], Tensor]:
         """(output (B, L, D) in the state's dtype, p_n (B, L) per hop, N - 1 (B, L))."""
-        batch_shape = self.shape[:-1]
-        output = self.output.view(self.shape).to(self.dtype)
-        return output, [weight.view(batch_shape) for weight in self.weights], self.halt_index.view(batch_shape)
+        batch = self.shape[:-1]
+        return self.output.view(self.shape).to(self.dtype), [w.view(batch) for w in self.weights], self.halt_index.view(batch)

@@ -9,35 +9,25 @@ from .policy import speculation_mode
 
 
 class RunningTokens:
-    """Which tokens a halting loop still runs, and whether the loop goes on.
-
-    A loop calls `keep_hop()` after each hop (False: drop that hop and stop) and
-    `record(running)` after its bookkeeping (False: stop), and passes `active` to the next
-    hop. Exact mode (the CPU) reads the running count at once; `active` is None while every
-    token runs. Speculative mode (policy.py) copies "any token running?" to the host without
-    blocking and queues the next hop before reading it; when no token was running that hop
-    (which froze every token) is dropped. Under "auto" (CUDA) a hop is speculated only while
-    the GPU is still busy with the one before.
-    """
+    """A loop calls `keep_hop()` after queuing each hop (False: drop it, stop), `record(running)`
+    after its bookkeeping (False: stop), and passes `active` to the next hop. Exact mode reads
+    the running count at once; speculative mode (policy.py) reads it only after queuing the
+    next hop, dropped if no token ran ("auto", CUDA: while the GPU is busy with the last hop)."""
 
     def __init__(self, state: Tensor):
         mode = speculation_mode(state)
-        self.speculative = mode != "exact"
-        self.adaptive = mode == "auto"
+        self.speculative, self.adaptive = mode != "exact", mode == "auto"
         self.active: Tensor | None = None  # the `active` argument of the next hop
-        self._any_running: Tensor | None = None  # host copy, in flight after a speculative record
-        self._copied: torch.cuda.Event | None = None  # marks the end of that copy
-        self._hop_queued: torch.cuda.Event | None = None  # marks the end of the last hop (auto)
+        self._any_running = self._copied = self._hop_queued = None  # host copy; CUDA events: copied, hop done
 
     def record(self, running: Tensor) -> bool:
         """Note the (B, L) mask after a hop; False when the loop must stop now."""
-        gpu_busy = self._hop_queued is None or not self._hop_queued.query()
-        if not (self.speculative and (gpu_busy or not self.adaptive)):
+        gpu_idle = self._hop_queued is not None and self._hop_queued.query()
+        if not self.speculative or (self.adaptive and gpu_idle):  # read the count now
             count = int(torch.count_nonzero(running))
             self.active = None if count == running.numel() else running
             return count > 0
-        self.active = running
-        self._any_running = running.any().to("cpu", non_blocking=True)
+        self.active, self._any_running = running, running.any().to("cpu", non_blocking=True)
         if running.is_cuda:
             self._copied = torch.cuda.Event()
             self._copied.record()

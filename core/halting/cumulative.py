@@ -10,15 +10,9 @@ from .loop import cumulative_halting_loop
 
 
 class CumulativeHalting(HaltingStrategy):
-    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap); a subclass
-    gives both, and `forward` runs `cumulative_halting_loop` (on packed rows where offered)."""
-
-    def halting_threshold(self) -> float:
-        raise NotImplementedError
-
-    def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
-        """h_n after hop `n`: (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
-        raise NotImplementedError
+    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap). A subclass
+    defines `halting_threshold()` and `halting_probability(n, state, active)`: h_n after hop n,
+    (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
 
     def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
         return cumulative_halting_loop(state, hop, mask=mask, n_hops=self.max_hops(),

@@ -22,29 +22,20 @@ from torch import Tensor
 from ponderlab.core.early_exit import PackedHops, PackedTokens, RunningTokens
 from ponderlab.core.interfaces import HopFn, PonderOutput
 
-from .outputs import accumulate
 from .units import accumulation_dtype
 
 #: halting_probability(n, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
 
 
-def cumulative_halting_loop(
-    state: Tensor,
-    hop: HopFn,
-    *,
-    n_hops: int,
-    threshold: float,
-    halting_probability: HaltingFn,
-    mask: Tensor | None = None,
-) -> PonderOutput:
+def cumulative_halting_loop(state: Tensor, hop: HopFn, *, n_hops: int, threshold: float,
+                            halting_probability: HaltingFn, mask: Tensor | None = None) -> PonderOutput:
     """Run the cumulative ACT loop over `state` (B, L, D); see the module docstring."""
     dtype = accumulation_dtype(state)
     tokens = PackedTokens(state, hop) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
     total = remaining = None  # c_n and 1 - c_n of the tokens the layout keeps, made at hop 1
     for n in range(n_hops):
-        states = tokens.hop(n)  # (B, L, D) or (K, D)
-        if states is None:  # speculative mode: no token was running, that hop is dropped
+        if (states := tokens.hop(n)) is None:  # (B, L, D) or (K, D); None: a speculated hop dropped
             break
         if n == n_hops - 1:  # the cap: every running token halts with its remainder
             weight = remaining if remaining is not None else states.new_ones(states.shape[:-1])
@@ -59,8 +50,7 @@ def cumulative_halting_loop(
             running = total < threshold
             weight = torch.where(running, h, remaining)  # p_n while running, R when halting, 0 after
             remaining = torch.where(running, 1.0 - total, 0.0)
-        carried = tokens.settle(weight.to(dtype), running, (total, remaining))
-        if carried is None:
+        if (carried := tokens.settle(weight.to(dtype), running, (total, remaining))) is None:
             break
         total, remaining = carried
     output, weights, halt_index = tokens.result()
@@ -71,29 +61,24 @@ def cumulative_halting_loop(
 
 
 class DenseTokens(RunningTokens):
-    """Whole (B, L, D) states, halted tokens frozen by the hop; `RunningTokens` says which run."""
+    """Whole (B, L, D) states, halted tokens frozen by the hop; `settle` adds p_n s_n."""
 
     def __init__(self, state: Tensor, hop: HopFn):
         super().__init__(state)
         self.state, self.hop_fn = state, hop
-        self.output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
-        self.weights: list[Tensor] = []  # p_n, (B, L) each
+        self.output, self.weights = None, []  # sum_n p_n s_n (B, L, D); p_n (B, L) per hop
         self.halt_index = torch.zeros(state.shape[:-1], dtype=torch.long, device=state.device)  # N - 1
 
     def hop(self, n: int) -> Tensor | None:
-        new = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
-        if not self.keep_hop():
-            return None
-        self.state = new
-        return new
+        self.state = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
+        return self.state if self.keep_hop() else None  # None: a speculated hop to drop
 
     def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
-        """Add p_n s_n; None when the loop stops, else the bookkeeping it carries on with."""
         self.weights.append(weight)
         if self.output is None:  # state first: the product keeps the state's memory layout
             self.output = self.state * weight.unsqueeze(-1)
-        else:
-            self.output = accumulate(self.output, weight, self.state)
+        else:  # in place is autograd-safe: addcmul's backward needs only weight and state
+            self.output.addcmul_(weight.unsqueeze(-1), self.state.to(self.output.dtype))
         if running is None:
             return None
         self.halt_index += running  # a running token halts at a later hop

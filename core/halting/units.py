@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ponderlab.core.early_exit import active_rows, gather_active, speculates
@@ -21,25 +20,9 @@ def accumulation_dtype(tensor: Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
-def rowwise_linear(state: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """(..., D) @ (1, D)^T + (1,) -> (...), without copying a state whose leading dims are permuted
-    (an LSTM with batch_first returns a (B, L, D) view of an (L, B, D) buffer)."""
-    leading = state.dim() - 1
-    if not state.is_contiguous() and leading > 1:
-        order = sorted(range(leading), key=lambda d: -state.stride(d))
-        permuted = state.permute(*order, leading)
-        if permuted.is_contiguous():
-            logits = F.linear(permuted, weight, bias).squeeze(-1)
-            return logits.permute(*(order.index(d) for d in range(leading)))
-    return F.linear(state, weight, bias).squeeze(-1)
-
-
 class HaltingUnit(nn.Module):
-    """h = sigmoid(W s + b): per-token halting probability, (B, L, D) -> (B, L).
-
-    The weight starts at zero so that every token starts with h = sigmoid(bias):
-    with bias 1.0 and threshold 0.9 every token halts at exactly hop 2 at init.
-    """
+    """h = sigmoid(W s + b) per token, (B, L, D) -> (B, L); W starts at zero, so h = sigmoid(bias)
+    for every token at init (bias 1.0, threshold 0.9: every token halts at hop 2)."""
 
     def __init__(self, d_model: int, bias_init: float):
         super().__init__()
@@ -47,10 +30,8 @@ class HaltingUnit(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.constant_(self.linear.bias, bias_init)
 
-    def forward(self, state: Tensor, active: Tensor | None = None) -> Tensor:  # (B, L, D) -> (B, L)
-        # A linear unit is cheaper to run on every token than to gather the active ones.
-        logits = rowwise_linear(state, self.linear.weight, self.linear.bias)
-        return torch.sigmoid(logits.to(accumulation_dtype(state)))
+    def forward(self, state: Tensor, active: Tensor | None = None) -> Tensor:  # every token: cheaper than a gather
+        return torch.sigmoid(self.linear(state).squeeze(-1).to(accumulation_dtype(state)))
 
 
 class HaltingMLP(nn.Module):

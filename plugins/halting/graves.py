@@ -8,9 +8,8 @@ Ponder cost rho = N + R (gradient through R only); loss adds time_penalty * mean
 
 Defaults: epsilon 0.01 (the paper), halting_bias_init 1.0 (seed 000 / t2t),
 max_hops 4 (seed 000's max_hop), time_penalty 0 (seed 000 uses 3e-4 on CA/LSTM).
-Scopes: layer (one loop per layer), model (the stack is one hop) and depth (the
-distinct layers, one halting unit each; the cap is the number of layers, so
-`max_hops` must not be set there). Loop: `ponderlab.core.halting.cumulative_halting_loop`.
+Scopes: layer (one loop per layer), model (the stack is one hop) and depth (the distinct
+layers, one halting unit each but the last; the cap is the number of layers).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ class GravesACT(CumulativeHalting):
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
-        # depth scope: one unit per layer but the last (every token halts after the last layer)
         self.per_layer = config.scope == "depth"
         units = n_layers - 1 if self.per_layer else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
