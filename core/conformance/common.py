@@ -16,11 +16,7 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..config import PluginConfig
 from ..errors import PluginError, SpecError
-from ..interfaces import (
-    IGNORE_INDEX,
-    Backbone,
-    TaskData,
-)
+from ..interfaces import IGNORE_INDEX, Backbone, TaskData
 from ..model import PonderModel
 from ..registry import CONFIG_BASES, Registry, get_registry, plugin_name
 from ..run import seed_everything
@@ -42,13 +38,7 @@ from .base import (
     perturb_for_contracts,
     plugin_kind,
 )
-from .probes import (
-    PROBES,
-    ProbeBackbone,
-    ProbeBackboneConfig,
-    ProbeHalting,
-    ProbeHaltingConfig,
-)
+from .probes import PROBES, ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHaltingConfig
 
 
 class CommonChecks:
@@ -197,18 +187,12 @@ class CommonChecks:
         data["training"] = {"steps": 1}
         return copy.deepcopy(data)
 
-    def _round_trip_configs(self) -> list[tuple[PluginConfig, str]]:
-        """The config under test, and for a halting strategy the same options in every supported scope."""
-        configs = [(self.config, "")]
-        if self.kind == "halting":
-            for scope in self._scopes():
-                if scope != self.config.scope:
-                    configs.append((self._config_for_scope(scope), f" ({scope} scope)"))
-        return configs
-
     def _check_yaml_round_trip(self) -> None:
-        for config, where in self._round_trip_configs():
-            self._yaml_round_trip(config, where)
+        """The config under test, and for a halting strategy the same options in every supported scope."""
+        self._yaml_round_trip(self.config, "")
+        for scope in self._scopes() if self.kind == "halting" else []:
+            if scope != self.config.scope:
+                self._yaml_round_trip(self._config_for_scope(scope), f" ({scope} scope)")
 
     def _yaml_round_trip(self, config: PluginConfig, where: str) -> None:
         config_class = type(config)

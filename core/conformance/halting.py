@@ -11,10 +11,7 @@ from torch import Tensor
 
 from ..config import HaltingConfig
 from ..errors import SpecError
-from ..interfaces import (
-    HaltingStrategy,
-    PonderOutput,
-)
+from ..interfaces import HaltingStrategy, PonderOutput
 from ..model import PonderModel
 from ..run import seed_everything
 from .base import (
@@ -27,10 +24,7 @@ from .base import (
     _Problem,
     _token_ids,
 )
-from .probes import (
-    ProbeBackbone,
-    ProbeBackboneConfig,
-)
+from .probes import ProbeBackbone, ProbeBackboneConfig
 
 
 class HaltingChecks:
