@@ -282,6 +282,8 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
     """
     import numpy as np
 
+    from .evaluation import padded_rows
+
     chosen = _heatmap_runs(runs, lambda r: bool(r.profile("test").get("position_mean_hops")))
     if not chosen:
         return []
@@ -292,11 +294,7 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights) + 0.4), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, (task, group) in zip(axes[:, 0], groups.items(), strict=True):
-        rows = [r.profile("test")["position_mean_hops"] for r in group]
-        width = max(len(row) for row in rows)
-        matrix = np.full((len(rows), width), np.nan)
-        for i, row in enumerate(rows):
-            matrix[i, : len(row)] = row
+        matrix = padded_rows([r.profile("test")["position_mean_hops"] for r in group])
         image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis",
                           interpolation="nearest", vmin=1.0, vmax=max(peak, 1.0 + 1e-6))
         ax.set_yticks(range(len(group)))
@@ -318,7 +316,6 @@ def plot_hop_heatmaps(runs, matrices: dict[int, tuple[Any, Any]], folder: Path) 
     A dashed line marks where the scored target starts when that is known.
     """
     import numpy as np
-
 
     chosen = [r for r in runs if id(r) in matrices]
     written = []
