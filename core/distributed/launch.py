@@ -89,9 +89,7 @@ def failure_message(run_dir: Path, error: Exception) -> str:
             what += f"; rank(s) {', '.join(map(str, followers))} stopped with it"
     else:
         what = f"the distributed run failed ({first_line(error)})"
-    last = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-    return f"{what}; {kept}; continue with: ponderlab run --resume --output-dir {run_dir}"
+    return f"{what}; {ckpt.last_good(run_dir / 'checkpoints')}; continue with: ponderlab run --resume --output-dir {run_dir}"
 
 
 def make_trainer(spec: SpecBase, run_dir: Path, channel: Any = None):
