@@ -127,18 +127,13 @@ def hop_matrix(
 
     Hops are `model(input_ids).stats.hops` (mean over ponder sites); padding is NaN.
     """
-    import torch
+    from .halting_report import batch_hops
 
     rows, scored = [], []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in dataset.sequential_batches(batch_size, min(examples, len(dataset))):
-            mask = batch["mask"].to(device)
-            out = model(batch["input_ids"].to(device), mask=mask)
-            rows.extend(out.stats.hops.float().masked_fill(~mask, float("nan")).cpu().numpy())  # (B, L)
-            scored.extend((batch["labels"] != -100).numpy())
-    model.train(was_training)
+    for batch in dataset.sequential_batches(batch_size, min(examples, len(dataset))):
+        hops, mask, labels = batch_hops(model, batch, device, precision="fp32")  # (B, L) each
+        rows.extend(hops.masked_fill(~mask, float("nan")).numpy())
+        scored.extend((labels != -100).numpy())
     return padded_rows(rows), padded_rows(scored, False, bool)
 
 
