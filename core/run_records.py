@@ -32,17 +32,13 @@ class RunRecord:
     task_label: str = ""
     variant: str = ""
 
-    @property
-    def task(self) -> str:
-        return str(self.results.get("task") or self.spec.get("task", {}).get("name"))
+    def _plugin(self, section: str) -> str:
+        """The plugin of a spec section as results.json names it, else as spec.yaml does."""
+        return str(self.results.get(section) or self.spec.get(section, {}).get("name"))
 
-    @property
-    def backbone(self) -> str:
-        return str(self.results.get("backbone") or self.spec.get("backbone", {}).get("name"))
-
-    @property
-    def halting(self) -> str:
-        return str(self.results.get("halting") or self.spec.get("halting", {}).get("name"))
+    task = property(lambda self: self._plugin("task"))
+    backbone = property(lambda self: self._plugin("backbone"))
+    halting = property(lambda self: self._plugin("halting"))
 
     @property
     def scope(self) -> str:
