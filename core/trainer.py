@@ -23,6 +23,7 @@ from .errors import CheckpointError, NonFiniteLossError
 from .interfaces import Task, TaskData
 from .metrics import MetricAccumulator
 from .model import PonderModel
+from .run_records import metric_lines
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -319,18 +320,12 @@ class Trainer:
         if not metrics_file.exists():
             return
         finished = self.step >= self.final_step()
-        kept = []
-        for line in metrics_file.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # cut short by a crash or a full disk
-            step = record.get("step") if isinstance(record, dict) else None
-            if not isinstance(step, int) or step > self.step:
-                continue
-            if finished and step == self.step and record.get("split") in ("validation", "test"):
-                continue
-            kept.append(line)
+
+        def rewritten(record: dict[str, Any]) -> bool:
+            final = finished and record["step"] == self.step and record.get("split") in ("validation", "test")
+            return record["step"] > self.step or final
+
+        kept = [line for line, record in metric_lines(metrics_file) if not rewritten(record)]
         ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
