@@ -136,12 +136,6 @@ def dim_where(dim: SearchDim, source: Source, raw: Any = None, rest: tuple = ())
     return source.where(anchor + tuple(rest))  # the line of the value, else of its nearest key
 
 
-def _bare_message(exc: SpecError) -> str:
-    prefix = (f"{exc.where}: " if exc.where else "") + (f"{exc.path}: " if exc.path else "")
-    text = str(exc)
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
 def _follow(loc: tuple, data: Any) -> tuple:
     """An error location without pydantic's union-member tags, following the data."""
     path: list = []
@@ -271,7 +265,7 @@ def check_search(base: dict, dims: list[SearchDim], source: Source, registry: Re
                 assign(data, dim.path, dim.value(value))
             except SpecError as exc:
                 raise SpecError(
-                    f"{_bare_message(exc)} (search {dim.key}: {dim.describe(value)})",
+                    f"{exc.message} (search {dim.key}: {dim.describe(value)})",
                     path=f"search.{dim.key}", where=dim_where(dim, source, value),
                 ) from None
         try:
@@ -285,7 +279,7 @@ def check_search(base: dict, dims: list[SearchDim], source: Source, registry: Re
                 context = "search point " + ", ".join(f"{d.key}: {d.describe(v)}" for d, v in related)
             else:
                 context = None
-            message = _bare_message(exc) + (f" ({context})" if context else "")
+            message = exc.message + (f" ({context})" if context else "")
             raise SpecError(message, path=exc.path, where=exc.where) from None
     return checked
 
