@@ -32,10 +32,6 @@ def _pyplot():
     return plt
 
 
-def _tasks(runs) -> list[str]:
-    return list(dict.fromkeys(r.task_label for r in runs))
-
-
 def _by_task(runs) -> dict[str, list]:
     groups: dict[str, list] = {}
     for run in runs:
@@ -155,11 +151,11 @@ def plot_learning_curves(runs, path: Path) -> list[tuple[str, Path]]:
         return []
     plt = _pyplot()
     encoding = Encoding(runs)
-    tasks = _tasks(runs)
-    fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 2.9, encoding)
-    for t, task in enumerate(tasks):
+    groups = _by_task(runs)
+    fig, axis, layout = _grid(plt, len(groups), 2, 4.0, 2.9, encoding)
+    for t, (task, group) in enumerate(groups.items()):
         top, low = axis(t, 0), axis(t, 1)
-        for run in (r for r in runs if r.task_label == task):
+        for run in group:
             style = encoding.style(run)
             steps, values = run.curve("train", "task_loss")
             if not steps:
@@ -232,7 +228,7 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
     units = seed_groups(usable) if seeds == "mean" else [(run, [run]) for run in usable]
     plt = _pyplot()
     encoding = Encoding([representative for representative, _ in units])
-    tasks = _tasks(usable)
+    tasks = list(_by_task(usable))
     fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 3.0, encoding)
     metrics = (("test/token_accuracy", "test token accuracy"), ("test/exact_match", "test exact match"))
     for t, task in enumerate(tasks):
