@@ -229,10 +229,8 @@ class CommonChecks:
 
     @staticmethod
     def _diff(before: PluginConfig, after: PluginConfig) -> str:
-        fields = type(before).model_fields
-        a = {k: getattr(before, k, None) for k in fields}
-        b = {k: getattr(after, k, None) for k in fields}
-        changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        pairs = {k: (getattr(before, k), getattr(after, k, None)) for k in sorted(type(before).model_fields)}
+        changed = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in pairs.items() if a != b]
         return "; ".join(changed) or f"{before!r} != {after!r}"
 
     def _check_entry_point(self) -> None:
@@ -275,9 +273,9 @@ class CommonChecks:
         return 9
 
     def _tested_params(self, model: PonderModel) -> list[tuple[str, nn.Parameter]]:
-        module = model.backbone if self.kind == "backbone" else model.sites
-        prefix = "backbone" if self.kind == "backbone" else "sites"
-        return [(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+        """The trainable parameters of the plugin under test: the backbone's, or the sites'."""
+        part = "backbone" if self.kind == "backbone" else "sites"
+        return [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters() if p.requires_grad]
 
     def _forward(self, model: PonderModel, ids: Tensor, labels: Tensor | None = None, seed: int = 0):
         torch.manual_seed(seed)  # stochastic strategies draw the same numbers in both runs
