@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -36,10 +37,8 @@ class HaltingChecks:
         if scope == config.scope:
             return config
         config_class = type(config)
-        try:
+        with contextlib.suppress(ValidationError):  # else the defaults in that scope
             return config_class.model_validate({**config.model_dump(exclude_unset=True), "scope": scope})
-        except ValidationError:
-            pass
         try:
             return config_class.model_validate({"scope": scope})
         except ValidationError as exc:
