@@ -87,3 +87,9 @@ def rotate_checkpoints(directory: Path, keep: int) -> None:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def last_good(directory: Path | None) -> str:
+    """For error messages: "last good checkpoint: PATH", or that none was written yet."""
+    last = latest_checkpoint(directory) if directory else None
+    return f"last good checkpoint: {last}" if last else "no checkpoint was written yet"

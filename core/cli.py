@@ -83,10 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     spec_path, overrides = _split_spec_and_overrides(args)
-    spec = None
-    if not (args.resume and spec_path is None and not overrides):
-        spec = load_spec(spec_path, overrides)
-    if spec is None:  # --resume with only a run directory
+    if args.resume and spec_path is None and not overrides:  # --resume with only a run directory
         if not args.output_dir:
             raise PonderlabError("--resume needs --output-dir (or a spec naming output_dir)")
         from pathlib import Path
@@ -94,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .run import resume_spec
 
         spec = resume_spec(Path(args.output_dir), None)
+    else:
+        spec = load_spec(spec_path, overrides)
     from .distributed.placement import apply_flags, runs_distributed
 
     flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker, "--address": args.address}

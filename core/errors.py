@@ -20,14 +20,10 @@ class SpecError(PonderlabError):
     exit_code = 2
 
     def __init__(self, message: str, *, path: str | None = None, where: str | None = None):
+        self.message = message  # without the location
         self.path = path
         self.where = where
-        prefix = ""
-        if where:
-            prefix += f"{where}: "
-        if path:
-            prefix += f"{path}: "
-        super().__init__(prefix + message)
+        super().__init__("".join(f"{part}: " for part in (where, path) if part) + message)
 
 
 class PluginError(PonderlabError):

@@ -105,6 +105,16 @@ def build_task_data(spec: SpecBase) -> tuple[Task, TaskData]:
 
 
 # --------------------------------------------------------------------------- hop matrices
+def padded_rows(rows, fill: Any = float("nan"), dtype: Any = float) -> np.ndarray:
+    """Rows of different lengths as one (N, W) array, W the longest row, padded with `fill`."""
+    import numpy as np
+
+    matrix = np.full((len(rows), max((len(row) for row in rows), default=0)), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = row
+    return matrix
+
+
 def hop_matrix(
     model: PonderModel,
     dataset: TensorDataset,
@@ -117,31 +127,14 @@ def hop_matrix(
 
     Hops are `model(input_ids).stats.hops` (mean over ponder sites); padding is NaN.
     """
-    import numpy as np
-    import torch
+    from .halting_report import batch_hops
 
-    total = min(examples, len(dataset))
-    rows, scored_rows = [], []
-    width = 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in dataset.sequential_batches(batch_size, total):
-            mask = batch["mask"].to(device)
-            out = model(batch["input_ids"].to(device), mask=mask)
-            hops = out.stats.hops.float().masked_fill(~mask, float("nan"))  # (B, L)
-            rows.append(hops.cpu().numpy())
-            scored_rows.append((batch["labels"] != -100).numpy())
-            width = max(width, hops.shape[1])
-    model.train(was_training)
-    matrix = np.full((total, width), np.nan)
-    scored = np.zeros((total, width), dtype=bool)
-    start = 0
-    for block, block_scored in zip(rows, scored_rows, strict=True):
-        matrix[start : start + len(block), : block.shape[1]] = block
-        scored[start : start + len(block), : block.shape[1]] = block_scored
-        start += len(block)
-    return matrix, scored
+    rows, scored = [], []
+    for batch in dataset.sequential_batches(batch_size, min(examples, len(dataset))):
+        hops, mask, labels = batch_hops(model, batch, device, precision="fp32")  # (B, L) each
+        rows.extend(hops.masked_fill(~mask, float("nan")).numpy())
+        scored.extend((labels != -100).numpy())
+    return padded_rows(rows), padded_rows(scored, False, bool)
 
 
 def run_hop_matrix(run_dir: str | Path, split: str = "test", examples: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -169,11 +162,7 @@ def scored_mask(run_dir: str | Path, split: str = "test", examples: int = 32) ->
     spec = load_run_spec(check_run_dir(run_dir))
     _, data = build_task_data(spec)
     labels = data.split(split)["labels"][:examples]
-    width = max((len(row) for row in labels), default=0)
-    mask = np.zeros((len(labels), width), dtype=bool)
-    for i, row in enumerate(labels):
-        mask[i, : len(row)] = np.asarray(row) != -100
-    return mask
+    return padded_rows([np.asarray(row) != -100 for row in labels], False, bool)
 
 
 # --------------------------------------------------------------------------- evaluation

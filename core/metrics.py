@@ -32,8 +32,8 @@ class MetricAccumulator:
         self.layers_sum = 0.0
         self.ponder_sum = 0.0
         self.remainder_sum = 0.0
-        self.position_hops: Tensor | None = None  # (L,) sum of hops per position
-        self.position_count: Tensor | None = None
+        self.position_hops = torch.zeros(0)  # (L,) sum of hops per position, L the longest batch
+        self.position_count = torch.zeros(0)  # (L,) real tokens per position
         self.hop_histogram: dict[int, int] = defaultdict(int)
         self.slices: dict[str, dict[int, list[int]]] = {
             c: defaultdict(lambda: [0, 0, 0, 0]) for c in slice_columns
@@ -67,14 +67,9 @@ class MetricAccumulator:
         self.remainder_sum += float(stats.remainder.float()[real].sum())
         masked = torch.where(real, hops, torch.zeros_like(hops))
         length = hops.shape[1]
-        if self.position_hops is None or self.position_hops.shape[0] < length:
-            grow = length - (0 if self.position_hops is None else self.position_hops.shape[0])
-            self.position_hops = torch.cat(
-                [self.position_hops if self.position_hops is not None else torch.zeros(0), torch.zeros(grow)]
-            )
-            self.position_count = torch.cat(
-                [self.position_count if self.position_count is not None else torch.zeros(0), torch.zeros(grow)]
-            )
+        grow = max(0, length - len(self.position_hops))
+        self.position_hops = F.pad(self.position_hops, (0, grow))
+        self.position_count = F.pad(self.position_count, (0, grow))
         self.position_hops[:length] += masked.sum(0).cpu()
         self.position_count[:length] += real.sum(0).float().cpu()
         for value, count in zip(*torch.unique(torch.round(hops[real]).long(), return_counts=True), strict=True):
@@ -113,8 +108,6 @@ class MetricAccumulator:
 
     def halting_profile(self) -> dict:
         """Per-position mean hops and the hop histogram (for halting.json and plots)."""
-        if self.position_hops is None:
-            return {"position_mean_hops": [], "hop_histogram": {}}
         means = (self.position_hops / self.position_count.clamp_min(1)).tolist()
         return {
             "position_mean_hops": [round(m, 6) for m in means],

@@ -32,10 +32,6 @@ def _pyplot():
     return plt
 
 
-def _tasks(runs) -> list[str]:
-    return list(dict.fromkeys(r.task_label for r in runs))
-
-
 def _by_task(runs) -> dict[str, list]:
     groups: dict[str, list] = {}
     for run in runs:
@@ -155,11 +151,11 @@ def plot_learning_curves(runs, path: Path) -> list[tuple[str, Path]]:
         return []
     plt = _pyplot()
     encoding = Encoding(runs)
-    tasks = _tasks(runs)
-    fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 2.9, encoding)
-    for t, task in enumerate(tasks):
+    groups = _by_task(runs)
+    fig, axis, layout = _grid(plt, len(groups), 2, 4.0, 2.9, encoding)
+    for t, (task, group) in enumerate(groups.items()):
         top, low = axis(t, 0), axis(t, 1)
-        for run in (r for r in runs if r.task_label == task):
+        for run in group:
             style = encoding.style(run)
             steps, values = run.curve("train", "task_loss")
             if not steps:
@@ -232,7 +228,7 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
     units = seed_groups(usable) if seeds == "mean" else [(run, [run]) for run in usable]
     plt = _pyplot()
     encoding = Encoding([representative for representative, _ in units])
-    tasks = _tasks(usable)
+    tasks = list(_by_task(usable))
     fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 3.0, encoding)
     metrics = (("test/token_accuracy", "test token accuracy"), ("test/exact_match", "test exact match"))
     for t, task in enumerate(tasks):
@@ -282,6 +278,8 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
     """
     import numpy as np
 
+    from .evaluation import padded_rows
+
     chosen = _heatmap_runs(runs, lambda r: bool(r.profile("test").get("position_mean_hops")))
     if not chosen:
         return []
@@ -292,11 +290,7 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights) + 0.4), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, (task, group) in zip(axes[:, 0], groups.items(), strict=True):
-        rows = [r.profile("test")["position_mean_hops"] for r in group]
-        width = max(len(row) for row in rows)
-        matrix = np.full((len(rows), width), np.nan)
-        for i, row in enumerate(rows):
-            matrix[i, : len(row)] = row
+        matrix = padded_rows([r.profile("test")["position_mean_hops"] for r in group])
         image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis",
                           interpolation="nearest", vmin=1.0, vmax=max(peak, 1.0 + 1e-6))
         ax.set_yticks(range(len(group)))
@@ -318,7 +312,6 @@ def plot_hop_heatmaps(runs, matrices: dict[int, tuple[Any, Any]], folder: Path) 
     A dashed line marks where the scored target starts when that is known.
     """
     import numpy as np
-
 
     chosen = [r for r in runs if id(r) in matrices]
     written = []

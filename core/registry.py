@@ -12,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import typing
@@ -211,14 +212,9 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
         others = [p for p in manager.get_plugins() if manager.get_name(p) != source]
         for kind, (hook_name, _) in KINDS.items():
             caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
-
-            def register(
-                cls: type, _kind: str = kind, _source: str = source, _dist: str = dist_name, _version: str = version
-            ) -> None:
-                registry._add(_kind, cls, _source, _dist, _version)
-
+            register = functools.partial(registry._add, kind, source=source, distribution=dist_name, version=version)
             try:
-                caller(register=register)
+                caller(register=register)  # register(cls)
             except Exception as exc:
                 registry.errors.append(LoadError(source, dist_name, f"{type(exc).__name__}: {exc}"))
     return registry

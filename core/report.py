@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +83,23 @@ def _columns(runs: list[RunRecord]) -> list[tuple[str, str]]:
     return [c for c in TABLE_COLUMNS if c[1] != "variant" or any(r.variant for r in runs)]
 
 
-def runs_table_markdown(runs: list[RunRecord]) -> str:
-    columns = _columns(runs)
-    numeric = {key for _, key in columns if "/" in key}
+def markdown_table(columns: list[tuple[str, str]], rows: list, value: Callable[[Any, str], Any],
+                   right: set[str] = frozenset()) -> str:
+    """A Markdown table: a column per (header, key), the cell of a row `value(row, key)`;
+    the columns whose key is in `right` are right-aligned."""
     lines = [
         "| " + " | ".join(h for h, _ in columns) + " |",
-        "|" + "|".join("---:" if key in numeric else "---" for _, key in columns) + "|",
+        "|" + "|".join("---:" if key in right else "---" for _, key in columns) + "|",
     ]
-    for run in runs:
-        cells = [format_cell(run.value(key), key).replace("|", "\\|") for _, key in columns]
+    for row in rows:
+        cells = [format_cell(value(row, key), key).replace("|", "\\|") for _, key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def runs_table_markdown(runs: list[RunRecord]) -> str:
+    columns = _columns(runs)
+    return markdown_table(columns, runs, RunRecord.value, {key for _, key in columns if "/" in key})
 
 
 def display_path(path: Path) -> str:
@@ -139,22 +146,22 @@ def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+#: (header, key) of the evaluations table.
+EVAL_COLUMNS = (
+    ("task", "task"), ("run", "run"), ("split", "split"), ("task overrides", "overrides"),
+    ("exact match", "exact_match"), ("token acc", "token_accuracy"), ("mean hops", "mean_hops"),
+    ("trained test exact match", "trained_exact_match"), ("trained test token acc", "trained_token_accuracy"),
+)
+
+
 def evals_table_markdown(rows: list[dict[str, Any]]) -> str:
-    headers = [
-        ("task", "task"), ("run", "run"), ("split", "split"), ("task overrides", "overrides"),
-        ("exact match", "exact_match"), ("token acc", "token_accuracy"), ("mean hops", "mean_hops"),
-        ("trained test exact match", "trained_exact_match"), ("trained test token acc", "trained_token_accuracy"),
-    ]
-    lines = ["| " + " | ".join(h for h, _ in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(row[k], k).replace("|", "\\|") for _, k in headers) + " |")
-    return "\n".join(lines)
+    return markdown_table(EVAL_COLUMNS, rows, lambda row, key: row[key])
 
 
 # --------------------------------------------------------------------------- heatmaps
 def stored_hop_matrix(run: RunRecord, split: str = "test"):
     """Per-example hops (N, L) from halting.json when the run stored them, else None."""
-    import numpy as np
+    from .evaluation import padded_rows
 
     heatmap = run.halting_profiles.get("heatmap") if split == "test" else None
     candidates = [heatmap.get("hops") if isinstance(heatmap, dict) else None]
@@ -162,11 +169,7 @@ def stored_hop_matrix(run: RunRecord, split: str = "test"):
     candidates += [profile.get(key) for key in STORED_MATRIX_KEYS]
     for rows in candidates:
         if isinstance(rows, list) and rows and isinstance(rows[0], list):
-            width = max(len(r) for r in rows)
-            matrix = np.full((len(rows), width), np.nan)
-            for i, row in enumerate(rows):
-                matrix[i, : len(row)] = [np.nan if v is None else v for v in row]
-            return matrix
+            return padded_rows([[float("nan") if v is None else v for v in row] for row in rows])
     return None
 
 

@@ -121,9 +121,7 @@ def execute(
         elif _run_files(run_dir):  # another process finished a run here since the check
             raise SpecError(f"output directory {run_dir} is not empty (use --resume to continue it)")
         else:
-            resolved = spec.model_copy(update={"output_dir": str(run_dir)})
-            ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
-            ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+            write_spec(spec, run_dir)
         try:
             results = write_results(spec, trainer, trainer.fit(), device, run_dir)
         except OSError as exc:
@@ -131,6 +129,13 @@ def execute(
                 raise
             raise StorageError(out_of_room_message(exc, run_dir, spec.training.steps)) from None
     return results, run_dir
+
+
+def write_spec(spec: SpecBase, run_dir: Path) -> None:
+    """What a new run dir holds first: spec.yaml (naming the run dir) and the seed."""
+    resolved = spec.model_copy(update={"output_dir": str(run_dir)})
+    ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
+    ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
 
 
 def write_results(

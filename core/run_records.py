@@ -32,17 +32,13 @@ class RunRecord:
     task_label: str = ""
     variant: str = ""
 
-    @property
-    def task(self) -> str:
-        return str(self.results.get("task") or self.spec.get("task", {}).get("name"))
+    def _plugin(self, section: str) -> str:
+        """The plugin of a spec section as results.json names it, else as spec.yaml does."""
+        return str(self.results.get(section) or self.spec.get(section, {}).get("name"))
 
-    @property
-    def backbone(self) -> str:
-        return str(self.results.get("backbone") or self.spec.get("backbone", {}).get("name"))
-
-    @property
-    def halting(self) -> str:
-        return str(self.results.get("halting") or self.spec.get("halting", {}).get("name"))
+    task = property(lambda self: self._plugin("task"))
+    backbone = property(lambda self: self._plugin("backbone"))
+    halting = property(lambda self: self._plugin("halting"))
 
     @property
     def scope(self) -> str:
@@ -117,19 +113,18 @@ def _read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; lines cut short or not holding an object are skipped."""
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(errors="replace").splitlines():
+def metric_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each metrics.jsonl line holding an object with an int `step`; lines
+    cut short by a killed run or a full disk are skipped."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a line cut short by a killed run
+            continue
         if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
+            found.append((line, record))
+    return found
 
 
 def load_run(path: Path) -> RunRecord:
@@ -160,7 +155,7 @@ def load_run(path: Path) -> RunRecord:
         spec=spec,
         results=results,
         halting_profiles=profiles if isinstance(profiles, dict) else {},
-        metrics=_read_metrics(path / "metrics.jsonl"),
+        metrics=[record for _, record in metric_lines(path / "metrics.jsonl")],
         evals=evals,
     )
 

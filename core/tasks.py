@@ -8,7 +8,7 @@ is a deprecated alias that warns).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -129,14 +129,9 @@ def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return dataset.select(range(limit))
 
 
-def iter_rows(dataset: datasets.Dataset) -> Iterator[dict]:
-    yield from dataset
-
-
 __all__ = [
     "SPLITS",
     "disjoint_splits",
-    "iter_rows",
     "lm_example",
     "load_published",
     "next_token_example",

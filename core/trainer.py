@@ -23,6 +23,7 @@ from .errors import CheckpointError, NonFiniteLossError
 from .interfaces import Task, TaskData
 from .metrics import MetricAccumulator
 from .model import PonderModel
+from .run_records import metric_lines
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -117,9 +118,7 @@ def optimisation_step(
         out = model(batch["input_ids"], labels=batch["labels"], mask=batch.get("mask"))
     totals = group.reduce_step(out, batch)  # over the whole global batch
     if not torch.isfinite(totals.loss):
-        last = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
-        kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-        raise NonFiniteLossError(f"non-finite loss ({float(totals.loss)}) at step {step}{kept}")
+        raise NonFiniteLossError(f"non-finite loss ({float(totals.loss)}) at step {step}; {ckpt.last_good(checkpoint_dir)}")
     optimizer.zero_grad(set_to_none=True)
     totals.objective.backward()
     grad_norm = float("nan")
@@ -218,10 +217,9 @@ class Trainer:
             grad_clip=self.config.grad_clip, step=self.step + 1, checkpoint_dir=self.checkpoint_dir,
             group=self.group,
         )
-        loss = totals.loss
         self.scheduler.step()
         return {
-            "loss": float(loss),
+            "loss": float(totals.loss),
             "task_loss": totals.task_loss,
             "mean_hops": totals.mean_hops,
             "ponder_cost": totals.ponder_cost,
@@ -262,11 +260,9 @@ class Trainer:
             return None
         bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:  # never let a broken state replace the last good checkpoint
-            last = ckpt.latest_checkpoint(self.checkpoint_dir)
-            kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"non-finite parameters after step {self.step} ({', '.join(bad[:3])}"
-                f"{', ...' if len(bad) > 3 else ''}){kept}"
+                f"{', ...' if len(bad) > 3 else ''}); {ckpt.last_good(self.checkpoint_dir)}"
             )
         path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         ckpt.save_checkpoint(self.state_dict(), path)
@@ -324,18 +320,12 @@ class Trainer:
         if not metrics_file.exists():
             return
         finished = self.step >= self.final_step()
-        kept = []
-        for line in metrics_file.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # cut short by a crash or a full disk
-            step = record.get("step") if isinstance(record, dict) else None
-            if not isinstance(step, int) or step > self.step:
-                continue
-            if finished and step == self.step and record.get("split") in ("validation", "test"):
-                continue
-            kept.append(line)
+
+        def rewritten(record: dict[str, Any]) -> bool:
+            final = finished and record["step"] == self.step and record.get("split") in ("validation", "test")
+            return record["step"] > self.step or final
+
+        kept = [line for line, record in metric_lines(metrics_file) if not rewritten(record)]
         ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -66,9 +67,7 @@ def main(args: argparse.Namespace) -> int:
     print(to_markdown(table, limit=20), end="")
     if len(table.rows) > 20:
         print(f"... {len(table.rows) - 20} more rows in {outcome.outputs['markdown']}")
-    counts = {}
-    for row in table.rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
+    counts = Counter(row.status for row in table.rows)
     print("trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     print(f"results: {outcome.outputs['csv']} and {outcome.outputs['markdown']}")
     if "best" in outcome.outputs:

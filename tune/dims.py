@@ -41,12 +41,6 @@ class SearchDim:
             return int(raw)
         return float(raw)
 
-    def check_points(self) -> list[tuple[Any, int | None]]:
-        """(raw sample, value index) pairs covering this domain for validation."""
-        if self.discrete:
-            return [(i, i) for i in range(len(self.values))]
-        return [(self.low, None), (self.high, None)]
-
     def describe(self, raw: Any) -> str:
         if self.discrete:
             return f"{self.kind}[{int(raw)}] = {format_value(self.values[int(raw)])}"

@@ -90,9 +90,6 @@ class TuneSpec:
             return self.options.num_samples
         return self.grid_size * self.options.num_samples
 
-    def trial_spec(self, raw: dict[str, Any]) -> dict:
-        return apply_point(self.base, self.dims, raw)
-
 
 class _PointSource(Source):
     """Locations for one grid point: a searched key's value in the file, else the base's."""
@@ -136,17 +133,7 @@ def dim_where(dim: SearchDim, source: Source, raw: Any = None, rest: tuple = ())
     anchor = dim.file_path + (dim.kind,)
     if dim.discrete and raw is not None:
         anchor += (int(raw),)
-    full = anchor + tuple(rest)
-    for end in range(len(full), 0, -1):
-        if full[:end] in source.lines:
-            return f"{source.label}:{source.lines[full[:end]]}"
-    return source.label
-
-
-def _bare_message(exc: SpecError) -> str:
-    prefix = (f"{exc.where}: " if exc.where else "") + (f"{exc.path}: " if exc.path else "")
-    text = str(exc)
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return source.where(anchor + tuple(rest))  # the line of the value, else of its nearest key
 
 
 def _follow(loc: tuple, data: Any) -> tuple:
@@ -278,7 +265,7 @@ def check_search(base: dict, dims: list[SearchDim], source: Source, registry: Re
                 assign(data, dim.path, dim.value(value))
             except SpecError as exc:
                 raise SpecError(
-                    f"{_bare_message(exc)} (search {dim.key}: {dim.describe(value)})",
+                    f"{exc.message} (search {dim.key}: {dim.describe(value)})",
                     path=f"search.{dim.key}", where=dim_where(dim, source, value),
                 ) from None
         try:
@@ -292,7 +279,7 @@ def check_search(base: dict, dims: list[SearchDim], source: Source, registry: Re
                 context = "search point " + ", ".join(f"{d.key}: {d.describe(v)}" for d, v in related)
             else:
                 context = None
-            message = _bare_message(exc) + (f" ({context})" if context else "")
+            message = exc.message + (f" ({context})" if context else "")
             raise SpecError(message, path=exc.path, where=exc.where) from None
     return checked
 
@@ -338,9 +325,7 @@ def load_tune_spec(
     search_overrides = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] == "search"]
     data = apply_overrides(data, [o for o in overrides if o not in search_overrides], source)
 
-    tune_data = data.get("tune", {})
-    if tune_data is None:
-        tune_data = {}
+    tune_data = {} if data.get("tune") is None else data["tune"]
     if not isinstance(tune_data, dict):
         raise SpecError("expected a mapping", path="tune", where=source.where(("tune",)))
     try:
@@ -367,8 +352,7 @@ def load_tune_spec(
         )
     experiment_dir = (Path(options.storage_path).expanduser() / str(name)).resolve()
     raw = copy.deepcopy(data)
-    raw.setdefault("tune", {})
-    raw["tune"] = {**(raw["tune"] or {}), "storage_path": str(experiment_dir.parent), "name": str(name)}
+    raw["tune"] = {**(raw.get("tune") or {}), "storage_path": str(experiment_dir.parent), "name": str(name)}
     raw["search"] = {dim.key: {dim.kind: list(dim.values) if dim.discrete else [dim.low, dim.high]} for dim in dims}
     return TuneSpec(
         base=base, dims=dims, options=options, name=str(name), experiment_dir=experiment_dir,

@@ -26,7 +26,7 @@ import ray.tune
 
 from ponderlab.core import checkpoint as ckpt
 from ponderlab.core.distributed.placement import runs_distributed
-from ponderlab.core.spec import SpecBase, spec_to_yaml, validate_spec
+from ponderlab.core.spec import SpecBase, validate_spec
 
 from .dims import SearchDim, apply_point
 from .distributed_trial import run_distributed_trial
@@ -67,9 +67,9 @@ def restore_run_dir(run_dir: Path, spec: SpecBase, checkpoint_dir: Path | None) 
         directory.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_bytes(target, source.read_bytes())
     if not (run_dir / "spec.yaml").exists():  # the run dir was lost; rebuild what `execute` writes
-        resolved = spec.model_copy(update={"output_dir": str(run_dir)})
-        ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
-        ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+        from ponderlab.core.run import write_spec
+
+        write_spec(spec, run_dir)
     return step
 
 

@@ -83,17 +83,13 @@ class _ContractTests:
         checker.check(contract)
 
 
-def _test_name(contract: str) -> str:
-    return "test_" + contract.replace(" ", "_")
-
-
 def _contract_test(contract: str):
     """A pytest method that checks one contract, named test_<contract with underscores>."""
 
     def test(self: _ContractTests) -> None:
         self._check(contract)
 
-    test.__name__ = _test_name(contract)
+    test.__name__ = "test_" + contract.replace(" ", "_")
     test.__doc__ = f"The {contract!r} contract."
     return test
 
@@ -114,17 +110,6 @@ TaskContract = _contract_suite(
     "task", "Conformance tests for a task: `class TestMine(TaskContract): plugin = Mine`."
 )
 
-
-CONTRACT_CLASSES: dict[str, type[_ContractTests]] = {
-    "backbone": BackboneContract,
-    "halting": HaltingContract,
-    "task": TaskContract,
-}
-
-
-def contract_test_names(kind: str) -> dict[str, str]:
-    """contract -> the test method of the pytest base class that checks it."""
-    return {contract: _test_name(contract) for contract in CONTRACTS[kind]}
 
 
 __all__ = [

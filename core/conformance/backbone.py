@@ -6,11 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..early_exit import computes_rows, layer_update
-from ..interfaces import (
-    Backbone,
-    Block,
-    BlockContext,
-)
+from ..interfaces import Backbone, Block, BlockContext
 from ..model import PonderModel
 from ..run import seed_everything
 from .base import (
@@ -23,10 +19,7 @@ from .base import (
     _token_ids,
     perturb_for_contracts,
 )
-from .probes import (
-    ProbeHalting,
-    ProbeHaltingConfig,
-)
+from .probes import ProbeHalting, ProbeHaltingConfig
 
 
 class BackboneChecks:

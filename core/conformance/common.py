@@ -16,11 +16,7 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..config import PluginConfig
 from ..errors import PluginError, SpecError
-from ..interfaces import (
-    IGNORE_INDEX,
-    Backbone,
-    TaskData,
-)
+from ..interfaces import IGNORE_INDEX, Backbone, TaskData
 from ..model import PonderModel
 from ..registry import CONFIG_BASES, Registry, get_registry, plugin_name
 from ..run import seed_everything
@@ -42,13 +38,7 @@ from .base import (
     perturb_for_contracts,
     plugin_kind,
 )
-from .probes import (
-    PROBES,
-    ProbeBackbone,
-    ProbeBackboneConfig,
-    ProbeHalting,
-    ProbeHaltingConfig,
-)
+from .probes import PROBES, ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHaltingConfig
 
 
 class CommonChecks:
@@ -197,18 +187,12 @@ class CommonChecks:
         data["training"] = {"steps": 1}
         return copy.deepcopy(data)
 
-    def _round_trip_configs(self) -> list[tuple[PluginConfig, str]]:
-        """The config under test, and for a halting strategy the same options in every supported scope."""
-        configs = [(self.config, "")]
-        if self.kind == "halting":
-            for scope in self._scopes():
-                if scope != self.config.scope:
-                    configs.append((self._config_for_scope(scope), f" ({scope} scope)"))
-        return configs
-
     def _check_yaml_round_trip(self) -> None:
-        for config, where in self._round_trip_configs():
-            self._yaml_round_trip(config, where)
+        """The config under test, and for a halting strategy the same options in every supported scope."""
+        self._yaml_round_trip(self.config, "")
+        for scope in self._scopes() if self.kind == "halting" else []:
+            if scope != self.config.scope:
+                self._yaml_round_trip(self._config_for_scope(scope), f" ({scope} scope)")
 
     def _yaml_round_trip(self, config: PluginConfig, where: str) -> None:
         config_class = type(config)
@@ -245,10 +229,8 @@ class CommonChecks:
 
     @staticmethod
     def _diff(before: PluginConfig, after: PluginConfig) -> str:
-        fields = type(before).model_fields
-        a = {k: getattr(before, k, None) for k in fields}
-        b = {k: getattr(after, k, None) for k in fields}
-        changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        pairs = {k: (getattr(before, k), getattr(after, k, None)) for k in sorted(type(before).model_fields)}
+        changed = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in pairs.items() if a != b]
         return "; ".join(changed) or f"{before!r} != {after!r}"
 
     def _check_entry_point(self) -> None:
@@ -291,9 +273,9 @@ class CommonChecks:
         return 9
 
     def _tested_params(self, model: PonderModel) -> list[tuple[str, nn.Parameter]]:
-        module = model.backbone if self.kind == "backbone" else model.sites
-        prefix = "backbone" if self.kind == "backbone" else "sites"
-        return [(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+        """The trainable parameters of the plugin under test: the backbone's, or the sites'."""
+        part = "backbone" if self.kind == "backbone" else "sites"
+        return [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters() if p.requires_grad]
 
     def _forward(self, model: PonderModel, ids: Tensor, labels: Tensor | None = None, seed: int = 0):
         torch.manual_seed(seed)  # stochastic strategies draw the same numbers in both runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -11,10 +12,7 @@ from torch import Tensor
 
 from ..config import HaltingConfig
 from ..errors import SpecError
-from ..interfaces import (
-    HaltingStrategy,
-    PonderOutput,
-)
+from ..interfaces import HaltingStrategy, PonderOutput
 from ..model import PonderModel
 from ..run import seed_everything
 from .base import (
@@ -27,10 +25,7 @@ from .base import (
     _Problem,
     _token_ids,
 )
-from .probes import (
-    ProbeBackbone,
-    ProbeBackboneConfig,
-)
+from .probes import ProbeBackbone, ProbeBackboneConfig
 
 
 class HaltingChecks:
@@ -42,10 +37,8 @@ class HaltingChecks:
         if scope == config.scope:
             return config
         config_class = type(config)
-        try:
+        with contextlib.suppress(ValidationError):  # else the defaults in that scope
             return config_class.model_validate({**config.model_dump(exclude_unset=True), "scope": scope})
-        except ValidationError:
-            pass
         try:
             return config_class.model_validate({"scope": scope})
         except ValidationError as exc:

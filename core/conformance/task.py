@@ -6,22 +6,11 @@ import math
 
 import torch
 
-from ..interfaces import (
-    IGNORE_INDEX,
-    Task,
-    TaskData,
-)
+from ..interfaces import IGNORE_INDEX, Task, TaskData
 from ..model import PonderModel
 from ..run import seed_everything
-from .base import (
-    _fail,
-)
-from .probes import (
-    ProbeBackbone,
-    ProbeBackboneConfig,
-    ProbeHalting,
-    ProbeHaltingConfig,
-)
+from .base import _fail
+from .probes import ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHaltingConfig
 
 
 class TaskChecks:

@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import checkpoint as ckpt
 from ..errors import PonderlabError
-from ..run import build_task, prepare_run_dir, resume_spec
-from ..spec import SpecBase, spec_to_yaml
+from ..run import build_task, prepare_run_dir, resume_spec, write_spec
+from ..spec import SpecBase
 from .placement import check_capacity, check_placement
 from .worker import WORKERS_FILE, train_worker
 
@@ -89,9 +89,7 @@ def failure_message(run_dir: Path, error: Exception) -> str:
             what += f"; rank(s) {', '.join(map(str, followers))} stopped with it"
     else:
         what = f"the distributed run failed ({first_line(error)})"
-    last = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-    return f"{what}; {kept}; continue with: ponderlab run --resume --output-dir {run_dir}"
+    return f"{what}; {ckpt.last_good(run_dir / 'checkpoints')}; continue with: ponderlab run --resume --output-dir {run_dir}"
 
 
 def make_trainer(spec: SpecBase, run_dir: Path, channel: Any = None):
@@ -150,9 +148,7 @@ def run_distributed(
         run_dir = run_dir.resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            resolved = spec.model_copy(update={"output_dir": str(run_dir)})
-            ckpt.atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(resolved))
-            ckpt.atomic_write_text(run_dir / "seed", f"{spec.seed}\n")
+            write_spec(spec, run_dir)
         make_trainer(spec, run_dir, channel).fit()
     except TrainingFailedError as exc:
         raise WorkerFailedError(failure_message(run_dir, exc)) from None

@@ -197,11 +197,7 @@ class NeoXBlock(Block):
     def project_qkv(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated queries and keys, and values, of normed (B, L, D) at rotary tables cos,
         sin (B or 1, L, r): (B, H, L, dh) each."""
-        attention = self.layer.attention
-        batch, length, width = normed.shape
-        size = attention.head_size
-        fused = attention.query_key_value(normed).view(batch, length, width // size, 3, size)
-        query, key, value = fused.permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
+        query, key, value = self.qkv_part(normed, slice(0, 3)).permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return rotary(query, cos, sin), rotary(key, cos, sin), value
 

@@ -198,20 +198,15 @@ class Babi(Task):
             for record in table:
                 prompt = encode(record["input"]) + encode(record["question"])
                 rows.append(self._example(prompt, encode(str(record["target"])), length))
-        order = rng_for(seed, "babilong").permutation(len(rows))
+        unique: dict[tuple, dict] = {}  # shuffled, each input once
+        for index in rng_for(seed, "babilong").permutation(len(rows)):
+            unique.setdefault(tuple(rows[index]["input_ids"]), rows[index])
+        pool = list(unique.values())
         sizes = split_sizes(self.config)
-        built: dict[str, list[dict]] = {"test": [], "validation": [], "train": []}
-        seen: set[tuple] = set()
-        for index in order:
-            row = rows[index]
-            key = tuple(row["input_ids"])
-            if key in seen:
-                continue
-            seen.add(key)
-            for split in ("test", "validation", "train"):
-                if len(built[split]) < sizes[split]:
-                    built[split].append(row)
-                    break
+        built = {}
+        for split in ("test", "validation", "train"):  # each takes its size from what is left
+            built[split] = pool[: sizes[split]]
+            pool = pool[sizes[split] :]
         for split, items in built.items():
             if not items:
                 raise SpecError(f"the BABILong files leave no {split} rows (test, validation, then train)", path="task.source")

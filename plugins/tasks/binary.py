@@ -36,6 +36,7 @@ from ponderlab.core.tasks import (
     load_published,
     rng_for,
     split_of,
+    split_sizes,
     take,
 )
 
@@ -112,7 +113,7 @@ class _BinaryTask(Task):
 
     def build(self, seed: int) -> TaskData:
         cfg = self.config
-        sizes = {"train": cfg.train_size, "validation": cfg.validation_size, "test": cfg.test_size}
+        sizes = split_sizes(cfg)
         if cfg.source != "generate":
             return self._from_published(seed, sizes)
 

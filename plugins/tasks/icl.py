@@ -60,28 +60,26 @@ class _SeqICLConfig(TaskConfig):
     validation_size: int = Field(500, ge=1)
     test_size: int = Field(500, ge=1)
     test_seq_len: int | None = Field(None, description="Extrapolation: T for validation/test.")
+    #: the shortest T the task can lay out (also the bound of its `seq_len` field)
+    min_seq_len: ClassVar[int]
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.test_seq_len is not None and self.test_seq_len < self.min_seq_len:
+            raise ValueError(f"test_seq_len {self.test_seq_len} must be at least {self.min_seq_len}")
+        return self
 
 
 class AssociativeRecallConfig(_SeqICLConfig):
     name: Literal["associative_recall"] = "associative_recall"
     seq_len: int = Field(40, ge=2, description="T: the context holds T // 2 key-value pairs.")
-
-    @model_validator(mode="after")
-    def _lengths(self):
-        if self.test_seq_len is not None and self.test_seq_len < 2:
-            raise ValueError(f"test_seq_len {self.test_seq_len} must be at least 2")
-        return self
+    min_seq_len = 2
 
 
 class InductionHeadConfig(_SeqICLConfig):
     name: Literal["induction_head"] = "induction_head"
     seq_len: int = Field(30, ge=3, description="T random symbols before the final `=> x`.")
-
-    @model_validator(mode="after")
-    def _lengths(self):
-        if self.test_seq_len is not None and self.test_seq_len < 3:
-            raise ValueError(f"test_seq_len {self.test_seq_len} must be at least 3")
-        return self
+    min_seq_len = 3
 
 
 def associative_recall_sequence(rng: np.random.Generator, vocab_size: int, seq_len: int) -> list[int]:
