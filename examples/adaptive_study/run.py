@@ -1,4 +1,4 @@
-"""The adaptive-computation study: every halting strategy at matched compute, two tasks, 3-5 seeds.
+"""The adaptive-computation study: every halting strategy at matched compute, two tasks, 3 seeds (5 fixed-depth).
 
     python examples/adaptive_study/run.py                 # probe, calibration, grid, report (resumable)
     python examples/adaptive_study/run.py --probe         # only the task probe (fixed depth 1, 2, 4)
@@ -114,12 +114,22 @@ def calibration_file(docs: Path) -> Path:
     return docs / "calibration.json"
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file another worker may be rewriting: retry a torn read."""
+    for _ in range(20):
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, FileNotFoundError):
+            time.sleep(0.5)
+    return json.loads(path.read_text())
+
+
 def config_overrides(task: str, config: str, docs: Path) -> dict[str, object]:
     """The config's overrides with its calibrated knob (if any) for this task."""
     overrides = dict(CONFIGS[config])
     if config in CALIBRATE:
         path = calibration_file(docs)
-        chosen = json.loads(path.read_text()).get(task, {}).get(config) if path.exists() else None
+        chosen = read_json(path).get(task, {}).get(config) if path.exists() else None
         if chosen is None:
             raise SystemExit(f"{task}/{config}: no calibrated {CALIBRATE[config].key} in {path}; "
                              "run `python examples/adaptive_study/run.py --calibrate` first")
@@ -177,14 +187,18 @@ def _train(spec: Path, overrides: dict[str, object], seed: int, out: Path) -> di
 
 def evaluate(run: Path, key: str, value: float, out: Path) -> tuple[dict, float]:
     """`ponderlab eval RUN key=value --split validation` (cached in `out`); (results, CPU s)."""
-    if out.exists():
-        return json.loads(out.read_text())["results"], 0.0
+    sidecar = out.with_suffix(".cpu_seconds")
+    if out.exists():  # CPU of an earlier evaluation: its record, else the evaluation's own seconds
+        record = json.loads(out.read_text())
+        return record["results"], float(sidecar.read_text()) if sidecar.exists() else record["seconds"]
     before = cpu_seconds()
     command = ["ponderlab", "eval", str(run), f"{key}={fmt(value)}", "--split", "validation", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)}: " + (result.stderr.strip().splitlines() or ["?"])[-1])
-    return json.loads(out.read_text())["results"], cpu_seconds() - before
+    spent = cpu_seconds() - before
+    sidecar.write_text(f"{spent:.2f}\n")
+    return json.loads(out.read_text())["results"], spent
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -233,9 +247,10 @@ def calibrate_one(task: str, config: str, root: Path) -> dict:
     if knob.inference:  # one training run at the start value, then evaluations
         run = folder / "trained"
         record = train(TASKS[task], {**base, knob.key: fmt(knob.start)}, 0, run)
-        cpu += record.get("cpu_seconds", 0.0)
         if record["status"].startswith("FAILED"):
             raise SystemExit(f"calibration {task}/{config}: {record['status']}")
+        spent = run / "cpu_seconds.json"
+        cpu += json.loads(spent.read_text())["cpu_seconds"] if spent.exists() else 0.0
     for _ in range(knob.trials):
         value = float(fmt(value))
         if knob.inference:
@@ -244,9 +259,17 @@ def calibrate_one(task: str, config: str, root: Path) -> dict:
             layers = results["validation/mean_layers"]
         else:
             out = folder / f"{knob.key}={fmt(value)}" / "seed0"
-            record = train(TASKS[task], {**base, knob.key: fmt(value)}, 0, out)
-            if record["status"].startswith("FAILED"):
-                raise SystemExit(f"calibration {task}/{config} at {knob.key}={fmt(value)}: {record['status']}")
+            crashed = (out.parent / "failed.txt").exists()
+            record = {"status": "failed before"} if crashed else train(TASKS[task], {**base, knob.key: fmt(value)}, 0, out)
+            if crashed or record["status"].startswith("FAILED") or not (out / "results.json").exists():
+                # a run that crashes at this knob value ends the search: keep the best finished trial
+                failed = (out.parent / "failed.txt")
+                if record["status"].startswith("FAILED"):
+                    failed.write_text(record["status"] + "\n")
+                status = failed.read_text().strip() if failed.exists() else record["status"]
+                records.append({"value": value, "failed": status})
+                print(f"calibrate {task:<8} {config:<16} {knob.key}={fmt(value)}: {status}", flush=True)
+                break
             cpu += record.get("cpu_seconds", 0.0)
             results = json.loads((out / "results.json").read_text())
             layers = results["validation/mean_layers"]
@@ -258,10 +281,12 @@ def calibrate_one(task: str, config: str, root: Path) -> dict:
         if abs(layers - TARGET) <= TOLERANCE:
             break
         value = next_value(knob, trials)
-    best = min(records, key=lambda r: abs(r["validation_mean_layers"] - TARGET))
+    best = min((r for r in records if "failed" not in r), key=lambda r: abs(r["validation_mean_layers"] - TARGET))
     if not knob.inference:  # CPU of runs done before (resumed calibration) from their records
         cpu = 0.0
         for r in records:
+            if "failed" in r:
+                continue
             spent = folder / f"{knob.key}={fmt(r['value'])}" / "seed0" / "cpu_seconds.json"
             cpu += json.loads(spent.read_text())["cpu_seconds"] if spent.exists() else 0.0
     return {"key": knob.key, "value": best["value"], "validation_mean_layers": best["validation_mean_layers"],
@@ -272,11 +297,24 @@ def calibrate(root: Path, docs: Path, tasks: list[str], configs: list[str]) -> N
     path = calibration_file(docs)
     for task in tasks:
         for config in (c for c in configs if c in CALIBRATE):
-            record = calibrate_one(task, config, root)
-            done = json.loads(path.read_text()) if path.exists() else {}  # read late: parallel calibrations
-            done.setdefault(task, {})[config] = record
+            if not claim(root / task / config):
+                print(f"calibrate {task:<8} {config:<16} in another worker", flush=True)
+                continue
+            try:
+                record = calibrate_one(task, config, root)
+            finally:
+                release(root / task / config)
             docs.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(done, indent=1) + "\n")
+            while not claim(path):  # parallel workers: one read-modify-write at a time
+                time.sleep(0.5)
+            try:
+                done = read_json(path) if path.exists() else {}
+                done.setdefault(task, {})[config] = record
+                temporary = path.with_suffix(".tmp")
+                temporary.write_text(json.dumps(done, indent=1) + "\n")
+                os.replace(temporary, path)
+            finally:
+                release(path)
 
 
 # ----------------------------------------------------------------------------- grid
@@ -285,7 +323,10 @@ def run_one(task: str, config: str, seed: int, root: Path, docs: Path, calibrati
     out = root / task / config / f"seed{seed}"
     if (out / "results.json").exists():
         return "done before"
-    overrides = config_overrides(task, config, docs)
+    try:
+        overrides = config_overrides(task, config, docs)
+    except SystemExit as missing:  # another worker is still calibrating it: a later pass runs it
+        return f"skipped ({missing})"
     knob = CALIBRATE.get(config)
     if seed == 0 and knob is not None and not knob.inference:  # the calibration ran this very spec
         twin = calibration_root / task / config / f"{knob.key}={overrides[knob.key]}" / "seed0"
@@ -322,6 +363,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="only the compute calibration")
     parser.add_argument("--no-probe", action="store_true", help="skip the probe")
     parser.add_argument("--no-report", action="store_true", help="runs only")
+    parser.add_argument("--worker", help="k/n: one of n parallel workers (run locks keep them apart)")
     parser.add_argument("--report-only", action="store_true", help="no runs, only the summary and plot")
     args = parser.parse_args()
     if not args.report_only and not args.calibrate and (args.probe or not args.no_probe):
@@ -335,14 +377,18 @@ def main() -> None:
             sys.exit(0)
     tasks = [t for t in (args.tasks or TASKS) if t in TASKS]
     if not args.report_only:
-        calibrate(args.root / "calibration", args.docs, tasks, args.configs)
+        calibrate(args.root / "calibration", args.docs, tasks[::-1] if args.worker and
+                  int(args.worker.split("/")[0]) % 2 else tasks, args.configs)
         if args.calibrate:
             sys.exit(0)
-        for seed in args.seeds:
-            for task in tasks:
-                for config in args.configs:
-                    status = run_one(task, config, seed, args.root / "grid", args.docs, args.root / "calibration")
-                    print(f"{task:<9} {config:<22} seed {seed}: {status}", flush=True)
+        items = [(seed, task, config) for seed in args.seeds for task in tasks for config in args.configs]
+        if args.worker:  # worker k of n starts k/n of the way through the list (and wraps around)
+            k, n = map(int, args.worker.split("/"))
+            start = k * len(items) // n
+            items = items[start:] + items[:start]
+        for seed, task, config in items:
+            status = run_one(task, config, seed, args.root / "grid", args.docs, args.root / "calibration")
+            print(f"{task:<9} {config:<22} seed {seed}: {status}", flush=True)
     sys.exit(0 if args.no_report else report(args.root, args.docs))
 
 

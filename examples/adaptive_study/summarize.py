@@ -181,8 +181,11 @@ def calibration_table(calibration: dict) -> tuple[str, float]:
     cpu_total = 0.0
     for task, configs in sorted(calibration.items()):
         for config, record in sorted(configs.items()):
-            trials = "; ".join(f"{t['value']:.4g} -> {t['validation_mean_layers']:.2f} "
-                               f"({t['validation_token_accuracy']:.3f})" for t in record["trials"])
+            trials = "; ".join(f"{t['value']:.4g} -> " + (f"run failed ({t['failed'].split(': ', 1)[-1]})"
+                                                           if "failed" in t else
+                                                           f"{t['validation_mean_layers']:.2f} "
+                                                           f"({t['validation_token_accuracy']:.3f})")
+                               for t in record["trials"])
             kind = " (inference only)" if record["inference_only"] else ""
             lines.append(f"| {task} | {config} | `{record['key']}`{kind} | {trials} | {record['value']:.4g} "
                          f"| {record['cpu_seconds']:.0f} |")
