@@ -3,7 +3,9 @@
 The model is rebuilt from the run's spec.yaml, loaded from its latest checkpoint
 (`torch.load(weights_only=True)`), and evaluated on a split of the task rebuilt
 with the run's seed. Task overrides (`task.length=20`, more CA steps, ...) make
-generalisation tests; nothing else in the spec may change. The result goes to
+generalisation tests; inference-only halting options (`INFERENCE_KNOBS`: CALM's and
+LayerSkip's exit thresholds, recurrent depth's exit threshold, PonderNet's inference rule)
+re-test a run at another exit rule; nothing else in the spec may change. The result goes to
 its own file, `eval_<split>[_<label or hash>].json` in the run dir (or `--out`);
 results.json, checkpoints and logs are never touched.
 
@@ -57,17 +59,36 @@ def latest_checkpoint_of(run_dir: Path) -> Path:
     return found
 
 
+#: halting options that act at inference only (no parameter, no training-time effect), by strategy:
+#: `ponderlab eval` may change them (`halting.threshold=0.7`) to re-test a trained run at another
+#: exit rule, e.g. to set an early-exit strategy's compute after training.
+INFERENCE_KNOBS: dict[str, tuple[str, ...]] = {
+    "calm": ("threshold", "decay_tau", "decay_length"),
+    "layerskip": ("exit_layer", "threshold"),
+    "recurrent_depth": ("exit_threshold",),
+    "pondernet": ("inference",),
+}
+
+
 def load_run_spec(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> SpecBase:
-    """The run's saved spec with `task.*` overrides applied and validated."""
+    """The run's saved spec with `task.*` (and inference-only `halting.*`) overrides applied and validated."""
     from .spec import apply_overrides, parse_override, read_spec_file, validate_spec
 
+    data, source = read_spec_file(run_dir / "spec.yaml")
+    halting = str((data.get("halting") or {}).get("name", "none"))
+    knobs = INFERENCE_KNOBS.get(halting, ())
     for raw in overrides:
         path, _ = parse_override(raw)
-        if path[0] != "task" or len(path) < 2:
-            raise SpecError(
-                "eval overrides may change the task only (task.key=value)", where=f"override {raw!r}"
-            )
-    data, source = read_spec_file(run_dir / "spec.yaml")
+        if path[0] == "task" and len(path) >= 2:
+            continue
+        if path[0] == "halting" and len(path) == 2 and path[1] in knobs:
+            continue
+        allowed = ", ".join(f"halting.{knob}" for knob in knobs) or f"no halting option of {halting!r}"
+        raise SpecError(
+            f"eval overrides may change the task only (task.key=value), and the inference-only halting "
+            f"options of the run's strategy ({allowed})",
+            where=f"override {raw!r}",
+        )
     data = apply_overrides(data, list(overrides), source)
     return validate_spec(data, source)
 
@@ -289,7 +310,7 @@ def format_evaluation(record: dict[str, Any]) -> str:
         return "-" if number is None else f"{number:.4f}"
 
     lines = [
-        f"{record['run_dir']} @ step {record['step']} on {split} (task overrides: {changed})",
+        f"{record['run_dir']} @ step {record['step']} on {split} (overrides: {changed})",
         f"exact match {value('exact_match')}  token acc {value('token_accuracy')}  "
         f"loss {value('loss')}  mean hops {value('mean_hops')}  ponder cost {value('ponder_cost')}",
     ]
@@ -316,7 +337,12 @@ def positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Evaluate the latest checkpoint of a run, optionally on a changed task."
     parser.add_argument("run_dir", help="a run directory (holds spec.yaml and checkpoints/)")
-    parser.add_argument("overrides", nargs="*", help="task.key=value changes, e.g. task.length=20")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="task.key=value changes, e.g. task.length=20, or inference-only halting options, e.g. "
+        "halting.threshold=0.7 for calm",
+    )
     parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default test)")
     parser.add_argument("--out", help="output file (.json) or folder (default: the run directory)")
     parser.add_argument("--label", help="name suffix for the output file instead of a hash of the overrides")

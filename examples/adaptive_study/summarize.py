@@ -1,8 +1,9 @@
-"""Summary of the adaptive study from the run outputs: table.md and summary.json.
+"""Summary of the adaptive study from the run outputs: probe.md, calibration.md, table.md, summary.json.
 
     python examples/adaptive_study/summarize.py runs/adaptive_study --out docs/results/adaptive_study
 
-Reads every runs/adaptive_study/<task>/<config>/seed<k>/results.json (and cpu_seconds.json).
+Reads every runs/adaptive_study/{grid,probe}/<task>/<config>/seed<k>/results.json (and
+cpu_seconds.json) and the calibration record docs/results/adaptive_study/calibration.json.
 Per task and config: seeds, test token accuracy and exact match (mean and 95% t-interval
 over seeds), compute = test mean layer applications per token (`test/mean_layers`), and
 the gap to the fixed-depth frontier: the mean accuracy of `none` with 1..4 layers,
@@ -34,11 +35,14 @@ def interval(values: list[float]) -> tuple[float, float | None]:
 
 def collect(root: Path) -> dict:
     groups: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted(root.glob("*/*/seed*/results.json")):
+    for path in sorted(root.glob("*/*/seed*/results.json"), key=lambda p: (p.parts[-4], p.parts[-3],
+                                                                             int(p.parts[-2][4:]))):
         task, config = path.parts[-4], path.parts[-3]
         results = json.loads(path.read_text())
         cpu = path.parent / "cpu_seconds.json"
-        results["cpu_seconds"] = json.loads(cpu.read_text())["cpu_seconds"] if cpu.exists() else None
+        record = json.loads(cpu.read_text()) if cpu.exists() else {}
+        results["copied"] = "copied_from" in record  # CPU counted in the calibration
+        results["cpu_seconds"] = None if not record else 0.0 if results["copied"] else record["cpu_seconds"]
         results["seed_dir"] = path.parent.name
         groups.setdefault((task, config), []).append(results)
     return groups
@@ -59,7 +63,8 @@ def summarize(groups: dict) -> dict:
         row = {"task": task, "config": config, "halting": runs[0]["halting"], "scope": runs[0]["scope"],
                "seeds": sorted(r["seed"] for r in runs), "params": runs[0]["model/parameters"],
                "cpu_seconds": sum(r["cpu_seconds"] or 0.0 for r in runs),
-               "cpu_missing": sum(r["cpu_seconds"] is None for r in runs)}
+               "cpu_missing": sum(r["cpu_seconds"] is None for r in runs),
+               "copied": sum(r["copied"] for r in runs)}
         for name, key in METRICS:
             values = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
             row[name], row[name + "_ci"] = interval(values) if values else (None, None)
@@ -100,7 +105,6 @@ def table(summary: dict) -> str:
         "Mean ± 95% t-interval over seeds. Compute = test mean layer applications per token.",
         "vs fixed depth = mean minus the fixed-depth (`none_L1..4`) mean accuracy, linearly "
         "interpolated at the same compute (blank outside 1..4 layers; no interval: a reading aid, not a test). "
-        "The fixed-depth means are not monotone in depth at this scale, so this curve is not a Pareto front. "
         "Per seed: each run's token accuracy minus the same seed's fixed-depth curve at the run's own cost.",
         "",
         "| task | config | scope | seeds | params | compute (layers/token) | test token acc | vs fixed depth "
@@ -108,6 +112,12 @@ def table(summary: dict) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = sorted(summary["rows"], key=lambda r: (r["task"], not r["config"].startswith("none_L"), r["config"]))
+    for task in sorted({r["task"] for r in rows}):
+        fixed = [r["token"] for r in rows if r["task"] == task and r["config"].startswith("none_L")]
+        rising = all(b > a for a, b in zip(fixed, fixed[1:], strict=False))
+        lines.insert(-3, f"{task}: the fixed-depth mean token accuracy "
+                     f"({' / '.join(f'{v:.3f}' for v in fixed)} for 1..{len(fixed)} layers) "
+                     f"{'rises with every layer' if rising else 'is not monotone in depth'}.")
     for r in rows:
         lines.append(
             f"| {r['task']} | {r['config']} | {r['scope']} | {','.join(map(str, r['seeds']))} | {r['params']:,} "
@@ -124,10 +134,65 @@ def table(summary: dict) -> str:
     short = [f"{r['task']}/{r['config']} ({len(r['seeds'])})" for r in rows if len(r["seeds"]) < 3]
     if short:
         lines += ["", "Fewer than 3 seeds (seeds run): " + ", ".join(short) + "."]
-    lines += ["", f"{summary['runs']} runs, {summary['cpu_seconds_total'] / 60:.1f} CPU minutes of training "
+    lines += ["", f"{summary['runs']} runs, {summary['grid_cpu_seconds'] / 60:.1f} CPU minutes of training "
               "(user + system of the `ponderlab run` children, from cpu_seconds.json; "
               f"{summary['runs_without_cpu']} runs have no record and count 0).", ""]
     return "\n".join(lines)
+
+
+def probe_table(root: Path) -> tuple[str, float]:
+    """Fixed depth 1, 2, 4 on each candidate task, per seed: test token accuracy (and CPU s)."""
+    groups = collect(root)
+    lines = ["Generated by `examples/adaptive_study/summarize.py` from runs/adaptive_study/probe; do not edit.",
+             "Fixed depth (`none`, 1 / 2 / 4 layers) on each candidate task: test token accuracy per seed "
+             "(exact match in brackets where it differs), the 1-to-4-layer gap, and CPU seconds per run.", "",
+             "| task | seed | 1 layer | 2 layers | 4 layers | gap 4 - 1 | CPU s (1 / 2 / 4 layers) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    cpu_total = 0.0
+    for task in sorted({t for t, _ in groups}):
+        seeds = sorted({r["seed"] for (t, _), runs in groups.items() if t == task for r in runs})
+        for seed in seeds:
+            cells, cpus, token = [], [], {}
+            for config in ("none_L1", "none_L2", "none_L4"):
+                run = next((r for r in groups.get((task, config), []) if r["seed"] == seed), None)
+                if run is None:
+                    cells.append("-")
+                    cpus.append("-")
+                    continue
+                token[config] = run["test/token_accuracy"]
+                exact = run["test/exact_match"]
+                cells.append(f"{token[config]:.3f}" + ("" if abs(exact - token[config]) < 1e-9 else f" ({exact:.3f})"))
+                cpus.append(f"{run['cpu_seconds']:.0f}" if run["cpu_seconds"] is not None else "n/m")
+                cpu_total += run["cpu_seconds"] or 0.0
+            gap = (f"{token['none_L4'] - token['none_L1']:+.3f}" if {"none_L1", "none_L4"} <= set(token) else "-")
+            lines.append(f"| {task} | {seed} | {' | '.join(cells)} | {gap} | {' / '.join(cpus)} |")
+    lines += ["", f"Probe: {cpu_total / 60:.1f} CPU minutes.", ""]
+    return "\n".join(lines), cpu_total
+
+
+def calibration_table(calibration: dict) -> tuple[str, float]:
+    lines = ["Generated by `examples/adaptive_study/summarize.py` from calibration.json; do not edit.",
+             "Compute calibration on seed 0: each trial's knob value and the validation mean layer "
+             "applications per token (target 2.0, stop within 0.1); the chosen value (closest) is used for every "
+             "seed. Inference-only knobs were searched by re-evaluating one trained run "
+             "(`ponderlab eval RUN halting.<knob>=value --split validation`).", "",
+             "| task | config | knob | trials: value -> validation layers/token (token accuracy) | chosen | CPU s |",
+             "|---|---|---|---|---:|---:|"]
+    cpu_total = 0.0
+    for task, configs in sorted(calibration.items()):
+        for config, record in sorted(configs.items()):
+            trials = "; ".join(f"{t['value']:.4g} -> " + (f"run failed ({t['failed'].split(': ', 1)[-1]})"
+                                                           if "failed" in t else
+                                                           f"{t['validation_mean_layers']:.2f} "
+                                                           f"({t['validation_token_accuracy']:.3f})")
+                               for t in record["trials"])
+            kind = " (inference only)" if record["inference_only"] else ""
+            lines.append(f"| {task} | {config} | `{record['key']}`{kind} | {trials} | {record['value']:.4g} "
+                         f"| {record['cpu_seconds']:.0f} |")
+            cpu_total += record["cpu_seconds"]
+    lines += ["", f"Calibration: {cpu_total / 60:.1f} CPU minutes (a trial equal to the grid's seed-0 run is "
+              "copied into the grid, not rerun; its CPU counts here, not in the grid).", ""]
+    return "\n".join(lines), cpu_total
 
 
 def main() -> None:
@@ -135,12 +200,25 @@ def main() -> None:
     parser.add_argument("root", type=Path, nargs="?", default=Path("runs/adaptive_study"))
     parser.add_argument("--out", type=Path, default=Path("docs/results/adaptive_study"))
     args = parser.parse_args()
-    summary = summarize(collect(args.root))
     args.out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(collect(args.root / "grid"))
+    probe, summary["probe_cpu_seconds"] = probe_table(args.root / "probe")
+    path = args.out / "calibration.json"
+    calibration, summary["calibration_cpu_seconds"] = calibration_table(json.loads(path.read_text())
+                                                                        if path.exists() else {})
+    copied = sum(r["copied"] for r in summary["rows"])
+    summary["grid_cpu_seconds"] = summary["cpu_seconds_total"]
+    summary["cpu_seconds_total"] = summary["grid_cpu_seconds"] + summary["probe_cpu_seconds"] + \
+        summary["calibration_cpu_seconds"]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "probe.md").write_text(probe)
+    (args.out / "calibration.md").write_text(calibration)
     text = table(summary)
+    text += (f"\nAll of the study: {summary['cpu_seconds_total'] / 60:.1f} CPU minutes (probe "
+             f"{summary['probe_cpu_seconds'] / 60:.1f}, calibration {summary['calibration_cpu_seconds'] / 60:.1f}, "
+             f"grid {summary['grid_cpu_seconds'] / 60:.1f}; {copied} grid runs copied from the calibration).\n")
     (args.out / "table.md").write_text(text)
-    print(text)
+    print(probe, calibration, text, sep="\n")
 
 
 if __name__ == "__main__":
