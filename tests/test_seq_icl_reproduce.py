@@ -49,3 +49,53 @@ def test_gpu_spec_is_seq_icl_budget(registry):
         assert checked.backbone.d_model == 32 and checked.backbone.n_layers == 2
         assert checked.training.steps == 62800 and checked.training.warmup_steps == 6280
     assert tspec.options.resources.gpu == 1
+
+
+def _fake_search(directory: Path, rows: list[tuple[str, int, str, float | None]]) -> None:
+    """A search directory as `ponderlab tune` leaves it: tune_spec.yaml and results.csv."""
+    directory.mkdir(parents=True)
+    (directory / "tune_spec.yaml").write_text(yaml.safe_dump(
+        {"search": {"training.lr": {"grid": [0.001, 0.003]}, "seed": {"grid": [0, 1, 2]}}}))
+    lines = ["trial,status,training.lr,seed,validation/exact_match,test/exact_match,run_dir"]
+    for i, (lr, seed, status, value) in enumerate(rows):
+        shown = "" if value is None else value
+        lines.append(f"t{i},{status},{lr},{seed},{shown},{shown},runs/t{i}")
+    (directory / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_setting_is_chosen_by_its_mean_over_seeds_not_its_best_seed(tmp_path):
+    reproduce = load_reproduce()
+    search = tmp_path / "search"
+    # lr 0.001 has the single best trial (seed 0 at 1.0) but a bad mean; lr 0.003 is robust.
+    _fake_search(search, [("0.001", 0, "completed", 1.0), ("0.001", 1, "completed", 0.44),
+                          ("0.001", 2, "completed", 0.39), ("0.003", 2, "completed", 0.97),
+                          ("0.003", 0, "completed", 0.99), ("0.003", 1, "completed", 0.96)])
+    ranked = reproduce.settings(search)
+    assert [g["config"] for g in ranked] == [{"training.lr": "0.003"}, {"training.lr": "0.001"}]
+    assert [t["_seed"] for t in ranked[0]["trials"]] == [0, 1, 2]
+    assert ranked[0]["mean"] == pytest.approx((0.99 + 0.96 + 0.97) / 3)
+    assert ranked[0]["min"] == pytest.approx(0.96)
+    table = reproduce.settings_markdown(search)
+    assert "| training.lr=0.003 | 0, 1, 2 | 0.990, 0.960, 0.970 | 0.973 | 0.960 |" in table
+
+
+def test_failed_trials_do_not_count_towards_a_mean(tmp_path):
+    reproduce = load_reproduce()
+    search = tmp_path / "search"
+    _fake_search(search, [("0.001", 0, "completed", 0.5), ("0.001", 1, "error", None),
+                          ("0.003", 0, "error", None), ("0.003", 1, "error", None)])
+    ranked = reproduce.settings(search)
+    assert ranked[0]["config"] == {"training.lr": "0.001"}
+    assert ranked[0]["values"] == [0.5] and ranked[0]["failed"] == 1
+    assert ranked[1]["values"] == [] and ranked[1]["failed"] == 2
+    assert reproduce.best_setting(search)["config"] == {"training.lr": "0.001"}
+
+
+def test_a_setting_missing_a_seed_ranks_below_complete_ones(tmp_path):
+    reproduce = load_reproduce()
+    search = tmp_path / "search"
+    # lr 0.003 has the higher mean but only 2 of its 3 seeds finished.
+    _fake_search(search, [("0.001", 0, "completed", 0.99), ("0.001", 1, "completed", 0.98),
+                          ("0.001", 2, "completed", 0.97), ("0.003", 0, "completed", 1.0),
+                          ("0.003", 1, "completed", 1.0), ("0.003", 2, "error", None)])
+    assert [g["config"] for g in reproduce.settings(search)] == [{"training.lr": "0.001"}, {"training.lr": "0.003"}]
