@@ -43,8 +43,8 @@ class BlockContext:
     layer:  index of the distinct layer being applied.
     hop:    hop index n inside the current ponder loop (0-based); a block may add a
             depth signal from it (the Universal Transformer does). `step` is its
-            deprecated old name: `BlockContext(step=n)` and `context.step` still work and
-            warn (it is not a field: `dataclasses.replace` and `fields` know `hop` only).
+            deprecated old name, read-only (not a field: the core builds contexts, and
+            `BlockContext(step=n)` is a TypeError).
     active: optional (B, L) bool mask of the tokens that still take this hop (None: all).
             The core keeps the others' previous state whatever the block returns for
             them; a block may skip their work. To compute a subset of tokens by rows,
@@ -68,21 +68,6 @@ class BlockContext:
         """Deprecated name of `hop`."""
         warnings.warn("BlockContext.step is deprecated; read BlockContext.hop", DeprecationWarning, stacklevel=2)
         return self.hop
-
-
-_block_context_init = BlockContext.__init__
-
-
-def _init_with_old_hop_name(self: BlockContext, *args: Any, step: int | None = None, **kwargs: Any) -> None:
-    if step is not None:
-        if "hop" in kwargs or len(args) > 1:
-            raise TypeError("BlockContext: give hop only (step is its deprecated old name)")
-        warnings.warn("BlockContext(step=...) is deprecated; pass hop=...", DeprecationWarning, stacklevel=2)
-        kwargs["hop"] = step
-    _block_context_init(self, *args, **kwargs)
-
-
-BlockContext.__init__ = _init_with_old_hop_name  # dataclass fields plus the old keyword `step`
 
 
 class Block(nn.Module):

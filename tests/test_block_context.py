@@ -1,4 +1,4 @@
-"""BlockContext names the hop index `hop`; `step` is its deprecated old name, read or passed."""
+"""BlockContext names the hop index `hop`; `step` is a deprecated read-only alias."""
 
 import dataclasses
 
@@ -18,12 +18,5 @@ def test_step_is_read_only_and_not_a_field():
     context = BlockContext()
     with pytest.raises(AttributeError):
         context.step = 2
-    assert "step" not in {f.name for f in dataclasses.fields(dataclasses.replace(context, hop=1))}
-
-
-def test_step_is_accepted_as_the_hop_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match="pass hop"):
-        context = BlockContext(layer=2, step=3)
-    assert context.hop == 3 and context.layer == 2
-    with pytest.raises(TypeError, match="give hop only"):
-        BlockContext(hop=1, step=1)
+    with pytest.raises(TypeError):
+        BlockContext(step=1)
