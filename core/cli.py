@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .errors import PonderlabError
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # renamed spec keys still load; say so on the command line, where DeprecationWarnings are hidden
+    warnings.filterwarnings("default", message="spec key ", category=DeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
@@ -11,9 +10,8 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, mod
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.errors import SpecError
 
+#: the CLI shows DeprecationWarnings that start "spec key" (core/cli.py)
 RENAMED = "spec key halting.max_steps is deprecated: it is now halting.max_hops (same meaning)"
-# news for people running the CLI, where DeprecationWarnings are hidden by default
-warnings.filterwarnings("default", message=re.escape(RENAMED), category=DeprecationWarning)
 
 
 class ACTConfig(HaltingConfig):
