@@ -17,9 +17,14 @@ class PackedTokens:
     hop are written when it halts, and the rows shrink to the tokens still running."""
 
     def __init__(self, state: Tensor, hop: PackedHops):
-        self.shape, self.dtype, self.rows_hop = state.shape, state.dtype, hop.rows
-        self.rows = self.states = self.sums = self.output = None  # running rows (K,) (None: all), (K, D) x2, (B*L, D)
-        self.active, self.weights = None, []  # halting units see packed rows only; p_n (B*L,) each
+        self.shape, self.dtype = state.shape, state.dtype
+        self.rows_hop = hop.rows
+        self.rows: Tensor | None = None  # (K,) flat indices of the running tokens; None: all
+        self.states: Tensor | None = None  # (K, D)
+        self.sums: Tensor | None = None  # (K, D) sum_n p_n s_n of the running tokens
+        self.output: Tensor | None = None  # (B*L, D)
+        self.weights: list[Tensor] = []  # p_n, (B*L,) each
+        self.active = None  # halting units see packed rows only
         self.halt_index = torch.zeros(state.shape[:-1].numel(), dtype=torch.long, device=state.device)
 
     def hop(self, n: int) -> Tensor:
@@ -52,5 +57,6 @@ class PackedTokens:
 
     def result(self) -> tuple[Tensor, list[Tensor], Tensor]:
         """(output (B, L, D) in the state's dtype, p_n (B, L) per hop, N - 1 (B, L))."""
-        batch = self.shape[:-1]
-        return self.output.view(self.shape).to(self.dtype), [w.view(batch) for w in self.weights], self.halt_index.view(batch)
+        batch_shape = self.shape[:-1]
+        output = self.output.view(self.shape).to(self.dtype)
+        return output, [weight.view(batch_shape) for weight in self.weights], self.halt_index.view(batch_shape)

@@ -16,9 +16,12 @@ class RunningTokens:
 
     def __init__(self, state: Tensor):
         mode = speculation_mode(state)
-        self.speculative, self.adaptive = mode != "exact", mode == "auto"
+        self.speculative = mode != "exact"
+        self.adaptive = mode == "auto"
         self.active: Tensor | None = None  # the `active` argument of the next hop
-        self._any_running = self._copied = self._hop_queued = None  # host copy; CUDA events: copied, hop done
+        self._any_running: Tensor | None = None  # host copy, in flight after a speculative record
+        self._copied: torch.cuda.Event | None = None  # marks the end of that copy
+        self._hop_queued: torch.cuda.Event | None = None  # marks the end of the last hop (auto)
 
     def record(self, running: Tensor) -> bool:
         """Note the (B, L) mask after a hop; False when the loop must stop now."""

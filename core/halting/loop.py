@@ -22,6 +22,7 @@ from torch import Tensor
 from ponderlab.core.early_exit import PackedHops, PackedTokens, RunningTokens
 from ponderlab.core.interfaces import HopFn, PonderOutput
 
+from .outputs import accumulate
 from .units import accumulation_dtype
 
 #: halting_probability(n, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
@@ -66,7 +67,8 @@ class DenseTokens(RunningTokens):
     def __init__(self, state: Tensor, hop: HopFn):
         super().__init__(state)
         self.state, self.hop_fn = state, hop
-        self.output, self.weights = None, []  # sum_n p_n s_n (B, L, D); p_n (B, L) per hop
+        self.output: Tensor | None = None  # sum_n p_n s_n, (B, L, D)
+        self.weights: list[Tensor] = []  # p_n, (B, L) each
         self.halt_index = torch.zeros(state.shape[:-1], dtype=torch.long, device=state.device)  # N - 1
 
     def hop(self, n: int) -> Tensor | None:
@@ -77,8 +79,8 @@ class DenseTokens(RunningTokens):
         self.weights.append(weight)
         if self.output is None:  # state first: the product keeps the state's memory layout
             self.output = self.state * weight.unsqueeze(-1)
-        else:  # in place is autograd-safe: addcmul's backward needs only weight and state
-            self.output.addcmul_(weight.unsqueeze(-1), self.state.to(self.output.dtype))
+        else:
+            self.output = accumulate(self.output, weight, self.state)
         if running is None:
             return None
         self.halt_index += running  # a running token halts at a later hop
