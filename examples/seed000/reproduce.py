@@ -236,11 +236,11 @@ def random_points(grid: dict, runs: Path, tasks, backbones, seeds) -> list[tuple
                 if not differs(acc, none):
                     continue
                 hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
-                cap = grid["haltings"][act]["max_steps"]
+                cap = grid["haltings"][act]["max_hops"]
                 label = f"random_{act}"
                 for seed in seeds:
                     spec = compose(grid, task, backbone, label, seed,
-                                   {"max_steps": cap, "mean_hops": round(min(max(hops, 1.0), cap), 4)})
+                                   {"max_hops": cap, "mean_hops": round(min(max(hops, 1.0), cap), 4)})
                     points.append((spec, runs / spec["name"]))
     return points
 
