@@ -49,8 +49,10 @@ def build_spec_model(registry: Registry) -> type[SpecBase]:
             raise PluginError(
                 f"no {kind} plugins are installed (check `ponderlab plugins`){registry.why_missing()}"
             )
-        default = DEFAULT_HALTING if section == "halting" and "none" in registry.plugins[kind] else ...
-        fields[section] = (_union(configs), default)
+        if section == "halting" and "none" in registry.plugins[kind]:  # no halting section: `none`
+            fields[section] = (_union(configs), Field(DEFAULT_HALTING, validate_default=True))
+        else:
+            fields[section] = (_union(configs), ...)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
     fields["distributed"] = (DistributedConfig, Field(default_factory=DistributedConfig))
     return create_model("ExperimentSpec", __base__=SpecBase, **fields)

@@ -57,6 +57,14 @@ def test_good_spec_validates_into_plugin_configs(tmp_path):
     assert spec.training.steps == 5
 
 
+def test_a_spec_without_a_halting_section_runs_with_halting_none(tmp_path):
+    text = GOOD.split("halting:")[0] + "training:\n  steps: 5\n"
+    spec = load_spec(write(tmp_path, text))
+    assert spec.halting.name == "none" and type(spec.halting).__name__ != "dict"
+    assert spec.halting.scope == "layer"  # the `none` config's own default, validated
+    assert "halting" in spec.model_dump() and spec.model_dump()["halting"]["name"] == "none"
+
+
 def test_unknown_key_names_dotted_path_and_line(tmp_path):
     path = write(tmp_path, GOOD.replace("  max_hops: 3", "  max_hop: 3"))
     err = error_of(path)
