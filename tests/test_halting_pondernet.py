@@ -64,6 +64,26 @@ def test_kl_direction_is_p_to_prior():
     assert math.isfinite(kl_to_prior(torch.tensor([1.0, 0.0, 0.0], dtype=D64), g).item())
 
 
+def test_a_saturated_lambda_gives_zero_mass_a_finite_kl_and_finite_gradients():
+    # sigmoid(20) is 1.0 in float32: p = (0.5, 0.5, 0, 0) exactly, the case that made training runs NaN
+    logits = torch.tensor([[0.0, 20.0, 0.0, 0.0]], requires_grad=True)
+    p = halting_distribution(torch.sigmoid(logits))
+    assert p[0, 2].item() == 0.0 and p[0, 3].item() == 0.0
+    g = truncated_geometric(0.34, 4)
+    kl = kl_to_prior(p, g)
+    by_hand = sum(0.5 * math.log(0.5 / g[k].item()) for k in (0, 1))  # 0 log 0 = 0 for the rest
+    assert kl.item() == pytest.approx(by_hand, rel=1e-5)
+    kl.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    # away from 0 the gradient is the formula's: d KL / d logit_0 in float64 against autograd of the plain formula
+    x = torch.tensor([[0.3, -0.2, 0.1, 0.0]], dtype=D64, requires_grad=True)
+    q = halting_distribution(torch.sigmoid(x))
+    plain = (q * (q.log() - truncated_geometric(0.34, 4, dtype=D64).log())).sum()
+    (expected,) = torch.autograd.grad(plain, x)
+    (got,) = torch.autograd.grad(kl_to_prior(halting_distribution(torch.sigmoid(x)), truncated_geometric(0.34, 4, dtype=D64)).sum(), x)
+    assert torch.allclose(got, expected, atol=1e-12)
+
+
 def test_training_outputs_by_hand():
     strategy = site(lambda_p=0.5, beta=0.1).train()
     hop = scripted()

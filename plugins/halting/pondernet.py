@@ -83,8 +83,13 @@ def truncated_geometric(lambda_p: float, n: int, *, dtype=torch.float32, device=
 
 
 def kl_to_prior(p: Tensor, prior: Tensor) -> Tensor:
-    """(..., N) -> (...): KL(p || prior) = sum_n p_n (log p_n - log prior_n), 0 log 0 = 0."""
-    return (torch.xlogy(p, p) - p * torch.log(prior)).sum(-1)
+    """(..., N) -> (...): KL(p || prior) = sum_n p_n (log p_n - log prior_n), 0 log 0 = 0.
+
+    p_n is exactly 0 once a lambda saturates to 1 in float32; log p_n is taken of p_n clamped
+    to the dtype's smallest normal there, so the value is still 0 and the gradient stays finite
+    (xlogy(p, p)'s gradient at 0 is NaN, which ruined training runs)."""
+    log_p = torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+    return (p * (log_p - torch.log(prior))).sum(-1)
 
 
 class PonderNet(HaltingStrategy):
