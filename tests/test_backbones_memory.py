@@ -281,7 +281,7 @@ def swap_backbone(model, cls):
 
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_armt_writes_once_per_layer_per_segment_and_reads_every_hop(scope):
-    model = swap_backbone(build("armt", {"name": "constant", "steps": 3, "scope": scope}), CountingARMT)
+    model = swap_backbone(build("armt", {"name": "constant", "hops": 3, "scope": scope}), CountingARMT)
     model(torch.randint(0, VOCAB, (2, 12)))  # 3 segments, 2 layers, 3 hops each
     backbone = model.backbone
     assert sorted(backbone.writes) == [0, 0, 0, 1, 1, 1]
@@ -301,7 +301,7 @@ def leaks_future_tokens(model, position=6, length=8):
 
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_act_around_armt_layers_never_leaks_targets_through_memory(scope):
-    halting = {"name": "constant", "steps": 3, "scope": scope}
+    halting = {"name": "constant", "hops": 3, "scope": scope}
     model = build("armt", halting)
     enable_armt_values(model)
     assert not leaks_future_tokens(model)

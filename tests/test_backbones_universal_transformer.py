@@ -36,15 +36,15 @@ def test_sinusoidal_signal_by_hand():
 
 
 def test_one_shared_layer_whatever_the_number_of_hops():
-    few = build({"name": "constant", "steps": 1})
-    many = build({"name": "constant", "steps": 5})
+    few = build({"name": "constant", "hops": 1})
+    many = build({"name": "constant", "hops": 5})
     assert len(many.backbone.blocks) == 1
     count = sum(p.numel() for p in many.backbone.parameters())
     assert count == sum(p.numel() for p in few.backbone.parameters())
 
 
 def test_constant_depth_applies_the_shared_layer_per_hop_with_its_depth_index():
-    model = build({"name": "constant", "steps": 3})
+    model = build({"name": "constant", "hops": 3})
     calls = record_steps(model)
     model(torch.randint(0, 11, (2, 7)))
     assert calls == [(0, 0), (0, 1), (0, 2)]
@@ -64,7 +64,7 @@ def test_depth_signal_changes_the_layer_output(kind):
 
 
 def test_learned_depth_table_has_a_clear_limit():
-    model = build({"name": "constant", "steps": 3}, depth_embedding="learned", max_depth=2)
+    model = build({"name": "constant", "hops": 3}, depth_embedding="learned", max_depth=2)
     with pytest.raises(ValueError, match="hop 2 exceeds backbone.max_depth=2"):
         model(torch.randint(0, 11, (1, 4)))
 
@@ -73,7 +73,7 @@ HALTINGS = {
     "ut": {"name": "ut", "max_hops": 3},
     "graves": {"name": "graves", "max_hops": 3},
     "pondernet": {"name": "pondernet", "max_hops": 3},
-    "constant": {"name": "constant", "steps": 3},
+    "constant": {"name": "constant", "hops": 3},
 }
 
 

@@ -40,7 +40,7 @@ def test_build_model_from_spec_and_kwargs_agree():
         "seed": 1,
         "task": {"name": "binary_copy", "length": 4},
         "backbone": {"name": "lstm", "d_model": 8, "n_layers": 1},
-        "halting": {"name": "constant", "steps": 3},
+        "halting": {"name": "constant", "hops": 3},
     }
     from_spec = ponderlab.build_model(spec)
     from_kwargs = ponderlab.build_model(backbone=spec["backbone"], halting=spec["halting"], vocab_size=128, seed=1)

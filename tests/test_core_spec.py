@@ -126,8 +126,8 @@ def test_overrides_apply_and_are_typed(tmp_path):
 
 
 def test_override_switching_plugin_resets_its_section(tmp_path):
-    spec = load_spec(write(tmp_path, GOOD), ["halting.name=constant", "halting.steps=3"])
-    assert spec.halting.name == "constant" and spec.halting.steps == 3
+    spec = load_spec(write(tmp_path, GOOD), ["halting.name=constant", "halting.hops=3"])
+    assert spec.halting.name == "constant" and spec.halting.hops == 3
 
 
 def test_bad_override_key_names_the_override(tmp_path):

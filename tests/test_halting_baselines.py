@@ -34,19 +34,19 @@ def test_none_and_constant_hop_counts():
     depth = NoHalting(NoHaltingConfig(scope="depth"), d_model=4, n_layers=3)
     out = depth(state, counting_hop)
     assert out.output[..., 0].eq(3).all() and out.hops.eq(3).all()
-    constant = ConstantDepth(ConstantConfig(steps=3), d_model=4, n_layers=2)
+    constant = ConstantDepth(ConstantConfig(hops=3), d_model=4, n_layers=2)
     out = constant(state, counting_hop)
     assert out.output[..., 0].eq(3).all() and out.hops.eq(3).all() and out.ponder_cost.eq(0).all()
 
 
 def test_constant_in_depth_scope_exits_after_k_layers():
     hop = ScriptedHop(torch.zeros(1, 2, 4))
-    constant = ConstantDepth(ConstantConfig(scope="depth", steps=2), d_model=6, n_layers=4)
+    constant = ConstantDepth(ConstantConfig(scope="depth", hops=2), d_model=6, n_layers=4)
     out = constant(hop.initial_state(), hop)
     assert len(hop.calls) == 2 and out.hops.eq(2).all()
     assert out.output[..., 1].eq(1).all()  # the state after layer 2
-    with pytest.raises(SpecError, match="halting.steps"):
-        ConstantDepth(ConstantConfig(scope="depth", steps=5), d_model=6, n_layers=4)
+    with pytest.raises(SpecError, match="halting.hops"):
+        ConstantDepth(ConstantConfig(scope="depth", hops=5), d_model=6, n_layers=4)
 
 
 def test_two_point_hops_have_the_requested_mean():

@@ -18,7 +18,7 @@ TRANSFORMER = {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2
 
 SUPPORTED = [
     ("none", "layer", {}), ("none", "model", {}), ("none", "depth", {}),
-    ("constant", "layer", {"steps": 2}), ("constant", "model", {"steps": 2}), ("constant", "depth", {"steps": 1}),
+    ("constant", "layer", {"hops": 2}), ("constant", "model", {"hops": 2}), ("constant", "depth", {"hops": 1}),
     ("random", "layer", {"mean_hops": 1.5, "max_hops": 3}), ("random", "model", {"mean_hops": 2.0}),
     ("random", "depth", {"mean_hops": 1.5}),
     ("graves", "layer", {"max_hops": 3}), ("graves", "model", {"max_hops": 3}), ("graves", "depth", {}),
@@ -81,7 +81,7 @@ def test_invalid_combinations_are_spec_errors(halting, path, message):
     "halting, path",
     [
         ({"name": "pondernet", "scope": "layer"}, "halting.scope"),  # 2 layers: no single head-facing site
-        ({"name": "constant", "scope": "depth", "steps": 3}, "halting.steps"),
+        ({"name": "constant", "scope": "depth", "hops": 3}, "halting.hops"),
         ({"name": "random", "scope": "depth", "mean_hops": 2.5}, "halting.mean_hops"),
     ],
 )

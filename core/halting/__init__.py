@@ -3,7 +3,8 @@
     from ponderlab.core.halting import ACTConfig, CumulativeHalting, HaltingUnit
 
 * contracts: `HaltingStrategy`, `HaltingConfig`, `PonderOutput`, `HopFn`;
-* `ACTConfig`: `max_hops` and the depth-scope check; `require_scope`, `depth_cap_error`;
+* `ACTConfig`: `max_hops` and the depth-scope check; `require_scope`, `depth_cap_error`,
+  `renamed_key` (an option's old spec key loads with a DeprecationWarning);
 * units: `HaltingUnit` (linear), `HaltingMLP`, `logit`, `accumulation_dtype`;
 * the one cumulative ACT loop (`cumulative_halting_loop`, `CumulativeHalting`), and
   tensor2tensor's per-hop bookkeeping (`t2t_hop_update`, for `ut`-style strategies);
@@ -17,7 +18,7 @@ from ponderlab.core.config import HaltingConfig, Scope
 from ponderlab.core.early_exit import RunningTokens
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
-from .config import ACTConfig, depth_cap_error, require_scope
+from .config import ACTConfig, depth_cap_error, renamed_key, require_scope
 from .cumulative import CumulativeHalting
 from .head import ExitHead, takes_keyword
 from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
@@ -46,6 +47,7 @@ __all__ = [
     "fixed_hops_output",
     "interpolation_weights",
     "logit",
+    "renamed_key",
     "require_scope",
     "t2t_hop_update",
     "takes_keyword",

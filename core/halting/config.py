@@ -10,8 +10,18 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, mod
 from ponderlab.core.config import HaltingConfig
 from ponderlab.core.errors import SpecError
 
-#: the CLI shows DeprecationWarnings that start "spec key" (core/cli.py)
-RENAMED = "spec key halting.max_steps is deprecated: it is now halting.max_hops (same meaning)"
+
+def renamed_key(data: Any, old: str, new: str) -> Any:
+    """Map a halting option's old spec key to its new name, with a DeprecationWarning
+    (the CLI shows those that start "spec key", core/cli.py); both keys is one error.
+    For a config's `model_validator(mode="before")`."""
+    if isinstance(data, dict) and old in data:
+        if new in data:
+            raise ValueError(f"give {new} only: {old} is its old name")
+        warnings.warn(f"spec key halting.{old} is deprecated: it is now halting.{new} (same meaning)",
+                      DeprecationWarning, stacklevel=3)
+        data = {(new if key == old else key): value for key, value in data.items()}
+    return data
 
 
 class ACTConfig(HaltingConfig):
@@ -31,12 +41,7 @@ class ACTConfig(HaltingConfig):
     @model_validator(mode="before")
     @classmethod
     def _old_cap_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "max_steps" in data:
-            if "max_hops" in data:
-                raise ValueError("give max_hops only: max_steps is its old name")
-            warnings.warn(RENAMED, DeprecationWarning, stacklevel=2)
-            data = {("max_hops" if key == "max_steps" else key): value for key, value in data.items()}
-        return data
+        return renamed_key(data, "max_steps", "max_hops")
 
     @model_validator(mode="after")
     def _no_cap_in_depth_scope(self):
