@@ -88,7 +88,8 @@ SPLIT_FROM_OLD = {
     "core/early_exit/running.py", "core/halting/__init__.py", "core/halting/config.py",
     "core/halting/cumulative.py", "core/halting/loop.py", "core/halting/outputs.py",
     "core/halting/units.py", "core/halting/t2t.py", "core/tasks.py", "core/run_records.py",
-    "plugins/tasks/babi_vocab.py", "plugins/backbones/row_attention.py",
+    "plugins/tasks/babi_vocab.py", "plugins/backbones/row_attention.py", "core/training_step.py",
+    "core/trainer_checkpoints.py",
 }
 
 

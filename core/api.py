@@ -26,7 +26,7 @@ from .run import build_model_from_spec, execute
 from .run import build_task as _build_task_from_spec
 from .spec import SpecBase, apply_overrides, read_spec_file, resolve_spec, validate_spec
 from .spec import load_spec as _load_spec
-from .trainer import evaluate_dataset, pick_device
+from .training_step import evaluate_dataset, pick_device
 
 
 def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SpecBase:
@@ -93,7 +93,7 @@ def train_step(
 ) -> dict[str, float]:
     """One optimisation step (the Trainer's: autocast, NaN check, clipping); returns loss,
     task loss and mean hops per token."""
-    from .trainer import optimisation_step
+    from .training_step import optimisation_step
 
     device = next(model.parameters()).device
     batch = {"input_ids": input_ids, "labels": labels}

@@ -256,7 +256,7 @@ def evaluate_run(
     import torch
 
     from .data import TensorDataset
-    from .trainer import evaluate_dataset, pick_device
+    from .training_step import evaluate_dataset, pick_device
 
     if split not in SPLITS:
         raise SpecError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})", path="--split")

@@ -61,7 +61,7 @@ def split_summary(profile: dict, results: dict, split: str, hop_cap: float, laye
 @torch.no_grad()
 def batch_hops(model: PonderModel, batch: dict[str, torch.Tensor], device, precision: str = "auto"):
     """Eval-mode hops (B, L) of one batch, with its mask and labels (all on CPU)."""
-    from .trainer import autocast_for
+    from .training_step import autocast_for
 
     was_training = model.training
     model.eval()

@@ -1,134 +1,43 @@
-"""The training loop: AdamW, warmup + cosine, clipping, periodic validation, checkpoints, resume."""
+"""The training loop: periodic logging, validation and checkpoints, then the test.
+
+The step itself (autocast, NaN check, clipping, AdamW, warmup + cosine) is in
+`training_step`, the checkpoint-resume glue in `trainer_checkpoints`; the step's
+helpers are re-exported here, where they always were.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from . import checkpoint as ckpt
 from .config import TrainingConfig
 from .curriculum import Curriculum
 from .data import BatchPlan, TensorDataset
-from .distributed.group import LocalGroup, StepTotals
-from .errors import CheckpointError, NonFiniteLossError
+from .distributed.group import LocalGroup
 from .interfaces import Task, TaskData
 from .metrics import MetricAccumulator
 from .model import PonderModel
-from .run_records import metric_lines
+from .trainer_checkpoints import TrainerCheckpoints
+from .training_step import (
+    autocast_for,
+    evaluate_dataset,
+    lr_factor,
+    make_optimizer,
+    optimisation_step,
+    pick_device,
+)
+
+__all__ = ["Trainer", "autocast_for", "evaluate_dataset", "lr_factor", "make_optimizer", "optimisation_step",
+           "pick_device"]
 
 
-def pick_device(choice: str = "auto") -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (precision auto/bf16), nothing on CPU unless bf16 is asked for."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def lr_factor(step: int, config: TrainingConfig) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
-
-
-def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on biases, norms, halting biases);
-    the groups a backbone declares (`Backbone.optimizer_groups`) keep their own options."""
-    declare = getattr(getattr(model, "backbone", None), "optimizer_groups", None)
-    own = declare(lr=config.lr, weight_decay=config.weight_decay) if declare else []
-    claimed = {id(param) for group in own for param in group["params"]}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad and id(param) not in claimed:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        *own,
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-
-
-@torch.no_grad()
-def evaluate_dataset(
-    model: PonderModel,
-    data: TensorDataset,
-    *,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "auto",
-    limit: int | None = None,
-    slice_columns: tuple[str, ...] = (),
-) -> MetricAccumulator:
-    """Teacher-forced evaluation on the scored positions of a split."""
-    was_training = model.training
-    model.eval()
-    accumulator = MetricAccumulator(slice_columns)
-    for batch in data.sequential_batches(batch_size, limit):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast_for(device, precision):
-            out = model(batch["input_ids"], mask=batch["mask"])
-        accumulator.update(out.logits, batch["labels"], out.stats, batch["mask"], batch)
-    model.train(was_training)
-    return accumulator
-
-
-def optimisation_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
-    *,
-    device: torch.device,
-    precision: str,
-    grad_clip: float | None,
-    step: int,
-    checkpoint_dir: Path | None = None,
-    group: LocalGroup | None = None,
-) -> tuple[StepTotals, float]:
-    """Forward under autocast, NaN check, backward, clipping, optimizer step: (totals, grad norm).
-
-    The one training step, used by `Trainer.train_step` (one process, or one of N
-    data-parallel workers through `group`) and `ponderlab.train_step`. `model` is what runs
-    the forward pass (the PonderModel, or its DDP wrapper); `group` takes this worker's rows
-    of the global batch and reduces the step's numbers over every worker.
-    """
-    group = group or LocalGroup()
-    model.train()
-    batch = {k: v.to(device) for k, v in group.shard(batch).items()}
-    with autocast_for(device, precision):
-        out = model(batch["input_ids"], labels=batch["labels"], mask=batch.get("mask"))
-    totals = group.reduce_step(out, batch)  # over the whole global batch
-    if not torch.isfinite(totals.loss):
-        raise NonFiniteLossError(f"non-finite loss ({float(totals.loss)}) at step {step}; {ckpt.last_good(checkpoint_dir)}")
-    optimizer.zero_grad(set_to_none=True)
-    totals.objective.backward()
-    grad_norm = float("nan")
-    if grad_clip:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    optimizer.step()
-    return totals, grad_norm
-
-
-class Trainer:
+class Trainer(TrainerCheckpoints):
     """Trains a PonderModel on a task; owns the optimizer, schedule, logs and checkpoints."""
 
     def __init__(
@@ -238,95 +147,6 @@ class Trainer:
             limit=limit,
             slice_columns=self.task.slice_columns,
         )
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "torch_rng": torch.get_rng_state(),
-        }
-        if self.curriculum is not None:
-            state["curriculum"] = self.curriculum.state_dict()
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def save_checkpoint(self) -> Path | None:
-        if self.checkpoint_dir is None:
-            return None
-        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # never let a broken state replace the last good checkpoint
-            raise NonFiniteLossError(
-                f"non-finite parameters after step {self.step} ({', '.join(bad[:3])}"
-                f"{', ...' if len(bad) > 3 else ''}); {ckpt.last_good(self.checkpoint_dir)}"
-            )
-        path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
-        ckpt.save_checkpoint(self.state_dict(), path)
-        ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
-        return path
-
-    def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{source}: not a ponderlab checkpoint (holds a {type(state).__name__})")
-        try:
-            self.model.load_state_dict(state["model"])
-            if self.curriculum is not None:  # the stage's optimizer and schedule, then their states
-                self.curriculum.load_state_dict(state["curriculum"], self)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step = int(state["step"])
-            self.elapsed = float(state.get("elapsed", 0.0))
-            torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{source}: does not match this model ({type(exc).__name__}: {exc})") from None
-
-    def resume(self) -> bool:
-        """Continue from the newest intact checkpoint in the run dir; False when there is none.
-
-        A damaged newer checkpoint (cut short by a crash or a full disk) is reported on
-        stderr and the one before it is used; none intact is a CheckpointError.
-        """
-        if self.checkpoint_dir is None:
-            return False
-        found = ckpt.list_checkpoints(self.checkpoint_dir)
-        damaged = []
-        for _, path in reversed(found):
-            try:
-                self.load_state(ckpt.load_checkpoint(path, self.device), str(path))
-            except CheckpointError as exc:
-                damaged.append(str(exc).strip().splitlines()[0])
-                continue
-            for reason in damaged:
-                print(f"warning: skipped a damaged checkpoint: {reason}; resuming from {path}", file=sys.stderr)
-            self._truncate_metrics()
-            return True
-        if damaged:
-            raise CheckpointError(f"no intact checkpoint to resume from: {'; '.join(damaged)}")
-        return False
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics.jsonl records the resumed run will write again (and lines cut short).
-
-        Kept: records up to the checkpoint's step, except a finished run's final validation
-        and test records, which `final_results` writes anew.
-        """
-        metrics_file = self.run_dir / "metrics.jsonl"
-        if not metrics_file.exists():
-            return
-        finished = self.step >= self.final_step()
-
-        def rewritten(record: dict[str, Any]) -> bool:
-            final = finished and record["step"] == self.step and record.get("split") in ("validation", "test")
-            return record["step"] > self.step or final
-
-        kept = [line for line, record in metric_lines(metrics_file) if not rewritten(record)]
-        ckpt.atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
     def final_step(self) -> int:
