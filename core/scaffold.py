@@ -183,11 +183,6 @@ def _template(relative: str) -> Template:
     return Template((resources.files("ponderlab.core") / "templates" / relative).read_text())
 
 
-def render_package(kind: str, name: str) -> dict[str, str]:
-    """The generated files of a one-plugin package: path inside the package folder -> text."""
-    return render_plugins(plan([(kind, name)]))
-
-
 def render_plugins(plugins: list[PluginNames]) -> dict[str, str]:
     """The generated files of a package holding `plugins` (see `plan`)."""
     shared = package_fields(plugins)
@@ -203,11 +198,6 @@ def render_plugins(plugins: list[PluginNames]) -> dict[str, str]:
         files[names.module_path] = _template(f"{names.kind}/plugin.py.tmpl").substitute(fields)
         files[f"tests/test_{names.name}.py"] = _template("package/test_plugin.py.tmpl").substitute(fields)
     return files
-
-
-def write_package(kind: str, name: str, directory: str | Path = ".") -> Path:
-    """Write ponderlab-NAME/ under `directory`; refuse to overwrite a non-empty folder."""
-    return write_plugins(plan([(kind, name)]), directory)
 
 
 def write_plugins(plugins: list[PluginNames], directory: str | Path = ".") -> Path:

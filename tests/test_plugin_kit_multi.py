@@ -64,7 +64,7 @@ def test_several_plugins_need_a_package_name_and_distinct_names(tmp_path, capsys
 
 
 def test_one_plugin_keeps_the_one_module_layout():
-    files = scaffold.render_package("task", "solo_task")
+    files = scaffold.render_plugins(scaffold.plan([("task", "solo_task")]))
     assert "ponderlab_solo_task/__init__.py" in files
     assert '"task.solo_task" = "ponderlab_solo_task"' in files["pyproject.toml"]
 
