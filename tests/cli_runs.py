@@ -57,3 +57,23 @@ def one_error(result: subprocess.CompletedProcess, exit_code: int = 2) -> str:
 def every_file(folder: Path) -> list[str]:
     """Every path below `folder`, relative to it, sorted."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def resume_saved_with_old_key(tmp_path: Path, spec: dict, new: str, old: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `spec` to its end, make it a run saved before a key's rename (`new` -> `old` in
+    its spec.yaml) stopped after its step-2 checkpoint, and resume it: (the resume, run dir)."""
+    from ponderlab.core import checkpoint as ckpt
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "run"
+    first = cli("run", path, "--output-dir", run_dir, "--no-progress")
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = (run_dir / "spec.yaml").read_text()
+    assert new in saved
+    (run_dir / "spec.yaml").write_text(saved.replace(new, old))
+    for step, checkpoint in ckpt.list_checkpoints(run_dir / "checkpoints"):
+        if step > 2:
+            checkpoint.unlink()
+    (run_dir / "results.json").unlink()
+    return cli("run", "--resume", "--output-dir", run_dir, "--no-progress"), run_dir

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import yaml
-from cli_runs import TINY, cli
+from cli_runs import TINY, resume_saved_with_old_key
 from pydantic import ValidationError
 
 from ponderlab.core import checkpoint as ckpt
@@ -86,20 +86,7 @@ def test_a_tune_spec_searching_the_old_key_validates_every_point(tmp_path):
 def test_resume_of_a_run_saved_with_the_old_key(tmp_path):
     spec = {**TINY, "halting": {"name": "constant", "hops": 2},
             "training": {**TINY["training"], "checkpoint_every": 2, "eval_every": 2}}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    run_dir = tmp_path / "run"
-    first = cli("run", path, "--output-dir", run_dir, "--no-progress")
-    assert first.returncode == 0, first.stderr[-2000:]
-    # Make it a run saved before the rename, stopped after its step-2 checkpoint.
-    saved = (run_dir / "spec.yaml").read_text()
-    assert "hops: 2" in saved
-    (run_dir / "spec.yaml").write_text(saved.replace("hops: 2", "steps: 2"))
-    for step, checkpoint in ckpt.list_checkpoints(run_dir / "checkpoints"):
-        if step > 2:
-            checkpoint.unlink()
-    (run_dir / "results.json").unlink()
-    resumed = cli("run", "--resume", "--output-dir", run_dir, "--no-progress")
+    resumed, run_dir = resume_saved_with_old_key(tmp_path, spec, "hops: 2", "steps: 2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "halting.steps is deprecated" in resumed.stderr
     assert (run_dir / "results.json").is_file()

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 import yaml
-from cli_runs import TINY, cli
+from cli_runs import TINY, resume_saved_with_old_key
 from pydantic import Field, ValidationError
 
 from ponderlab.core import checkpoint as ckpt
@@ -83,20 +83,7 @@ def test_a_third_party_config_declaring_max_steps_is_told_to_rename_it():
 @pytest.mark.slow
 def test_resume_of_a_run_saved_with_the_old_key(tmp_path):
     spec = {**TINY, "training": {**TINY["training"], "checkpoint_every": 2, "eval_every": 2}}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    run_dir = tmp_path / "run"
-    first = cli("run", path, "--output-dir", run_dir, "--no-progress")
-    assert first.returncode == 0, first.stderr[-2000:]
-    # Make it a run saved before the rename, stopped after its step-2 checkpoint.
-    saved = (run_dir / "spec.yaml").read_text()
-    assert "max_hops: 3" in saved
-    (run_dir / "spec.yaml").write_text(saved.replace("max_hops: 3", "max_steps: 3"))
-    for step, checkpoint in ckpt.list_checkpoints(run_dir / "checkpoints"):
-        if step > 2:
-            checkpoint.unlink()
-    (run_dir / "results.json").unlink()
-    resumed = cli("run", "--resume", "--output-dir", run_dir, "--no-progress")
+    resumed, run_dir = resume_saved_with_old_key(tmp_path, spec, "max_hops: 3", "max_steps: 3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "halting.max_steps is deprecated" in resumed.stderr
     assert (run_dir / "results.json").is_file()
