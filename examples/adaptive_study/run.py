@@ -175,6 +175,8 @@ def _train(spec: Path, overrides: dict[str, object], seed: int, out: Path) -> di
                "--output-dir", str(out), "--no-progress"]
     if (out / "checkpoints").exists():
         command.append("--resume")
+    elif out.exists():  # killed before its first checkpoint: nothing to resume, start again
+        shutil.rmtree(out)
     before, start = cpu_seconds(), time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     spent = {"cpu_seconds": round(cpu_seconds() - before, 2), "wall_seconds": round(time.time() - start, 2),
