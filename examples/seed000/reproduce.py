@@ -10,7 +10,7 @@ Steps (each skipped when its output exists, so the same command resumes where it
 1. `ponderlab tune examples/seed000/search_tune.yaml` (fixed depth, halting none): the
    settings search; its trials are listed in docs/results/seed000/search.md. grid.yaml holds
    the settings chosen from it (the search does not rewrite grid.yaml).
-2. Every task x backbone x halting x seed of grid.yaml (`nice -n 10 ponderlab run`, one torch
+2. Every task x backbone x halting x seed of grid.yaml (`nice -n 10 ponderlab run`, `--nice`, one torch
    thread, `--jobs` at a time, seed-major so that every cell gets seed 0 before seed 1).
 3. `random` at equal mean hops for each (task, backbone, ACT halting) whose test token
    accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
@@ -82,12 +82,15 @@ def selected(names: list[str], wanted: str | None, what: str) -> list[str]:
     return chosen
 
 
+NICE = 10  # niceness of every child (--nice)
+
+
 def run_cli(args: list[str], logfile: Path) -> dict:
-    """`nice -n 10 ponderlab ...`; wall and CPU seconds of the child (os.wait4)."""
+    """`nice -n NICE ponderlab ...`; wall and CPU seconds of the child (os.wait4)."""
     started = time.perf_counter()
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "a") as handle:
-        proc = subprocess.Popen(["nice", "-n", "10", "ponderlab", *args], stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["nice", "-n", str(NICE), "ponderlab", *args], stdout=handle, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -195,10 +198,11 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def fmt(mean: float, half: float, digits: int = 3) -> str:
+def fmt(mean: float, half: float, digits: int = 3, signed: bool = False) -> str:
     if math.isnan(mean):
         return "-"
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.{digits}f}" if math.isnan(half) else f"{mean:{sign}.{digits}f} ± {half:.{digits}f}"
 
 
 def collect(runs: Path) -> dict[tuple[str, str, str], dict[int, dict]]:
@@ -245,6 +249,84 @@ def random_points(grid: dict, runs: Path, tasks, backbones, seeds) -> list[tuple
     return points
 
 
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of a minus mean of b, half-width of its 95% Welch interval and Welch's p (nan below 2 each)."""
+    import numpy as np
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return diff, math.nan, math.nan
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return diff, 0.0, math.nan
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    return diff, float(stats.t.ppf(0.975, df) * se), p
+
+
+def copy_baseline(grid: dict, task: str, seeds: list[int]) -> dict[int, dict[str, float]]:
+    """Copy-last-state and rule-from-context scores on each seed's test split (CA tasks only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed000_baselines", HERE / "baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {seed: module.ca_baselines(grid["tasks"][task], seed) for seed in seeds}
+
+
+def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str], haltings: list[str]) -> list[str]:
+    """Each halting against none (Welch), and each CA none row against copying the last state (paired by seed)."""
+    lines = ["## Against none (Welch, over seeds)", "",
+             "Difference of means (row minus none) with the half-width of its 95% Welch interval; p: Welch's "
+             "t-test on token accuracy. Few seeds: read p as a screen, not a test.", "",
+             "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | mean hops |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for task in tasks:
+        for backbone in backbones:
+            none = cells.get((task, backbone, "none"), {})
+            if len(none) < 2:
+                continue
+            for halting in haltings:
+                rows = cells.get((task, backbone, halting), {})
+                if halting == "none" or not rows:
+                    continue
+                tok = welch([r["test/token_accuracy"] for r in rows.values()],
+                            [r["test/token_accuracy"] for r in none.values()])
+                ex = welch([r["test/exact_match"] for r in rows.values()],
+                           [r["test/exact_match"] for r in none.values()])
+                hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
+                p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
+                lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | "
+                             f"{p} | {fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
+    lines += ["", "## Fixed depth against copying the last state (CA, paired by seed)", "",
+              "Row `none` minus the copy-last-state predictor on the same seed's test split: mean over seeds ± "
+              "half-width of the 95% t-interval. Near zero or below: the model has not learned the rule beyond "
+              "copying, and its ACT rows are no finding about ACT.", "",
+              "| task | backbone | seeds | Δ token accuracy | Δ exact match | rule from context (token / exact) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        if grid["tasks"][task].get("name") != "ca1d":
+            continue
+        seeds = sorted({s for b in backbones for s in cells.get((task, b, "none"), {})})
+        if not seeds:
+            continue
+        base = copy_baseline(grid, task, seeds)
+        rule_tok = sum(base[s]["rule/token_accuracy"] for s in seeds) / len(seeds)
+        rule_ex = sum(base[s]["rule/exact_match"] for s in seeds) / len(seeds)
+        for backbone in backbones:
+            rows = cells.get((task, backbone, "none"), {})
+            if not rows:
+                continue
+            tok = interval([rows[s]["test/token_accuracy"] - base[s]["copy/token_accuracy"] for s in sorted(rows)])
+            ex = interval([rows[s]["test/exact_match"] - base[s]["copy/exact_match"] for s in sorted(rows)])
+            lines.append(f"| {task} | {backbone} | {len(rows)} | {fmt(*tok, signed=True)} | {fmt(*ex, signed=True)} | "
+                         f"{rule_tok:.3f} / {rule_ex:.3f} |")
+    return lines + [""]
+
+
 def write_table(grid: dict, runs: Path, report: Path) -> None:
     cells = collect(runs)
     tasks = list(grid["tasks"])
@@ -288,6 +370,7 @@ def write_table(grid: dict, runs: Path, report: Path) -> None:
                     "exact_match": [rows[s]["test/exact_match"] for s in sorted(rows)],
                     "mean_hops": [rows[s]["test/mean_hops"] for s in sorted(rows)], "cpu_seconds": cpu}
         lines.append("")
+    lines += comparisons(grid, cells, tasks, backbones, haltings)
     planned = len(grid["tasks"]) * len(grid["backbones"]) * len(grid["haltings"]) * len(grid["seeds"])
     missing = [f"{t}/{b}" for t in tasks for b in backbones
                if not any((t, b, h) in cells for h in grid["haltings"])]
@@ -316,12 +399,15 @@ def main() -> int:
     parser.add_argument("--haltings")
     parser.add_argument("--seeds", help="comma-separated seeds (default: grid.yaml's)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of each training process (default 10)")
     parser.add_argument("--no-search", action="store_true", help="skip step 1")
     parser.add_argument("--no-random", action="store_true", help="skip step 3")
     parser.add_argument("--print-specs", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
+    global NICE
+    NICE = args.nice
     grid = yaml.safe_load(Path(args.grid).read_text())
     tasks = selected(list(grid["tasks"]), args.tasks, "task")
     backbones = selected(list(grid["backbones"]), args.backbones, "backbone")
