@@ -37,7 +37,7 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
         assert checked.training.num_threads == 1
 
 
-@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml"])
+@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
