@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
         assert checked.training.num_threads == 1
 
 
-@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml"])
+@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -99,3 +100,41 @@ def test_a_setting_missing_a_seed_ranks_below_complete_ones(tmp_path):
                           ("0.001", 2, "completed", 0.97), ("0.003", 0, "completed", 1.0),
                           ("0.003", 1, "completed", 1.0), ("0.003", 2, "error", None)])
     assert [g["config"] for g in reproduce.settings(search)] == [{"training.lr": "0.001"}, {"training.lr": "0.003"}]
+
+
+def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, monkeypatch):
+    """`--table-only --only ROW` from a runs/ copy that lacks other rows must not drop or rewrite them."""
+    reproduce = load_reproduce()
+    docs, root = tmp_path / "docs" / "results" / "seq_icl", tmp_path
+    docs.mkdir(parents=True)
+    monkeypatch.setattr(reproduce, "DOCS", docs)
+    monkeypatch.setattr(reproduce, "ROOT", root)
+    kept_row = {"row": "associative_recall_lstm", "task": "associative_recall", "backbone": "lstm", "width": 64,
+                "heads": None, "lr": 0.003, "steps": 3000, "train_size": 5000, "seeds": [0, 1, 2],
+                "test_exact_match": [44.6, 51.0, 46.8], "mean": 47.5, "min": 44.6, "max": 51.0, "std": 3.2,
+                "reference": 36.2, "chance": 100 / 9, "search_trials": 2, "search_cpu_seconds": 154.7,
+                "search_trial_seconds": 150.0, "seed_cpu_seconds_each": 75.0, "seed_cpu_seconds": 150.0,
+                "search": [], "target": "< 80", "target_met": True, "searched": "training.lr=0.003: 45.4 (n=1)"}
+    stale_row = {**kept_row, "row": "associative_recall_h3", "backbone": "h3", "mean": 1.0}
+    (docs / "table.json").write_text(json.dumps([kept_row, stale_row]))
+    (root / "docs" / "results.md").write_text("before\n<!-- begin: seq_icl table (reproduce.py) -->\nold\n"
+                                              "<!-- end: seq_icl table -->\nafter\n")
+    # a follow-up whose runs are not in this copy: its recorded budget still counts
+    (docs / "tried_gone.md").write_text('table\n\nBudget (process tree of `ponderlab tune`): {\n "cpu_seconds": 600.0,\n'
+                                        ' "wall_seconds": 900.0\n}\n')
+    (tmp_path / "runs" / "tried").mkdir(parents=True)
+    (tmp_path / "runs" / "tried" / "here.budget.json").write_text('{"cpu_seconds": 120.0, "wall_seconds": 1.0}')
+    assert reproduce.main(["--table-only", "--only", "associative_recall_h3", "--output-dir",
+                           str(tmp_path / "runs")]) == 0
+    rows = {r["row"]: r for r in json.loads((docs / "table.json").read_text())}
+    assert rows["associative_recall_lstm"] == kept_row  # not in --only: kept as it was
+    assert "associative_recall_h3" not in rows  # named but without runs here: not carried over
+    table = (docs / "table.md").read_text()
+    assert "47.5 [44.6, 51.0], n=3" in table
+    assert "kept as an earlier run wrote them into table.json: associative_recall_lstm." in table
+    missing = next(line for line in table.splitlines() if line.startswith("Rows with no finished"))
+    assert "associative_recall_h3" in missing and "associative_recall_lstm" not in missing
+    assert "not included: 12 CPU-minutes" in table  # 600 s recorded in docs + 120 s in runs/tried
+    pasted = (root / "docs" / "results.md").read_text()
+    assert pasted.startswith("before\n") and pasted.endswith("after\n") and "\nold\n" not in pasted
+    assert "47.5 [44.6, 51.0], n=3" in pasted

@@ -25,8 +25,10 @@ table; `--only` picks rows by glob on the stem, e.g. `--only 'associative_recall
 Everything is resumable: a search whose results.csv lists only completed trials is
 not searched again (an interrupted one is continued with `ponderlab tune DIR --resume`),
 a seed whose run directory holds results.json is not trained again. `--skip-search`
-uses the example spec as it is (for rows never searched, or to add seeds). Every
-training process runs under `nice -n 10` with one torch thread.
+uses the example spec as it is (for rows never searched, or to add seeds). With `--only`,
+the table is rewritten for the named rows only: the other rows are kept from table.json
+(`--table-only --only ROW` regenerates one row from a partial copy of runs/). Every
+training process runs under `nice -n 10` (`--nice`) with one torch thread.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # seqicl_tools.py is a module next to this script (examples/ is not a package)
+import seqicl_tools  # noqa: E402
 from seqicl_tools import describe, plot_curves, read_search, settings, settings_markdown, timed  # noqa: E402
 
 ROOT = HERE.parent.parent
@@ -85,7 +88,13 @@ SEARCH = {
             # rescued seed 1 only (runs/seq_icl/tried/). So: higher lr, 4000 steps, chosen over 3 seeds.
             "set": {"backbone.n_heads": 4, "backbone.ffn_size": 256, "training.steps": 4000,
                     "training.warmup_steps": 200},
-            "search": {"training.lr": {"grid": [2.0e-3, 3.0e-3]}, "seed": {"grid": [0, 1, 2]}}}},
+            "search": {"training.lr": {"grid": [2.0e-3, 3.0e-3]}, "seed": {"grid": [0, 1, 2]}}},
+            # lr 1e-3 at 3000 steps (chosen over 3e-3 on seed 0): test 87.8, 89.4, 69.8%, every seed
+            # still rising at step 3000 with no jump (runs/seq_icl/tried/associative_recall_h3_steps3000_seed0_search,
+            # docs/results/seq_icl/curve_superseded_associative_recall_h3_steps3000.png). So: twice the
+            # steps (warmup 5%), chosen over 3 seeds.
+            "h3": {"set": {"training.steps": 6000, "training.warmup_steps": 300},
+                   "search": {"training.lr": {"grid": [1.0e-3]}, "seed": {"grid": [0, 1, 2]}}}},
     },
     "induction_head": {
         # issue 30: width 64, 4 heads, lr 5e-4, 100k training sequences: chance until ~10k steps,
@@ -94,7 +103,15 @@ SEARCH = {
                 "training.warmup_steps": 2000, "training.eval_every": 2000, "training.batch_size": 32,
                 "training.weight_decay": 0.1},
         "search": {"training.lr": {"grid": [5.0e-4, 1.0e-3]}},
-        "by_backbone": {"transformer": {"set": {"backbone.n_heads": 4, "backbone.ffn_size": 256}}},
+        # transformer, lr 5e-4 (warmup 1000; the row's spec, run with `--skip-search`): test 89.4,
+        # 100.0, 79.2%, each seed leaving chance at a different step. lr 1e-3 at seed 0 stayed at
+        # chance for all 20000 steps (runs/seq_icl/tried/ih_transformer_lr1e-3_search, stopped after
+        # it: its 3-seed mean could no longer beat lr 5e-4's); 25000 steps at lr 5e-4 is the
+        # follow-up tune_ih_transformer_steps25000.yaml. The full search, seed-aware (6 trials,
+        # ~50 CPU-min), chooses between the two lrs:
+        "by_backbone": {"transformer": {
+            "set": {"backbone.n_heads": 4, "backbone.ffn_size": 256, "training.warmup_steps": 1000},
+            "search": {"training.lr": {"grid": [5.0e-4, 1.0e-3]}, "seed": {"grid": [0, 1, 2]}}}},
     },
 }
 TUNE = {"metric": "validation/exact_match", "mode": "max", "scheduler": "fifo", "max_concurrent_trials": 2,
@@ -320,7 +337,30 @@ def fmt(value, digits=1) -> str:
     return f"{value:.{digits}f}"
 
 
-def write_table(rows: list[dict], tried_cpu: float, missing: list[str]) -> None:
+def previous_rows() -> dict[str, dict]:
+    """The rows of the table as the last run of this script wrote them (table.json), by row name."""
+    path = DOCS / "table.json"
+    return {r["row"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
+BUDGET_MARKER = "Budget (process tree of `ponderlab tune`): "
+
+
+def tried_cpu_seconds(out: Path) -> float:
+    """CPU seconds of the follow-ups: OUT/tried/NAME.budget.json, and for a follow-up whose runs
+    are not in OUT, the budget its docs/results/seq_icl/tried_NAME.md recorded (each counted once)."""
+    seconds = {}
+    for page in DOCS.glob("tried_*.md"):
+        text = page.read_text()
+        if BUDGET_MARKER in text:
+            budget, _ = json.JSONDecoder().raw_decode(text.split(BUDGET_MARKER, 1)[1].lstrip())
+            seconds[page.stem.removeprefix("tried_")] = budget["cpu_seconds"]
+    for budget_file in (out / "tried").glob("*.budget.json"):
+        seconds[budget_file.name.removesuffix(".budget.json")] = json.loads(budget_file.read_text())["cpu_seconds"]
+    return sum(seconds.values())
+
+
+def write_table(rows: list[dict], tried_cpu: float, missing: list[str], kept: list[str] = ()) -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     lines = [
         "<!-- generated by examples/seq_icl/reproduce.py from runs/seq_icl; do not edit -->",
@@ -347,6 +387,9 @@ def write_table(rows: list[dict], tried_cpu: float, missing: list[str]) -> None:
     lines += [f"- {r['task']} {r['backbone']}: {r['searched']}" for r in rows if r["searched"]]
     if missing:
         lines += ["", "Rows with no finished search or seed (not in the table): " + ", ".join(missing) + "."]
+    if kept:
+        lines += ["", "Rows not regenerated by the last run (`--only` named other rows), kept as an earlier run "
+                      "wrote them into table.json: " + ", ".join(kept) + "."]
     lines += ["", f"Total CPU time of the runs in this table: {total / 60:.0f} CPU-minutes "
                   "(searches: process tree of `ponderlab tune`, Ray included; seeds: `ponderlab run`; "
                   f"follow-ups in runs/seq_icl/tried/ not included: {tried_cpu / 60:.0f} CPU-minutes)."]
@@ -371,12 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="Validate the searches, list what would run.")
     parser.add_argument("--parallel", type=int, default=1,
                         help="Training processes at once, searches included (default 1).")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="Niceness added to every training process (default 10).")
     parser.add_argument("--extra", action="append", default=[],
                         help="Also run the follow-up search examples/seq_icl/tune_NAME.yaml into OUT/tried/NAME.")
     args = parser.parse_args(argv)
 
     global PARALLEL
     PARALLEL = args.parallel
+    seqicl_tools.NICE = ["nice", "-n", str(args.nice)]
     out = Path(args.output_dir).resolve()
     specs = [p for p in HERE.glob("*.yaml") if not p.stem.startswith("tune")]
     specs.sort(key=lambda p: (row_info(p)[0], ORDER.index(row_info(p)[1]) if row_info(p)[1] in ORDER else 99))
@@ -395,14 +441,25 @@ def main(argv: list[str] | None = None) -> int:
         run_extra(HERE / f"tune_{name}.yaml", out, args.dry_run)
     if args.dry_run:
         return 0
-    summaries = {p.stem: summarize(p, out) for p in specs}
+    # With --only, only the named rows are summarized from OUT; every other row stays as the
+    # last run wrote it (table.json), so a partial copy of runs/ cannot rewrite rows it lacks.
+    earlier = previous_rows() if args.only else {}
+    chosen = {p.stem for p in selected}
+    summaries, kept = {}, []
+    for spec_path in specs:
+        if spec_path.stem in chosen:
+            summaries[spec_path.stem] = summarize(spec_path, out)
+        else:
+            summaries[spec_path.stem] = earlier.get(spec_path.stem)
+            kept += [spec_path.stem] if spec_path.stem in earlier else []
     rows = [r for r in summaries.values() if r is not None]
-    tried_cpu = sum(json.loads(b.read_text())["cpu_seconds"] for b in (out / "tried").glob("*.budget.json"))
-    write_table(rows, tried_cpu, [stem for stem, r in summaries.items() if r is None])
+    write_table(rows, tried_cpu_seconds(out), [stem for stem, r in summaries.items() if r is None], kept)
     # every search's own table (ponderlab tune's results.md, with its settings over seeds), also
     # the follow-ups and superseded searches kept in OUT/tried/
     for kind in ("search", "tried"):
         for table in sorted((out / kind).glob("*/results.md")):
+            if kind == "search" and table.parent.name not in chosen:
+                continue
             budget = out / kind / f"{table.parent.name}.budget.json"
             text = table.read_text() + settings_markdown(table.parent)
             if budget.exists():
