@@ -57,7 +57,7 @@ METHODS = {
 #: --all: the other registered strategies, strategy -> (scope, options, perturb)
 OTHERS = {
     "none": lambda L: ("depth", {}, False),
-    "constant": lambda L: ("depth", {"steps": L // 2}, False),
+    "constant": lambda L: ("depth", {"hops": L // 2}, False),
     "random": lambda L: ("depth", {"mean_hops": L / 2, "distribution": "geometric"}, False),
     "graves": lambda L: ("depth", {"halting_bias_init": math.log(1 / (L / 2 - 1)), "epsilon": 0.01}, True),
     "threshold": lambda L: ("depth", {"halting_bias_init": math.log(1 / (L / 2 - 1)), "threshold": 0.99}, True),

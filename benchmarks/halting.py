@@ -199,7 +199,7 @@ def registry_model(backbone: dict, halting: dict, vocab: int, device: torch.devi
 
 def overhead_case(backbone: dict, hops: int, batch: int, length: int, args, device) -> dict:
     vocab = 32
-    constant = registry_model(backbone, {"name": "constant", "steps": hops}, vocab, device)
+    constant = registry_model(backbone, {"name": "constant", "hops": hops}, vocab, device)
     graves = registry_model(
         backbone, {"name": "graves", "max_hops": hops, "halting_bias_init": -30.0, "time_penalty": 0.01},
         vocab, device,

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':<22}{'graves ms':>10}{'variant ms':>11}{'variant/graves':>16}{'95% CI':>16}")
     for variant in args.variants:
         if variant == "constant":
-            other = registry_model(backbone, {"name": "constant", "steps": args.hops}, vocab, device)
+            other = registry_model(backbone, {"name": "constant", "hops": args.hops}, vocab, device)
             other.backbone.load_state_dict(graves.backbone.state_dict())
         else:
             other = copy.deepcopy(graves)

@@ -14,7 +14,7 @@ cpu_seconds.json.
 
 Matched compute. The unit is one layer application per token (results.json
 `*/mean_layers`), the target TARGET = 2 layers per token with at most 4. The fixed-depth
-frontier is `none` with 1-4 layers. Knobs set from their math: constant 2 steps; random a
+frontier is `none` with 1-4 layers. Knobs set from their math: constant 2 hops; random a
 geometric depth with mean 2 (cap 4); layerskip exits after layer 2; mixture_of_depths
 routes every layer at capacity 1/2 (4 x 1/2 = 2); mixture_of_recursions' capacities
 1, 1/2, 1/4, 1/4 sum to 2; pondernet's prior lambda_p = 0.34 has mean 2.0 truncated at 4
@@ -57,7 +57,7 @@ CORE = {"halting.scope": "model", "backbone.n_layers": 1}
 #: config -> overrides. `none_L<k>` is the fixed-depth frontier; the rest spend ~TARGET layers/token.
 CONFIGS: dict[str, dict[str, object]] = {
     **{f"none_L{k}": {"halting.name": "none", **DEPTH, "backbone.n_layers": k} for k in (1, 2, 3, 4)},
-    "constant": {"halting.name": "constant", **DEPTH, "halting.steps": 2},
+    "constant": {"halting.name": "constant", **DEPTH, "halting.hops": 2},
     # geometric: the two-point default at a whole mean (2.0) is `constant` again
     "random": {"halting.name": "random", **DEPTH, "halting.mean_hops": 2.0, "halting.distribution": "geometric"},
     "graves": {"halting.name": "graves", **DEPTH},
