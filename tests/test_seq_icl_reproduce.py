@@ -138,3 +138,81 @@ def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, mon
     pasted = (root / "docs" / "results.md").read_text()
     assert pasted.startswith("before\n") and pasted.endswith("after\n") and "\nold\n" not in pasted
     assert "47.5 [44.6, 51.0], n=3" in pasted
+
+
+def test_the_seed_1_follow_up_is_the_25000_step_follow_up_at_another_seed(registry):
+    """tune_ih_transformer_steps25000_seed1.yaml completes the 25000-step follow-up: same setting, seed 1."""
+    both = [load_tune_spec(HERE / f"tune_ih_transformer_steps25000{s}.yaml", registry=registry) for s in ("", "_seed1")]
+    assert [t.num_trials for t in both] == [2, 1]
+    seeds = sorted(c.seed for t in both for c in t.checked)
+    assert seeds == [0, 1, 2]
+    dumped = {c.model_dump_json(exclude={"seed", "name", "output_dir"}) for t in both for c in t.checked}
+    assert len(dumped) == 1
+
+
+def _fake_run(run_dir: Path, spec: dict, val: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "results.json").write_text(json.dumps({"validation/exact_match": val, "test/exact_match": val}))
+
+
+def _fake_follow_up(directory: Path, spec: dict, vals: dict[int, float]) -> None:
+    directory.mkdir(parents=True)
+    (directory / "tune_spec.yaml").write_text(yaml.safe_dump({"search": {"seed": {"grid": sorted(vals)}}}))
+    lines = ["trial,status,seed,validation/exact_match,test/exact_match,run_dir"]
+    for seed, val in vals.items():
+        lines.append(f"t{seed},completed,{seed},{val},{val},runs/t{seed}")
+        _fake_run(directory / "runs" / f"t{seed}", {**spec, "seed": seed, "output_dir": "x"}, val)
+    (directory / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("follow_up_vals, adopted", [
+    ({0: 0.97, 2: 0.82, 1: 1.0}, True),    # mean 0.930 > the row's 0.911
+    ({0: 1.0, 2: 0.898, 1: 0.836}, False),  # the row's values on other seeds: a tie keeps the row
+    ({0: 0.97, 2: 0.82, 1: 0.94}, False),   # mean 0.910 < 0.911
+])
+def test_adopt_replaces_the_row_only_if_better_over_the_seeds(tmp_path, follow_up_vals, adopted):
+    reproduce = load_reproduce()
+    out = tmp_path / "runs"
+    row_spec = {"name": "row", "seed": 0, "task": {"name": "induction_head"}, "backbone": {"name": "transformer"},
+                "training": {"steps": 20000, "lr": 0.0005, "eval_every": 2000}}
+    spec_path = tmp_path / "induction_head_transformer.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    for seed, val in {0: 0.898, 1: 1.0, 2: 0.836}.items():
+        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, val)
+    longer = {**row_spec, "name": "follow", "training": {"steps": 25000, "lr": 0.0005, "eval_every": 2500}}
+    # the seeds split over two follow-ups, as tune_ih_transformer_steps25000{,_seed1}.yaml
+    _fake_follow_up(out / "tried" / "a", longer, {s: v for s, v in follow_up_vals.items() if s != 1})
+    _fake_follow_up(out / "tried" / "b", longer, {1: follow_up_vals[1]})
+    result = reproduce.adopt(spec_path, out, ["a", "b"], 3)
+    assert result is adopted
+    written = yaml.safe_load(spec_path.read_text())
+    seeds_dir = out / "seeds" / spec_path.stem
+    if result:
+        assert written["training"]["steps"] == 25000 and written["seed"] == 0 and written["name"] == "row"
+        assert "output_dir" not in written
+        header = spec_path.read_text().split("\nname:")[0]
+        assert "training.eval_every=2500, training.steps=25000 -> val 0.970, 1.000, 0.820" in header
+        assert "training.eval_every=2000, training.steps=20000 -> val 0.898, 1.000, 0.836" in header
+        moved = out / "superseded" / f"{spec_path.stem}_lr0.0005_steps20000"
+        assert json.loads((moved / "seed2" / "results.json").read_text())["validation/exact_match"] == 0.836
+        assert json.loads((seeds_dir / "seed1" / "results.json").read_text())["validation/exact_match"] == 1.0
+        assert "tried/b/runs/t1" in (seeds_dir / "seed1" / "source.txt").read_text()
+        assert reproduce.adopt(spec_path, out, ["a", "b"], 3) is False  # a second call is a tie: no-op
+    else:
+        assert written == row_spec
+        assert json.loads((seeds_dir / "seed2" / "results.json").read_text())["validation/exact_match"] == 0.836
+
+
+def test_adopt_does_not_compare_with_a_missing_seed(tmp_path):
+    reproduce = load_reproduce()
+    out = tmp_path / "runs"
+    row_spec = {"name": "row", "seed": 0, "training": {"steps": 20000, "lr": 0.0005}}
+    spec_path = tmp_path / "induction_head_transformer.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    for seed in range(3):
+        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, 0.5)
+    _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 25000, "lr": 0.0005}}, {0: 1.0, 2: 1.0})
+    assert reproduce.adopt(spec_path, out, ["a"], 3) is False
+    assert yaml.safe_load(spec_path.read_text()) == row_spec
