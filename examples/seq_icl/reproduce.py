@@ -2,6 +2,7 @@
 
     python examples/seq_icl/reproduce.py [--only GLOB ...] [--skip-search] [--seeds N] [--parallel N]
                                          [--output-dir runs/seq_icl] [--table-only] [--dry-run]
+                                         [--extra NAME ...] [--adopt NAME ...]
 
 For every example spec `<task>_<backbone>.yaml` in this folder (a row of seq_icl's
 table; `--only` picks rows by glob on the stem, e.g. `--only 'associative_recall_*'`):
@@ -21,6 +22,10 @@ table; `--only` picks rows by glob on the stem, e.g. `--only 'associative_recall
    exact match over the seeds beside seq_icl's number, the settings searched) and, for
    rows below their target, the learning curves docs/results/seq_icl/curve_<row>.png;
    every search's own table with its settings over seeds, docs/results/seq_icl/search_<row>.md.
+
+Follow-ups: `--extra NAME` runs examples/seq_icl/tune_NAME.yaml into OUT/tried/NAME (CPU time
+recorded); `--only ROW --adopt NAME [--adopt NAME2]` makes the follow-ups' one setting (their
+seeds pooled) the row's spec and seeds if it beats the row's seeds by the same rule (adopt()).
 
 Everything is resumable: a search whose results.csv lists only completed trials is
 not searched again (an interrupted one is continued with `ponderlab tune DIR --resume`),
@@ -287,7 +292,9 @@ def adopt(spec_path: Path, out: Path, names: list[str], seeds: int) -> bool:
     for key in ("output_dir", "name"):  # the row keeps its name
         new_spec.pop(key, None)
     new_spec = {"name": old_spec["name"], **new_spec, "seed": 0}
-    old_flat, new_flat = flat(comparable(old_spec)), flat(comparable(new_spec))
+    # both settings as their runs resolved them (defaults filled in), so only real differences show
+    old_run_spec = yaml.safe_load((current[0] / "spec.yaml").read_text())
+    old_flat, new_flat = flat(comparable({**old_run_spec, "seed": 0})), flat(comparable(new_spec))
     changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
 
     def setting(values: dict) -> str:
