@@ -37,7 +37,8 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
         assert checked.training.num_threads == 1
 
 
-@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml"])
+@pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
+                                  "tune_ar_h3_lr2e-3_steps6000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -147,6 +148,19 @@ def test_the_seed_1_follow_up_is_the_25000_step_follow_up_at_another_seed(regist
     seeds = sorted(c.seed for t in both for c in t.checked)
     assert seeds == [0, 1, 2]
     dumped = {c.model_dump_json(exclude={"seed", "name", "output_dir"}) for t in both for c in t.checked}
+    assert len(dumped) == 1
+
+
+def test_the_h3_lr_follow_up_is_the_row_at_another_lr(tmp_path, registry):
+    """tune_ar_h3_lr2e-3_steps6000.yaml is the associative-recall h3 row's setting at lr 2e-3, seeds 0-2."""
+    follow = load_tune_spec(HERE / "tune_ar_h3_lr2e-3_steps6000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {c.training.lr for c in follow.checked} == {0.002}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_h3.yaml", tmp_path)))
+    row = load_tune_spec(path, registry=registry).checked[0]
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
     assert len(dumped) == 1
 
 
