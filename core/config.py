@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +31,10 @@ Scope = Literal["layer", "model", "depth"]
 
 class HaltingConfig(PluginConfig):
     """Options every halting strategy understands."""
+
+    #: options that act at inference only (no parameter, no effect on training): `ponderlab eval
+    #: RUN halting.<option>=value` may change them to re-test a trained run at another exit rule
+    inference_options: ClassVar[tuple[str, ...]] = ()
 
     scope: Scope = Field(
         "layer",

@@ -3,9 +3,9 @@
 The model is rebuilt from the run's spec.yaml, loaded from its latest checkpoint
 (`torch.load(weights_only=True)`), and evaluated on a split of the task rebuilt
 with the run's seed. Task overrides (`task.length=20`, more CA steps, ...) make
-generalisation tests; inference-only halting options (`INFERENCE_KNOBS`: CALM's and
-LayerSkip's exit thresholds, recurrent depth's exit threshold, PonderNet's inference rule)
-re-test a run at another exit rule; nothing else in the spec may change. The result goes to
+generalisation tests; the halting options a strategy's config declares inference-only
+(`HaltingConfig.inference_options`: CALM's and LayerSkip's exit thresholds, recurrent depth's
+exit threshold, PonderNet's inference rule) re-test a run at another exit rule; nothing else in the spec may change. The result goes to
 its own file, `eval_<split>[_<label or hash>].json` in the run dir (or `--out`);
 results.json, checkpoints and logs are never touched.
 
@@ -59,24 +59,14 @@ def latest_checkpoint_of(run_dir: Path) -> Path:
     return found
 
 
-#: halting options that act at inference only (no parameter, no training-time effect), by strategy:
-#: `ponderlab eval` may change them (`halting.threshold=0.7`) to re-test a trained run at another
-#: exit rule, e.g. to set an early-exit strategy's compute after training.
-INFERENCE_KNOBS: dict[str, tuple[str, ...]] = {
-    "calm": ("threshold", "decay_tau", "decay_length"),
-    "layerskip": ("exit_layer", "threshold"),
-    "recurrent_depth": ("exit_threshold",),
-    "pondernet": ("inference",),
-}
-
-
 def load_run_spec(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> SpecBase:
     """The run's saved spec with `task.*` (and inference-only `halting.*`) overrides applied and validated."""
+    from .registry import get_registry
     from .spec import apply_overrides, parse_override, read_spec_file, validate_spec
 
     data, source = read_spec_file(run_dir / "spec.yaml")
     halting = str((data.get("halting") or {}).get("name", "none"))
-    knobs = INFERENCE_KNOBS.get(halting, ())
+    knobs = get_registry().get("halting", halting).cls.config_class.inference_options
     for raw in overrides:
         path, _ = parse_override(raw)
         if path[0] == "task" and len(path) >= 2:

@@ -9,7 +9,8 @@ import pytest
 
 import ponderlab
 from ponderlab.core.cli import main as cli_main
-from ponderlab.core.evaluation import INFERENCE_KNOBS, evaluate_run
+from ponderlab.core.evaluation import evaluate_run
+from ponderlab.plugins.halting.graves import GravesConfig
 
 
 def train(path: Path, halting: dict) -> Path:
@@ -68,4 +69,4 @@ def test_a_strategy_without_inference_knobs_names_that(tmp_path, capsys):
     run = train(tmp_path / "graves", {"name": "graves", "scope": "depth"})
     assert cli_main(["eval", str(run), "halting.threshold=0.5"]) == 2
     assert "no halting option of 'graves'" in capsys.readouterr().err
-    assert "graves" not in INFERENCE_KNOBS
+    assert GravesConfig.inference_options == ()

@@ -23,7 +23,7 @@ every token runs every layer.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from .confidence import (
 
 class CALMConfig(HaltingConfig):
     name: Literal["calm"] = "calm"
+    inference_options: ClassVar[tuple[str, ...]] = ("threshold", "decay_tau", "decay_length")
     scope: Scope = Field("depth", description="Only depth: early exit across the distinct layers.")
     confidence: Literal["softmax", "state", "classifier"] = Field(
         "softmax", description="softmax response, hidden-state saturation or learned classifier."

@@ -28,7 +28,7 @@ checks that the kit rejects dropout on exactly that contract).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -53,6 +53,7 @@ from .confidence import confident_exit_loop, position_thresholds, softmax_respon
 
 class LayerSkipConfig(HaltingConfig):
     name: Literal["layerskip"] = "layerskip"
+    inference_options: ClassVar[tuple[str, ...]] = ("exit_layer", "threshold")
     scope: Scope = Field("depth", description="Only depth: layers are distinct.")
     p_max: float = Field(0.1, ge=0, lt=1, description="Layer dropout rate of the last layer.")
     dropout_curriculum: Literal["constant", "exponential"] = Field(

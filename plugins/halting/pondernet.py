@@ -30,7 +30,7 @@ needs the states that reach the head).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -54,6 +54,7 @@ from ponderlab.core.hookspecs import hookimpl
 
 class PonderNetConfig(ACTConfig):
     name: Literal["pondernet"] = "pondernet"
+    inference_options: ClassVar[tuple[str, ...]] = ("inference",)
     scope: Scope = Field(
         "model", description="model (default), depth, or layer with a single layer."
     )

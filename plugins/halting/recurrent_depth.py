@@ -24,7 +24,7 @@ random with a fixed std).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ from ponderlab.core.hookspecs import hookimpl
 
 class RecurrentDepthConfig(ACTConfig):
     name: Literal["recurrent_depth"] = "recurrent_depth"
+    inference_options: ClassVar[tuple[str, ...]] = ("exit_threshold",)
     scope: Scope = Field("model", description="model (the stack is the core) or layer.")
     mean_recurrence: float = Field(4.0, gt=0, description="r_bar: mean of the Poisson part of r.")
     sigma: float = Field(0.5, ge=0, description="sigma of the log-normal Poisson.")
