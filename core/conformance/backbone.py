@@ -16,8 +16,8 @@ from .base import (
     _fail,
     _max_abs,
     _names,
+    _perturb,
     _token_ids,
-    perturb_for_contracts,
 )
 from .probes import ProbeHalting, ProbeHaltingConfig
 
@@ -26,8 +26,9 @@ class BackboneChecks:
     """Contracts of backbones (mixed into `Conformance`)."""
 
     def _backbone(self, seed: int = 0) -> Backbone:
+        """The backbone under test, seeded, with its parameters perturbed (`_perturb`)."""
         seed_everything(seed)
-        return perturb_for_contracts(self.plugin(self.config, vocab_size=VOCAB))
+        return _perturb(self.plugin(self.config, vocab_size=VOCAB))
 
     def _check_construction(self) -> None:
         backbone = self._backbone()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from functools import cached_property
 
 import torch
 from pydantic import ValidationError
@@ -13,10 +13,8 @@ from torch import Tensor
 from ..config import HaltingConfig
 from ..errors import SpecError
 from ..interfaces import HaltingStrategy, PonderOutput
-from ..model import PonderModel
 from ..run import seed_everything
 from .base import (
-    VOCAB,
     _expect_finite,
     _expect_shape,
     _fail,
@@ -25,7 +23,6 @@ from .base import (
     _Problem,
     _token_ids,
 )
-from .probes import ProbeBackbone, ProbeBackboneConfig
 
 
 class HaltingChecks:
@@ -79,15 +76,15 @@ class HaltingChecks:
             if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 _fail(f"loss_weight() is {weight!r} (a finite number >= 0 is needed)")
 
-    def _synthetic(self) -> list[dict[str, Any]]:
+    @cached_property
+    def _synthetic(self) -> list[tuple[str, Tensor, PonderOutput, _HopLog]]:
         """Run the strategy with marker hops: hop n returns e_n (one-hot) for active tokens.
 
         The input state is e_N (N = max_hops) and every state carries the same random
         per-token tail. A strategy whose output is sum_n w_n s_n with weights summing
         to 1 returns w_n in coordinate n, 0 in coordinate N, and the tail unchanged.
+        Each run is (where, input state, output, hop log), run once per checker.
         """
-        if self._synthetic_runs is not None:
-            return self._synthetic_runs
         runs = []
         batch, length, tail_width = 3, 5, 3
         for scope in self._scopes():
@@ -111,24 +108,22 @@ class HaltingChecks:
                             out = strategy(state, log.hop)
                     except _Problem as problem:
                         _fail(f"{problem} ({where})")
-                    runs.append({"where": where, "out": out, "log": log, "cap": hops_cap, "state": state})
-        self._synthetic_runs = runs
+                    runs.append((where, state, out, log))
         return runs
 
     def _check_hop_protocol(self) -> None:
-        for run in self._synthetic():
-            out, log, where = run["out"], run["log"], run["where"]
+        for where, state, out, log in self._synthetic:
             if not isinstance(out, PonderOutput):
                 _fail(f"forward returned {type(out).__name__}, expected a PonderOutput ({where})")
             if not log.hops:
                 _fail(f"the hop function was never called ({where})")
-            _expect_shape(f"PonderOutput.output ({where})", out.output, tuple(run["state"].shape))
-            if out.output.dtype != run["state"].dtype:
-                _fail(f"output dtype {out.output.dtype} differs from the state's {run['state'].dtype} ({where})")
+            _expect_shape(f"PonderOutput.output ({where})", out.output, tuple(state.shape))
+            if out.output.dtype != state.dtype:
+                _fail(f"output dtype {out.output.dtype} differs from the state's {state.dtype} ({where})")
 
     def _check_halting_weights(self) -> None:
-        for run in self._synthetic():
-            out, log, cap, where = run["out"], run["log"], run["cap"], run["where"]
+        for where, _, out, log in self._synthetic:
+            cap = log.cap
             output = out.output.float()
             weights = output[..., :cap]  # (B, L, N) weight of hop n's state
             kept_input = output[..., cap]  # (B, L) weight of the input state
@@ -158,9 +153,8 @@ class HaltingChecks:
                     _fail(f"hop_weights do not give the output's combination of hop states (off by {gap:.2e}) ({where})")
 
     def _check_halting_stats(self) -> None:
-        for run in self._synthetic():
-            out, log, cap, where = run["out"], run["log"], run["cap"], run["where"]
-            shape = tuple(run["state"].shape[:2])
+        for where, state, out, log in self._synthetic:
+            cap, shape = log.cap, tuple(state.shape[:2])
             for field_name in ("hops", "ponder_cost", "remainder"):
                 value = getattr(out, field_name)
                 _expect_shape(f"PonderOutput.{field_name} ({where})", value, shape)
@@ -181,7 +175,7 @@ class HaltingChecks:
                 count = len(out.hop_states)
                 _expect_shape(f"hop_probs ({where})", out.hop_probs, (*shape, count))
                 for index, hop_state in enumerate(out.hop_states):
-                    _expect_shape(f"hop_states[{index}] ({where})", hop_state, tuple(run["state"].shape))
+                    _expect_shape(f"hop_states[{index}] ({where})", hop_state, tuple(state.shape))
                 probs = out.hop_probs.float()
                 if float(probs.min()) < -1e-6 or _max_abs(probs.sum(-1) - 1.0) > 1e-4:
                     _fail(f"hop_probs must be non-negative and sum to 1 over hops ({where})")
@@ -190,14 +184,11 @@ class HaltingChecks:
         """Depth-scope inference on packed rows gives what the dense hops give."""
         if "depth" not in self._scopes():
             return
-        layers = self._layers_for("depth")
         ids = _token_ids(3, 7, seed=5)
         padded = torch.ones(3, 7, dtype=torch.bool)
         padded[1, 4:] = False
         for scale in (0.5, 3.0):  # small and large halting weights: mixed exit layers
-            seed_everything(0)
-            backbone = ProbeBackbone(ProbeBackboneConfig(n_layers=layers), vocab_size=VOCAB)
-            model = PonderModel(backbone, self.plugin, self._config_for_scope("depth"), vocab_size=VOCAB).eval()
+            model = self._model(seed=0, scope="depth").eval()
             _perturb(model.sites[0], seed=3, scale=scale)
             for mask in (None, padded):
                 where = f"depth scope, weights perturbed by {scale}, {'padded' if mask is not None else 'no padding'}"
