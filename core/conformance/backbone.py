@@ -62,7 +62,7 @@ class BackboneChecks:
                             out = block(hidden, BlockContext(layer=index, hop=n))
                             _expect_shape(f"blocks[{index}] (hop {n})", out, (2, length, width))
                             _expect_finite(f"blocks[{index}] output", out)
-                for scope in ("layer", "model", "depth"):
+                for scope in self._scopes():
                     model = PonderModel(backbone, ProbeHalting, ProbeHaltingConfig(scope=scope), vocab_size=VOCAB)
                     out = model.eval()(ids)
                     _expect_shape(f"logits ({scope} scope)", out.logits, (2, length, VOCAB))

@@ -260,12 +260,14 @@ class CommonChecks:
         torch.manual_seed(seed)  # stochastic strategies draw the same numbers in both runs
         return model(ids, labels=labels)
 
-    def _model_scopes(self) -> list[str]:
-        """Scopes the model-level checks run in: all three for a backbone, the supported ones for a strategy."""
-        return ["layer", "model", "depth"] if self.kind == "backbone" else self._scopes()
+    def _scopes(self) -> list[str]:
+        """The scopes a strategy supports; a backbone is checked in all three (layer first)."""
+        if self.kind == "backbone":
+            return ["layer", "model", "depth"]
+        return sorted(getattr(self.plugin, "supported_scopes", ()))
 
     def _check_causality(self) -> None:
-        for scope in self._model_scopes():
+        for scope in self._scopes():
             model = self._model(seed=0, scope=scope).eval()
             length = self._length(model.backbone)
             cut = length // 2 + 1
@@ -285,7 +287,7 @@ class CommonChecks:
                 _fail(f"logits at positions >= {cut} did not change when the tokens there did ({scope} scope)")
 
     def _check_gradient_flow(self) -> None:
-        for scope in self._model_scopes()[: 1 if self.kind == "backbone" else None]:
+        for scope in self._scopes()[: 1 if self.kind == "backbone" else None]:
             self._gradient_flow(scope)
 
     def _gradient_flow(self, scope: str) -> None:

@@ -55,9 +55,6 @@ class HaltingChecks:
         config = self._config_for_scope(scope)
         return self.plugin(config, d_model=d_model, n_layers=self._layers_for(scope))
 
-    def _scopes(self) -> list[str]:
-        return sorted(getattr(self.plugin, "supported_scopes", ()))
-
     def _check_scopes(self) -> None:
         scopes = set(getattr(self.plugin, "supported_scopes", ()))
         if not scopes or not scopes <= {"layer", "model", "depth"}:
@@ -86,22 +83,17 @@ class HaltingChecks:
         Each run is (where, input state, output, hop log), run once per checker.
         """
         runs = []
-        batch, length, tail_width = 3, 5, 3
+        tail = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(2))  # (B, L, T)
         for scope in self._scopes():
             hops_cap = self._strategy(scope, d_model=8).max_hops()
-            width = hops_cap + 1 + tail_width
             for mode in ("train", "eval"):
                 for perturbed in (False, True):
+                    log = _HopLog(hops_cap, tail)
+                    state = log.marker(hops_cap)  # (B, L, N + 1 + T)
                     seed_everything(0)
-                    strategy = self._strategy(scope, d_model=width).train(mode == "train")
+                    strategy = self._strategy(scope, d_model=state.shape[-1]).train(mode == "train")
                     if perturbed:
                         _perturb(strategy, seed=1)
-                    generator = torch.Generator().manual_seed(2)
-                    tail = torch.randn(batch, length, tail_width, generator=generator)
-                    state = torch.zeros(batch, length, width)
-                    state[..., hops_cap] = 1.0
-                    state[..., hops_cap + 1 :] = tail
-                    log = _HopLog(batch, length, width, hops_cap, tail)
                     where = f"{scope} scope, {mode} mode{', perturbed weights' if perturbed else ''}"
                     try:
                         with torch.no_grad():
@@ -212,27 +204,31 @@ class HaltingChecks:
 class _HopLog:
     """A marker hop function that checks the hop protocol and counts hops per token."""
 
-    def __init__(self, batch: int, length: int, width: int, cap: int, tail: Tensor):
-        self.shape = (batch, length, width)
+    def __init__(self, cap: int, tail: Tensor):
         self.cap = cap
         self.tail = tail  # (B, L, T)
+        self.shape = (*tail.shape[:2], cap + 1 + tail.shape[-1])  # (B, L, N + 1 + T)
         self.hops: list[int] = []
-        self.executed = torch.zeros(batch, length)  # (B, L) hops run per token
+        self.executed = torch.zeros(tail.shape[:2])  # (B, L) hops run per token
+
+    def marker(self, n: int) -> Tensor:
+        """The marker state of hop n: e_n in the first N + 1 coordinates, then the tail."""
+        state = torch.zeros(self.shape)
+        state[..., n] = 1.0
+        state[..., self.cap + 1 :] = self.tail
+        return state
 
     def hop(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
-        expected = len(self.hops)
-        if isinstance(n, Tensor) or not isinstance(n, int):
+        if not isinstance(n, int):  # a tensor hop index is no int either
             _fail(f"hop called with n={n!r}; n must be a Python int")
-        if n != expected:
+        if n != len(self.hops):
             _fail(f"hop called with n={n} after hops {self.hops}; hops must be 0, 1, 2, ... in order")
         if n >= self.cap:
             _fail(f"hop called with n={n}, but max_hops() is {self.cap}")
         if tuple(state.shape) != self.shape:
             _fail(f"hop called with a state of shape {tuple(state.shape)}, expected {self.shape}")
         self.hops.append(n)
-        new = torch.zeros(self.shape, dtype=state.dtype)
-        new[..., n] = 1.0
-        new[..., self.cap + 1 :] = self.tail
+        new = self.marker(n).to(state.dtype)
         if active is None:
             self.executed += 1
             return new

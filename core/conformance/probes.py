@@ -65,11 +65,11 @@ class ProbeBackbone(Backbone):
 
 class ProbeHaltingConfig(HaltingConfig):
     name: Literal["conformance_probe"] = "conformance_probe"
-    steps: int = Field(2, ge=1)
 
 
 class ProbeHalting(HaltingStrategy):
-    """The neighbour strategy used when checking a backbone: `steps` hops, the last state.
+    """The neighbour strategy used when checking a backbone: two hops (n_layers in depth
+    scope), the last state.
 
     Hops after the first run only on a fixed half of the tokens, so a backbone is
     also exercised with `active` masks as real strategies pass them.
@@ -78,7 +78,7 @@ class ProbeHalting(HaltingStrategy):
     config_class = ProbeHaltingConfig
 
     def max_hops(self) -> int:
-        return self.n_layers if self.config.scope == "depth" else self.config.steps
+        return self.n_layers if self.config.scope == "depth" else 2
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
         batch, length = state.shape[:2]
