@@ -6,29 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from ..early_exit import computes_rows, layer_update
-from ..interfaces import Backbone, Block, BlockContext
-from ..model import PonderModel
-from ..run import seed_everything
-from .base import (
-    VOCAB,
-    _expect_finite,
-    _expect_shape,
-    _fail,
-    _max_abs,
-    _names,
-    _perturb,
-    _token_ids,
-)
-from .probes import ProbeHalting, ProbeHaltingConfig
+from ..interfaces import Block, BlockContext
+from .base import VOCAB, _expect_finite, _expect_shape, _fail, _max_abs, _names, _token_ids
 
 
 class BackboneChecks:
     """Contracts of backbones (mixed into `Conformance`)."""
-
-    def _backbone(self, seed: int = 0) -> Backbone:
-        """The backbone under test, seeded, with its parameters perturbed (`_perturb`)."""
-        seed_everything(seed)
-        return _perturb(self.plugin(self.config, vocab_size=VOCAB))
 
     def _check_construction(self) -> None:
         backbone = self._backbone()
@@ -63,8 +46,7 @@ class BackboneChecks:
                             _expect_shape(f"blocks[{index}] (hop {n})", out, (2, length, width))
                             _expect_finite(f"blocks[{index}] output", out)
                 for scope in self._scopes():
-                    model = PonderModel(backbone, ProbeHalting, ProbeHaltingConfig(scope=scope), vocab_size=VOCAB)
-                    out = model.eval()(ids)
+                    out = self._model(seed=0, scope=scope).eval()(ids)
                     _expect_shape(f"logits ({scope} scope)", out.logits, (2, length, VOCAB))
                     _expect_finite(f"logits ({scope} scope)", out.logits)
 

@@ -235,6 +235,11 @@ class CommonChecks:
 
 
     # ------------------------------------------------------------------ models
+    def _backbone(self, seed: int = 0) -> Backbone:
+        """The backbone under test, seeded, with its parameters perturbed (`_perturb`)."""
+        seed_everything(seed)
+        return _perturb(self.plugin(self.config, vocab_size=VOCAB))
+
     def _model(self, seed: int, scope: str | None = None) -> PonderModel:
         """A PonderModel around the plugin under test (backbone or halting), seeded, with the
         plugin's parameters perturbed (`_perturb`)."""

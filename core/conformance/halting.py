@@ -14,15 +14,7 @@ from ..config import HaltingConfig
 from ..errors import SpecError
 from ..interfaces import HaltingStrategy, PonderOutput
 from ..run import seed_everything
-from .base import (
-    _expect_finite,
-    _expect_shape,
-    _fail,
-    _max_abs,
-    _perturb,
-    _Problem,
-    _token_ids,
-)
+from .base import _expect_finite, _expect_shape, _fail, _max_abs, _perturb, _Problem, _token_ids
 
 
 class HaltingChecks:

@@ -85,12 +85,9 @@ class ProbeHalting(HaltingStrategy):
         positions = torch.arange(length, device=state.device)
         rows = torch.arange(batch, device=state.device).unsqueeze(1)
         later = (positions.unsqueeze(0) + rows) % 2 == 0  # (B, L) tokens that keep going
-        hops = torch.ones(batch, length, device=state.device)
         for n in range(self.max_hops()):
-            active = None if n == 0 else later
-            state = hop(state, n, active)
-            if n:
-                hops = hops + later.float()
+            state = hop(state, n, later if n else None)
+        hops = 1.0 + (self.max_hops() - 1) * later.float()  # (B, L)
         zeros = torch.zeros_like(hops)
         return PonderOutput(output=state, hops=hops, ponder_cost=zeros, remainder=zeros)
 

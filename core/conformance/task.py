@@ -7,7 +7,7 @@ from functools import cached_property
 
 import torch
 
-from ..interfaces import IGNORE_INDEX, Task, TaskData
+from ..interfaces import IGNORE_INDEX, TaskData
 from ..model import PonderModel
 from ..run import seed_everything
 from .base import _fail
@@ -17,18 +17,15 @@ from .probes import ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHalti
 class TaskChecks:
     """Contracts of tasks (mixed into `Conformance`)."""
 
-    def _task(self) -> Task:
-        return self.plugin(self.config)
-
     @cached_property
     def _task_data(self) -> TaskData:
         """The splits built from seed 0 (built once per checker)."""
-        return self._task().build(0)
+        return self.plugin(self.config).build(0)
 
     def _check_task_data(self) -> None:
         import datasets
 
-        task = self._task()
+        task = self.plugin(self.config)
         vocab = getattr(task, "vocab_size", None)
         if not isinstance(vocab, int) or vocab < 2:
             _fail(f"vocab_size is {vocab!r} (an int >= 2 is needed)")
@@ -69,13 +66,13 @@ class TaskChecks:
             seen[split] = set(rows)
 
     def _check_task_determinism(self) -> None:
-        first, second = self._task_data, self._task().build(0)
+        first, second = self._task_data, self.plugin(self.config).build(0)
         for split in ("train", "validation", "test"):
             if first.split(split).to_dict() != second.split(split).to_dict():
                 _fail(f"two builds with seed 0 give different {split} splits")
 
     def _check_extra_metrics(self) -> None:
-        task = self._task()
+        task = self.plugin(self.config)
         data = self._task_data
         seed_everything(0)
         backbone = ProbeBackbone(ProbeBackboneConfig(), vocab_size=task.vocab_size)
