@@ -73,7 +73,7 @@ class BackboneChecks:
                     except Exception as error:  # noqa: BLE001 - any failure is the finding
                         _fail(f"blocks[{index}] fails with {what}: {type(error).__name__}: {error}")
                     _expect_shape(f"blocks[{index}] with {what}", update, tuple(hidden.shape))
-                    gap = _max_abs(full[mask] - update[mask]) if bool(mask.any()) else 0.0
+                    gap = _max_abs(full[mask] - update[mask])  # 0.0 where no token is active
                     if gap > 1e-5 * max(1.0, _max_abs(full)):
                         _fail(f"blocks[{index}]: the output for active tokens changes by {gap:.2e} "
                               "when an active mask is given")

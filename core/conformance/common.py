@@ -136,9 +136,8 @@ class CommonChecks:
         config = self.config
         if config.name != name:
             _fail(f"the config's name is {config.name!r}, expected {name!r}")
-        dumped = config.model_dump(mode="json")
         try:
-            config_class.model_validate({**dumped, UNKNOWN_KEY: 1})
+            config_class.model_validate({**config.model_dump(mode="json"), UNKNOWN_KEY: 1})
         except ValidationError:
             pass
         else:
@@ -179,13 +178,12 @@ class CommonChecks:
                 self._yaml_round_trip(self._config_for_scope(scope), f" ({scope} scope)")
 
     def _yaml_round_trip(self, config: PluginConfig, where: str) -> None:
-        config_class = type(config)
         try:
             text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         except yaml.YAMLError as exc:
             _fail(f"model_dump(mode='json') is not YAML-serialisable{where}: {exc}")
         try:
-            reloaded = config_class.model_validate(yaml.safe_load(text))
+            reloaded = type(config).model_validate(yaml.safe_load(text))
         except ValidationError as exc:
             problem = "; ".join(e["msg"] for e in exc.errors())
             _fail(
@@ -196,20 +194,19 @@ class CommonChecks:
         if reloaded != config:
             _fail(f"config changed through YAML{where}: {self._diff(config, reloaded)}")
         registry = self._spec_registry()
-        section = self.kind  # a plugin's spec section is named after its kind
         try:
             spec = validate_spec(self._spec_data(config), registry=registry)
         except SpecError as exc:
             _fail(f"a spec holding this config is rejected{where}: {exc}")
-        if getattr(spec, section) != config:
-            _fail(f"validating the spec changed the config{where}: {self._diff(config, getattr(spec, section))}")
+        if getattr(spec, self.kind) != config:
+            _fail(f"validating the spec changed the config{where}: {self._diff(config, getattr(spec, self.kind))}")
         data, source = read_yaml(spec_to_yaml(spec), "<round trip>")
         try:
             again = validate_spec(data, source, registry=registry)
         except SpecError as exc:
             _fail(f"the spec written by spec_to_yaml does not validate again{where}: {exc}")
-        if getattr(again, section) != config:
-            _fail(f"config changed through spec YAML{where}: {self._diff(config, getattr(again, section))}")
+        if getattr(again, self.kind) != config:
+            _fail(f"config changed through spec YAML{where}: {self._diff(config, getattr(again, self.kind))}")
 
     @staticmethod
     def _diff(before: PluginConfig, after: PluginConfig) -> str:
@@ -232,7 +229,6 @@ class CommonChecks:
             )
         if info.cls is not self.plugin:
             _fail(f"{self.kind} {self.name!r} is registered as {info.cls.__module__}.{info.cls.__qualname__}")
-
 
     # ------------------------------------------------------------------ models
     def _backbone(self, seed: int = 0) -> Backbone:
