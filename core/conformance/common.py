@@ -194,19 +194,20 @@ class CommonChecks:
         if reloaded != config:
             _fail(f"config changed through YAML{where}: {self._diff(config, reloaded)}")
         registry = self._spec_registry()
+        section = self.kind  # a plugin's spec section is named after its kind
         try:
             spec = validate_spec(self._spec_data(config), registry=registry)
         except SpecError as exc:
             _fail(f"a spec holding this config is rejected{where}: {exc}")
-        if getattr(spec, self.kind) != config:
-            _fail(f"validating the spec changed the config{where}: {self._diff(config, getattr(spec, self.kind))}")
+        if getattr(spec, section) != config:
+            _fail(f"validating the spec changed the config{where}: {self._diff(config, getattr(spec, section))}")
         data, source = read_yaml(spec_to_yaml(spec), "<round trip>")
         try:
             again = validate_spec(data, source, registry=registry)
         except SpecError as exc:
             _fail(f"the spec written by spec_to_yaml does not validate again{where}: {exc}")
-        if getattr(again, self.kind) != config:
-            _fail(f"config changed through spec YAML{where}: {self._diff(config, getattr(again, self.kind))}")
+        if getattr(again, section) != config:
+            _fail(f"config changed through spec YAML{where}: {self._diff(config, getattr(again, section))}")
 
     @staticmethod
     def _diff(before: PluginConfig, after: PluginConfig) -> str:
