@@ -588,6 +588,13 @@ def test_check_plugin_lists_every_broken_contract():
     assert "broke 2 contracts" in str(info.value)
 
 
+def test_a_model_contract_checked_alone_passes_a_sound_strategy():
+    """A fresh checker builds both models of the determinism check from the same draws, even
+    though the first build also probes how many layers the strategy accepts."""
+    check_contract(ThresholdACT, "determinism")
+    check_contract(KitHalting, "determinism")
+
+
 def test_unknown_contract_names_are_rejected():
     with pytest.raises(ValueError, match="unknown task contract 'causality'"):
         check_contract(KitTask, "causality")

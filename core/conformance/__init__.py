@@ -94,23 +94,17 @@ def _contract_test(contract: str):
     return test
 
 
-def _contract_suite(kind: str, doc: str) -> type[_ContractTests]:
+def _contract_suite(kind: str) -> type[_ContractTests]:
     """The pytest base class with one test method per contract of `kind` (see CONTRACTS)."""
+    name = f"{kind.capitalize()}Contract"
+    doc = f"Conformance tests for a {kind} plugin: `class TestMine({name}): plugin = Mine`."
     methods = {test.__name__: test for test in map(_contract_test, CONTRACTS[kind])}
-    return type(f"{kind.capitalize()}Contract", (_ContractTests,), {"__doc__": doc, **methods})
+    return type(name, (_ContractTests,), {"__doc__": doc, **methods})
 
 
-BackboneContract = _contract_suite(
-    "backbone", "Conformance tests for a backbone: `class TestMine(BackboneContract): plugin = Mine`."
-)
-HaltingContract = _contract_suite(
-    "halting", "Conformance tests for a halting strategy: `class TestMine(HaltingContract): plugin = Mine`."
-)
-TaskContract = _contract_suite(
-    "task", "Conformance tests for a task: `class TestMine(TaskContract): plugin = Mine`."
-)
-
-
+BackboneContract = _contract_suite("backbone")
+HaltingContract = _contract_suite("halting")
+TaskContract = _contract_suite("task")
 
 __all__ = [
     "CONTRACTS",

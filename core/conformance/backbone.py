@@ -6,28 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from ..early_exit import computes_rows, layer_update
-from ..interfaces import Backbone, Block, BlockContext
-from ..model import PonderModel
-from ..run import seed_everything
-from .base import (
-    VOCAB,
-    _expect_finite,
-    _expect_shape,
-    _fail,
-    _max_abs,
-    _names,
-    _token_ids,
-    perturb_for_contracts,
-)
-from .probes import ProbeHalting, ProbeHaltingConfig
+from ..interfaces import Block, BlockContext
+from .base import VOCAB, _expect_finite, _expect_shape, _fail, _max_abs, _names, _token_ids
 
 
 class BackboneChecks:
     """Contracts of backbones (mixed into `Conformance`)."""
-
-    def _backbone(self, seed: int = 0) -> Backbone:
-        seed_everything(seed)
-        return perturb_for_contracts(self.plugin(self.config, vocab_size=VOCAB))
 
     def _check_construction(self) -> None:
         backbone = self._backbone()
@@ -61,9 +45,8 @@ class BackboneChecks:
                             out = block(hidden, BlockContext(layer=index, hop=n))
                             _expect_shape(f"blocks[{index}] (hop {n})", out, (2, length, width))
                             _expect_finite(f"blocks[{index}] output", out)
-                for scope in ("layer", "model", "depth"):
-                    model = PonderModel(backbone, ProbeHalting, ProbeHaltingConfig(scope=scope), vocab_size=VOCAB)
-                    out = model.eval()(ids)
+                for scope in self._scopes():
+                    out = self._model(seed=0, scope=scope).eval()(ids)
                     _expect_shape(f"logits ({scope} scope)", out.logits, (2, length, VOCAB))
                     _expect_finite(f"logits ({scope} scope)", out.logits)
 
@@ -80,17 +63,17 @@ class BackboneChecks:
         active[0, 0], active[1, -1] = True, False
         nobody = torch.zeros_like(active)  # a GPU loop may queue a hop after every token halted
         for index, block in enumerate(backbone.blocks):
-            if computes_rows(block):
-                self._check_rows(index, block, hidden, active)
             with torch.no_grad():
-                full = block(hidden, BlockContext(layer=index, hop=1))
+                full = block(hidden, BlockContext(layer=index, hop=1))  # (B, L, D)
+                if computes_rows(block):
+                    self._check_rows(index, block, hidden, active, full)
                 for mask, what in ((active, "an active mask"), (nobody, "no active token")):
                     try:
                         update = layer_update(block, hidden, hidden, BlockContext(layer=index, hop=1, active=mask))
                     except Exception as error:  # noqa: BLE001 - any failure is the finding
                         _fail(f"blocks[{index}] fails with {what}: {type(error).__name__}: {error}")
                     _expect_shape(f"blocks[{index}] with {what}", update, tuple(hidden.shape))
-                    gap = _max_abs(full[mask] - update[mask]) if bool(mask.any()) else 0.0
+                    gap = _max_abs(full[mask] - update[mask])  # 0.0 where no token is active
                     if gap > 1e-5 * max(1.0, _max_abs(full)):
                         _fail(f"blocks[{index}]: the output for active tokens changes by {gap:.2e} "
                               "when an active mask is given")
@@ -98,20 +81,19 @@ class BackboneChecks:
                         _fail(f"blocks[{index}]: the rows of inactive tokens change with {what}")
 
     @staticmethod
-    def _check_rows(index: int, block: Block, hidden: Tensor, active: Tensor) -> None:
-        """forward_rows gives the rows of the full forward, for a subset and for every token."""
+    def _check_rows(index: int, block: Block, hidden: Tensor, active: Tensor, full: Tensor) -> None:
+        """forward_rows gives the rows of `full` (the forward), for a subset and for every token."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (B*L, D)
-        with torch.no_grad():
-            full = block(hidden, BlockContext(layer=index, hop=1)).reshape(flat.shape)
-            for rows in (active.reshape(-1).nonzero().squeeze(1), torch.arange(len(flat))):
-                try:
-                    packed = block.forward_rows(hidden, rows, flat.index_select(0, rows),
-                                                BlockContext(layer=index, hop=1))
-                except Exception as error:  # noqa: BLE001 - any failure is the finding
-                    _fail(f"blocks[{index}].forward_rows fails: {type(error).__name__}: {error}")
-                _expect_shape(f"blocks[{index}].forward_rows for {len(rows)} rows", packed,
-                              (len(rows), flat.shape[-1]))
-                gap = _max_abs(packed - full.index_select(0, rows))
-                if gap > 1e-5 * max(1.0, _max_abs(full)):
-                    _fail(f"blocks[{index}].forward_rows differs from forward at those rows by "
-                          f"{gap:.2e} ({len(rows)} of {len(flat)} rows)")
+        full = full.reshape(flat.shape)
+        for rows in (active.reshape(-1).nonzero().squeeze(1), torch.arange(len(flat))):
+            try:
+                packed = block.forward_rows(hidden, rows, flat.index_select(0, rows),
+                                            BlockContext(layer=index, hop=1))
+            except Exception as error:  # noqa: BLE001 - any failure is the finding
+                _fail(f"blocks[{index}].forward_rows fails: {type(error).__name__}: {error}")
+            _expect_shape(f"blocks[{index}].forward_rows for {len(rows)} rows", packed,
+                          (len(rows), flat.shape[-1]))
+            gap = _max_abs(packed - full.index_select(0, rows))
+            if gap > 1e-5 * max(1.0, _max_abs(full)):
+                _fail(f"blocks[{index}].forward_rows differs from forward at those rows by "
+                      f"{gap:.2e} ({len(rows)} of {len(flat)} rows)")

@@ -12,30 +12,14 @@ from torch import Tensor, nn
 from ..registry import KINDS
 
 COMMON_CONTRACTS = ("config", "yaml round trip", "entry point")
+#: Contracts checked on a whole PonderModel around a backbone or a halting strategy.
+MODEL_CONTRACTS = ("causality", "gradient flow", "determinism", "checkpoint")
 CONTRACTS: dict[str, tuple[str, ...]] = {
-    "backbone": COMMON_CONTRACTS
-    + (
-        "construction",
-        "output shapes",
-        "causality",
-        "active subset",
-        "gradient flow",
-        "determinism",
-        "checkpoint",
-    ),
-    "halting": COMMON_CONTRACTS
-    + (
-        "scopes",
-        "hop protocol",
-        "halting weights",
-        "halting stats",
-        "packed depth",
-        "causality",
-        "gradient flow",
-        "determinism",
-        "checkpoint",
-    ),
-    "task": COMMON_CONTRACTS + ("task data", "split overlap", "determinism", "extra metrics"),
+    "backbone": (*COMMON_CONTRACTS, "construction", "output shapes", "active subset",
+                 *MODEL_CONTRACTS),
+    "halting": (*COMMON_CONTRACTS, "scopes", "hop protocol", "halting weights", "halting stats",
+                "packed depth", *MODEL_CONTRACTS),
+    "task": (*COMMON_CONTRACTS, "task data", "split overlap", "determinism", "extra metrics"),
 }
 
 #: Small values for common size options, used where the plugin's config has such a field
@@ -125,27 +109,25 @@ def _token_ids(batch: int, length: int, seed: int) -> Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=generator)  # (B, L)
 
 
-def _perturb(module: nn.Module, seed: int, scale: float = 0.5) -> None:
-    """Move every floating parameter away from its initial value (in place)."""
+#: Every contract check runs on parameters moved this far from their initial values (fixed
+#: noise, the same for every build), so a defect hidden by an initialisation (a zero-init
+#: halting unit that reads the future, a block whose future-reading path starts at zero)
+#: shows; the hop-weight and packed-depth checks add their own larger perturbations.
+CONTRACT_PERTURBATION = 0.1
+_CONTRACT_NOISE_SEED = 17
+
+
+def _perturb(
+    module: nn.Module, seed: int = _CONTRACT_NOISE_SEED, scale: float = CONTRACT_PERTURBATION
+) -> nn.Module:
+    """Move every floating parameter away from its initial value (in place); by default as
+    every contract check does. Returns `module`."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():
             if parameter.is_floating_point():
                 noise = torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
                 parameter.add_(scale * noise)
-
-
-#: Every contract check runs on parameters moved this far from their initial values (fixed
-#: noise, the same for every build), so a defect hidden by an initialisation (a zero-init
-#: halting unit that reads the future, a block whose future-reading path starts at zero)
-#: shows; the hop-weight checks add their own larger perturbations.
-CONTRACT_PERTURBATION = 0.1
-_CONTRACT_NOISE_SEED = 17
-
-
-def perturb_for_contracts(module: nn.Module) -> nn.Module:
-    """Move `module`'s parameters off their initial values, as every contract check does."""
-    _perturb(module, seed=_CONTRACT_NOISE_SEED, scale=CONTRACT_PERTURBATION)
     return module
 
 

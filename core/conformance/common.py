@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from pydantic import ValidationError
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import checkpoint as ckpt
 from ..config import PluginConfig
 from ..errors import PluginError, SpecError
-from ..interfaces import IGNORE_INDEX, Backbone, TaskData
+from ..interfaces import IGNORE_INDEX, Backbone
 from ..model import PonderModel
 from ..registry import CONFIG_BASES, Registry, get_registry, plugin_name
 from ..run import seed_everything
@@ -35,7 +35,6 @@ from .base import (
     _Problem,
     _state_differences,
     _token_ids,
-    perturb_for_contracts,
     plugin_kind,
 )
 from .probes import PROBES, ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHaltingConfig
@@ -48,11 +47,9 @@ class CommonChecks:
     def __init__(self, plugin: type, config: dict[str, Any] | PluginConfig | None = None):
         self.plugin = plugin
         self.kind = plugin_kind(plugin)
+        self.contracts: tuple[str, ...] = CONTRACTS[self.kind]
         self._overrides = config
-        self._config: PluginConfig | None = None
-        self._synthetic_runs: list | None = None
-        self._built: TaskData | None = None
-        self._layers: dict[str, int] = {}
+        self._layers: dict[str, int] = {}  # n_layers a halting strategy is checked with, by scope
         try:
             self.name = plugin_name(plugin)
         except PluginError:
@@ -60,10 +57,6 @@ class CommonChecks:
         self.label = f"{self.kind} {self.name!r} ({plugin.__module__}.{plugin.__qualname__})"
 
     # ------------------------------------------------------------------ running
-    @property
-    def contracts(self) -> tuple[str, ...]:
-        return CONTRACTS[self.kind]
-
     def check(self, contract: str) -> None:
         """Run one contract; raise ContractError naming it if the plugin breaks it."""
         if contract not in self.contracts:
@@ -81,8 +74,12 @@ class CommonChecks:
             raise ContractError(self.label, contract, f"raised {type(exc).__name__}: {exc}") from exc
 
     def run(self, skip: Iterable[str] = ()) -> list[ContractError]:
-        """Run every contract (but `skip`); return the broken ones. Stops after a broken config."""
-        skipped = set(skip) | set(self.exempt)
+        """Run every contract (but `skip`); return the broken ones. Stops after a broken config.
+
+        Contracts the plugin declares it cannot hold, with why (`conformance_exempt`), are
+        skipped too; `check` still runs them (tests show the kit rejects exactly those).
+        """
+        skipped = set(skip) | set(getattr(self.plugin, "conformance_exempt", None) or {})
         unknown = skipped - set(self.contracts)
         if unknown:
             raise ValueError(f"unknown {self.kind} contract(s) to skip: {', '.join(sorted(unknown))}")
@@ -98,23 +95,10 @@ class CommonChecks:
                     break
         return failures
 
-
-    @property
-    def exempt(self) -> dict[str, str]:
-        """Contracts the plugin declares it cannot hold, with why (`conformance_exempt`).
-
-        `run` skips them; `check` still runs them (tests show the kit rejects exactly those).
-        """
-        return dict(getattr(self.plugin, "conformance_exempt", None) or {})
-
     # ------------------------------------------------------------------ config
-    @property
+    @cached_property
     def config(self) -> PluginConfig:
-        if self._config is None:
-            self._config = self._make_config()
-        return self._config
-
-    def _make_config(self) -> PluginConfig:
+        """The config under test (built once; a ContractError under 'config' if none builds)."""
         config_class = getattr(self.plugin, "config_class", None)
         if config_class is None:
             raise ContractError(self.label, "config", "the class has no `config_class`")
@@ -152,9 +136,8 @@ class CommonChecks:
         config = self.config
         if config.name != name:
             _fail(f"the config's name is {config.name!r}, expected {name!r}")
-        dumped = config.model_dump(mode="json")
         try:
-            config_class.model_validate({**dumped, UNKNOWN_KEY: 1})
+            config_class.model_validate({**config.model_dump(mode="json"), UNKNOWN_KEY: 1})
         except ValidationError:
             pass
         else:
@@ -185,7 +168,7 @@ class CommonChecks:
         data: dict[str, Any] = {section: {"name": "conformance_probe"} for section in PLUGIN_SECTIONS}
         data[self.kind] = (config or self.config).model_dump(mode="json")
         data["training"] = {"steps": 1}
-        return copy.deepcopy(data)
+        return data
 
     def _check_yaml_round_trip(self) -> None:
         """The config under test, and for a halting strategy the same options in every supported scope."""
@@ -195,13 +178,12 @@ class CommonChecks:
                 self._yaml_round_trip(self._config_for_scope(scope), f" ({scope} scope)")
 
     def _yaml_round_trip(self, config: PluginConfig, where: str) -> None:
-        config_class = type(config)
         try:
             text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         except yaml.YAMLError as exc:
             _fail(f"model_dump(mode='json') is not YAML-serialisable{where}: {exc}")
         try:
-            reloaded = config_class.model_validate(yaml.safe_load(text))
+            reloaded = type(config).model_validate(yaml.safe_load(text))
         except ValidationError as exc:
             problem = "; ".join(e["msg"] for e in exc.errors())
             _fail(
@@ -249,44 +231,45 @@ class CommonChecks:
         if info.cls is not self.plugin:
             _fail(f"{self.kind} {self.name!r} is registered as {info.cls.__module__}.{info.cls.__qualname__}")
 
-
     # ------------------------------------------------------------------ models
+    def _backbone(self, seed: int = 0) -> Backbone:
+        """The backbone under test, seeded, with its parameters perturbed (`_perturb`)."""
+        seed_everything(seed)
+        return _perturb(self.plugin(self.config, vocab_size=VOCAB))
+
     def _model(self, seed: int, scope: str | None = None) -> PonderModel:
         """A PonderModel around the plugin under test (backbone or halting), seeded, with the
-        plugin's parameters perturbed (`perturb_for_contracts`)."""
-        seed_everything(seed)
+        plugin's parameters perturbed (`_perturb`)."""
         if self.kind == "backbone":
-            backbone = perturb_for_contracts(self.plugin(self.config, vocab_size=VOCAB))
-            halting_config = ProbeHaltingConfig(scope=scope or "layer")
-            return PonderModel(backbone, ProbeHalting, halting_config, vocab_size=VOCAB)
+            halting = ProbeHaltingConfig(scope=scope or "layer")
+            return PonderModel(self._backbone(seed), ProbeHalting, halting, vocab_size=VOCAB)
         config = self.config if scope is None else self._config_for_scope(scope)
-        n_layers = self._layers_for(config.scope)
-        backbone = ProbeBackbone(ProbeBackboneConfig(n_layers=n_layers), vocab_size=VOCAB)
+        probe_config = ProbeBackboneConfig(n_layers=self._layers_for(config.scope))
+        seed_everything(seed)  # after _layers_for, which may build (and so draw) the strategy once
+        backbone = ProbeBackbone(probe_config, vocab_size=VOCAB)
         model = PonderModel(backbone, self.plugin, config, vocab_size=VOCAB)
-        perturb_for_contracts(model.sites)
+        _perturb(model.sites)
         return model
 
-    def _length(self, backbone: Backbone | None = None) -> int:
+    @staticmethod
+    def _length(backbone: Backbone) -> int:
         """A sequence length that spans at least two segments of a memory backbone."""
-        if backbone is not None and backbone.uses_segments and backbone.segment_size:
+        if backbone.uses_segments and backbone.segment_size:
             return 2 * int(backbone.segment_size) + 3
         return 9
-
-    def _tested_params(self, model: PonderModel) -> list[tuple[str, nn.Parameter]]:
-        """The trainable parameters of the plugin under test: the backbone's, or the sites'."""
-        part = "backbone" if self.kind == "backbone" else "sites"
-        return [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters() if p.requires_grad]
 
     def _forward(self, model: PonderModel, ids: Tensor, labels: Tensor | None = None, seed: int = 0):
         torch.manual_seed(seed)  # stochastic strategies draw the same numbers in both runs
         return model(ids, labels=labels)
 
-    def _model_scopes(self) -> list[str]:
-        """Scopes the model-level checks run in: all three for a backbone, the supported ones for a strategy."""
-        return ["layer", "model", "depth"] if self.kind == "backbone" else self._scopes()
+    def _scopes(self) -> list[str]:
+        """The scopes a strategy supports; a backbone is checked in all three (layer first)."""
+        if self.kind == "backbone":
+            return ["layer", "model", "depth"]
+        return sorted(getattr(self.plugin, "supported_scopes", ()))
 
     def _check_causality(self) -> None:
-        for scope in self._model_scopes():
+        for scope in self._scopes():
             model = self._model(seed=0, scope=scope).eval()
             length = self._length(model.backbone)
             cut = length // 2 + 1
@@ -306,7 +289,7 @@ class CommonChecks:
                 _fail(f"logits at positions >= {cut} did not change when the tokens there did ({scope} scope)")
 
     def _check_gradient_flow(self) -> None:
-        for scope in self._model_scopes()[: 1 if self.kind == "backbone" else None]:
+        for scope in self._scopes()[: 1 if self.kind == "backbone" else None]:
             self._gradient_flow(scope)
 
     def _gradient_flow(self, scope: str) -> None:
@@ -328,7 +311,9 @@ class CommonChecks:
                     "is the output detached from the hop states?"
                 )
         out.loss.backward()
-        params = self._tested_params(model)
+        part = "backbone" if self.kind == "backbone" else "sites"  # the model part under test
+        params = [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters()]
+        params = [(n, p) for n, p in params if p.requires_grad]
         missing = [n for n, p in params if p.grad is None]
         # In depth scope a strategy's per-layer parameters go unused when every token exits earlier.
         if missing and (scope != "depth" or len(missing) == len(params)):

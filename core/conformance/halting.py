@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from functools import cached_property
 
 import torch
 from pydantic import ValidationError
@@ -13,19 +13,8 @@ from torch import Tensor
 from ..config import HaltingConfig
 from ..errors import SpecError
 from ..interfaces import HaltingStrategy, PonderOutput
-from ..model import PonderModel
 from ..run import seed_everything
-from .base import (
-    VOCAB,
-    _expect_finite,
-    _expect_shape,
-    _fail,
-    _max_abs,
-    _perturb,
-    _Problem,
-    _token_ids,
-)
-from .probes import ProbeBackbone, ProbeBackboneConfig
+from .base import _expect_finite, _expect_shape, _fail, _max_abs, _perturb, _Problem, _token_ids
 
 
 class HaltingChecks:
@@ -58,9 +47,6 @@ class HaltingChecks:
         config = self._config_for_scope(scope)
         return self.plugin(config, d_model=d_model, n_layers=self._layers_for(scope))
 
-    def _scopes(self) -> list[str]:
-        return sorted(getattr(self.plugin, "supported_scopes", ()))
-
     def _check_scopes(self) -> None:
         scopes = set(getattr(self.plugin, "supported_scopes", ()))
         if not scopes or not scopes <= {"layer", "model", "depth"}:
@@ -79,56 +65,49 @@ class HaltingChecks:
             if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 _fail(f"loss_weight() is {weight!r} (a finite number >= 0 is needed)")
 
-    def _synthetic(self) -> list[dict[str, Any]]:
+    @cached_property
+    def _synthetic(self) -> list[tuple[str, Tensor, PonderOutput, _HopLog]]:
         """Run the strategy with marker hops: hop n returns e_n (one-hot) for active tokens.
 
         The input state is e_N (N = max_hops) and every state carries the same random
         per-token tail. A strategy whose output is sum_n w_n s_n with weights summing
         to 1 returns w_n in coordinate n, 0 in coordinate N, and the tail unchanged.
+        Each run is (where, input state, output, hop log), run once per checker.
         """
-        if self._synthetic_runs is not None:
-            return self._synthetic_runs
         runs = []
-        batch, length, tail_width = 3, 5, 3
+        tail = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(2))  # (B, L, T)
         for scope in self._scopes():
             hops_cap = self._strategy(scope, d_model=8).max_hops()
-            width = hops_cap + 1 + tail_width
             for mode in ("train", "eval"):
                 for perturbed in (False, True):
+                    log = _HopLog(hops_cap, tail)
+                    state = log.marker(hops_cap)  # (B, L, N + 1 + T)
                     seed_everything(0)
-                    strategy = self._strategy(scope, d_model=width).train(mode == "train")
+                    strategy = self._strategy(scope, d_model=state.shape[-1]).train(mode == "train")
                     if perturbed:
                         _perturb(strategy, seed=1)
-                    generator = torch.Generator().manual_seed(2)
-                    tail = torch.randn(batch, length, tail_width, generator=generator)
-                    state = torch.zeros(batch, length, width)
-                    state[..., hops_cap] = 1.0
-                    state[..., hops_cap + 1 :] = tail
-                    log = _HopLog(batch, length, width, hops_cap, tail)
                     where = f"{scope} scope, {mode} mode{', perturbed weights' if perturbed else ''}"
                     try:
                         with torch.no_grad():
                             out = strategy(state, log.hop)
                     except _Problem as problem:
                         _fail(f"{problem} ({where})")
-                    runs.append({"where": where, "out": out, "log": log, "cap": hops_cap, "state": state})
-        self._synthetic_runs = runs
+                    runs.append((where, state, out, log))
         return runs
 
     def _check_hop_protocol(self) -> None:
-        for run in self._synthetic():
-            out, log, where = run["out"], run["log"], run["where"]
+        for where, state, out, log in self._synthetic:
             if not isinstance(out, PonderOutput):
                 _fail(f"forward returned {type(out).__name__}, expected a PonderOutput ({where})")
             if not log.hops:
                 _fail(f"the hop function was never called ({where})")
-            _expect_shape(f"PonderOutput.output ({where})", out.output, tuple(run["state"].shape))
-            if out.output.dtype != run["state"].dtype:
-                _fail(f"output dtype {out.output.dtype} differs from the state's {run['state'].dtype} ({where})")
+            _expect_shape(f"PonderOutput.output ({where})", out.output, tuple(state.shape))
+            if out.output.dtype != state.dtype:
+                _fail(f"output dtype {out.output.dtype} differs from the state's {state.dtype} ({where})")
 
     def _check_halting_weights(self) -> None:
-        for run in self._synthetic():
-            out, log, cap, where = run["out"], run["log"], run["cap"], run["where"]
+        for where, _, out, log in self._synthetic:
+            cap = log.cap
             output = out.output.float()
             weights = output[..., :cap]  # (B, L, N) weight of hop n's state
             kept_input = output[..., cap]  # (B, L) weight of the input state
@@ -158,9 +137,8 @@ class HaltingChecks:
                     _fail(f"hop_weights do not give the output's combination of hop states (off by {gap:.2e}) ({where})")
 
     def _check_halting_stats(self) -> None:
-        for run in self._synthetic():
-            out, log, cap, where = run["out"], run["log"], run["cap"], run["where"]
-            shape = tuple(run["state"].shape[:2])
+        for where, state, out, log in self._synthetic:
+            cap, shape = log.cap, tuple(state.shape[:2])
             for field_name in ("hops", "ponder_cost", "remainder"):
                 value = getattr(out, field_name)
                 _expect_shape(f"PonderOutput.{field_name} ({where})", value, shape)
@@ -181,7 +159,7 @@ class HaltingChecks:
                 count = len(out.hop_states)
                 _expect_shape(f"hop_probs ({where})", out.hop_probs, (*shape, count))
                 for index, hop_state in enumerate(out.hop_states):
-                    _expect_shape(f"hop_states[{index}] ({where})", hop_state, tuple(run["state"].shape))
+                    _expect_shape(f"hop_states[{index}] ({where})", hop_state, tuple(state.shape))
                 probs = out.hop_probs.float()
                 if float(probs.min()) < -1e-6 or _max_abs(probs.sum(-1) - 1.0) > 1e-4:
                     _fail(f"hop_probs must be non-negative and sum to 1 over hops ({where})")
@@ -190,14 +168,11 @@ class HaltingChecks:
         """Depth-scope inference on packed rows gives what the dense hops give."""
         if "depth" not in self._scopes():
             return
-        layers = self._layers_for("depth")
         ids = _token_ids(3, 7, seed=5)
         padded = torch.ones(3, 7, dtype=torch.bool)
         padded[1, 4:] = False
         for scale in (0.5, 3.0):  # small and large halting weights: mixed exit layers
-            seed_everything(0)
-            backbone = ProbeBackbone(ProbeBackboneConfig(n_layers=layers), vocab_size=VOCAB)
-            model = PonderModel(backbone, self.plugin, self._config_for_scope("depth"), vocab_size=VOCAB).eval()
+            model = self._model(seed=0, scope="depth").eval()
             _perturb(model.sites[0], seed=3, scale=scale)
             for mask in (None, padded):
                 where = f"depth scope, weights perturbed by {scale}, {'padded' if mask is not None else 'no padding'}"
@@ -221,27 +196,31 @@ class HaltingChecks:
 class _HopLog:
     """A marker hop function that checks the hop protocol and counts hops per token."""
 
-    def __init__(self, batch: int, length: int, width: int, cap: int, tail: Tensor):
-        self.shape = (batch, length, width)
+    def __init__(self, cap: int, tail: Tensor):
         self.cap = cap
         self.tail = tail  # (B, L, T)
+        self.shape = (*tail.shape[:2], cap + 1 + tail.shape[-1])  # (B, L, N + 1 + T)
         self.hops: list[int] = []
-        self.executed = torch.zeros(batch, length)  # (B, L) hops run per token
+        self.executed = torch.zeros(tail.shape[:2])  # (B, L) hops run per token
+
+    def marker(self, n: int) -> Tensor:
+        """The marker state of hop n: e_n in the first N + 1 coordinates, then the tail."""
+        state = torch.zeros(self.shape)
+        state[..., n] = 1.0
+        state[..., self.cap + 1 :] = self.tail
+        return state
 
     def hop(self, state: Tensor, n: int, active: Tensor | None) -> Tensor:
-        expected = len(self.hops)
-        if isinstance(n, Tensor) or not isinstance(n, int):
+        if not isinstance(n, int):  # a tensor hop index is no int either
             _fail(f"hop called with n={n!r}; n must be a Python int")
-        if n != expected:
+        if n != len(self.hops):
             _fail(f"hop called with n={n} after hops {self.hops}; hops must be 0, 1, 2, ... in order")
         if n >= self.cap:
             _fail(f"hop called with n={n}, but max_hops() is {self.cap}")
         if tuple(state.shape) != self.shape:
             _fail(f"hop called with a state of shape {tuple(state.shape)}, expected {self.shape}")
         self.hops.append(n)
-        new = torch.zeros(self.shape, dtype=state.dtype)
-        new[..., n] = 1.0
-        new[..., self.cap + 1 :] = self.tail
+        new = self.marker(n).to(state.dtype)
         if active is None:
             self.executed += 1
             return new

@@ -65,11 +65,11 @@ class ProbeBackbone(Backbone):
 
 class ProbeHaltingConfig(HaltingConfig):
     name: Literal["conformance_probe"] = "conformance_probe"
-    steps: int = Field(2, ge=1)
 
 
 class ProbeHalting(HaltingStrategy):
-    """The neighbour strategy used when checking a backbone: `steps` hops, the last state.
+    """The neighbour strategy used when checking a backbone: two hops (n_layers in depth
+    scope), the last state.
 
     Hops after the first run only on a fixed half of the tokens, so a backbone is
     also exercised with `active` masks as real strategies pass them.
@@ -78,19 +78,16 @@ class ProbeHalting(HaltingStrategy):
     config_class = ProbeHaltingConfig
 
     def max_hops(self) -> int:
-        return self.n_layers if self.config.scope == "depth" else self.config.steps
+        return self.n_layers if self.config.scope == "depth" else 2
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
         batch, length = state.shape[:2]
         positions = torch.arange(length, device=state.device)
         rows = torch.arange(batch, device=state.device).unsqueeze(1)
         later = (positions.unsqueeze(0) + rows) % 2 == 0  # (B, L) tokens that keep going
-        hops = torch.ones(batch, length, device=state.device)
         for n in range(self.max_hops()):
-            active = None if n == 0 else later
-            state = hop(state, n, active)
-            if n:
-                hops = hops + later.float()
+            state = hop(state, n, later if n else None)
+        hops = 1.0 + (self.max_hops() - 1) * later.float()  # (B, L)
         zeros = torch.zeros_like(hops)
         return PonderOutput(output=state, hops=hops, ponder_cost=zeros, remainder=zeros)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 
-from ..interfaces import IGNORE_INDEX, Task, TaskData
+from ..interfaces import IGNORE_INDEX, TaskData
 from ..model import PonderModel
 from ..run import seed_everything
 from .base import _fail
@@ -16,23 +17,19 @@ from .probes import ProbeBackbone, ProbeBackboneConfig, ProbeHalting, ProbeHalti
 class TaskChecks:
     """Contracts of tasks (mixed into `Conformance`)."""
 
-    def _task(self) -> Task:
-        return self.plugin(self.config)
-
+    @cached_property
     def _task_data(self) -> TaskData:
         """The splits built from seed 0 (built once per checker)."""
-        if self._built is None:
-            self._built = self._task().build(0)
-        return self._built
+        return self.plugin(self.config).build(0)
 
     def _check_task_data(self) -> None:
         import datasets
 
-        task = self._task()
+        task = self.plugin(self.config)
         vocab = getattr(task, "vocab_size", None)
         if not isinstance(vocab, int) or vocab < 2:
             _fail(f"vocab_size is {vocab!r} (an int >= 2 is needed)")
-        data = self._task_data()
+        data = self._task_data
         if not isinstance(data, TaskData):
             _fail(f"build(seed) returned {type(data).__name__}, expected TaskData")
         for split in ("train", "validation", "test"):
@@ -55,7 +52,7 @@ class TaskChecks:
 
     def _check_split_overlap(self) -> None:
         """No validation or test example occurs in train, and none occurs in both of them."""
-        data = self._task_data()
+        data = self._task_data
         seen = {"train": {tuple(ids) for ids in data.train["input_ids"]}}
         for split, earlier in (("validation", ("train",)), ("test", ("train", "validation"))):
             rows = [tuple(ids) for ids in data.split(split)["input_ids"]]
@@ -69,14 +66,14 @@ class TaskChecks:
             seen[split] = set(rows)
 
     def _check_task_determinism(self) -> None:
-        first, second = self._task_data(), self._task().build(0)
+        first, second = self._task_data, self.plugin(self.config).build(0)
         for split in ("train", "validation", "test"):
             if first.split(split).to_dict() != second.split(split).to_dict():
                 _fail(f"two builds with seed 0 give different {split} splits")
 
     def _check_extra_metrics(self) -> None:
-        task = self._task()
-        data = self._task_data()
+        task = self.plugin(self.config)
+        data = self._task_data
         seed_everything(0)
         backbone = ProbeBackbone(ProbeBackboneConfig(), vocab_size=task.vocab_size)
         model = PonderModel(backbone, ProbeHalting, ProbeHaltingConfig(), vocab_size=task.vocab_size)
