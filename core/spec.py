@@ -109,24 +109,21 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set 
     if id(node) in seen_nodes:
         return {}
     seen_nodes.add(id(node))
-    lines: dict[tuple, int] = {}
+    # (key or index, the node whose line is reported, the value node)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            path = prefix + (key,)
-            if key in seen:
-                raise SpecError(
-                    "duplicate key", path=dotted_key(path), where=f"{source}:{key_node.start_mark.line + 1}"
-                )
-            seen.add(key)
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, source, path, seen_nodes))
+        entries = [(key_node.value, key_node, value_node) for key_node, value_node in node.value]
     elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = prefix + (index,)
-            lines[path] = item.start_mark.line + 1
-            lines.update(_line_map(item, source, path, seen_nodes))
+        entries = [(index, item, item) for index, item in enumerate(node.value)]
+    else:
+        entries = []
+    lines: dict[tuple, int] = {}
+    for key, marked, value_node in entries:
+        path = prefix + (key,)
+        line = marked.start_mark.line + 1
+        if path in lines:
+            raise SpecError("duplicate key", path=dotted_key(path), where=f"{source}:{line}")
+        lines[path] = line
+        lines.update(_line_map(value_node, source, path, seen_nodes))
     return lines
 
 
