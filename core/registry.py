@@ -143,9 +143,7 @@ def _selected(entry_point_name: str, distribution: str) -> bool:
     allow = _env_list("PONDERLAB_PLUGINS")
     deny = _env_list("PONDERLAB_DISABLE_PLUGINS") or set()
     keys = {entry_point_name, distribution}
-    if keys & deny:
-        return False
-    return allow is None or bool(keys & allow)
+    return not keys & deny and (allow is None or bool(keys & allow))
 
 
 def selection_notes(found: list[tuple[metadata.EntryPoint, str, str]]) -> list[str]:

@@ -41,8 +41,12 @@ def _union(configs: list[type[BaseModel]]) -> Any:
     return Annotated[Union[tuple(configs)], Field(discriminator="name")]  # noqa: UP007
 
 
-def build_spec_model(registry: Registry) -> type[SpecBase]:
-    """The pydantic model of an experiment spec with every registered plugin's options."""
+def spec_model(registry: Registry | None = None) -> type[SpecBase]:
+    """The pydantic model of an experiment spec with every registered plugin's options
+    (built once per registry)."""
+    registry = registry or get_registry()
+    if registry.spec_model is not None:
+        return registry.spec_model
     fields: dict[str, Any] = {}
     for kind in PLUGIN_SECTIONS:
         configs = [registry.plugins[kind][n].cls.config_class for n in sorted(registry.plugins[kind])]
@@ -56,14 +60,7 @@ def build_spec_model(registry: Registry) -> type[SpecBase]:
             fields[kind] = (_union(configs), ...)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
     fields["distributed"] = (DistributedConfig, Field(default_factory=DistributedConfig))
-    return create_model("ExperimentSpec", __base__=SpecBase, **fields)
-
-
-def spec_model(registry: Registry | None = None) -> type[SpecBase]:
-    """The spec model for `registry` (built once per registry)."""
-    registry = registry or get_registry()
-    if registry.spec_model is None:
-        registry.spec_model = build_spec_model(registry)
+    registry.spec_model = create_model("ExperimentSpec", __base__=SpecBase, **fields)
     return registry.spec_model
 
 
@@ -356,7 +353,6 @@ __all__ = [
     "Source",
     "SpecBase",
     "apply_overrides",
-    "build_spec_model",
     "dotted_key",
     "is_plugin_switch",
     "load_spec",
