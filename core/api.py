@@ -33,8 +33,7 @@ def _config(kind: str, value: Any):
         return value
     if isinstance(value, str):
         value = {"name": value}
-    info = get_registry().get(kind, value["name"])
-    return info.cls.config_class.model_validate(value)
+    return get_registry().get(kind, value["name"]).cls.config_class.model_validate(value)
 
 
 def build_model(
@@ -102,11 +101,10 @@ def evaluate(model: PonderModel, task: Task, split: str = "test", seed: int = 0,
     """Teacher-forced metrics of `model` on a task split."""
     data = task.build(seed).split(split)
     device = next(model.parameters()).device
-    accumulator = evaluate_dataset(
+    return evaluate_dataset(
         model, TensorDataset(data, task.slice_columns), batch_size=batch_size,
         device=device, slice_columns=task.slice_columns,
-    )
-    return accumulator.compute()
+    ).compute()
 
 
 def run(

@@ -18,7 +18,7 @@ from .interfaces import Task, TaskData
 from .model import PonderModel
 from .registry import get_registry
 from .run_lock import LOCK_NAME, RunDirLock, lock_holder
-from .spec import SpecBase, read_spec_file, spec_to_yaml, validate_spec
+from .spec import SpecBase, load_spec, spec_to_yaml
 from .trainer import Trainer, pick_device
 
 
@@ -69,8 +69,7 @@ def prepare_run_dir(spec: SpecBase, output_dir: str | Path | None, resume: bool)
 
 def resume_spec(run_dir: Path, spec: SpecBase | None) -> SpecBase:
     """The spec of a run being resumed; a given spec must match the saved one."""
-    data, source = read_spec_file(run_dir / "spec.yaml")
-    saved = validate_spec(data, source)
+    saved = load_spec(run_dir / "spec.yaml")
     placement = {"output_dir", "distributed"}  # where and on how many workers: free to change
     if spec is not None and spec.model_dump(exclude=placement) != saved.model_dump(exclude=placement):
         raise SpecError(f"--resume: the spec differs from the one saved in {run_dir / 'spec.yaml'}")
