@@ -128,8 +128,7 @@ def ponderlab_requirement() -> str:
         version = metadata.version("ponderlab")
     except metadata.PackageNotFoundError:
         return "ponderlab"
-    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]] + [0, 0]
-    major, minor = parts[0], parts[1]
+    major, minor, *_ = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]] + [0, 0]
     upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
     return f"ponderlab>={major}.{minor},<{upper}"
 
@@ -166,8 +165,7 @@ def check_not_registered(kind: str, name: str) -> None:
     """Refuse a name an installed plugin already uses: duplicates are a conflict."""
     from .registry import get_registry
 
-    registry = get_registry()
-    info = registry.plugins[kind].get(name)
+    info = get_registry().plugins[kind].get(name)
     if info is not None:
         raise ScaffoldError(f"a {kind} named {name!r} is already installed ({info.describe()}); pick another name")
 
