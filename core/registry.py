@@ -164,19 +164,13 @@ def selection_notes(found: list[tuple[metadata.EntryPoint, str, str]]) -> list[s
 
 
 def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
-    found = []
-    seen = set()
+    found = {}
     for dist in metadata.distributions():
         dist_name = dist.metadata["Name"] or "unknown"
-        for ep in dist.entry_points:
-            if ep.group != hookspecs.PROJECT_NAME:
-                continue
-            key = (dist_name, ep.name, ep.value)
-            if key in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(key)
-            found.append((ep, dist_name, dist.version))
-    return sorted(found, key=lambda item: (item[1] != "ponderlab", item[0].name, item[1]))
+        for ep in dist.entry_points.select(group=hookspecs.PROJECT_NAME):
+            # the same distribution visible twice on sys.path is listed once
+            found.setdefault((dist_name, ep.name, ep.value), (ep, dist_name, dist.version))
+    return sorted(found.values(), key=lambda item: (item[1] != "ponderlab", item[0].name, item[1]))
 
 
 def build_registry() -> Registry:
