@@ -98,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker, "--address": args.address}
     spec = apply_flags(spec, flags)
     # N workers run on Ray Train, with the same Trainer step (docs/scale.md)
-    results, run_dir = launch(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
+    results, run_dir = launch(
+        spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress
+    )
     print(format_summary(results, run_dir))
     return 0
 

@@ -188,9 +188,10 @@ def build_registry() -> Registry:
         if ep.name in sources:  # pluggy would refuse it with a dump of every registered plugin
             first_dist, first_version = sources[ep.name]
             clash = (
-                f"entry point {ep.name!r} is registered twice: by {first_dist} {first_version} and by "
-                f"{dist_name} {version} ({ep.value}); {dist_name}'s is skipped. Entry-point names must be "
-                "unique across installed packages: name them '<kind>.<plugin name>'"
+                f"entry point {ep.name!r} is registered twice: by {first_dist} {first_version} "
+                f"and by {dist_name} {version} ({ep.value}); {dist_name}'s is skipped. "
+                "Entry-point names must be unique across installed packages: "
+                "name them '<kind>.<plugin name>'"
             )
             registry.errors.append(LoadError(ep.name, dist_name, clash))
             continue

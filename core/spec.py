@@ -91,7 +91,8 @@ MAX_SPEC_VALUES = 100_000
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     """Values in `node` once YAML aliases are expanded; each distinct node is counted once."""
     if id(node) not in sizes:
-        sizes[id(node)] = 1  # a node that refers to itself counts once (the loader rejects it later)
+        # a node that refers to itself counts once (the loader rejects it later)
+        sizes[id(node)] = 1
         if isinstance(node, yaml.MappingNode):
             children = [child for pair in node.value for child in pair]
         else:
@@ -270,7 +271,8 @@ def _check_plugin_names(data: dict, registry: Registry, source: Source) -> None:
             try:
                 registry.get(kind, str(value["name"]))
             except (SpecError, PluginError) as exc:
-                raise SpecError(str(exc), path=f"{kind}.name", where=source.where((kind, "name"))) from None
+                where = source.where((kind, "name"))
+                raise SpecError(str(exc), path=f"{kind}.name", where=where) from None
             continue
         raise SpecError(problem, path=kind, where=source.where((kind,)))
 
