@@ -22,16 +22,10 @@ from .data import TensorDataset
 from .interfaces import Task
 from .model import PonderModel
 from .registry import get_registry
-from .run import build_model_from_spec, execute
+from .run import build_model_from_spec, launch
 from .run import build_task as _build_task_from_spec
-from .spec import SpecBase, apply_overrides, read_spec_file, resolve_spec, validate_spec
-from .spec import load_spec as _load_spec
+from .spec import SpecBase, apply_overrides, load_spec, read_spec_file, resolve_spec, validate_spec
 from .training_step import evaluate_dataset, pick_device
-
-
-def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SpecBase:
-    """Read and validate a YAML spec (the bundled quickstart when `path` is None)."""
-    return _load_spec(path, overrides)
 
 
 def _config(kind: str, value: Any):
@@ -39,8 +33,7 @@ def _config(kind: str, value: Any):
         return value
     if isinstance(value, str):
         value = {"name": value}
-    info = get_registry().get(kind, value["name"])
-    return info.cls.config_class.model_validate(value)
+    return get_registry().get(kind, value["name"]).cls.config_class.model_validate(value)
 
 
 def build_model(
@@ -108,11 +101,10 @@ def evaluate(model: PonderModel, task: Task, split: str = "test", seed: int = 0,
     """Teacher-forced metrics of `model` on a task split."""
     data = task.build(seed).split(split)
     device = next(model.parameters()).device
-    accumulator = evaluate_dataset(
+    return evaluate_dataset(
         model, TensorDataset(data, task.slice_columns), batch_size=batch_size,
         device=device, slice_columns=task.slice_columns,
-    )
-    return accumulator.compute()
+    ).compute()
 
 
 def run(
@@ -125,16 +117,12 @@ def run(
 ) -> dict[str, Any]:
     """Run an experiment; returns the dict written to results.json."""
     if isinstance(spec, (str, Path)) or spec is None:
-        resolved = _load_spec(spec, overrides)
+        resolved = load_spec(spec, overrides)
     else:
         data = spec.model_dump(mode="json") if isinstance(spec, SpecBase) else dict(spec)
         resolved = validate_spec(apply_overrides(data, list(overrides or [])))
-    from .distributed.placement import runs_distributed
-
-    runner = execute
-    if runs_distributed(resolved):  # N workers on Ray Train (docs/scale.md)
-        from .distributed.launch import run_distributed as runner
-    results, _ = runner(resolved, output_dir=output_dir, resume=resume, progress=progress)
+    # N workers run on Ray Train (docs/scale.md)
+    results, _ = launch(resolved, output_dir=output_dir, resume=resume, progress=progress)
     return results
 
 

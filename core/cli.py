@@ -13,10 +13,12 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import PonderlabError
 
-#: command -> (module, one-line help). Modules are imported only when the command runs.
+#: command -> (module, one-line help). Each module keeps its top-level imports light (it is
+#: imported whenever the parser is built) and imports what its command needs when it runs.
 EXTERNAL_COMMANDS = {
     "tune": ("ponderlab.tune.cli", "run a Ray Tune search over plugin combinations"),
     "eval": ("ponderlab.core.evaluation", "evaluate a saved run's checkpoint"),
@@ -41,14 +43,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         }
         for info in registry.all()
     ]
-    errors = [{"entry_point": e.source, "distribution": e.distribution, "error": e.error} for e in registry.errors]
+    errors = [
+        {"kind": "error", "entry_point": e.source, "distribution": e.distribution, "error": e.error}
+        for e in registry.errors
+    ]
     conflicts = [
         {"kind": kind, "name": name, "sources": [p.describe() for p in infos]}
         for (kind, name), infos in registry.conflicts.items()
     ]
     if args.json:
-        print(json.dumps(rows + [{"kind": "error", **e} for e in errors] +
-                         [{"kind": "conflict", **c} for c in conflicts], indent=2))
+        print(json.dumps(rows + errors + conflicts, indent=2))
         return 0
     for kind in ("backbone", "halting", "task"):
         print(f"{kind}:")
@@ -80,28 +84,23 @@ def _split_spec_and_overrides(args: argparse.Namespace) -> tuple[str | None, lis
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import execute, format_summary
+    from .distributed.placement import apply_flags
+    from .run import format_summary, launch, resume_spec
     from .spec import load_spec
 
     spec_path, overrides = _split_spec_and_overrides(args)
     if args.resume and spec_path is None and not overrides:  # --resume with only a run directory
         if not args.output_dir:
             raise PonderlabError("--resume needs --output-dir (or a spec naming output_dir)")
-        from pathlib import Path
-
-        from .run import resume_spec
-
         spec = resume_spec(Path(args.output_dir), None)
     else:
         spec = load_spec(spec_path, overrides)
-    from .distributed.placement import apply_flags, runs_distributed
-
     flags = {"--workers": args.workers, "--gpus-per-worker": args.gpus_per_worker, "--address": args.address}
     spec = apply_flags(spec, flags)
-    runner = execute
-    if runs_distributed(spec):  # N workers on Ray Train; the same Trainer step (docs/scale.md)
-        from .distributed.launch import run_distributed as runner
-    results, run_dir = runner(spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress)
+    # N workers run on Ray Train, with the same Trainer step (docs/scale.md)
+    results, run_dir = launch(
+        spec, output_dir=args.output_dir, resume=args.resume, progress=not args.no_progress
+    )
     print(format_summary(results, run_dir))
     return 0
 
@@ -149,12 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_schema)
 
     for name, (module_name, help_text) in EXTERNAL_COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # command not available in this build
-            raise
+        module = importlib.import_module(module_name)
         p = commands.add_parser(name, help=help_text)
         module.add_arguments(p)
         p.set_defaults(handler=module.main)

@@ -123,8 +123,7 @@ class TrainingConfig(StrictModel):
                 f"steps ({self.steps}) must equal the curriculum's total ({total} = sum of steps_per_stage); "
                 "leave steps out to take the total"
             )
-        if self.steps != total:
-            object.__setattr__(self, "steps", total)
+        object.__setattr__(self, "steps", total)  # bypasses validate_assignment (would rerun this)
         return self
 
 

@@ -47,8 +47,6 @@ class NonFiniteLossError(PonderlabError):
 class StorageError(PonderlabError):
     """A file could not be written for lack of room (disk full, quota, file size limit)."""
 
-    exit_code = 1
-
 
 def storage_full(exc: BaseException) -> bool:
     """True when `exc` is an OSError for a write that ran out of room."""

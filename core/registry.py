@@ -143,9 +143,7 @@ def _selected(entry_point_name: str, distribution: str) -> bool:
     allow = _env_list("PONDERLAB_PLUGINS")
     deny = _env_list("PONDERLAB_DISABLE_PLUGINS") or set()
     keys = {entry_point_name, distribution}
-    if keys & deny:
-        return False
-    return allow is None or bool(keys & allow)
+    return not keys & deny and (allow is None or bool(keys & allow))
 
 
 def selection_notes(found: list[tuple[metadata.EntryPoint, str, str]]) -> list[str]:
@@ -166,23 +164,17 @@ def selection_notes(found: list[tuple[metadata.EntryPoint, str, str]]) -> list[s
 
 
 def _entry_points() -> list[tuple[metadata.EntryPoint, str, str]]:
-    found = []
-    seen = set()
+    found = {}
     for dist in metadata.distributions():
         dist_name = dist.metadata["Name"] or "unknown"
-        for ep in dist.entry_points:
-            if ep.group != hookspecs.PROJECT_NAME:
-                continue
-            key = (dist_name, ep.name, ep.value)
-            if key in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(key)
-            found.append((ep, dist_name, dist.version))
-    return sorted(found, key=lambda item: (item[1] != "ponderlab", item[0].name, item[1]))
+        for ep in dist.entry_points.select(group=hookspecs.PROJECT_NAME):
+            # the same distribution visible twice on sys.path is listed once
+            found.setdefault((dist_name, ep.name, ep.value), (ep, dist_name, dist.version))
+    return sorted(found.values(), key=lambda item: (item[1] != "ponderlab", item[0].name, item[1]))
 
 
-def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registry:
-    """Discover entry points (and any `(name, plugin_object)` pairs given) into a registry."""
+def build_registry() -> Registry:
+    """Discover the `ponderlab` entry points into a registry."""
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
@@ -194,7 +186,14 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
         if not _selected(ep.name, dist_name):
             continue
         if ep.name in sources:  # pluggy would refuse it with a dump of every registered plugin
-            registry.errors.append(LoadError(ep.name, dist_name, _entry_point_clash(ep, dist_name, version, sources)))
+            first_dist, first_version = sources[ep.name]
+            clash = (
+                f"entry point {ep.name!r} is registered twice: by {first_dist} {first_version} "
+                f"and by {dist_name} {version} ({ep.value}); {dist_name}'s is skipped. "
+                "Entry-point names must be unique across installed packages: "
+                "name them '<kind>.<plugin name>'"
+            )
+            registry.errors.append(LoadError(ep.name, dist_name, clash))
             continue
         try:
             module = ep.load()
@@ -203,10 +202,6 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
             registry.errors.append(LoadError(ep.name, dist_name, f"{type(exc).__name__}: {exc}"))
             continue
         sources[ep.name] = (dist_name, version)
-
-    for name, plugin in extra_plugins or []:
-        manager.register(plugin, name=name)
-        sources[name] = ("(registered in process)", "")
 
     for source, (dist_name, version) in sources.items():
         others = [p for p in manager.get_plugins() if manager.get_name(p) != source]
@@ -218,16 +213,6 @@ def build_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Regist
             except Exception as exc:
                 registry.errors.append(LoadError(source, dist_name, f"{type(exc).__name__}: {exc}"))
     return registry
-
-
-def _entry_point_clash(ep: metadata.EntryPoint, dist_name: str, version: str,
-                       sources: dict[str, tuple[str, str]]) -> str:
-    first_dist, first_version = sources[ep.name]
-    return (
-        f"entry point {ep.name!r} is registered twice: by {first_dist} {first_version} and by "
-        f"{dist_name} {version} ({ep.value}); {dist_name}'s is skipped. Entry-point names must be "
-        "unique across installed packages: name them '<kind>.<plugin name>'"
-    )
 
 
 _REGISTRY: Registry | None = None

@@ -18,7 +18,7 @@ from .interfaces import Task, TaskData
 from .model import PonderModel
 from .registry import get_registry
 from .run_lock import LOCK_NAME, RunDirLock, lock_holder
-from .spec import SpecBase, read_spec_file, spec_to_yaml, validate_spec
+from .spec import SpecBase, load_spec, spec_to_yaml
 from .trainer import Trainer, pick_device
 
 
@@ -29,8 +29,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_task(spec: SpecBase) -> Task:
-    info = get_registry().get("task", spec.task.name)
-    return info.cls(spec.task)
+    return get_registry().get("task", spec.task.name).cls(spec.task)
 
 
 def build_model_from_spec(spec: SpecBase, vocab_size: int) -> PonderModel:
@@ -70,8 +69,7 @@ def prepare_run_dir(spec: SpecBase, output_dir: str | Path | None, resume: bool)
 
 def resume_spec(run_dir: Path, spec: SpecBase | None) -> SpecBase:
     """The spec of a run being resumed; a given spec must match the saved one."""
-    data, source = read_spec_file(run_dir / "spec.yaml")
-    saved = validate_spec(data, source)
+    saved = load_spec(run_dir / "spec.yaml")
     placement = {"output_dir", "distributed"}  # where and on how many workers: free to change
     if spec is not None and spec.model_dump(exclude=placement) != saved.model_dump(exclude=placement):
         raise SpecError(f"--resume: the spec differs from the one saved in {run_dir / 'spec.yaml'}")
@@ -131,6 +129,18 @@ def execute(
     return results, run_dir
 
 
+def launch(spec: SpecBase, **options: Any) -> tuple[dict[str, Any], Path]:
+    """`execute`, or `run_distributed` on Ray Train workers when the spec asks for several
+    (docs/scale.md); `options` are `execute`'s keywords. Returns (results, run_dir)."""
+    from .distributed.placement import runs_distributed
+
+    if runs_distributed(spec):
+        from .distributed.launch import run_distributed
+
+        return run_distributed(spec, **options)
+    return execute(spec, **options)
+
+
 def write_spec(spec: SpecBase, run_dir: Path) -> None:
     """What a new run dir holds first: spec.yaml (naming the run dir) and the seed."""
     resolved = spec.model_copy(update={"output_dir": str(run_dir)})
@@ -167,33 +177,32 @@ def out_of_room_message(exc: OSError, run_dir: Path, steps: int) -> str:
     return f"cannot write {what}: {exc.strerror or exc}; {kept}"
 
 
+#: The summary table's metric columns: heading -> results key after "<split>/".
+SUMMARY_COLUMNS = {
+    "loss": "loss",
+    "token acc": "token_accuracy",
+    "exact match": "exact_match",
+    "mean hops": "mean_hops",
+    "max hops": "max_hops",
+    "ponder cost": "ponder_cost",
+}
+
+
 def format_summary(results: dict[str, Any], run_dir: Path | None = None) -> str:
     """A readable table of the final metrics."""
-    columns = [
-        ("split", None),
-        ("loss", "loss"),
-        ("token acc", "token_accuracy"),
-        ("exact match", "exact_match"),
-        ("mean hops", "mean_hops"),
-        ("max hops", "max_hops"),
-        ("ponder cost", "ponder_cost"),
-    ]
-    rows = []
+    table = [["split", *SUMMARY_COLUMNS]]
     for split in ("validation", "test"):
-        row = [split]
-        for _, key in columns[1:]:
-            value = results.get(f"{split}/{key}")
-            row.append("-" if value is None else f"{value:.4f}")
-        rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(columns)]
-    line = "  ".join(h.ljust(w) for (h, _), w in zip(columns, widths, strict=True))
+        values = [results.get(f"{split}/{key}") for key in SUMMARY_COLUMNS.values()]
+        table.append([split, *("-" if value is None else f"{value:.4f}" for value in values)])
+    widths = [max(len(cell) for cell in column) for column in zip(*table, strict=True)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
     out = [
         f"{results.get('task')} / {results.get('backbone')} / {results.get('halting')}"
         f" (scope {results.get('scope')})",
-        line,
-        "-" * len(line),
+        lines[0],
+        "-" * len(lines[0]),
+        *lines[1:],
     ]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     steps = results.get("train/steps", 0)
     seconds = results.get("time/seconds", 0.0)
     out.append(

@@ -36,8 +36,6 @@ TEST_CONFIGS = {
     "halting": '{"max_hops": 3}',
     "task": '{"train_size": 64, "validation_size": 16, "test_size": 16}',
 }
-CLASS_SUFFIX = {"backbone": "Backbone", "halting": "Halting", "task": "Task"}
-CONTRACT_CLASS = {"backbone": "BackboneContract", "halting": "HaltingContract", "task": "TaskContract"}
 
 
 class ScaffoldError(PonderlabError):
@@ -79,7 +77,7 @@ class PluginNames:
 
     @property
     def plugin_class(self) -> str:
-        return self.camel + CLASS_SUFFIX[self.kind]
+        return self.camel + self.kind.capitalize()  # e.g. MyGruBackbone
 
     @property
     def entry_point(self) -> str:
@@ -97,8 +95,7 @@ class PluginNames:
             "config_class": self.camel + "Config",
             "block_class": self.camel + "Block",
             "entry_point": self.entry_point,
-            "section": self.kind,
-            "contract_class": CONTRACT_CLASS[self.kind],
+            "contract_class": self.kind.capitalize() + "Contract",  # from ponderlab.testing
             "test_config": TEST_CONFIGS[self.kind],
             "hook_api_version": str(HOOK_API_VERSION),
             "ponderlab_requirement": ponderlab_requirement(),
@@ -131,16 +128,9 @@ def ponderlab_requirement() -> str:
         version = metadata.version("ponderlab")
     except metadata.PackageNotFoundError:
         return "ponderlab"
-    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]] + [0, 0]
-    major, minor = parts[0], parts[1]
+    major, minor, *_ = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]] + [0, 0]
     upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
     return f"ponderlab>={major}.{minor},<{upper}"
-
-
-def check_name(kind: str, name: str) -> None:
-    if kind not in KINDS:
-        raise ScaffoldError(f"unknown plugin kind {kind!r} (choose from {', '.join(KINDS)})")
-    _check_identifier("plugin", name)
 
 
 def _check_identifier(what: str, name: str) -> None:
@@ -156,7 +146,9 @@ def plan(plugins: list[tuple[str, str]], package: str | None = None) -> list[Plu
     if not plugins:
         raise ScaffoldError("give at least one KIND NAME pair")
     for kind, name in plugins:
-        check_name(kind, name)
+        if kind not in KINDS:
+            raise ScaffoldError(f"unknown plugin kind {kind!r} (choose from {', '.join(KINDS)})")
+        _check_identifier("plugin", name)
     if len(plugins) == 1 and package is None:
         return [PluginNames(*plugins[0])]
     if package is None:
@@ -173,8 +165,7 @@ def check_not_registered(kind: str, name: str) -> None:
     """Refuse a name an installed plugin already uses: duplicates are a conflict."""
     from .registry import get_registry
 
-    registry = get_registry()
-    info = registry.plugins[kind].get(name)
+    info = get_registry().plugins[kind].get(name)
     if info is not None:
         raise ScaffoldError(f"a {kind} named {name!r} is already installed ({info.describe()}); pick another name")
 
@@ -186,11 +177,8 @@ def _template(relative: str) -> Template:
 def render_plugins(plugins: list[PluginNames]) -> dict[str, str]:
     """The generated files of a package holding `plugins` (see `plan`)."""
     shared = package_fields(plugins)
-    files = {
-        "pyproject.toml": _template("package/pyproject.toml.tmpl").substitute(shared),
-        "README.md": _template("package/README.md.tmpl").substitute(shared),
-        "spec.yaml": _template("package/spec.yaml.tmpl").substitute(shared),
-    }
+    files = {name: _template(f"package/{name}.tmpl").substitute(shared)
+             for name in ("pyproject.toml", "README.md", "spec.yaml")}
     if plugins[0].package is not None:
         files[f"{plugins[0].package_module}/__init__.py"] = _template("package/init.py.tmpl").substitute(shared)
     for names in plugins:

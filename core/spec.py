@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .config import DistributedConfig, StrictModel, TrainingConfig
 from .curriculum import check_curriculum
 from .errors import PluginError, SpecError
-from .registry import KINDS, Registry, get_registry
+from .registry import Registry, get_registry
 
-PLUGIN_SECTIONS = {"task": "task", "backbone": "backbone", "halting": "halting"}
+#: The spec sections that each name a plugin; a section is named after its plugin kind.
+PLUGIN_SECTIONS = ("task", "backbone", "halting")
 DEFAULT_HALTING = {"name": "none"}
 
 
@@ -40,29 +41,26 @@ def _union(configs: list[type[BaseModel]]) -> Any:
     return Annotated[Union[tuple(configs)], Field(discriminator="name")]  # noqa: UP007
 
 
-def build_spec_model(registry: Registry) -> type[SpecBase]:
-    """The pydantic model of an experiment spec with every registered plugin's options."""
+def spec_model(registry: Registry | None = None) -> type[SpecBase]:
+    """The pydantic model of an experiment spec with every registered plugin's options
+    (built once per registry)."""
+    registry = registry or get_registry()
+    if registry.spec_model is not None:
+        return registry.spec_model
     fields: dict[str, Any] = {}
-    for section, kind in PLUGIN_SECTIONS.items():
+    for kind in PLUGIN_SECTIONS:
         configs = [registry.plugins[kind][n].cls.config_class for n in sorted(registry.plugins[kind])]
         if not configs:
             raise PluginError(
                 f"no {kind} plugins are installed (check `ponderlab plugins`){registry.why_missing()}"
             )
-        if section == "halting" and "none" in registry.plugins[kind]:  # no halting section: `none`
-            fields[section] = (_union(configs), Field(DEFAULT_HALTING, validate_default=True))
+        if kind == "halting" and "none" in registry.plugins[kind]:  # no halting section: `none`
+            fields[kind] = (_union(configs), Field(DEFAULT_HALTING, validate_default=True))
         else:
-            fields[section] = (_union(configs), ...)
+            fields[kind] = (_union(configs), ...)
     fields["training"] = (TrainingConfig, Field(default_factory=TrainingConfig))
     fields["distributed"] = (DistributedConfig, Field(default_factory=DistributedConfig))
-    return create_model("ExperimentSpec", __base__=SpecBase, **fields)
-
-
-def spec_model(registry: Registry | None = None) -> type[SpecBase]:
-    """The spec model for `registry` (built once per registry)."""
-    registry = registry or get_registry()
-    if registry.spec_model is None:
-        registry.spec_model = build_spec_model(registry)
+    registry.spec_model = create_model("ExperimentSpec", __base__=SpecBase, **fields)
     return registry.spec_model
 
 
@@ -92,23 +90,15 @@ MAX_SPEC_VALUES = 100_000
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     """Values in `node` once YAML aliases are expanded; each distinct node is counted once."""
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    sizes[id(node)] = 1  # a node that refers to itself counts once (the loader rejects it later)
-    if isinstance(node, yaml.MappingNode):
-        children = [child for pair in node.value for child in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    else:
-        children = []
-    total = 1
-    for child in children:
-        total += _expanded_size(child, sizes)
-        if total > MAX_SPEC_VALUES:
-            break
-    sizes[id(node)] = total
-    return total
+    if id(node) not in sizes:
+        # a node that refers to itself counts once (the loader rejects it later)
+        sizes[id(node)] = 1
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set | None = None) -> dict[tuple, int]:
@@ -117,24 +107,21 @@ def _line_map(node: yaml.Node, source: str, prefix: tuple = (), seen_nodes: set 
     if id(node) in seen_nodes:
         return {}
     seen_nodes.add(id(node))
-    lines: dict[tuple, int] = {}
+    # (key or index, the node whose line is reported, the value node)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            path = prefix + (key,)
-            if key in seen:
-                raise SpecError(
-                    "duplicate key", path=dotted_key(path), where=f"{source}:{key_node.start_mark.line + 1}"
-                )
-            seen.add(key)
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, source, path, seen_nodes))
+        entries = [(key_node.value, key_node, value_node) for key_node, value_node in node.value]
     elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = prefix + (index,)
-            lines[path] = item.start_mark.line + 1
-            lines.update(_line_map(item, source, path, seen_nodes))
+        entries = [(index, item, item) for index, item in enumerate(node.value)]
+    else:
+        entries = []
+    lines: dict[tuple, int] = {}
+    for key, marked, value_node in entries:
+        path = prefix + (key,)
+        line = marked.start_mark.line + 1
+        if path in lines:
+            raise SpecError("duplicate key", path=dotted_key(path), where=f"{source}:{line}")
+        lines[path] = line
+        lines.update(_line_map(value_node, source, path, seen_nodes))
     return lines
 
 
@@ -167,9 +154,7 @@ def bundled_spec_path(name: str = "quickstart") -> Path:
 
 
 def read_spec_file(path: str | Path | None) -> tuple[dict, Source]:
-    if path is None:
-        path = bundled_spec_path()
-    path = Path(path)
+    path = bundled_spec_path() if path is None else Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
@@ -274,26 +259,22 @@ def _strip_tags(loc: tuple, data: Any) -> tuple:
 
 
 def _check_plugin_names(data: dict, registry: Registry, source: Source) -> None:
-    for section, kind in PLUGIN_SECTIONS.items():
-        if section not in data:
+    for kind in PLUGIN_SECTIONS:
+        if kind not in data:
             continue
-        value = data[section]
+        value = data[kind]
         if not isinstance(value, dict):
-            raise SpecError(
-                f"expected a mapping with a `name` key, got {type(value).__name__}",
-                path=section,
-                where=source.where((section,)),
-            )
-        if "name" not in value:
-            raise SpecError(
-                f"missing `name` (available {kind}s: {', '.join(registry.names(kind))})",
-                path=section,
-                where=source.where((section,)),
-            )
-        try:
-            registry.get(kind, str(value["name"]))
-        except (SpecError, PluginError) as exc:
-            raise SpecError(str(exc), path=f"{section}.name", where=source.where((section, "name"))) from None
+            problem = f"expected a mapping with a `name` key, got {type(value).__name__}"
+        elif "name" not in value:
+            problem = f"missing `name` (available {kind}s: {', '.join(registry.names(kind))})"
+        else:
+            try:
+                registry.get(kind, str(value["name"]))
+            except (SpecError, PluginError) as exc:
+                where = source.where((kind, "name"))
+                raise SpecError(str(exc), path=f"{kind}.name", where=where) from None
+            continue
+        raise SpecError(problem, path=kind, where=source.where((kind,)))
 
 
 def _cross_field_error(message: str, path: tuple, data: dict, source: Source) -> tuple[str, tuple, str | None]:
@@ -352,24 +333,13 @@ def load_spec(
     return validate_spec(data, source, registry)
 
 
-def resolve_spec(spec: SpecBase | dict | str | Path | None = None, **sections: Any) -> SpecBase:
-    """Accept a spec object, a dict, a YAML path, or keyword sections (`task={...}`)."""
+def resolve_spec(spec: SpecBase | dict | str | Path | None = None) -> SpecBase:
+    """Accept a spec object, a dict, or a YAML path (the bundled quickstart when None)."""
     if isinstance(spec, SpecBase):
-        if sections:
-            spec = spec.model_dump(mode="json")
-        else:
-            return spec
-    if spec is None and not sections:
-        return load_spec(None)
-    if isinstance(spec, (str, Path)):
-        data, source = read_spec_file(spec)
-    else:
-        data, source = dict(spec or {}), Source("spec")
-    for key, value in sections.items():
-        if hasattr(value, "model_dump"):
-            value = value.model_dump(mode="json")
-        data[key] = value
-    return validate_spec(data, source)
+        return spec
+    if spec is None or isinstance(spec, (str, Path)):
+        return load_spec(spec)
+    return validate_spec(dict(spec))
 
 
 def spec_to_yaml(spec: SpecBase) -> str:
@@ -381,12 +351,10 @@ def spec_json_schema(registry: Registry | None = None) -> dict:
 
 
 __all__ = [
-    "KINDS",
     "PLUGIN_SECTIONS",
     "Source",
     "SpecBase",
     "apply_overrides",
-    "build_spec_model",
     "dotted_key",
     "is_plugin_switch",
     "load_spec",
