@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .run_records import group_by
+
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++")
@@ -33,10 +35,7 @@ def _pyplot():
 
 
 def _by_task(runs) -> dict[str, list]:
-    groups: dict[str, list] = {}
-    for run in runs:
-        groups.setdefault(run.task_label, []).append(run)
-    return groups
+    return group_by(runs, lambda run: run.task_label)
 
 
 class Encoding:
