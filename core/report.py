@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, StorageError, storage_full
+from .errors import PonderlabError, SpecError, StorageError, storage_full
 from .run_records import RunRecord, collect_runs, label_runs, load_run
 
 __all__ = ["RunRecord", "collect_runs", "label_runs", "load_run", "write_report"]
@@ -58,9 +58,6 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("variant", "variant"),
     ("run", "name"),
 )
-
-#: halting.json keys of a split that may hold per-example hop matrices (besides heatmap.hops).
-STORED_MATRIX_KEYS = ("example_hops", "hop_matrix")
 
 
 # --------------------------------------------------------------------------- tables
@@ -159,23 +156,20 @@ def evals_table_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- heatmaps
-def stored_hop_matrix(run: RunRecord, split: str = "test"):
-    """Per-example hops (N, L) from halting.json when the run stored them, else None."""
+def stored_hop_matrix(run: RunRecord):
+    """Per-example test hops (N, L) from halting.json (`heatmap.hops`) when the run stored them,
+    else None."""
     from .evaluation import padded_rows
 
-    heatmap = run.halting_profiles.get("heatmap") if split == "test" else None
-    candidates = [heatmap.get("hops") if isinstance(heatmap, dict) else None]
-    profile = run.profile(split)
-    candidates += [profile.get(key) for key in STORED_MATRIX_KEYS]
-    for rows in candidates:
-        if isinstance(rows, list) and rows and isinstance(rows[0], list):
-            return padded_rows([[float("nan") if v is None else v for v in row] for row in rows])
-    return None
+    heatmap = run.halting_profiles.get("heatmap")
+    rows = heatmap.get("hops") if isinstance(heatmap, dict) else None
+    if not (isinstance(rows, list) and rows and isinstance(rows[0], list)):
+        return None
+    return padded_rows([[float("nan") if v is None else v for v in row] for row in rows])
 
 
 def hop_matrices(runs: list[RunRecord], examples: int) -> tuple[dict[int, Any], list[str]]:
     """{id(run): (matrix, scored or None)} for adaptive runs; plus warnings for skipped runs."""
-    from .errors import PonderlabError
     from .evaluation import run_hop_matrix, scored_mask
 
     matrices: dict[int, Any] = {}
@@ -248,7 +242,7 @@ def write_report(
 
 def _write_files(
     runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool,
-    pareto_x: tuple[str, ...] = ("hops",), pareto_seeds: str = "each",
+    pareto_x: tuple[str, ...], pareto_seeds: str,
 ) -> dict[str, Any]:
     from . import plots as plotting
 
