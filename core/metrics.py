@@ -46,7 +46,8 @@ class MetricAccumulator:
         per_seq_scored = scored.sum(1)
         per_seq_right = right.sum(1)
         exact = (per_seq_right == per_seq_scored) & (per_seq_scored > 0)
-        per_seq = torch.stack([per_seq_scored > 0, exact, per_seq_scored, per_seq_right], 1).long()  # (B, 4)
+        # (B, 4): each sequence's counts in SEQUENCE_COUNTS order
+        per_seq = torch.stack([per_seq_scored > 0, exact, per_seq_scored, per_seq_right], 1)
         sums = self.sums
         sums["loss"] += float(loss)
         for name, count in zip(SEQUENCE_COUNTS, per_seq.sum(0).tolist(), strict=True):
