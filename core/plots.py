@@ -59,20 +59,14 @@ class Encoding:
     def style(self, run) -> dict[str, Any]:
         if self.per_run:
             return {"color": self._color[run.label], "linestyle": "-", "marker": "o", "hatch": ""}
-        index = self._halting[run.halting_key]
-        return {
-            "color": self._backbone[run.backbone],
-            "linestyle": LINESTYLES[index % len(LINESTYLES)],
-            "marker": MARKERS[index % len(MARKERS)],
-            "hatch": HATCHES[index % len(HATCHES)],
-        }
+        return {"color": self._backbone[run.backbone], **_halting_style(self._halting[run.halting_key])}
 
     def legend_groups(self, kind: str = "line") -> list[tuple[list, list[str]]]:
         """Proxy artists explaining the encoding, in groups (backbones, haltings); kind: line, marker or bar."""
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
 
-        def proxy(color, linestyle, marker, hatch, solid_colour: bool):
+        def proxy(color, solid_colour: bool, linestyle="-", marker=None, hatch=""):
             if kind == "bar":
                 return Patch(facecolor=color if solid_colour else "white", edgecolor="black", hatch=hatch)
             if kind == "marker":
@@ -82,19 +76,25 @@ class Encoding:
                           linewidth=2.5 if solid_colour else 1.5)
 
         if self.per_run:
-            return [([proxy(c, "-", "o", "", True) for c in self._color.values()], list(self._color))]
+            return [([proxy(c, True, marker="o") for c in self._color.values()], list(self._color))]
         backbones = (
-            [proxy(color, "-", "o" if kind == "marker" else None, "", True) for color in self._backbone.values()],
+            [proxy(color, True, marker="o" if kind == "marker" else None) for color in self._backbone.values()],
             [f"backbone: {b}" for b in self._backbone],
         )
         haltings = (
-            [
-                proxy("0.25", LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)], HATCHES[i % len(HATCHES)], False)
-                for i in self._halting.values()
-            ],
+            [proxy("0.25", False, **_halting_style(i)) for i in self._halting.values()],
             [f"halting: {h}" for h in self._halting],
         )
         return [backbones, haltings]
+
+
+def _halting_style(index: int) -> dict[str, Any]:
+    """Line style, marker and bar hatch of the index-th halting strategy (cycling)."""
+    return {
+        "linestyle": LINESTYLES[index % len(LINESTYLES)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "hatch": HATCHES[index % len(HATCHES)],
+    }
 
 
 LEGEND_ROW = 0.27  # inches per legend row
