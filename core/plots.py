@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .run_records import group_by
+from .run_records import group_by, is_finite_number
 
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -199,10 +199,6 @@ def seed_groups(runs) -> list[tuple[Any, list]]:
     return [(replace(members[0], variant=key[3]), members) for key, members in groups.items()]
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "each") -> list[tuple[str, Path]]:
     """Test token accuracy and exact match against test mean hops (or layers).
 
@@ -213,7 +209,7 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
     to the highest seed on both axes; the Pareto front then joins the means.
     """
     x_key, x_label, title = PARETO_AXES[x_axis]
-    usable = [r for r in runs if _finite(r.results.get(x_key))]
+    usable = [r for r in runs if is_finite_number(r.results.get(x_key))]
     if not usable:
         return []
     units = seed_groups(usable) if seeds == "mean" else [(run, [run]) for run in usable]
@@ -228,7 +224,7 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
             points = []
             for representative, members in (u for u in units if u[0].task_label == task):
                 pairs = [(float(m.results[x_key]), float(m.results[key])) for m in members
-                         if _finite(m.results.get(key))]
+                         if is_finite_number(m.results.get(key))]
                 if not pairs:
                     continue
                 xs, ys = zip(*pairs, strict=True)

@@ -118,6 +118,11 @@ def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
             writer.writerow(["" if v is None else v for v in row] + [display_path(run.path)])
 
 
+#: Metrics of an evaluation in its row, and the run's own test metrics shown beside them.
+EVAL_METRICS = ("exact_match", "token_accuracy", "mean_hops")
+TRAINED_METRICS = ("exact_match", "token_accuracy")
+
+
 def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per eval_*.json next to a run: its metrics beside the run's own test metrics."""
     rows = []
@@ -132,11 +137,8 @@ def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
                     "file": record["file"],
                     "split": split,
                     "overrides": " ".join(record.get("overrides") or []) or "(none)",
-                    "exact_match": results.get(f"{split}/exact_match"),
-                    "token_accuracy": results.get(f"{split}/token_accuracy"),
-                    "mean_hops": results.get(f"{split}/mean_hops"),
-                    "trained_exact_match": run.results.get("test/exact_match"),
-                    "trained_token_accuracy": run.results.get("test/token_accuracy"),
+                    **{key: results.get(f"{split}/{key}") for key in EVAL_METRICS},
+                    **{f"trained_{key}": run.results.get(f"test/{key}") for key in TRAINED_METRICS},
                     "path": display_path(run.path),
                 }
             )

@@ -80,10 +80,14 @@ class RunRecord:
         steps, values = [], []
         for record in self.metrics:
             value = record.get(key)
-            if record.get("split") == split and isinstance(value, (int, float)) and math.isfinite(value):
+            if record.get("split") == split and is_finite_number(value):
                 steps.append(int(record["step"]))
                 values.append(float(value))
         return steps, values
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def group_by(items: Iterable, key: Callable[[Any], Any]) -> dict[Any, list]:
