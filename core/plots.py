@@ -59,7 +59,8 @@ class Encoding:
     def style(self, run) -> dict[str, Any]:
         if self.per_run:
             return {"color": self._color[run.label], "linestyle": "-", "marker": "o", "hatch": ""}
-        return {"color": self._backbone[run.backbone], **_halting_style(self._halting[run.halting_key])}
+        index = self._halting[run.halting_key]
+        return {"color": self._backbone[run.backbone], **_halting_style(index)}
 
     def legend_groups(self, kind: str = "line") -> list[tuple[list, list[str]]]:
         """Proxy artists explaining the encoding, in groups (backbones, haltings); kind: line, marker or bar."""
@@ -77,8 +78,9 @@ class Encoding:
 
         if self.per_run:
             return [([proxy(c, True, marker="o") for c in self._color.values()], list(self._color))]
+        marker = "o" if kind == "marker" else None  # a backbone: a solid line, or a dot
         backbones = (
-            [proxy(color, True, marker="o" if kind == "marker" else None) for color in self._backbone.values()],
+            [proxy(color, True, marker=marker) for color in self._backbone.values()],
             [f"backbone: {b}" for b in self._backbone],
         )
         haltings = (
@@ -101,7 +103,8 @@ LEGEND_ROW = 0.27  # inches per legend row
 
 
 def _grid(plt, n_tasks: int, n_rows_per_task: int, width: float, height: float, encoding: Encoding):
-    """Subplots: `n_rows_per_task` rows per task, tasks in blocks of MAX_COLUMNS; room for the legend.
+    """Subplots: `n_rows_per_task` rows per task, tasks in blocks of MAX_COLUMNS; room for the
+    legend.
 
     Returns the figure, each task's axes (top to bottom), and the (columns, rows) of each legend
     group, chosen so that a legend row fits the figure's width.
