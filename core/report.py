@@ -62,14 +62,10 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 # --------------------------------------------------------------------------- tables
 def format_cell(value: Any, key: str) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        if key == "time/seconds_per_step":
-            return f"{value:.4f}"
-        return f"{value:.3f}"
+        return f"{value:.4f}" if key == "time/seconds_per_step" else f"{value:.3f}"
     if isinstance(value, int) and key == "model/parameters":
         return f"{value:,}"
     return str(value)
@@ -101,10 +97,8 @@ def runs_table_markdown(runs: list[RunRecord]) -> str:
 
 def display_path(path: Path) -> str:
     """`path` relative to the working directory when it lies below it, else absolute."""
-    try:
-        return str(path.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    cwd = Path.cwd().resolve()
+    return str(path.relative_to(cwd) if path.is_relative_to(cwd) else path)
 
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:

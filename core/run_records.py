@@ -193,9 +193,8 @@ def label_runs(runs: list[RunRecord]) -> None:
     if not runs:
         return
     root = Path(os.path.commonpath([str(r.path) for r in runs]))
-    for run in runs:
-        relative = run.path.relative_to(root) if run.path != root else Path(run.path.name)
-        run.name = str(relative) if str(relative) != "." else run.path.name
+    for run in runs:  # a single run is named by its folder
+        run.name = str(run.path.relative_to(root)) if run.path != root else run.path.name
     ignored = {"output_dir", "name"}
     flat = {id(r): {k: v for k, v in _flatten(r.spec).items() if k not in ignored} for r in runs}
 
