@@ -132,17 +132,17 @@ def hop_matrix(
     *,
     examples: int = 32,
     batch_size: int = 64,
-    device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example hops (N, L) of the first `examples` examples and their scored mask (N, L).
 
-    Hops are `model(input_ids).stats.hops` (mean over ponder sites); padding is NaN.
+    Hops are `model(input_ids).stats.hops` (mean over ponder sites), run on the CPU in fp32;
+    padding is NaN.
     """
     from .halting_report import batch_hops
 
     rows, scored = [], []
     for batch in dataset.sequential_batches(batch_size, min(examples, len(dataset))):
-        hops, mask, labels = batch_hops(model, batch, device, precision="fp32")  # (B, L) each
+        hops, mask, labels = batch_hops(model, batch, "cpu", precision="fp32")  # (B, L) each
         rows.extend(hops.masked_fill(~mask, float("nan")).numpy())
         scored.extend((labels != -100).numpy())
     return padded_rows(rows), padded_rows(scored, False, bool)

@@ -97,22 +97,18 @@ def plot_halting(
         ax.scatter(scored_cols, scored_rows, s=6, c="white", marker="o", linewidths=0,
                    label="scored position")
         ax.legend(loc="upper left", fontsize=8, framealpha=0.6)
-    ax.set_xlabel("position in sequence")
-    ax.set_ylabel("test example")
-    ax.set_title(f"{title}: hops per token (eval mode, {grid.shape[0]} test examples)")
-    colorbar = fig.colorbar(image, ax=ax, pad=0.01)
-    colorbar.set_label(f"hops (cap {hop_cap:g})")
+    ax.set(xlabel="position in sequence", ylabel="test example",
+           title=f"{title}: hops per token (eval mode, {grid.shape[0]} test examples)")
+    fig.colorbar(image, ax=ax, pad=0.01).set_label(f"hops (cap {hop_cap:g})")
 
     means_ax = fig.add_subplot(spec[1, 0])
     for split in SPLITS:
         means = summary.get(split, {}).get("position_mean_hops", [])
         if means:
-            means_ax.plot(range(len(means)), means, marker=".", label=split)
+            means_ax.plot(means, marker=".", label=split)  # x: positions 0, 1, ...
     means_ax.axhline(hop_cap, color="grey", linestyle="--", linewidth=1, label="cap")
-    means_ax.set_xlabel("position in sequence")
-    means_ax.set_ylabel("mean hops")
-    means_ax.set_ylim(0, hop_cap * 1.08 + 0.05)
-    means_ax.set_title("mean hops per position (hops saved = cap - mean)")
+    means_ax.set(xlabel="position in sequence", ylabel="mean hops", ylim=(0, hop_cap * 1.08 + 0.05),
+                 title="mean hops per position (hops saved = cap - mean)")
     means_ax.legend(fontsize=8)
 
     hist_ax = fig.add_subplot(spec[1, 1])
@@ -122,9 +118,8 @@ def plot_halting(
         total = sum(histogram.values())
         hist_ax.bar(keys, [histogram[str(k)] / total for k in keys], color="tab:blue")
         hist_ax.set_xticks(keys)
-    hist_ax.set_xlabel("hops (rounded)")
-    hist_ax.set_ylabel("fraction of test tokens")
-    hist_ax.set_title("hop histogram (test)")
+    hist_ax.set(xlabel="hops (rounded)", ylabel="fraction of test tokens",
+                title="hop histogram (test)")
     fig.savefig(path, dpi=110)
 
 

@@ -10,6 +10,9 @@ from torch import Tensor
 
 from .interfaces import IGNORE_INDEX, HaltingStats
 
+#: Per-sequence counts, in the order of `per_seq` in `update` and of each slice value's list.
+SEQUENCE_COUNTS = ("sequences", "exact", "scored", "correct")
+
 
 class MetricAccumulator:
     """Accumulates loss, token accuracy, exact match and halting stats over batches.
@@ -21,23 +24,16 @@ class MetricAccumulator:
 
     def __init__(self, slice_columns: tuple[str, ...] = ()):
         self.slice_columns = slice_columns
-        self.loss_sum = 0.0
-        self.scored = 0
-        self.correct = 0
-        self.sequences = 0
-        self.exact = 0
-        self.tokens = 0
-        self.hops_sum = 0.0
+        # Sums over batches: loss, scored, correct, sequences, exact (scored positions and
+        # sequences); tokens, hops, layers, ponder_cost, remainder (real tokens).
+        self.sums: dict[str, float] = defaultdict(float)
         self.hops_max = 0.0
-        self.layers_sum = 0.0
-        self.ponder_sum = 0.0
-        self.remainder_sum = 0.0
         self.position_hops = torch.zeros(0)  # (L,) sum of hops per position, L the longest batch
         self.position_count = torch.zeros(0)  # (L,) real tokens per position
         self.hop_histogram: dict[int, int] = defaultdict(int)
         self.slices: dict[str, dict[int, list[int]]] = {
-            c: defaultdict(lambda: [0, 0, 0, 0]) for c in slice_columns
-        }  # value -> [sequences, exact, scored, correct]
+            c: defaultdict(lambda: [0] * len(SEQUENCE_COUNTS)) for c in slice_columns
+        }  # value -> [sequences, exact, scored, correct] (SEQUENCE_COUNTS)
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor, stats: HaltingStats, mask: Tensor, batch: dict) -> None:
@@ -50,21 +46,20 @@ class MetricAccumulator:
         per_seq_scored = scored.sum(1)
         per_seq_right = right.sum(1)
         exact = (per_seq_right == per_seq_scored) & (per_seq_scored > 0)
-        self.loss_sum += float(loss)
-        self.scored += int(scored.sum())
-        self.correct += int(right.sum())
-        self.sequences += int((per_seq_scored > 0).sum())
-        self.exact += int(exact.sum())
+        # (B, 4): each sequence's counts in SEQUENCE_COUNTS order
+        per_seq = torch.stack([per_seq_scored > 0, exact, per_seq_scored, per_seq_right], 1)
+        sums = self.sums
+        sums["loss"] += float(loss)
+        for name, count in zip(SEQUENCE_COUNTS, per_seq.sum(0).tolist(), strict=True):
+            sums[name] += count
 
         real = mask.bool()
         hops = stats.hops.float()
-        self.tokens += int(real.sum())
-        self.hops_sum += float(hops[real].sum())
+        sums["tokens"] += int(real.sum())
+        for name in ("hops", "layers", "ponder_cost", "remainder"):
+            sums[name] += float(getattr(stats, name).float()[real].sum())
         if real.any():
             self.hops_max = max(self.hops_max, float(hops[real].max()))
-        self.layers_sum += float(stats.layers.float()[real].sum())
-        self.ponder_sum += float(stats.ponder_cost.float()[real].sum())
-        self.remainder_sum += float(stats.remainder.float()[real].sum())
         masked = torch.where(real, hops, torch.zeros_like(hops))
         length = hops.shape[1]
         grow = max(0, length - len(self.position_hops))
@@ -75,30 +70,26 @@ class MetricAccumulator:
         for value, count in zip(*torch.unique(torch.round(hops[real]).long(), return_counts=True), strict=True):
             self.hop_histogram[int(value)] += int(count)
 
-        for column in self.slice_columns:
-            if column not in batch:
-                continue
-            for b, value in enumerate(batch[column].tolist()):
+        for column in (c for c in self.slice_columns if c in batch):
+            for value, counts in zip(batch[column].tolist(), per_seq.tolist(), strict=True):
                 entry = self.slices[column][int(value)]
-                entry[0] += int(per_seq_scored[b] > 0)
-                entry[1] += int(exact[b])
-                entry[2] += int(per_seq_scored[b])
-                entry[3] += int(per_seq_right[b])
+                entry[:] = [total + count for total, count in zip(entry, counts, strict=True)]
 
     def compute(self) -> dict[str, float]:
         def ratio(a: float, b: float) -> float:
             return a / b if b else float("nan")
 
+        sums = self.sums
         out = {
-            "loss": ratio(self.loss_sum, self.scored),
-            "token_accuracy": ratio(self.correct, self.scored),
-            "exact_match": ratio(self.exact, self.sequences),
-            "mean_hops": ratio(self.hops_sum, self.tokens),
+            "loss": ratio(sums["loss"], sums["scored"]),
+            "token_accuracy": ratio(sums["correct"], sums["scored"]),
+            "exact_match": ratio(sums["exact"], sums["sequences"]),
+            "mean_hops": ratio(sums["hops"], sums["tokens"]),
             "max_hops": self.hops_max,
-            "mean_layers": ratio(self.layers_sum, self.tokens),
-            "ponder_cost": ratio(self.ponder_sum, self.tokens),
-            "remainder": ratio(self.remainder_sum, self.tokens),
-            "examples": float(self.sequences),
+            "mean_layers": ratio(sums["layers"], sums["tokens"]),
+            "ponder_cost": ratio(sums["ponder_cost"], sums["tokens"]),
+            "remainder": ratio(sums["remainder"], sums["tokens"]),
+            "examples": float(sums["sequences"]),
         }
         for column, values in self.slices.items():
             for value, (seqs, exact, scored, right) in sorted(values.items()):

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .run_records import group_by, is_finite_number
+
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++")
@@ -33,10 +35,7 @@ def _pyplot():
 
 
 def _by_task(runs) -> dict[str, list]:
-    groups: dict[str, list] = {}
-    for run in runs:
-        groups.setdefault(run.task_label, []).append(run)
-    return groups
+    return group_by(runs, lambda run: run.task_label)
 
 
 class Encoding:
@@ -61,19 +60,14 @@ class Encoding:
         if self.per_run:
             return {"color": self._color[run.label], "linestyle": "-", "marker": "o", "hatch": ""}
         index = self._halting[run.halting_key]
-        return {
-            "color": self._backbone[run.backbone],
-            "linestyle": LINESTYLES[index % len(LINESTYLES)],
-            "marker": MARKERS[index % len(MARKERS)],
-            "hatch": HATCHES[index % len(HATCHES)],
-        }
+        return {"color": self._backbone[run.backbone], **_halting_style(index)}
 
     def legend_groups(self, kind: str = "line") -> list[tuple[list, list[str]]]:
         """Proxy artists explaining the encoding, in groups (backbones, haltings); kind: line, marker or bar."""
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
 
-        def proxy(color, linestyle, marker, hatch, solid_colour: bool):
+        def proxy(color, solid_colour: bool, linestyle="-", marker=None, hatch=""):
             if kind == "bar":
                 return Patch(facecolor=color if solid_colour else "white", edgecolor="black", hatch=hatch)
             if kind == "marker":
@@ -83,52 +77,57 @@ class Encoding:
                           linewidth=2.5 if solid_colour else 1.5)
 
         if self.per_run:
-            return [([proxy(c, "-", "o", "", True) for c in self._color.values()], list(self._color))]
+            return [([proxy(c, True, marker="o") for c in self._color.values()], list(self._color))]
+        marker = "o" if kind == "marker" else None  # a backbone: a solid line, or a dot
         backbones = (
-            [proxy(color, "-", "o" if kind == "marker" else None, "", True) for color in self._backbone.values()],
+            [proxy(color, True, marker=marker) for color in self._backbone.values()],
             [f"backbone: {b}" for b in self._backbone],
         )
         haltings = (
-            [
-                proxy("0.25", LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)], HATCHES[i % len(HATCHES)], False)
-                for i in self._halting.values()
-            ],
+            [proxy("0.25", False, **_halting_style(i)) for i in self._halting.values()],
             [f"halting: {h}" for h in self._halting],
         )
         return [backbones, haltings]
 
 
-def _legend_layout(encoding: Encoding, fig_width: float) -> list[tuple[int, int]]:
-    """(columns, rows) of each legend group so that a row fits in `fig_width` inches."""
-    layout = []
-    for _, labels in encoding.legend_groups():
-        entry = 0.075 * max(len(label) for label in labels) + 0.75  # inches at fontsize 9
-        columns = max(1, min(len(labels), int(fig_width // entry)))
-        layout.append((columns, math.ceil(len(labels) / columns)))
-    return layout
+def _halting_style(index: int) -> dict[str, Any]:
+    """Line style, marker and bar hatch of the index-th halting strategy (cycling)."""
+    return {
+        "linestyle": LINESTYLES[index % len(LINESTYLES)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "hatch": HATCHES[index % len(HATCHES)],
+    }
 
 
 LEGEND_ROW = 0.27  # inches per legend row
 
 
 def _grid(plt, n_tasks: int, n_rows_per_task: int, width: float, height: float, encoding: Encoding):
-    """Subplots: `n_rows_per_task` rows per task, tasks in blocks of MAX_COLUMNS; room for the legend."""
+    """Subplots: `n_rows_per_task` rows per task, tasks in blocks of MAX_COLUMNS; room for the
+    legend.
+
+    Returns the figure, each task's axes (top to bottom), and the (columns, rows) of each legend
+    group, chosen so that a legend row fits the figure's width.
+    """
     ncols = min(n_tasks, MAX_COLUMNS)
     blocks = math.ceil(n_tasks / ncols)
-    nrows = blocks * n_rows_per_task
     fig_width = max(width * ncols, 6.0)
-    layout = _legend_layout(encoding, fig_width)
+    layout = []
+    for _, labels in encoding.legend_groups():
+        entry = 0.075 * max(len(label) for label in labels) + 0.75  # inches at fontsize 9
+        columns = max(1, min(len(labels), int(fig_width // entry)))
+        layout.append((columns, math.ceil(len(labels) / columns)))
     legend_space = LEGEND_ROW * sum(rows for _, rows in layout) + 0.25
+    nrows = blocks * n_rows_per_task
     fig_height = height * nrows + legend_space
     fig, axes = plt.subplots(nrows, ncols, figsize=(fig_width, fig_height), squeeze=False)
-    for extra in range(n_tasks, blocks * ncols):  # unused cells of the last block
-        for row in range(n_rows_per_task):
-            axes[(extra // ncols) * n_rows_per_task + row][extra % ncols].set_visible(False)
-
-    def axis(task_index: int, row: int):
-        return axes[(task_index // ncols) * n_rows_per_task + row][task_index % ncols]
-
-    return fig, axis, layout
+    # task t's axes: rows of block t // ncols, column t % ncols
+    by_block = axes.reshape(blocks, n_rows_per_task, ncols)
+    panels = [list(by_block[task // ncols, :, task % ncols]) for task in range(blocks * ncols)]
+    for column in panels[n_tasks:]:  # unused cells of the last block
+        for ax in column:
+            ax.set_visible(False)
+    return fig, panels[:n_tasks], layout
 
 
 def _finish(plt, fig, encoding: Encoding, layout: list[tuple[int, int]], path: Path, kind: str = "line") -> None:
@@ -152,9 +151,8 @@ def plot_learning_curves(runs, path: Path) -> list[tuple[str, Path]]:
     plt = _pyplot()
     encoding = Encoding(runs)
     groups = _by_task(runs)
-    fig, axis, layout = _grid(plt, len(groups), 2, 4.0, 2.9, encoding)
-    for t, (task, group) in enumerate(groups.items()):
-        top, low = axis(t, 0), axis(t, 1)
+    fig, panels, layout = _grid(plt, len(groups), 2, 4.0, 2.9, encoding)
+    for (top, low), (task, group) in zip(panels, groups.items(), strict=True):
         for run in group:
             style = encoding.style(run)
             steps, values = run.curve("train", "task_loss")
@@ -165,12 +163,8 @@ def plot_learning_curves(runs, path: Path) -> list[tuple[str, Path]]:
             low.plot(steps, values, color=style["color"], linestyle=style["linestyle"],
                      marker=style["marker"], markersize=3.5, linewidth=1.4)
         top.set_title(task, fontsize=11)
-        top.set_yscale("log")
-        top.set_ylabel("train task loss (log)")
-        top.set_xlabel("step")
-        low.set_ylabel("validation token accuracy")
-        low.set_xlabel("step")
-        low.set_ylim(-0.02, 1.02)
+        top.set(yscale="log", xlabel="step", ylabel="train task loss (log)")
+        low.set(xlabel="step", ylabel="validation token accuracy", ylim=(-0.02, 1.02))
         for ax in (top, low):
             ax.grid(alpha=0.3)
     _finish(plt, fig, encoding, layout, path)
@@ -208,10 +202,6 @@ def seed_groups(runs) -> list[tuple[Any, list]]:
     return [(replace(members[0], variant=key[3]), members) for key, members in groups.items()]
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "each") -> list[tuple[str, Path]]:
     """Test token accuracy and exact match against test mean hops (or layers).
 
@@ -222,22 +212,22 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
     to the highest seed on both axes; the Pareto front then joins the means.
     """
     x_key, x_label, title = PARETO_AXES[x_axis]
-    usable = [r for r in runs if _finite(r.results.get(x_key))]
+    usable = [r for r in runs if is_finite_number(r.results.get(x_key))]
     if not usable:
         return []
     units = seed_groups(usable) if seeds == "mean" else [(run, [run]) for run in usable]
     plt = _pyplot()
     encoding = Encoding([representative for representative, _ in units])
     tasks = list(_by_task(usable))
-    fig, axis, layout = _grid(plt, len(tasks), 2, 4.0, 3.0, encoding)
+    fig, panels, layout = _grid(plt, len(tasks), 2, 4.0, 3.0, encoding)
     metrics = (("test/token_accuracy", "test token accuracy"), ("test/exact_match", "test exact match"))
-    for t, task in enumerate(tasks):
-        for row, (key, name) in enumerate(metrics):
-            ax = axis(t, row)
+    suffix = ", mean over seeds" if seeds == "mean" else ""
+    for column, task in zip(panels, tasks, strict=True):
+        for row, (ax, (key, name)) in enumerate(zip(column, metrics, strict=True)):
             points = []
             for representative, members in (u for u in units if u[0].task_label == task):
                 pairs = [(float(m.results[x_key]), float(m.results[key])) for m in members
-                         if _finite(m.results.get(key))]
+                         if is_finite_number(m.results.get(key))]
                 if not pairs:
                     continue
                 xs, ys = zip(*pairs, strict=True)
@@ -255,9 +245,7 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
                 ax.step(fx, fy, where="post", color="0.5", linewidth=1, linestyle="--", zorder=2,
                         label="Pareto front")
                 ax.legend(loc="lower right", fontsize=8, frameon=False)
-            ax.set_xlabel(x_label)
-            ax.set_ylabel(f"{name}, mean over seeds" if seeds == "mean" else name)
-            ax.set_ylim(-0.03, 1.03)
+            ax.set(xlabel=x_label, ylabel=name + suffix, ylim=(-0.03, 1.03))
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(task, fontsize=11)
@@ -266,6 +254,16 @@ def plot_accuracy_vs_hops(runs, path: Path, x_axis: str = "hops", seeds: str = "
 
 
 # --------------------------------------------------------------------------- hops by position
+def _hop_image(fig, ax, hops, cmap: str, peak: float, label: str, fraction: float) -> None:
+    """Hops (rows x positions, NaN where there is no token) as an image from 1 to `peak`,
+    with a labelled colour bar."""
+    import numpy as np
+
+    image = ax.imshow(np.ma.masked_invalid(hops), aspect="auto", cmap=cmap, interpolation="nearest",
+                      vmin=1.0, vmax=max(peak, 1.0 + 1e-6))
+    fig.colorbar(image, ax=ax, pad=0.01, fraction=fraction).set_label(label, fontsize=8)
+
+
 def _heatmap_runs(runs, has_data: Callable[[Any], bool]) -> list:
     chosen = [r for r in runs if r.adaptive and has_data(r)]
     return chosen or [r for r in runs if has_data(r)]
@@ -276,8 +274,6 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
 
     Only adaptive-halting runs are shown when there are any (fixed ones are constant).
     """
-    import numpy as np
-
     from .evaluation import padded_rows
 
     chosen = _heatmap_runs(runs, lambda r: bool(r.profile("test").get("position_mean_hops")))
@@ -291,14 +287,10 @@ def plot_hops_by_position(runs, path: Path) -> list[tuple[str, Path]]:
                              gridspec_kw={"height_ratios": heights})
     for ax, (task, group) in zip(axes[:, 0], groups.items(), strict=True):
         matrix = padded_rows([r.profile("test")["position_mean_hops"] for r in group])
-        image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis",
-                          interpolation="nearest", vmin=1.0, vmax=max(peak, 1.0 + 1e-6))
-        ax.set_yticks(range(len(group)))
-        ax.set_yticklabels([r.label for r in group], fontsize=8)
+        _hop_image(fig, ax, matrix, "viridis", peak, "mean hops", fraction=0.04)
+        ax.set_yticks(range(len(group)), [r.label for r in group], fontsize=8)
         ax.set_xlabel("position in sequence")
         ax.set_title(f"{task}: mean hops per position (test)", fontsize=10)
-        bar = fig.colorbar(image, ax=ax, pad=0.01, fraction=0.04)
-        bar.set_label("mean hops", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -321,24 +313,19 @@ def plot_hop_heatmaps(runs, matrices: dict[int, tuple[Any, Any]], folder: Path) 
         nrows = math.ceil(len(group) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.3 * nrows), squeeze=False)
         peak = max(float(np.nanmax(matrices[id(r)][0])) for r in group)
-        for index, run in enumerate(group):
-            ax = axes[index // ncols][index % ncols]
+        cells = list(axes.flat)  # row by row
+        for ax, run in zip(cells, group, strict=False):
             hops, scored = matrices[id(run)]
-            image = ax.imshow(np.ma.masked_invalid(hops), aspect="auto", cmap="magma",
-                              interpolation="nearest", vmin=1.0, vmax=max(peak, 1.0 + 1e-6))
+            _hop_image(fig, ax, hops, "magma", peak, "hops (mean over sites)", fraction=0.05)
             if scored is not None and scored.any(axis=1).all():
                 start = float(np.median(scored.argmax(axis=1)))
                 ax.axvline(start - 0.5, color="cyan", linestyle="--", linewidth=1.2,
                            label="first scored position")
                 ax.legend(loc="upper left", fontsize=7, framealpha=0.7)
-            mean = float(np.nanmean(hops))
-            ax.set_title(f"{run.label} (mean {mean:.2f})", fontsize=10)
-            ax.set_xlabel("position in sequence")
-            ax.set_ylabel("test example")
-            bar = fig.colorbar(image, ax=ax, pad=0.01, fraction=0.05)
-            bar.set_label("hops (mean over sites)", fontsize=8)
-        for index in range(len(group), nrows * ncols):
-            axes[index // ncols][index % ncols].set_visible(False)
+            ax.set_title(f"{run.label} (mean {float(np.nanmean(hops)):.2f})", fontsize=10)
+            ax.set(xlabel="position in sequence", ylabel="test example")
+        for ax in cells[len(group):]:
+            ax.set_visible(False)
         fig.suptitle(f"{task}: hops per example and position", fontsize=11)
         fig.tight_layout()
         target = folder / f"hop_heatmap_{safe_name(task)}.png"
@@ -357,11 +344,8 @@ def plot_hop_histogram(runs, path: Path) -> list[tuple[str, Path]]:
     plt = _pyplot()
     encoding = Encoding(chosen)
     groups = _by_task(chosen)
-    tasks = list(groups)
-    fig, axis, layout = _grid(plt, len(tasks), 1, 4.2, 3.2, encoding)
-    for t, task in enumerate(tasks):
-        ax = axis(t, 0)
-        group = groups[task]
+    fig, panels, layout = _grid(plt, len(groups), 1, 4.2, 3.2, encoding)
+    for (ax,), (task, group) in zip(panels, groups.items(), strict=True):
         counts = [{int(k): v for k, v in r.profile("test")["hop_histogram"].items()} for r in group]
         hops = sorted(set().union(*counts))
         width = 0.8 / len(group)
@@ -372,10 +356,8 @@ def plot_hop_histogram(runs, path: Path) -> list[tuple[str, Path]]:
             style = encoding.style(run)
             ax.bar(xs, ys, width=width, color=style["color"], edgecolor="black", linewidth=0.4,
                    hatch=style["hatch"])
-        ax.set_xticks(hops)
-        ax.set_xlabel("hops per token (rounded mean over sites)")
-        ax.set_ylabel("share of test tokens")
-        ax.set_ylim(0, 1.05)
+        ax.set(xticks=hops, xlabel="hops per token (rounded mean over sites)",
+               ylabel="share of test tokens", ylim=(0, 1.05))
         ax.set_title(task, fontsize=11)
         ax.grid(alpha=0.3, axis="y")
     _finish(plt, fig, encoding, layout, path, kind="bar")

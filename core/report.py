@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, StorageError, storage_full
+from .errors import PonderlabError, SpecError, StorageError, storage_full
 from .run_records import RunRecord, collect_runs, label_runs, load_run
 
 __all__ = ["RunRecord", "collect_runs", "label_runs", "load_run", "write_report"]
@@ -59,20 +59,13 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run", "name"),
 )
 
-#: halting.json keys of a split that may hold per-example hop matrices (besides heatmap.hops).
-STORED_MATRIX_KEYS = ("example_hops", "hop_matrix")
-
 
 # --------------------------------------------------------------------------- tables
 def format_cell(value: Any, key: str) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        if key == "time/seconds_per_step":
-            return f"{value:.4f}"
-        return f"{value:.3f}"
+        return f"{value:.4f}" if key == "time/seconds_per_step" else f"{value:.3f}"
     if isinstance(value, int) and key == "model/parameters":
         return f"{value:,}"
     return str(value)
@@ -104,10 +97,8 @@ def runs_table_markdown(runs: list[RunRecord]) -> str:
 
 def display_path(path: Path) -> str:
     """`path` relative to the working directory when it lies below it, else absolute."""
-    try:
-        return str(path.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    cwd = Path.cwd().resolve()
+    return str(path.relative_to(cwd) if path.is_relative_to(cwd) else path)
 
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
@@ -119,6 +110,11 @@ def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
         for run in runs:
             row = [run.value(key) for _, key in columns]
             writer.writerow(["" if v is None else v for v in row] + [display_path(run.path)])
+
+
+#: Metrics of an evaluation in its row, and the run's own test metrics shown beside them.
+EVAL_METRICS = ("exact_match", "token_accuracy", "mean_hops")
+TRAINED_METRICS = ("exact_match", "token_accuracy")
 
 
 def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
@@ -135,11 +131,8 @@ def eval_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
                     "file": record["file"],
                     "split": split,
                     "overrides": " ".join(record.get("overrides") or []) or "(none)",
-                    "exact_match": results.get(f"{split}/exact_match"),
-                    "token_accuracy": results.get(f"{split}/token_accuracy"),
-                    "mean_hops": results.get(f"{split}/mean_hops"),
-                    "trained_exact_match": run.results.get("test/exact_match"),
-                    "trained_token_accuracy": run.results.get("test/token_accuracy"),
+                    **{key: results.get(f"{split}/{key}") for key in EVAL_METRICS},
+                    **{f"trained_{key}": run.results.get(f"test/{key}") for key in TRAINED_METRICS},
                     "path": display_path(run.path),
                 }
             )
@@ -159,23 +152,20 @@ def evals_table_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- heatmaps
-def stored_hop_matrix(run: RunRecord, split: str = "test"):
-    """Per-example hops (N, L) from halting.json when the run stored them, else None."""
+def stored_hop_matrix(run: RunRecord):
+    """Per-example test hops (N, L) from halting.json (`heatmap.hops`) when the run stored them,
+    else None."""
     from .evaluation import padded_rows
 
-    heatmap = run.halting_profiles.get("heatmap") if split == "test" else None
-    candidates = [heatmap.get("hops") if isinstance(heatmap, dict) else None]
-    profile = run.profile(split)
-    candidates += [profile.get(key) for key in STORED_MATRIX_KEYS]
-    for rows in candidates:
-        if isinstance(rows, list) and rows and isinstance(rows[0], list):
-            return padded_rows([[float("nan") if v is None else v for v in row] for row in rows])
-    return None
+    heatmap = run.halting_profiles.get("heatmap")
+    rows = heatmap.get("hops") if isinstance(heatmap, dict) else None
+    if not (isinstance(rows, list) and rows and isinstance(rows[0], list)):
+        return None
+    return padded_rows([[float("nan") if v is None else v for v in row] for row in rows])
 
 
 def hop_matrices(runs: list[RunRecord], examples: int) -> tuple[dict[int, Any], list[str]]:
     """{id(run): (matrix, scored or None)} for adaptive runs; plus warnings for skipped runs."""
-    from .errors import PonderlabError
     from .evaluation import run_hop_matrix, scored_mask
 
     matrices: dict[int, Any] = {}
@@ -248,7 +238,7 @@ def write_report(
 
 def _write_files(
     runs: list[RunRecord], unfinished: list[Path], out: Path, *, heatmap_examples: int, plots: bool,
-    pareto_x: tuple[str, ...] = ("hops",), pareto_seeds: str = "each",
+    pareto_x: tuple[str, ...], pareto_seeds: str,
 ) -> dict[str, Any]:
     from . import plots as plotting
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,17 +80,25 @@ class RunRecord:
         steps, values = [], []
         for record in self.metrics:
             value = record.get(key)
-            if record.get("split") == split and isinstance(value, (int, float)) and math.isfinite(value):
+            if record.get("split") == split and is_finite_number(value):
                 steps.append(int(record["step"]))
                 values.append(float(value))
         return steps, values
 
 
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def group_by(items: Iterable, key: Callable[[Any], Any]) -> dict[Any, list]:
+    """`items` grouped by `key(item)`, groups and their members in first-seen order."""
+    groups: dict[Any, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
 # --------------------------------------------------------------------------- discovery
-def _is_run_dir(path: Path) -> bool:
-    return (path / "spec.yaml").is_file() and (path / "results.json").is_file()
-
-
 def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
     """(finished run dirs, unfinished ones: spec.yaml without results.json) under `paths`."""
     finished: dict[Path, None] = {}
@@ -98,11 +107,11 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
         root = Path(raw)
         if not root.is_dir():
             raise SpecError(f"{root}: no such directory")
-        for spec_file in sorted([root / "spec.yaml", *root.rglob("spec.yaml")]):
+        for spec_file in sorted(root.rglob("spec.yaml")):  # the root's own spec.yaml too
             if not spec_file.is_file():
                 continue
             run = spec_file.parent.resolve()
-            (finished if _is_run_dir(run) else unfinished)[run] = None
+            (finished if (run / "results.json").is_file() else unfinished)[run] = None
     return list(finished), list(unfinished)
 
 
@@ -169,14 +178,9 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(data) if isinstance(data, list) else data}
 
 
-def _differing(flat_specs: list[dict[str, Any]], keys: list[str] | None = None) -> list[str]:
+def _differing(flat_specs: list[dict[str, Any]], keys: list[str]) -> list[str]:
     """Keys whose values are not the same in every spec."""
-    every = sorted({k for flat in flat_specs for k in flat}) if keys is None else keys
-    return [k for k in every if len({repr(flat.get(k)) for flat in flat_specs}) > 1]
-
-
-def _short(key: str) -> str:
-    return key.split(".", 1)[1] if "." in key else key
+    return [k for k in keys if len({repr(flat.get(k)) for flat in flat_specs}) > 1]
 
 
 def label_runs(runs: list[RunRecord]) -> None:
@@ -189,26 +193,20 @@ def label_runs(runs: list[RunRecord]) -> None:
     if not runs:
         return
     root = Path(os.path.commonpath([str(r.path) for r in runs]))
-    for run in runs:
-        relative = run.path.relative_to(root) if run.path != root else Path(run.path.name)
-        run.name = str(relative) if str(relative) != "." else run.path.name
+    for run in runs:  # a single run is named by its folder
+        run.name = str(run.path.relative_to(root)) if run.path != root else run.path.name
     ignored = {"output_dir", "name"}
     flat = {id(r): {k: v for k, v in _flatten(r.spec).items() if k not in ignored} for r in runs}
 
-    by_task: dict[str, list[RunRecord]] = {}
-    for run in runs:
-        by_task.setdefault(run.task, []).append(run)
-    for task, group in by_task.items():
+    for task, group in group_by(runs, lambda r: r.task).items():
         task_keys = sorted({k for r in group for k in flat[id(r)] if k.startswith("task.") and k != "task.name"})
         changing = _differing([flat[id(r)] for r in group], task_keys)
         for run in group:
-            extra = " ".join(f"{_short(k)}={flat[id(run)].get(k)}" for k in changing)
+            extra = " ".join(f"{k.removeprefix('task.')}={flat[id(run)].get(k)}" for k in changing)
             run.task_label = f"{task} {extra}".strip()
 
-    by_setting: dict[tuple, list[RunRecord]] = {}
-    for run in runs:
-        by_setting.setdefault((run.task_label, run.backbone, run.halting, run.scope), []).append(run)
-    for group in by_setting.values():
+    settings = group_by(runs, lambda r: (r.task_label, r.backbone, r.halting, r.scope))
+    for group in settings.values():
         if len(group) < 2:
             continue
         keys = sorted(set().union(*(flat[id(r)] for r in group)))
