@@ -21,6 +21,7 @@ from ponderlab.core.early_exit import gather_active, rows_mask
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
+from .mixer_stack import gpt_init
 from .row_attention import attend_rows, rotary, routed_positions
 
 
@@ -222,15 +223,6 @@ class NeoXBlock(Block):
                            dropout=self.attention_dropout)  # (K, D)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """GPT-style init: normal(0, std) linear/embedding weights, zero biases."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(sub.weight, std=std)
-            if getattr(sub, "bias", None) is not None:
-                nn.init.zeros_(sub.bias)
-
-
 class TransformerBackbone(Backbone):
     config_class = TransformerConfig
 
@@ -240,8 +232,10 @@ class TransformerBackbone(Backbone):
         self.embedding = nn.Embedding(vocab_size, config.d_model)
         self.blocks = nn.ModuleList(self.make_blocks(hf))
         self.norm = nn.LayerNorm(config.d_model)
-        init_weights(self.embedding)
-        init_weights(self.blocks)
+        # normal(0, 0.02) linear/embedding weights, zero biases (GPT-NeoX names no layer
+        # out_proj, so nothing is rescaled)
+        gpt_init(self.embedding, 0.02, config.n_layers)
+        gpt_init(self.blocks, 0.02, config.n_layers)
 
     def make_blocks(self, hf_config: GPTNeoXConfig) -> list[NeoXBlock]:
         """The `n_layers` distinct layers (built after the embedding, before the final norm)."""

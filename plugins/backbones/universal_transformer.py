@@ -54,7 +54,6 @@ class DepthSignal(nn.Module):
 
     def __init__(self, kind: str, d_model: int, max_depth: int):
         super().__init__()
-        self.kind = kind
         self.d_model = d_model
         self.max_depth = max_depth
         self.table = nn.Embedding(max_depth, d_model) if kind == "learned" else None
