@@ -98,20 +98,19 @@ class LRUMixer(RingRecurrence):
         self.out_proj = nn.Linear(d_model, 2 * d_model)
 
     def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
+        """GELU(y), y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t."""
+        dtype = compute_dtype(x)
         with full_precision(x):
-            y = self._recurrence(x.to(compute_dtype(x)), reference)  # (B, L, D)
+            u = x.to(dtype)
+            # B u_t: (B, L, N) complex
+            inputs = torch.complex(u @ self.in_real.to(dtype).T, u @ self.in_imag.to(dtype).T)
+            state = self.states(inputs, reference)  # (B, L, N) complex
+            y = state.real @ self.out_real.to(dtype).T - state.imag @ self.out_imag.to(dtype).T
+            y = y + self.skip.to(dtype) * u  # (B, L, D)
         return F.gelu(y.to(x.dtype))
 
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
         return F.glu(self.out_proj(mixed), dim=-1)
-
-    def _recurrence(self, u: Tensor, reference: bool) -> Tensor:
-        """y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t: (B, L, D)."""
-        dtype = u.dtype
-        inputs = torch.complex(u @ self.in_real.to(dtype).T, u @ self.in_imag.to(dtype).T)  # (B, L, N)
-        state = self.states(inputs, reference)  # (B, L, N) complex
-        y = state.real @ self.out_real.to(dtype).T - state.imag @ self.out_imag.to(dtype).T
-        return y + self.skip.to(dtype) * u
 
 
 class SeqIclLRUMixer(RingRecurrence):
