@@ -180,25 +180,21 @@ class NeoXBlock(Block):
         attn = attn + residual
         return layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
 
-    def qkv_part(self, normed: Tensor, part: slice) -> Tensor:
-        """Heads' rows `part` of the fused QKV projection (0: query, 1: key, 2: value):
-        normed (..., D) -> (..., H, parts, dh)."""
+    def project(
+        self, normed: Tensor, cos: Tensor, sin: Tensor, part: slice = slice(0, 3)
+    ) -> list[Tensor]:
+        """Queries, keys and values of normed (B, C, D), or their `part` (0: query, 1: key,
+        2: value), queries and keys rotated at tables cos, sin (B or 1, C, r): (B, H, C, dh)
+        each. Only the heads' rows `part` of the fused QKV projection are computed."""
         projection = self.layer.attention.query_key_value
         size = self.layer.attention.head_size
         width = normed.shape[-1]
         heads = width // size
         weight = projection.weight.view(heads, 3, size, width)[:, part]
         bias = None if projection.bias is None else projection.bias.view(heads, 3, size)[:, part].reshape(-1)
-        out = F.linear(normed, weight.reshape(-1, width), bias)
-        return out.view(*normed.shape[:-1], heads, -1, size)
-
-    def project(
-        self, normed: Tensor, cos: Tensor, sin: Tensor, part: slice = slice(0, 3)
-    ) -> list[Tensor]:
-        """Queries, keys and values of normed (B, C, D), or their `part` (0: query, 1: key,
-        2: value), queries and keys rotated at tables cos, sin (B or 1, C, r): (B, H, C, dh)
-        each."""
-        projected = self.qkv_part(normed, part).permute(3, 0, 2, 1, 4)  # (parts, B, H, C, dh)
+        out = F.linear(normed, weight.reshape(-1, width), bias)  # (B, C, H * parts * dh)
+        # (parts, B, H, C, dh)
+        projected = out.view(*normed.shape[:-1], heads, -1, size).permute(3, 0, 2, 1, 4)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return [rotary(x, cos, sin) if i < 2 else x for i, x in enumerate(projected, part.start)]
 
@@ -216,9 +212,10 @@ class NeoXBlock(Block):
         cos, sin = cos_sin[0][:, :length], cos_sin[1][:, :length]  # (1, L', r)
         # (B, H, L', dh) each
         key, value = self.project(norm(hidden[:, :length]), cos, sin, slice(1, 3))
-        query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1))[..., 0, :]  # (K, H, dh)
         at = (rows % hidden.shape[1]).unsqueeze(1)  # (K, 1) positions of the rows, all < L'
-        query = rotary(query, cos[0, at], sin[0, at])
+        # the running tokens as K sequences of one token each: (K, H, 1, dh) -> (K, H, dh)
+        normed = norm(gather_active(hidden, rows)).unsqueeze(1)  # (K, 1, D)
+        query = self.project(normed, cos[0, at], sin[0, at], slice(0, 1))[0].squeeze(2)
         return attend_rows(query, key, value, active, scaling=attention.scaling,
                            dropout=self.attention_dropout)  # (K, D)
 
