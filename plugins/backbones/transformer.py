@@ -161,7 +161,9 @@ class NeoXBlock(Block):
         """The attention dropout probability: the layer's in training, 0 in evaluation."""
         return self.layer.attention.attention_dropout if self.training else 0.0
 
-    def attend(self, query: Tensor, key: Tensor, value: Tensor, residual: Tensor, **mask) -> Tensor:
+    def attend(
+        self, query: Tensor, key: Tensor, value: Tensor, residual: Tensor, **mask: Tensor | bool
+    ) -> Tensor:
         """The layer's output (B, C, D) for queries (B, H, C, dh) over keys and values
         (B, H, L, dh) (`mask`: SDPA's `attn_mask` or `is_causal`); residual (B, C, D) is
         the queries' input."""
