@@ -46,28 +46,11 @@ def causal_resolvent_diagonal(a: Tensor, length: int | None = None) -> Tensor:
     """
     total = a.shape[-1]
     length = total if length is None else max(0, min(length, total))
-    columns = a[..., :length].unbind(-1)  # L x (...,)
-    ratios = []
-    previous = torch.zeros_like(a[..., 0])
-    for a_i in columns:
-        previous = torch.reciprocal(a_i - previous)
-        ratios.append(previous)
-    if length < total:
-        ratios.extend(torch.zeros_like(a[..., 0]) for _ in range(total - length))
-    if not ratios:
-        return torch.zeros_like(a)
-    return torch.stack(ratios, dim=-1)  # (..., L)
-
-
-def backward_ratios(a: Tensor) -> Tensor:
-    """h_i = phi_{i+1} / phi_i from the end of the sequence: (..., L) -> (..., L)."""
-    ratios = []
-    following = torch.zeros_like(a[..., 0])
-    for a_i in reversed(a.unbind(-1)):
-        following = torch.reciprocal(a_i - following)
-        ratios.append(following)
-    ratios.reverse()
-    return torch.stack(ratios, dim=-1)
+    ratios = [torch.zeros_like(a[..., 0])]  # g_0
+    for a_i in a[..., :length].unbind(-1):
+        ratios.append(torch.reciprocal(a_i - ratios[-1]))
+    ratios.extend(torch.zeros_like(a[..., 0]) for _ in range(total - length))  # the zero tail
+    return torch.stack(ratios, dim=-1)[..., 1:]  # (..., L)
 
 
 def resolvent_diagonal(a: Tensor) -> Tensor:
@@ -76,7 +59,8 @@ def resolvent_diagonal(a: Tensor) -> Tensor:
     Uses both sweeps: entry i depends on every entry of `a` (not causal).
     """
     forward = causal_resolvent_diagonal(a)  # g_i
-    backward = backward_ratios(a)  # h_i
+    # h_i = phi_{i+1} / phi_i: the same recursion from the end of the sequence
+    backward = causal_resolvent_diagonal(a.flip(-1)).flip(-1)
     zero = torch.zeros_like(a[..., :1])
     before = torch.cat([zero, forward[..., :-1]], dim=-1)  # g_{i-1}
     after = torch.cat([backward[..., 1:], zero], dim=-1)  # h_{i+1}

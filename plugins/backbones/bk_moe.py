@@ -34,21 +34,15 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, d_model: int, ffn_size: int, n_experts: int, top_k: int):
         super().__init__()
-        if not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k {top_k} must be between 1 and n_experts {n_experts}")
-        self.top_k = top_k
+        self.top_k = top_k  # 1 <= top_k <= n_experts (ResNetBKConfig checks it)
         self.router = nn.Linear(d_model, n_experts, bias=False)
         self.experts = nn.ModuleList(Expert(d_model, ffn_size) for _ in range(n_experts))
 
-    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(T, D) -> gates (T, k) router probabilities, experts (T, k) indices."""
-        probs = torch.softmax(self.router(x).float(), dim=-1)  # (T, E)
-        gates, chosen = probs.topk(self.top_k, dim=-1)
-        return gates, chosen
-
     def mixture(self, x: Tensor) -> Tensor:
         """(T, D) tokens -> (T, D) mixture outputs."""
-        gates, chosen = self.route(x)  # (T, k), (T, k)
+        probs = torch.softmax(self.router(x).float(), dim=-1)  # (T, E)
+        # gates (T, k) router probabilities of the chosen experts (T, k)
+        gates, chosen = probs.topk(self.top_k, dim=-1)
         output = torch.zeros_like(x)
         for index, expert in enumerate(self.experts):
             tokens, slots = (chosen == index).nonzero(as_tuple=True)  # (T_e,), (T_e,)

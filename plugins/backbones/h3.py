@@ -40,25 +40,20 @@ from torch import Tensor, nn
 from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import DiagonalSSM, causal_fft_conv, compute_dtype, full_precision
-from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
+from .mixer_stack import MixerBackbone, SequenceMixer
+from .s4d import DiagonalSSMConfig
 
 
-class H3Config(MixerStackConfig):
+class H3Config(DiagonalSSMConfig):
     name: Literal["h3"] = "h3"
-    d_state: int = Field(64, ge=2, description="Real state size of the diagonal SSM (even).")
     shift_size: int = Field(64, ge=1, description="State size of the shift SSM = filter taps.")
     head_dim: int = Field(1, ge=1, description="Head size d: kv is a d x d state per head.")
-    dt_min: float = Field(1e-3, gt=0)
-    dt_max: float = Field(1e-1, gt=0)
+    # d_state, dt_min, dt_max (DiagonalSSMConfig): the diagonal SSM's
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_state % 2:
-            raise ValueError(f"d_state must be even (complex conjugate pairs), got {self.d_state}")
         if self.d_model % self.head_dim:
             raise ValueError(f"d_model {self.d_model} is not divisible by head_dim {self.head_dim}")
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"dt_min {self.dt_min} is larger than dt_max {self.dt_max}")
         return self
 
 

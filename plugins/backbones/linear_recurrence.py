@@ -227,15 +227,13 @@ class DiagonalSSM(nn.Module):
         """Step loop over time (the reference): u (..., H, L) -> (..., H, L)."""
         dtype = compute_dtype(u)
         with full_precision(u):
-            return self._recurrence(u.to(dtype), dtype)
-
-    def _recurrence(self, u: Tensor, dtype: torch.dtype) -> Tensor:
-        dt_a, c_db = self.discretize(dtype)
-        d_a, d = torch.exp(dt_a), self.d.to(dtype)
-        # Fold C dB into the state update: x'_t = dA x'_{t-1} + C dB u_t; y = 2 Re(sum x') + D u.
-        state = torch.zeros(*u.shape[:-1], d_a.shape[-1], dtype=d_a.dtype, device=u.device)
-        outputs = []
-        for u_t in u.unbind(-1):  # (..., H)
-            state = d_a * state + c_db * u_t.unsqueeze(-1)
-            outputs.append(2 * state.sum(-1).real + d * u_t)
-        return torch.stack(outputs, dim=-1)
+            dt_a, c_db = self.discretize(dtype)
+            d_a, d = torch.exp(dt_a), self.d.to(dtype)
+            # Fold C dB into the state update: x'_t = dA x'_{t-1} + C dB u_t;
+            # y = 2 Re(sum x') + D u.
+            state = torch.zeros(*u.shape[:-1], d_a.shape[-1], dtype=d_a.dtype, device=u.device)
+            outputs = []
+            for u_t in u.to(dtype).unbind(-1):  # (..., H)
+                state = d_a * state + c_db * u_t.unsqueeze(-1)
+                outputs.append(2 * state.sum(-1).real + d * u_t)
+            return torch.stack(outputs, dim=-1)

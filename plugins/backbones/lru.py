@@ -59,27 +59,17 @@ class LRUConfig(MixerStackConfig):
         return self
 
 
-def init_ring(mixer: nn.Module, size: int, r_min: float, r_max: float, max_phase: float) -> None:
-    """The ring init of lambda (nu_log, theta_log) and gamma_log = log sqrt(1 - |lambda|^2):
-    three (size,) parameters set on `mixer`."""
-    radius_sq = torch.rand(size) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
-    mixer.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))
-    mixer.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(size).clamp_min(1e-4)))
-    mixer.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))
+class RingRecurrence(SequenceMixer):
+    """The mixers' recurrence x_t = lambda x_{t-1} + gamma v_t over N complex channels, with
+    the ring init of lambda (nu_log, theta_log) and gamma_log = log sqrt(1 - |lambda|^2):
+    three (N,) parameters."""
 
-
-class LRUMixer(SequenceMixer):
-    """Linear recurrent unit + GELU + GLU: (B, L, D) -> (B, L, D)."""
-
-    def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float):
+    def __init__(self, size: int, r_min: float, r_max: float, max_phase: float):
         super().__init__()
-        init_ring(self, d_state, r_min, r_max, max_phase)
-        self.in_real = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
-        self.in_imag = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
-        self.out_real = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
-        self.out_imag = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
-        self.skip = nn.Parameter(torch.randn(d_model))
-        self.out_proj = nn.Linear(d_model, 2 * d_model)
+        radius_sq = torch.rand(size) * (r_max**2 - r_min**2) + r_min**2  # |lambda|^2
+        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq)))
+        self.theta_log = nn.Parameter(torch.log(max_phase * torch.rand(size).clamp_min(1e-4)))
+        self.gamma_log = nn.Parameter(0.5 * torch.log(1 - radius_sq))
 
     def decay(self, dtype: torch.dtype) -> Tensor:
         """lambda: (N,) complex."""
@@ -87,37 +77,51 @@ class LRUMixer(SequenceMixer):
             torch.complex(-torch.exp(self.nu_log.to(dtype)), torch.exp(self.theta_log.to(dtype)))
         )
 
+    def states(self, inputs: Tensor, reference: bool) -> Tensor:
+        """All states x_t (B, L, N) complex for inputs v_t (B, L, N) complex, by the parallel
+        scan or (`reference`) the step loop."""
+        dtype = inputs.real.dtype
+        scan = linear_scan_reference if reference else linear_scan
+        return scan(self.decay(dtype), torch.exp(self.gamma_log.to(dtype)) * inputs)
+
+
+class LRUMixer(RingRecurrence):
+    """Linear recurrent unit + GELU + GLU: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float):
+        super().__init__(d_state, r_min, r_max, max_phase)
+        self.in_real = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
+        self.in_imag = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(2 * d_model))
+        self.out_real = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        self.out_imag = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        self.skip = nn.Parameter(torch.randn(d_model))
+        self.out_proj = nn.Linear(d_model, 2 * d_model)
+
     def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, D)
+        """GELU(y), y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t."""
+        dtype = compute_dtype(x)
         with full_precision(x):
-            y = self._recurrence(x.to(compute_dtype(x)), reference)  # (B, L, D)
+            u = x.to(dtype)
+            # B u_t: (B, L, N) complex
+            inputs = torch.complex(u @ self.in_real.to(dtype).T, u @ self.in_imag.to(dtype).T)
+            state = self.states(inputs, reference)  # (B, L, N) complex
+            y = state.real @ self.out_real.to(dtype).T - state.imag @ self.out_imag.to(dtype).T
+            y = y + self.skip.to(dtype) * u  # (B, L, D)
         return F.gelu(y.to(x.dtype))
 
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
         return F.glu(self.out_proj(mixed), dim=-1)
 
-    def _recurrence(self, u: Tensor, reference: bool) -> Tensor:
-        """y_t = Re(C x_t) + D u_t with x_t = lambda x_{t-1} + gamma B u_t: (B, L, D)."""
-        dtype = u.dtype
-        inputs = torch.complex(u @ self.in_real.to(dtype).T, u @ self.in_imag.to(dtype).T)  # (B, L, N)
-        inputs = torch.exp(self.gamma_log.to(dtype)) * inputs
-        scan = linear_scan_reference if reference else linear_scan
-        state = scan(self.decay(dtype), inputs)  # (B, L, N) complex
-        y = state.real @ self.out_real.to(dtype).T - state.imag @ self.out_imag.to(dtype).T
-        return y + self.skip.to(dtype) * u
 
-
-class SeqIclLRUMixer(SequenceMixer):
+class SeqIclLRUMixer(RingRecurrence):
     """seq_icl's LRULayer: W_o LN(drop([Re x; Im x] * silu(o))): (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model: int, r_min: float, r_max: float, max_phase: float, dropout: float):
-        super().__init__()
-        init_ring(self, d_model, r_min, r_max, max_phase)
+        super().__init__(d_model, r_min, r_max, max_phase)
         self.in_proj = nn.Linear(d_model, 4 * d_model)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * d_model)
         self.out_proj = nn.Linear(2 * d_model, d_model)
-
-    decay = LRUMixer.decay
 
     def mix_tokens(self, x: Tensor, *, reference: bool) -> Tensor:  # (B, L, D) -> (B, L, 2D)
         width = x.shape[-1]
@@ -125,9 +129,7 @@ class SeqIclLRUMixer(SequenceMixer):
         dtype = compute_dtype(x)
         with full_precision(x):
             inputs = torch.complex(v_real.to(dtype), v_imag.to(dtype))  # (B, L, D)
-            inputs = torch.exp(self.gamma_log.to(dtype)) * inputs
-            scan = linear_scan_reference if reference else linear_scan
-            state = scan(self.decay(dtype), inputs)  # (B, L, D) complex
+            state = self.states(inputs, reference)  # (B, L, D) complex
             states = torch.cat([state.real, state.imag], dim=-1).to(x.dtype)  # (B, L, 2D)
         return states * F.silu(out_gate)
 

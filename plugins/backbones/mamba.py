@@ -35,7 +35,7 @@ from ponderlab.core.early_exit import gather_active
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
-from .selective_scan import cuda_kernels, kernels_usable, selective_scan, selective_scan_reference
+from .selective_scan import cuda_kernels, selective_scan, selective_scan_reference
 
 ScanImpl = Literal["auto", "torch", "cuda", "reference"]
 
@@ -72,15 +72,15 @@ def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Ten
 
 
 def _use_kernels(scan: ScanImpl, hidden: Tensor) -> bool:
-    if scan == "cuda":
-        if not kernels_usable(hidden):
-            where = "a CUDA tensor" if hidden.is_cuda else f"a {hidden.device.type} tensor"
-            raise RuntimeError(
-                f"backbone.scan='cuda' needs mamba-ssm and causal-conv1d (pip install ponderlab[cuda]) "
-                f"and CUDA inputs; got {where}, kernels importable: {cuda_kernels() is not None}"
-            )
-        return True
-    return scan == "auto" and kernels_usable(hidden)
+    """Whether `scan` runs on the CUDA kernels: they import and `hidden` lives on a CUDA device."""
+    usable = hidden.is_cuda and cuda_kernels() is not None
+    if scan == "cuda" and not usable:
+        where = "a CUDA tensor" if hidden.is_cuda else f"a {hidden.device.type} tensor"
+        raise RuntimeError(
+            f"backbone.scan='cuda' needs mamba-ssm and causal-conv1d (pip install ponderlab[cuda]) "
+            f"and CUDA inputs; got {where}, kernels importable: {cuda_kernels() is not None}"
+        )
+    return usable and scan in ("auto", "cuda")
 
 
 def mixer_forward(mixer: MambaMixer, hidden: Tensor, scan: ScanImpl = "auto") -> Tensor:

@@ -53,7 +53,7 @@ class SequenceMixer(nn.Module):
     * `mix_tokens(x, reference=...)`: the token mixing, (B, L, D) -> (B, L, F); the fast
       form when `reference` is False, the step-by-step loop when it is True;
     * `project(mixed, x)`: the position-wise rest, (..., F) and the token's own input
-      (..., D) -> (..., D), so that `mix_rows` runs it for some tokens only.
+      (..., D) -> (..., D), so that `mixer_rows` runs it for some tokens only.
 
     A subclass may implement `mix(x, reference=...)` alone instead (no row savings).
     """
@@ -72,14 +72,6 @@ class SequenceMixer(nn.Module):
 
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:
         return mixed
-
-    def mix_rows(self, x: Tensor, rows: Tensor) -> Tensor:
-        """The output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D).
-        Token mixing still reads every token; the projection runs for those rows."""
-        if type(self).mix_tokens is SequenceMixer.mix_tokens:  # a subclass with `mix` only
-            return gather_active(self(x), rows)
-        mixed = self.mix_tokens(x, reference=self.reference_mode)  # (B, L, F)
-        return self.project(gather_active(mixed, rows), gather_active(x, rows))
 
 
 def set_reference_mode(module: nn.Module, enabled: bool = True) -> None:
@@ -146,10 +138,13 @@ class MixerBlock(Block):
 
 
 def mixer_rows(mixer: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
-    """A mixer's output at the tokens of rows (K,) only: (B, L, D) -> (K, D)."""
-    if isinstance(mixer, SequenceMixer):
-        return mixer.mix_rows(x, rows)
-    return gather_active(mixer(x), rows)
+    """A mixer's output at the tokens of rows (K,) (flat b * L + t) only: x (B, L, D) -> (K, D).
+    The token mixing of a SequenceMixer still reads every token; its projection runs for those
+    rows. A plain module, or a SequenceMixer with `mix` only, runs whole."""
+    if not isinstance(mixer, SequenceMixer) or type(mixer).mix_tokens is SequenceMixer.mix_tokens:
+        return gather_active(mixer(x), rows)
+    mixed = mixer.mix_tokens(x, reference=mixer.reference_mode)  # (B, L, F)
+    return mixer.project(gather_active(mixed, rows), gather_active(x, rows))
 
 
 def gpt_init(module: nn.Module, std: float, n_layers: int) -> None:

@@ -110,10 +110,7 @@ class ResNetBKBlock(Block):
         a = tridiagonal_diagonal_shift(
             potential.transpose(1, 2), base=self.base_potential, shift=self.shift
         )  # (B, K, L) complex
-        if self.causal:
-            green = causal_resolvent_diagonal(a, length)
-        else:
-            green = resolvent_diagonal(a)
+        green = causal_resolvent_diagonal(a, length) if self.causal else resolvent_diagonal(a)
         return torch.cat([green.real, green.imag], dim=1).transpose(1, 2)  # (B, L, 2K)
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:

@@ -40,6 +40,7 @@ from ponderlab.core.hookspecs import hookimpl
 
 from .linear_recurrence import compute_dtype, full_precision
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
+from .row_attention import rotary
 
 
 class RetNetConfig(MixerStackConfig):
@@ -70,15 +71,11 @@ def rotate(x: Tensor) -> Tensor:
 
     x (B, H, L, d); with odd d the last feature is left as it is.
     """
-    half = x.shape[-1] // 2
-    if half == 0:
-        return x
-    length = x.shape[-2]
+    half, length = x.shape[-1] // 2, x.shape[-2]
     theta = 10000.0 ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)  # (half,)
     angle = torch.arange(length, dtype=x.dtype, device=x.device).unsqueeze(-1) * theta  # (L, half)
-    cos, sin = angle.cos(), angle.sin()
-    first, second, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    return torch.cat([first * cos - second * sin, first * sin + second * cos, rest], dim=-1)
+    angle = torch.cat([angle, angle], dim=-1)  # (L, 2 half): x_j and x_{j+half} turn alike
+    return rotary(x, angle.cos(), angle.sin())  # GPT-NeoX's rotate-half rotary
 
 
 def rotate_interleaved(x: Tensor) -> Tensor:

@@ -37,19 +37,24 @@ from .linear_recurrence import DiagonalSSM
 from .mixer_stack import MixerBackbone, MixerStackConfig, SequenceMixer
 
 
-class S4DConfig(MixerStackConfig):
-    name: Literal["s4d"] = "s4d"
+class DiagonalSSMConfig(MixerStackConfig):
+    """Options of a stack whose mixers hold `DiagonalSSM`s (S4D, H3)."""
+
     d_state: int = Field(64, ge=2, description="Real state size N per channel (N/2 complex pairs).")
     dt_min: float = Field(1e-3, gt=0, description="Lower end of the log-uniform step-size init.")
     dt_max: float = Field(1e-1, gt=0, description="Upper end of the log-uniform step-size init.")
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check_ssm(self):
         if self.d_state % 2:
             raise ValueError(f"d_state must be even (complex conjugate pairs), got {self.d_state}")
         if self.dt_min > self.dt_max:
             raise ValueError(f"dt_min {self.dt_min} is larger than dt_max {self.dt_max}")
         return self
+
+
+class S4DConfig(DiagonalSSMConfig):
+    name: Literal["s4d"] = "s4d"
 
 
 class S4DMixer(SequenceMixer):

@@ -191,8 +191,3 @@ def cuda_kernels() -> tuple[Any, Any] | None:
     except Exception:  # ImportError, or a build that does not match this torch
         return None
     return selective_scan_fn, causal_conv1d_fn
-
-
-def kernels_usable(tensor: Tensor) -> bool:
-    """True when the CUDA kernels import and `tensor` lives on a CUDA device."""
-    return tensor.is_cuda and cuda_kernels() is not None

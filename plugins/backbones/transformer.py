@@ -21,6 +21,7 @@ from ponderlab.core.early_exit import gather_active, rows_mask
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
+from .mixer_stack import gpt_init
 from .row_attention import attend_rows, rotary, routed_positions
 
 
@@ -84,10 +85,15 @@ class NeoXBlock(Block):
         return self.layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
 
     def forward_rows(self, hidden: Tensor, rows: Tensor, states: Tensor, context: BlockContext) -> Tensor:
+        """The layer's new states (K, D) for the running tokens: rows (K,) mark them, states
+        (K, D) holds their current states, hidden (B, L, D) every token's."""
         if rows.numel() == 0:
             return states  # (0, D)
         _, cos_sin = self.rotary_tables(hidden)
-        return self.update_rows(hidden, rows_mask(rows, hidden.shape[:2]), rows, states, cos_sin)
+        active = rows_mask(rows, hidden.shape[:2])  # (B, L)
+        mixed = self.running_attention(hidden, active, rows, cos_sin)  # (K, D)
+        attn = self.layer.post_attention_dropout(self.layer.attention.dense(mixed))  # (K, D)
+        return self.residual_update(states, attn)
 
     #: how `forward_routed` computes: "gathered" (the routed tokens only, the default) or
     #: "masked" (every token, attention masked; the dense path it must equal)
@@ -106,35 +112,27 @@ class NeoXBlock(Block):
         """
         if self.routed_execution == "masked":
             return self.forward_routed_masked(hidden, routed, context)
-        layer = self.layer
         width = hidden.shape[-1]
         positions, valid = routed_positions(routed)  # (B, C) each
         index = positions.unsqueeze(-1).expand(-1, -1, width)  # (B, C, D)
         gathered = hidden.gather(1, index)  # (B, C, D), original order
         _, (cos, sin) = self.rotary_tables(hidden)  # (1, L, r)
         cos_at, sin_at = cos[0][positions], sin[0][positions]  # (B, C, r)
-        normed = layer.input_layernorm(gathered)
-        attention = layer.attention
-        dropout = attention.attention_dropout if self.training else 0.0
+        normed = self.layer.input_layernorm(gathered)
         if context.mixing == "shared_kv":
-            if context.hop == 0:
-                key, value = self.project_key_value(layer.input_layernorm(hidden), cos, sin)  # (B, H, L, dh)
-                context.kv_cache[context.layer] = (key, value)
+            if context.hop == 0:  # keys and values (B, H, L, dh) of every token
+                key_value = self.project(self.layer.input_layernorm(hidden), cos, sin, slice(1, 3))
+                context.kv_cache[context.layer] = tuple(key_value)
             key, value = context.kv_cache[context.layer]
-            query = self.project_query(normed, cos_at, sin_at)  # (B, H, C, dh)
-            allowed = torch.arange(hidden.shape[1], device=hidden.device) <= positions.unsqueeze(-1)  # (B, C, L)
-            mixed = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=allowed.unsqueeze(1), dropout_p=dropout, scale=attention.scaling
-            )  # (B, H, C, dh)
+            (query,) = self.project(normed, cos_at, sin_at, slice(0, 1))  # (B, H, C, dh)
+            keys_at = torch.arange(hidden.shape[1], device=hidden.device)  # (L,)
+            allowed = keys_at <= positions.unsqueeze(-1)  # (B, C, L)
+            updated = self.attend(query, key, value, gathered, attn_mask=allowed.unsqueeze(1))
         else:
-            query, key, value = self.project_qkv(normed, cos_at, sin_at)  # (B, H, C, dh) each
+            query, key, value = self.project(normed, cos_at, sin_at)  # (B, H, C, dh) each
             # routed tokens come first in each row, in order: causal over C is causal by
             # position among them (padding slots sit after them and are read by nobody)
-            mixed = F.scaled_dot_product_attention(
-                query, key, value, is_causal=True, dropout_p=dropout, scale=attention.scaling
-            )  # (B, H, C, dh)
-        attn = layer.post_attention_dropout(attention.dense(mixed.transpose(1, 2).flatten(2)))  # (B, C, D)
-        updated = self.residual_update(gathered, attn)  # (B, C, D)
+            updated = self.attend(query, key, value, gathered, is_causal=True)  # (B, C, D)
         updated = torch.where(valid.unsqueeze(-1), updated, gathered)  # padding slots: unchanged
         return hidden.scatter(1, index, updated)  # (B, L, D)
 
@@ -144,9 +142,9 @@ class NeoXBlock(Block):
         Each token attends causally to the routed tokens and itself (so unrouted rows, which
         the core discards, stay finite). The dense reference the gathered path must equal.
         """
-        layer = self.layer
         _, (cos, sin) = self.rotary_tables(hidden)
-        query, key, value = self.project_qkv(layer.input_layernorm(hidden), cos, sin)  # (B, H, L, dh)
+        normed = self.layer.input_layernorm(hidden)
+        query, key, value = self.project(normed, cos, sin)  # (B, H, L, dh) each
         length = hidden.shape[1]
         allowed = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()  # (L, L)
         if context.mixing == "shared_kv":
@@ -156,13 +154,25 @@ class NeoXBlock(Block):
         else:
             itself = torch.eye(length, dtype=torch.bool, device=hidden.device)
             allowed = allowed & (routed.unsqueeze(1) | itself)  # (B, L, L)
-        attention = layer.attention
+        return self.attend(query, key, value, hidden, attn_mask=allowed.unsqueeze(-3))  # (B, L, D)
+
+    @property
+    def attention_dropout(self) -> float:
+        """The attention dropout probability: the layer's in training, 0 in evaluation."""
+        return self.layer.attention.attention_dropout if self.training else 0.0
+
+    def attend(
+        self, query: Tensor, key: Tensor, value: Tensor, residual: Tensor, **mask: Tensor | bool
+    ) -> Tensor:
+        """The layer's output (B, C, D) for queries (B, H, C, dh) over keys and values
+        (B, H, L, dh) (`mask`: SDPA's `attn_mask` or `is_causal`); residual (B, C, D) is
+        the queries' input."""
+        attention = self.layer.attention
         mixed = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed.unsqueeze(-3),
-            dropout_p=attention.attention_dropout if self.training else 0.0, scale=attention.scaling,
-        )  # (B, H, L, dh)
-        attn = layer.post_attention_dropout(attention.dense(mixed.transpose(1, 2).flatten(2)))  # (B, L, D)
-        return self.residual_update(hidden, attn)
+            query, key, value, dropout_p=self.attention_dropout, scale=attention.scaling, **mask
+        )  # (B, H, C, dh)
+        attn = attention.dense(mixed.transpose(1, 2).flatten(2))  # (B, C, D)
+        return self.residual_update(residual, self.layer.post_attention_dropout(attn))
 
     def residual_update(self, residual: Tensor, attn: Tensor) -> Tensor:
         """The layer's output from its input `residual` and attention output `attn` (..., D)."""
@@ -172,34 +182,23 @@ class NeoXBlock(Block):
         attn = attn + residual
         return layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(attn))) + attn
 
-    def qkv_part(self, normed: Tensor, part: slice) -> Tensor:
-        """Heads' rows `part` of the fused QKV projection (0: query, 1: key, 2: value):
-        normed (..., D) -> (..., H, parts, dh)."""
+    def project(
+        self, normed: Tensor, cos: Tensor, sin: Tensor, part: slice = slice(0, 3)
+    ) -> list[Tensor]:
+        """Queries, keys and values of normed (B, C, D), or their `part` (0: query, 1: key,
+        2: value), queries and keys rotated at tables cos, sin (B or 1, C, r): (B, H, C, dh)
+        each. Only the heads' rows `part` of the fused QKV projection are computed."""
         projection = self.layer.attention.query_key_value
         size = self.layer.attention.head_size
         width = normed.shape[-1]
         heads = width // size
         weight = projection.weight.view(heads, 3, size, width)[:, part]
         bias = None if projection.bias is None else projection.bias.view(heads, 3, size)[:, part].reshape(-1)
-        out = F.linear(normed, weight.reshape(-1, width), bias)
-        return out.view(*normed.shape[:-1], heads, -1, size)
-
-    def project_query(self, normed: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Rotated queries (B, H, C, dh) of normed (B, C, D) at tables cos, sin (B or 1, C, r)."""
-        query = self.qkv_part(normed, slice(0, 1))[..., 0, :].transpose(1, 2)  # (B, H, C, dh)
-        return rotary(query, cos.unsqueeze(1), sin.unsqueeze(1))
-
-    def project_key_value(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotated keys and values (B, H, L, dh) of normed (B, L, D)."""
-        key, value = self.qkv_part(normed, slice(1, 3)).permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
-        return rotary(key, cos.unsqueeze(1), sin.unsqueeze(1)), value
-
-    def project_qkv(self, normed: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Rotated queries and keys, and values, of normed (B, L, D) at rotary tables cos,
-        sin (B or 1, L, r): (B, H, L, dh) each."""
-        query, key, value = self.qkv_part(normed, slice(0, 3)).permute(3, 0, 2, 1, 4)  # (B, H, L, dh) each
+        out = F.linear(normed, weight.reshape(-1, width), bias)  # (B, C, H * parts * dh)
+        # (parts, B, H, C, dh)
+        projected = out.view(*normed.shape[:-1], heads, -1, size).permute(3, 0, 2, 1, 4)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return rotary(query, cos, sin), rotary(key, cos, sin), value
+        return [rotary(x, cos, sin) if i < 2 else x for i, x in enumerate(projected, part.start)]
 
     def running_attention(self, hidden: Tensor, active: Tensor, rows: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """Causal attention for the running tokens' queries over the keys and values they read.
@@ -213,31 +212,14 @@ class NeoXBlock(Block):
         norm = self.layer.input_layernorm
         length = int(active.any(0).nonzero()[-1]) + 1  # the keys any running token reads
         cos, sin = cos_sin[0][:, :length], cos_sin[1][:, :length]  # (1, L', r)
-        key, value = self.project_key_value(norm(hidden[:, :length]), cos, sin)  # (B, H, L', dh) each
-        query = self.qkv_part(norm(gather_active(hidden, rows)), slice(0, 1))[..., 0, :]  # (K, H, dh)
+        # (B, H, L', dh) each
+        key, value = self.project(norm(hidden[:, :length]), cos, sin, slice(1, 3))
         at = (rows % hidden.shape[1]).unsqueeze(1)  # (K, 1) positions of the rows, all < L'
-        query = rotary(query, cos[0, at], sin[0, at])
+        # the running tokens as K sequences of one token each: (K, H, 1, dh) -> (K, H, dh)
+        normed = norm(gather_active(hidden, rows)).unsqueeze(1)  # (K, 1, D)
+        query = self.project(normed, cos[0, at], sin[0, at], slice(0, 1))[0].squeeze(2)
         return attend_rows(query, key, value, active, scaling=attention.scaling,
-                           dropout=attention.attention_dropout if self.training else 0.0)  # (K, D)
-
-    def update_rows(
-        self, hidden: Tensor, active: Tensor, rows: Tensor, residual: Tensor, cos_sin: tuple[Tensor, Tensor]
-    ) -> Tensor:
-        """The layer's new states (K, D) for the running tokens: active (B, L) and rows (K,)
-        mark them, residual (K, D) holds their current states, hidden (B, L, D) every token's."""
-        layer = self.layer
-        context = self.running_attention(hidden, active, rows, cos_sin)  # (K, D)
-        attn = layer.post_attention_dropout(layer.attention.dense(context))  # (K, D)
-        return self.residual_update(residual, attn)
-
-
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """GPT-style init: normal(0, std) linear/embedding weights, zero biases."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(sub.weight, std=std)
-            if getattr(sub, "bias", None) is not None:
-                nn.init.zeros_(sub.bias)
+                           dropout=self.attention_dropout)  # (K, D)
 
 
 class TransformerBackbone(Backbone):
@@ -247,10 +229,16 @@ class TransformerBackbone(Backbone):
         super().__init__(config, vocab_size=vocab_size)
         hf = neox_config(config, vocab_size)
         self.embedding = nn.Embedding(vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(NeoXBlock(hf, i) for i in range(config.n_layers))
+        self.blocks = nn.ModuleList(self.make_blocks(hf))
         self.norm = nn.LayerNorm(config.d_model)
-        init_weights(self.embedding)
-        init_weights(self.blocks)
+        # normal(0, 0.02) linear/embedding weights, zero biases (GPT-NeoX names no layer
+        # out_proj, so nothing is rescaled)
+        gpt_init(self.embedding, 0.02, config.n_layers)
+        gpt_init(self.blocks, 0.02, config.n_layers)
+
+    def make_blocks(self, hf_config: GPTNeoXConfig) -> list[NeoXBlock]:
+        """The `n_layers` distinct layers (built after the embedding, before the final norm)."""
+        return [NeoXBlock(hf_config, i) for i in range(self.config.n_layers)]
 
 
 @hookimpl

@@ -21,11 +21,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from transformers import GPTNeoXConfig
 
 from ponderlab.core.hookspecs import hookimpl
-from ponderlab.core.interfaces import Backbone, BlockContext
+from ponderlab.core.interfaces import BlockContext
 
-from .transformer import NeoXBlock, TransformerConfig, init_weights, neox_config
+from .transformer import NeoXBlock, TransformerBackbone, TransformerConfig
 
 
 class UniversalTransformerConfig(TransformerConfig):
@@ -53,7 +54,6 @@ class DepthSignal(nn.Module):
 
     def __init__(self, kind: str, d_model: int, max_depth: int):
         super().__init__()
-        self.kind = kind
         self.d_model = d_model
         self.max_depth = max_depth
         self.table = nn.Embedding(max_depth, d_model) if kind == "learned" else None
@@ -71,7 +71,7 @@ class DepthSignal(nn.Module):
 class UTBlock(NeoXBlock):
     """The shared layer: adds the depth signal of `context.hop`, then the GPT-NeoX layer."""
 
-    def __init__(self, hf_config, layer_index: int, depth: DepthSignal):
+    def __init__(self, hf_config: GPTNeoXConfig, layer_index: int, depth: DepthSignal):
         super().__init__(hf_config, layer_index)
         self.depth = depth
 
@@ -88,18 +88,15 @@ class UTBlock(NeoXBlock):
         return super().forward_routed(hidden, routed, context)  # (B, L, D)
 
 
-class UniversalTransformerBackbone(Backbone):
+class UniversalTransformerBackbone(TransformerBackbone):
+    """`transformer`'s stack whose layers are `UTBlock`s sharing one depth signal."""
+
     config_class = UniversalTransformerConfig
 
-    def __init__(self, config: UniversalTransformerConfig, *, vocab_size: int):
-        super().__init__(config, vocab_size=vocab_size)
-        hf = neox_config(config, vocab_size)
-        self.embedding = nn.Embedding(vocab_size, config.d_model)
+    def make_blocks(self, hf_config: GPTNeoXConfig) -> list[NeoXBlock]:
+        config = self.config
         self.depth = DepthSignal(config.depth_embedding, config.d_model, config.max_depth)
-        self.blocks = nn.ModuleList(UTBlock(hf, i, self.depth) for i in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.d_model)
-        init_weights(self.embedding)
-        init_weights(self.blocks)
+        return [UTBlock(hf_config, i, self.depth) for i in range(config.n_layers)]
 
 
 @hookimpl
