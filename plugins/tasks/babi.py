@@ -92,7 +92,7 @@ class BabiConfig(TaskConfig):
         if self.source == "generate":
             if self.qa not in SIMULATED_TASKS:
                 raise ValueError(f"the simulator writes qa1-qa3; {self.qa} needs source: a folder or hub id")
-            needed = int(self.qa[2:])  # qa1-qa3 need stories of 1-3 facts
+            needed = {"qa1": 1, "qa2": 2, "qa3": 3}[self.qa]
             if self.max_facts is not None and self.max_facts < needed:
                 raise ValueError(f"{self.qa} needs stories of at least {needed} facts; max_facts is {self.max_facts}")
         return self
