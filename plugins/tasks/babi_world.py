@@ -271,12 +271,7 @@ def padded_prompt(
         fillers.append(sentence)
         used += len(sentence)
     gaps = np.sort(rng.integers(0, len(facts) + 1, size=len(fillers)))  # filler i goes before fact gaps[i]
-    prompt: list[int] = []
-    next_filler = 0
-    for index in range(len(facts) + 1):
-        while next_filler < len(fillers) and gaps[next_filler] == index:
-            prompt += fillers[next_filler]
-            next_filler += 1
-        if index < len(facts):
-            prompt += facts[index]
-    return prompt + question
+    sentences = list(facts)
+    for gap, filler in reversed(list(zip(gaps.tolist(), fillers, strict=True))):  # last first: indices hold
+        sentences.insert(gap, filler)
+    return [token for sentence in sentences for token in sentence] + question
