@@ -100,15 +100,11 @@ def minimize(dfa: DFA) -> DFA:
     merged: dict[int, dict[int, int]] = {}
     for s in states:
         merged.setdefault(block[s], {a: block[t] for a, t in dfa.transitions[s].items()})
-    # the start state is numbered first in every refinement, so its class is 0
-    return canonical(DFA(tuple(merged[b] for b in range(len(merged)))))
-
-
-def canonical(dfa: DFA) -> DFA:
-    """Renumber reachable states in breadth-first order from the start (drops unreachable ones)."""
-    order = reachable_states(dfa)
-    rename = {s: i for i, s in enumerate(order)}
-    return DFA(tuple({a: rename[t] for a, t in dfa.transitions[s].items()} for s in order))
+    # Classes are numbered by their first state in the breadth-first order `states`
+    # (so the start's class is 0), and that is the breadth-first order of the merged
+    # DFA: the first state of a class has the class's edges and is the earliest of
+    # its class to reach any other class. So the numbering is already canonical.
+    return DFA(tuple(merged.values()))
 
 
 def random_dfa(
@@ -168,13 +164,12 @@ def random_minimal_dfa(
     per state. Not seq_icl's sampling: the redraw favours states with more
     edges (see `minimised_random_dfa`).
     """
-    size = len(alphabet)
     for _ in range(max_attempts):
         dfa = random_dfa(rng, n_states=n_states, alphabet=alphabet, min_edges=min_edges, max_edges=max_edges)
         minimal = minimize(dfa)
         if minimal.n_states == n_states:
             return minimal
     raise RuntimeError(
-        f"no minimal {n_states}-state DFA over {size} symbols in {max_attempts} draws; "
+        f"no minimal {n_states}-state DFA over {len(alphabet)} symbols in {max_attempts} draws; "
         "widen the alphabet or the edge range"
     )
