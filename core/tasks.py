@@ -120,7 +120,7 @@ def published_splits(
     make_row: Callable[[dict, np.random.Generator, str], dict],
     columns: tuple[str, ...] | list[str] = (),
 ) -> TaskData:
-    """Rows made from a published dataset (see `load_published`), the first `sizes[split]` records per split.
+    """Rows from a published dataset (`load_published`): the first `sizes[split]` records per split.
 
     `make_row(record, rng, split)` turns one record into a row; `rng` is seeded by
     (seed, "published", split). A split that lacks one of `columns` is a SpecError;
@@ -139,7 +139,8 @@ def published_splits(
             )
         records = records.select(range(min(sizes[split], len(records))))
         rng = rng_for(seed, "published", split)
-        built[split] = datasets.Dataset.from_list([make_row(record, rng, split) for record in records])
+        rows = [make_row(record, rng, split) for record in records]
+        built[split] = datasets.Dataset.from_list(rows)
     return TaskData(**built)
 
 

@@ -104,19 +104,21 @@ class _BinaryTask(Task):
 
     def build(self, seed: int) -> TaskData:
         cfg = self.config
+        sizes = split_sizes(cfg)
         if cfg.source != "generate":
 
-            def from_record(record: dict, rng: np.random.Generator, split: str) -> dict:
+            def make_row(record: dict, rng: np.random.Generator, split: str) -> dict:
                 n = self._length(rng, split)
-                return self._example([[int(b) for b in record[column][:n]] for column in self.columns])
+                operands = [[int(b) for b in record[column][:n]] for column in self.columns]
+                return self._example(operands)
 
-            return published_splits(cfg.source, self.hub_id, split_sizes(cfg), seed, from_record, self.columns)
+            return published_splits(cfg.source, self.hub_id, sizes, seed, make_row, self.columns)
 
         def make(rng: np.random.Generator, split: str) -> dict:
             n = self._length(rng, split)
             return self._example([rng.integers(0, 2, size=n).tolist() for _ in self.columns])
 
-        return disjoint_splits(make, split_sizes(cfg), seed)
+        return disjoint_splits(make, sizes, seed)
 
 
 class BinaryCopy(_BinaryTask):

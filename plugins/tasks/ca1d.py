@@ -132,11 +132,11 @@ class CA1D(Task):
         if cfg.source != "generate":
             columns = [f"input_ids_{i}" for i in range(cfg.steps)]
 
-            def from_record(record: dict, rng: np.random.Generator, split: str) -> dict:
+            def make_row(record: dict, rng: np.random.Generator, split: str) -> dict:
                 states = [[int(c) for c in record[column]] for column in columns]
                 return ca_example(states, cfg.context_states, self._shift(rng, split))
 
-            return published_splits(cfg.source, HUB_ID, split_sizes(cfg), seed, from_record, columns)
+            return published_splits(cfg.source, HUB_ID, split_sizes(cfg), seed, make_row, columns)
 
         def make(rng: np.random.Generator, split: str) -> dict:
             rule, states = random_trajectory(rng, cfg.width, cfg.radius, cfg.steps)

@@ -202,7 +202,8 @@ class RegBench(Task):
         counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(2, dtype=np.int64))
         for row, guess in zip(dataset, predictions, strict=True):
             dfa = DFA.from_table(row["dfa"], N_LETTERS)
-            counts[row["states"]] += dfa_prediction_right(dfa, row["input_ids"], guess, row["labels"])
+            right_and_scored = dfa_prediction_right(dfa, row["input_ids"], guess, row["labels"])
+            counts[row["states"]] += right_and_scored
         out = {"dfa_accuracy": _accuracy(sum(counts.values(), np.zeros(2, dtype=np.int64)))}
         for states, count in sorted(counts.items()):
             out[f"states={states}/dfa_accuracy"] = _accuracy(count)

@@ -60,20 +60,20 @@ class _SeqICLConfig(TaskConfig):
     train_size: int = Field(5000, ge=1)
     validation_size: int = Field(500, ge=1)
     test_size: int = Field(500, ge=1)
-    #: declared here for the field order; each task redeclares it with the lower bound of its seq_len
-    test_seq_len: int | None = Field(None, description="Extrapolation: T for validation/test.")
+    #: declared here for the field order; each task redeclares it with its seq_len's lower bound
+    test_seq_len: int | None = Field(None, description="Extrapolation: T at validation/test.")
 
 
 class AssociativeRecallConfig(_SeqICLConfig):
     name: Literal["associative_recall"] = "associative_recall"
     seq_len: int = Field(40, ge=2, description="T: the context holds T // 2 key-value pairs.")
-    test_seq_len: int | None = Field(None, ge=2, description="Extrapolation: T for validation/test.")
+    test_seq_len: int | None = Field(None, ge=2, description="Extrapolation: T at validation/test.")
 
 
 class InductionHeadConfig(_SeqICLConfig):
     name: Literal["induction_head"] = "induction_head"
     seq_len: int = Field(30, ge=3, description="T random symbols before the final `=> x`.")
-    test_seq_len: int | None = Field(None, ge=3, description="Extrapolation: T for validation/test.")
+    test_seq_len: int | None = Field(None, ge=3, description="Extrapolation: T at validation/test.")
 
 
 def associative_recall_sequence(rng: np.random.Generator, vocab_size: int, seq_len: int) -> list[int]:
