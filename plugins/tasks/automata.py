@@ -46,21 +46,12 @@ class DFA:
 
     def to_table(self, alphabet_size: int) -> list[int]:
         """Flattened (n_states * alphabet_size) table, -1 for a missing transition."""
-        table = [-1] * (self.n_states * alphabet_size)
-        for state, edges in enumerate(self.transitions):
-            for symbol, target in edges.items():
-                table[state * alphabet_size + symbol] = target
-        return table
+        return [edges.get(a, -1) for edges in self.transitions for a in range(alphabet_size)]
 
     @classmethod
     def from_table(cls, table: list[int], alphabet_size: int) -> DFA:
-        n_states = len(table) // alphabet_size
-        return cls(
-            tuple(
-                {a: table[s * alphabet_size + a] for a in range(alphabet_size) if table[s * alphabet_size + a] >= 0}
-                for s in range(n_states)
-            )
-        )
+        rows = [table[i : i + alphabet_size] for i in range(0, len(table), alphabet_size)]
+        return cls(tuple({a: t for a, t in enumerate(row) if t >= 0} for row in rows))
 
 
 def reachable_states(dfa: DFA) -> list[int]:
