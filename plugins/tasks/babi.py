@@ -139,13 +139,11 @@ class Babi(Task):
     def batch_group_column(self) -> str | None:
         return "length" if len(set(self.config.lengths)) > 1 else None
 
-    def _length(self, rng: np.random.Generator, split: str) -> int:
-        cfg = self.config
-        choices = cfg.test_lengths if split != "train" and cfg.test_lengths else cfg.lengths
-        return int(choices[rng.integers(len(choices))])
-
     def _padded(self, rng: np.random.Generator, split: str, facts: list[list[int]], question: list[int], answer: list[int]) -> dict:
-        length = self._length(rng, split)
+        """An example padded to a target length drawn from the split's lengths."""
+        cfg = self.config
+        lengths = cfg.test_lengths if split != "train" and cfg.test_lengths else cfg.lengths
+        length = int(lengths[rng.integers(len(lengths))])
         return self._example(padded_prompt(rng, facts, question, length, self.vocabulary), answer, length)
 
     def build(self, seed: int) -> TaskData:
