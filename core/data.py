@@ -7,6 +7,7 @@ from collections import defaultdict
 import datasets
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .interfaces import IGNORE_INDEX
 
@@ -25,16 +26,14 @@ class TensorDataset:
     def batch(self, indices: list[int] | np.ndarray, pad_id: int = 0) -> dict[str, torch.Tensor]:
         """Right-padded batch: input_ids/labels (B, L) long, mask (B, L) bool, slices (B,) long."""
         rows = [int(i) for i in indices]
-        length = max(len(self.input_ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for b, i in enumerate(rows):
-            n = len(self.input_ids[i])
-            input_ids[b, :n] = torch.tensor(self.input_ids[i], dtype=torch.long)
-            labels[b, :n] = torch.tensor(self.labels[i], dtype=torch.long)
-            mask[b, :n] = True
-        out = {"input_ids": input_ids, "labels": labels, "mask": mask}
+        input_ids = [torch.tensor(self.input_ids[i], dtype=torch.long) for i in rows]
+        labels = [torch.tensor(self.labels[i], dtype=torch.long) for i in rows]
+        lengths = torch.tensor([len(ids) for ids in input_ids])
+        out = {
+            "input_ids": pad_sequence(input_ids, batch_first=True, padding_value=pad_id),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+            "mask": torch.arange(int(lengths.max())) < lengths[:, None],
+        }
         for column, values in self.slices.items():
             out[column] = torch.tensor([values[i] for i in rows], dtype=torch.long)
         return out
@@ -75,11 +74,11 @@ class BatchPlan:
         buckets: dict[int, list[int]] = defaultdict(list)
         for index in order:
             buckets[self.group[index]].append(int(index))
-        batches = []
-        for key in sorted(buckets):
-            members = buckets[key]
-            for i in range(0, len(members), self.batch_size):
-                batches.append(np.array(members[i : i + self.batch_size]))
+        batches = [
+            np.array(members[i : i + self.batch_size])
+            for _, members in sorted(buckets.items())
+            for i in range(0, len(members), self.batch_size)
+        ]
         permutation = rng.permutation(len(batches))
         return [batches[i] for i in permutation]
 

@@ -48,13 +48,12 @@ def next_token_example(sequence: list[int], scored: str | list[int] = "all") -> 
     sequence = [int(t) for t in sequence]
     targets = sequence[1:]
     if scored == "all":
-        labels = list(targets)
+        scored = range(len(targets))
     elif scored == "last":
-        labels = [IGNORE_INDEX] * (len(targets) - 1) + targets[-1:]
-    else:
-        labels = [IGNORE_INDEX] * len(targets)
-        for t in scored:
-            labels[t] = targets[t]
+        scored = range(len(targets))[-1:]
+    labels = [IGNORE_INDEX] * len(targets)
+    for t in scored:
+        labels[t] = targets[t]
     return {"input_ids": sequence[:-1], "labels": labels}
 
 
@@ -80,7 +79,6 @@ def disjoint_splits(
     for split in ("test", "validation", "train"):
         rng = rng_for(seed, split)
         rows: list[dict] = []
-        own: set[tuple] = set()
         attempts = 0
         limit = max_attempts_factor * max(sizes[split], 1)
         while len(rows) < sizes[split]:
@@ -91,12 +89,9 @@ def disjoint_splits(
                     "the task's example space is too small for these split sizes"
                 )
             example = make_example(rng, split)
-            k = key(example)
-            if k in taken:
-                continue
-            rows.append(example)
-            own.add(k)
-        taken |= own
+            if key(example) not in taken:
+                rows.append(example)
+        taken |= {key(row) for row in rows}
         built[split] = datasets.Dataset.from_list(rows)
     return TaskData(train=built["train"], validation=built["validation"], test=built["test"])
 
@@ -117,16 +112,36 @@ def load_published(source: str, hub_id: str) -> datasets.DatasetDict:
     return loaded
 
 
-def split_of(loaded: datasets.DatasetDict, split: str) -> datasets.Dataset:
-    if split == "validation" and "validation" not in loaded:
-        return loaded["valid"]
-    return loaded[split]
+def published_splits(
+    source: str,
+    hub_id: str,
+    sizes: dict[str, int],
+    seed: int,
+    make_row: Callable[[dict, np.random.Generator, str], dict],
+    columns: tuple[str, ...] | list[str] = (),
+) -> TaskData:
+    """Rows from a published dataset (`load_published`): the first `sizes[split]` records per split.
 
-
-def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    return dataset.select(range(limit))
+    `make_row(record, rng, split)` turns one record into a row; `rng` is seeded by
+    (seed, "published", split). A split that lacks one of `columns` is a SpecError;
+    a published `valid` split stands for `validation`.
+    """
+    loaded = load_published(source, hub_id)
+    built = {}
+    for split in SPLITS:
+        records = loaded[split] if split in loaded else loaded["valid"]
+        missing = [c for c in columns if c not in records.column_names]
+        if missing:
+            raise SpecError(
+                f"{split} split lacks column(s) {missing[:3]}{'...' if len(missing) > 3 else ''} "
+                f"(expected {', '.join(columns[:3])}{', ...' if len(columns) > 3 else ''})",
+                path="task.source",
+            )
+        records = records.select(range(min(sizes[split], len(records))))
+        rng = rng_for(seed, "published", split)
+        rows = [make_row(record, rng, split) for record in records]
+        built[split] = datasets.Dataset.from_list(rows)
+    return TaskData(**built)
 
 
 __all__ = [
@@ -135,8 +150,7 @@ __all__ = [
     "lm_example",
     "load_published",
     "next_token_example",
+    "published_splits",
     "rng_for",
-    "split_of",
     "split_sizes",
-    "take",
 ]

@@ -46,21 +46,12 @@ class DFA:
 
     def to_table(self, alphabet_size: int) -> list[int]:
         """Flattened (n_states * alphabet_size) table, -1 for a missing transition."""
-        table = [-1] * (self.n_states * alphabet_size)
-        for state, edges in enumerate(self.transitions):
-            for symbol, target in edges.items():
-                table[state * alphabet_size + symbol] = target
-        return table
+        return [edges.get(a, -1) for edges in self.transitions for a in range(alphabet_size)]
 
     @classmethod
     def from_table(cls, table: list[int], alphabet_size: int) -> DFA:
-        n_states = len(table) // alphabet_size
-        return cls(
-            tuple(
-                {a: table[s * alphabet_size + a] for a in range(alphabet_size) if table[s * alphabet_size + a] >= 0}
-                for s in range(n_states)
-            )
-        )
+        rows = [table[i : i + alphabet_size] for i in range(0, len(table), alphabet_size)]
+        return cls(tuple({a: t for a, t in enumerate(row) if t >= 0} for row in rows))
 
 
 def reachable_states(dfa: DFA) -> list[int]:
@@ -100,15 +91,11 @@ def minimize(dfa: DFA) -> DFA:
     merged: dict[int, dict[int, int]] = {}
     for s in states:
         merged.setdefault(block[s], {a: block[t] for a, t in dfa.transitions[s].items()})
-    # the start state is numbered first in every refinement, so its class is 0
-    return canonical(DFA(tuple(merged[b] for b in range(len(merged)))))
-
-
-def canonical(dfa: DFA) -> DFA:
-    """Renumber reachable states in breadth-first order from the start (drops unreachable ones)."""
-    order = reachable_states(dfa)
-    rename = {s: i for i, s in enumerate(order)}
-    return DFA(tuple({a: rename[t] for a, t in dfa.transitions[s].items()} for s in order))
+    # Classes are numbered by their first state in the breadth-first order `states`
+    # (so the start's class is 0), and that is the breadth-first order of the merged
+    # DFA: the first state of a class has the class's edges and is the earliest of
+    # its class to reach any other class. So the numbering is already canonical.
+    return DFA(tuple(merged.values()))
 
 
 def random_dfa(
@@ -168,13 +155,12 @@ def random_minimal_dfa(
     per state. Not seq_icl's sampling: the redraw favours states with more
     edges (see `minimised_random_dfa`).
     """
-    size = len(alphabet)
     for _ in range(max_attempts):
         dfa = random_dfa(rng, n_states=n_states, alphabet=alphabet, min_edges=min_edges, max_edges=max_edges)
         minimal = minimize(dfa)
         if minimal.n_states == n_states:
             return minimal
     raise RuntimeError(
-        f"no minimal {n_states}-state DFA over {size} symbols in {max_attempts} draws; "
+        f"no minimal {n_states}-state DFA over {len(alphabet)} symbols in {max_attempts} draws; "
         "widen the alphabet or the edge range"
     )

@@ -38,7 +38,7 @@ from typing import ClassVar, Literal
 
 import datasets
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.errors import SpecError
@@ -61,10 +61,10 @@ class BabiConfig(TaskConfig):
         None, ge=1, description="Fewest story sentences; unset: bAbI's own story lengths (set both or neither)."
     )
     max_facts: int | None = Field(None, ge=1, description="Most story sentences (with min_facts).")
-    lengths: list[int] = Field(
+    lengths: list[NonNegativeInt] = Field(
         default_factory=lambda: [0], min_length=1, description="Training target lengths in tokens (0: no padding)."
     )
-    test_lengths: list[int] | None = Field(
+    test_lengths: list[NonNegativeInt] | None = Field(
         None, min_length=1, description="Extrapolation: target lengths for validation/test."
     )
     train_size: int = Field(10000, ge=1)
@@ -95,16 +95,7 @@ class BabiConfig(TaskConfig):
             needed = {"qa1": 1, "qa2": 2, "qa3": 3}[self.qa]
             if self.max_facts is not None and self.max_facts < needed:
                 raise ValueError(f"{self.qa} needs stories of at least {needed} facts; max_facts is {self.max_facts}")
-        for field in ("lengths", "test_lengths"):
-            if any(n < 0 for n in getattr(self, field) or []):
-                raise ValueError(f"{field} must be non-negative token counts")
         return self
-
-
-def babi_example(prompt: list[int], answer: list[int], length: int) -> dict:
-    row = lm_example(prompt, answer)
-    row["length"] = length
-    return row
 
 
 class Babi(Task):
@@ -139,7 +130,7 @@ class Babi(Task):
     def _example(self, prompt: list[int], answer: list[int], length: int) -> dict:
         if self._tokenizer is not None:  # BABILong's layout: prompt + [GEN], answer + [eos]
             prompt, answer = self._tokenizer.frame(prompt, answer)
-        return babi_example(prompt, answer, length)
+        return {**lm_example(prompt, answer), "length": length}
 
     @property
     def vocab_size(self) -> int:  # type: ignore[override]
@@ -148,13 +139,11 @@ class Babi(Task):
     def batch_group_column(self) -> str | None:
         return "length" if len(set(self.config.lengths)) > 1 else None
 
-    def _length(self, rng: np.random.Generator, split: str) -> int:
-        cfg = self.config
-        choices = cfg.test_lengths if split != "train" and cfg.test_lengths else cfg.lengths
-        return int(choices[rng.integers(len(choices))])
-
     def _padded(self, rng: np.random.Generator, split: str, facts: list[list[int]], question: list[int], answer: list[int]) -> dict:
-        length = self._length(rng, split)
+        """An example padded to a target length drawn from the split's lengths."""
+        cfg = self.config
+        lengths = cfg.test_lengths if split != "train" and cfg.test_lengths else cfg.lengths
+        length = int(lengths[rng.integers(len(lengths))])
         return self._example(padded_prompt(rng, facts, question, length, self.vocabulary), answer, length)
 
     def build(self, seed: int) -> TaskData:
@@ -205,12 +194,11 @@ class Babi(Task):
         sizes = split_sizes(self.config)
         built = {}
         for split in ("test", "validation", "train"):  # each takes its size from what is left
-            built[split] = pool[: sizes[split]]
-            pool = pool[sizes[split] :]
-        for split, items in built.items():
-            if not items:
+            if not pool:
                 raise SpecError(f"the BABILong files leave no {split} rows (test, validation, then train)", path="task.source")
-        return TaskData(**{split: datasets.Dataset.from_list(items) for split, items in built.items()})
+            built[split] = datasets.Dataset.from_list(pool[: sizes[split]])
+            pool = pool[sizes[split] :]
+        return TaskData(**built)
 
 
 @hookimpl

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import datasets
 
@@ -125,13 +125,12 @@ def babilong_files(relative_paths: list[str], qa: str) -> list[BabilongFile]:
     found = []
     own = re.compile(rf"{qa}(?!\d)")
     for path in relative_paths:
-        parts = path.split("/")
-        name, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or f".{suffix}" not in TABLE_SUFFIXES:
+        file = PurePosixPath(path)
+        name, parent = file.name, file.parent.name
+        if file.suffix not in TABLE_SUFFIXES:
             continue
         if parent == qa:  # data/qa1/0k.json or qa1/4k-00000-of-00001.parquet
-            length_name = stem.split("-")[0]
+            length_name = file.stem.split("-")[0]
         elif own.match(name) and length_in_tokens(parent) is not None:  # 0k/qa1-00000-of-00001.parquet
             length_name = parent
         else:

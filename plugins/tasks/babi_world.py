@@ -166,29 +166,27 @@ def babi_story_length(rng: np.random.Generator, qa: str) -> int:
 def ask(rng: np.random.Generator, world: World, qa: str) -> tuple[list[str], str] | None:
     """A question the story answers, or None when it has none of this kind."""
     if qa == "qa1":
-        placed = [a for a in ACTORS if world.actor_room[a] is not None]
-        if not placed:
-            return None
-        actor = _pick(rng, placed)
-        return ["where", "is", actor, "?"], world.actor_room[actor]
-    if qa == "qa2":
+        options = [
+            (["where", "is", a, "?"], world.actor_room[a])
+            for a in ACTORS
+            if world.actor_room[a] is not None
+        ]
+    elif qa == "qa2":
         # the object's place follows from where it was grabbed or carried (two facts)
-        placed = [o for o in OBJECTS if world.history[o]]
-        if not placed:
-            return None
-        obj = _pick(rng, placed)
-        return ["where", "is", "the", obj, "?"], world.object_room[obj]
-    # qa3: the room an object was in just before a room it visited once
-    options = [
-        (o, i)
-        for o in OBJECTS
-        for i, room in enumerate(world.history[o])
-        if i >= 1 and world.history[o].count(room) == 1
-    ]
-    if not options:
-        return None
-    obj, i = _pick(rng, options)
-    return ["where", "was", "the", obj, "before", "the", world.history[obj][i], "?"], world.history[obj][i - 1]
+        options = [
+            (["where", "is", "the", o, "?"], world.object_room[o])
+            for o in OBJECTS
+            if world.history[o]
+        ]
+    else:
+        # qa3: the room an object was in just before a room it visited once
+        options = [
+            (["where", "was", "the", o, "before", "the", room, "?"], world.history[o][i - 1])
+            for o in OBJECTS
+            for i, room in enumerate(world.history[o])
+            if i >= 1 and world.history[o].count(room) == 1
+        ]
+    return _pick(rng, options) if options else None
 
 
 def random_story(
@@ -271,12 +269,8 @@ def padded_prompt(
         fillers.append(sentence)
         used += len(sentence)
     gaps = np.sort(rng.integers(0, len(facts) + 1, size=len(fillers)))  # filler i goes before fact gaps[i]
-    prompt: list[int] = []
-    next_filler = 0
-    for index in range(len(facts) + 1):
-        while next_filler < len(fillers) and gaps[next_filler] == index:
-            prompt += fillers[next_filler]
-            next_filler += 1
-        if index < len(facts):
-            prompt += facts[index]
-    return prompt + question
+    sentences = list(facts)
+    # the last filler first, so the gaps of the earlier ones stay valid
+    for gap, filler in reversed(list(zip(gaps.tolist(), fillers, strict=True))):
+        sentences.insert(gap, filler)
+    return [token for sentence in sentences for token in sentence] + question

@@ -22,23 +22,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import datasets
 import numpy as np
 from pydantic import Field, model_validator
 
 from ponderlab.core.config import TaskConfig
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from ponderlab.core.tasks import (
-    SPLITS,
-    disjoint_splits,
-    lm_example,
-    load_published,
-    rng_for,
-    split_of,
-    split_sizes,
-    take,
-)
+from ponderlab.core.tasks import disjoint_splits, lm_example, published_splits, split_sizes
 
 SEP, GEN, EOS = 100, 101, 102
 VOCAB_SIZE = 128
@@ -90,7 +80,8 @@ class _BinaryTask(Task):
     vocab_size = VOCAB_SIZE
     slice_columns: ClassVar[tuple[str, ...]] = ("length",)
     hub_id: ClassVar[str] = "steeldream/binary"
-    operands: ClassVar[int] = 1
+    #: the published dataset's column of each operand (one list of bits per operand)
+    columns: ClassVar[tuple[str, ...]] = ("input_ids",)
 
     def layout(self, operands: list[list[int]]) -> dict:
         raise NotImplementedError
@@ -115,31 +106,19 @@ class _BinaryTask(Task):
         cfg = self.config
         sizes = split_sizes(cfg)
         if cfg.source != "generate":
-            return self._from_published(seed, sizes)
+
+            def make_row(record: dict, rng: np.random.Generator, split: str) -> dict:
+                n = self._length(rng, split)
+                operands = [[int(b) for b in record[column][:n]] for column in self.columns]
+                return self._example(operands)
+
+            return published_splits(cfg.source, self.hub_id, sizes, seed, make_row, self.columns)
 
         def make(rng: np.random.Generator, split: str) -> dict:
             n = self._length(rng, split)
-            operands = [rng.integers(0, 2, size=n).tolist() for _ in range(self.operands)]
-            return self._example(operands)
+            return self._example([rng.integers(0, 2, size=n).tolist() for _ in self.columns])
 
         return disjoint_splits(make, sizes, seed)
-
-    def _from_published(self, seed: int, sizes: dict[str, int]) -> TaskData:
-        loaded = load_published(self.config.source, self.hub_id)
-        built = {}
-        for split in SPLITS:
-            source = take(split_of(loaded, split), sizes[split])
-            rng = rng_for(seed, "published", split)
-            rows = []
-            for record in source:
-                n = self._length(rng, split)
-                if self.operands == 1:
-                    operands = [list(record["input_ids"])[:n]]
-                else:
-                    operands = [list(record[f"input_ids_{i}"])[:n] for i in range(self.operands)]
-                rows.append(self._example([[int(b) for b in op] for op in operands]))
-            built[split] = datasets.Dataset.from_list(rows)
-        return TaskData(**built)
 
 
 class BinaryCopy(_BinaryTask):
@@ -173,7 +152,7 @@ class BinaryAddition(_BinaryTask):
 
     config_class = BinaryAdditionConfig
     hub_id = "steeldream/addition_binary"
-    operands = 2
+    columns = ("input_ids_0", "input_ids_1")
     slice_columns: ClassVar[tuple[str, ...]] = ("length", "carry")
 
     def _example(self, operands: list[list[int]]) -> dict:

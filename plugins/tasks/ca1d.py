@@ -32,24 +32,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import datasets
 import numpy as np
 from pydantic import Field, model_validator
 
 from ponderlab.core.config import TaskConfig
-from ponderlab.core.errors import SpecError
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Task, TaskData
-from ponderlab.core.tasks import (
-    SPLITS,
-    disjoint_splits,
-    lm_example,
-    load_published,
-    rng_for,
-    split_of,
-    split_sizes,
-    take,
-)
+from ponderlab.core.tasks import disjoint_splits, lm_example, published_splits, split_sizes
 
 from .binary import GEN, SEP, VOCAB_SIZE
 
@@ -141,7 +130,13 @@ class CA1D(Task):
     def build(self, seed: int) -> TaskData:
         cfg = self.config
         if cfg.source != "generate":
-            return self._from_published(seed)
+            columns = [f"input_ids_{i}" for i in range(cfg.steps)]
+
+            def make_row(record: dict, rng: np.random.Generator, split: str) -> dict:
+                states = [[int(c) for c in record[column]] for column in columns]
+                return ca_example(states, cfg.context_states, self._shift(rng, split))
+
+            return published_splits(cfg.source, HUB_ID, split_sizes(cfg), seed, make_row, columns)
 
         def make(rng: np.random.Generator, split: str) -> dict:
             rule, states = random_trajectory(rng, cfg.width, cfg.radius, cfg.steps)
@@ -150,29 +145,6 @@ class CA1D(Task):
             return row
 
         return disjoint_splits(make, split_sizes(cfg), seed)
-
-    def _from_published(self, seed: int) -> TaskData:
-        cfg = self.config
-        loaded = load_published(cfg.source, HUB_ID)
-        sizes = split_sizes(cfg)
-        columns = [f"input_ids_{i}" for i in range(cfg.steps)]
-        built = {}
-        for split in SPLITS:
-            source = take(split_of(loaded, split), sizes[split])
-            missing = [c for c in columns if c not in source.column_names]
-            if missing:
-                raise SpecError(
-                    f"{split} split lacks column(s) {missing[:3]}{'...' if len(missing) > 3 else ''} "
-                    f"(expected {columns[0]}..{columns[-1]} for steps={cfg.steps})",
-                    path="task.source",
-                )
-            rng = rng_for(seed, "published", split)
-            rows = []
-            for record in source:
-                states = [[int(c) for c in record[column]] for column in columns]
-                rows.append(ca_example(states, cfg.context_states, self._shift(rng, split)))
-            built[split] = datasets.Dataset.from_list(rows)
-        return TaskData(**built)
 
 
 @hookimpl

@@ -138,6 +138,12 @@ def dfa_prediction_right(dfa: DFA, input_ids: list[int], predictions: list[int],
     return right, scored
 
 
+def _accuracy(count: np.ndarray) -> float:
+    """right / scored from (right, scored); NaN when nothing was scored."""
+    right, scored = count.tolist()
+    return right / scored if scored else float("nan")
+
+
 @torch.no_grad()
 def greedy_predictions(model: nn.Module, dataset: datasets.Dataset, device: torch.device, batch_size: int) -> list[list[int]]:
     """Teacher-forced argmax at every position of every row (padding trimmed)."""
@@ -192,18 +198,15 @@ class RegBench(Task):
 
     def extra_metrics(self, model: nn.Module, dataset: datasets.Dataset, device: torch.device) -> dict[str, float]:
         predictions = greedy_predictions(model, dataset, device, self.config.eval_batch_size)
-        totals = [0, 0]
-        per_states: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        # (right, scored) per number of states
+        counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(2, dtype=np.int64))
         for row, guess in zip(dataset, predictions, strict=True):
             dfa = DFA.from_table(row["dfa"], N_LETTERS)
-            right, scored = dfa_prediction_right(dfa, row["input_ids"], guess, row["labels"])
-            totals[0] += right
-            totals[1] += scored
-            per_states[row["states"]][0] += right
-            per_states[row["states"]][1] += scored
-        out = {"dfa_accuracy": totals[0] / totals[1] if totals[1] else float("nan")}
-        for states, (right, scored) in sorted(per_states.items()):
-            out[f"states={states}/dfa_accuracy"] = right / scored if scored else float("nan")
+            right_and_scored = dfa_prediction_right(dfa, row["input_ids"], guess, row["labels"])
+            counts[row["states"]] += right_and_scored
+        out = {"dfa_accuracy": _accuracy(sum(counts.values(), np.zeros(2, dtype=np.int64)))}
+        for states, count in sorted(counts.items()):
+            out[f"states={states}/dfa_accuracy"] = _accuracy(count)
         return out
 
 

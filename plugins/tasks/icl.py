@@ -35,6 +35,7 @@ Defaults (T, k) = (64, 4); zoology also runs (128, 8) and (256, 16), listed in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -59,27 +60,20 @@ class _SeqICLConfig(TaskConfig):
     train_size: int = Field(5000, ge=1)
     validation_size: int = Field(500, ge=1)
     test_size: int = Field(500, ge=1)
-    test_seq_len: int | None = Field(None, description="Extrapolation: T for validation/test.")
-    #: the shortest T the task can lay out (also the bound of its `seq_len` field)
-    min_seq_len: ClassVar[int]
-
-    @model_validator(mode="after")
-    def _lengths(self):
-        if self.test_seq_len is not None and self.test_seq_len < self.min_seq_len:
-            raise ValueError(f"test_seq_len {self.test_seq_len} must be at least {self.min_seq_len}")
-        return self
+    #: declared here for the field order; each task redeclares it with its seq_len's lower bound
+    test_seq_len: int | None = Field(None, description="Extrapolation: T at validation/test.")
 
 
 class AssociativeRecallConfig(_SeqICLConfig):
     name: Literal["associative_recall"] = "associative_recall"
     seq_len: int = Field(40, ge=2, description="T: the context holds T // 2 key-value pairs.")
-    min_seq_len = 2
+    test_seq_len: int | None = Field(None, ge=2, description="Extrapolation: T at validation/test.")
 
 
 class InductionHeadConfig(_SeqICLConfig):
     name: Literal["induction_head"] = "induction_head"
     seq_len: int = Field(30, ge=3, description="T random symbols before the final `=> x`.")
-    min_seq_len = 3
+    test_seq_len: int | None = Field(None, ge=3, description="Extrapolation: T at validation/test.")
 
 
 def associative_recall_sequence(rng: np.random.Generator, vocab_size: int, seq_len: int) -> list[int]:
@@ -106,20 +100,19 @@ def induction_head_sequence(rng: np.random.Generator, vocab_size: int, seq_len: 
 
 class _SeqICLTask(Task):
     slice_columns: ClassVar[tuple[str, ...]] = ("length",)
+    #: (rng, vocab_size, seq_len) -> the task's sequence, answer last
+    sequence: ClassVar[Callable[[np.random.Generator, int, int], list[int]]]
 
     def __init__(self, config):
         super().__init__(config)
         self.vocab_size = config.vocab_size
-
-    def sequence(self, rng: np.random.Generator, seq_len: int) -> list[int]:
-        raise NotImplementedError
 
     def build(self, seed: int) -> TaskData:
         cfg = self.config
 
         def make(rng: np.random.Generator, split: str) -> dict:
             seq_len = cfg.test_seq_len if split != "train" and cfg.test_seq_len else cfg.seq_len
-            sequence = self.sequence(rng, seq_len)
+            sequence = self.sequence(rng, cfg.vocab_size, seq_len)
             row = next_token_example(sequence, "all" if split == "train" else "last")
             row["length"] = seq_len
             return row
@@ -130,16 +123,12 @@ class _SeqICLTask(Task):
 
 class AssociativeRecall(_SeqICLTask):
     config_class = AssociativeRecallConfig
-
-    def sequence(self, rng, seq_len):
-        return associative_recall_sequence(rng, self.vocab_size, seq_len)
+    sequence = staticmethod(associative_recall_sequence)
 
 
 class InductionHead(_SeqICLTask):
     config_class = InductionHeadConfig
-
-    def sequence(self, rng, seq_len):
-        return induction_head_sequence(rng, self.vocab_size, seq_len)
+    sequence = staticmethod(induction_head_sequence)
 
 
 # --------------------------------------------------------------------------- zoology MQAR
