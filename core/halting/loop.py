@@ -1,4 +1,5 @@
-"""The cumulative ACT loop (Graves 2016), used by `graves` (any scope) and `threshold` (depth).
+"""The cumulative ACT loop (Graves 2016), used by `graves` (any scope) and `threshold` (depth)
+through their base `CumulativeHalting`.
 
 After hop n (state s_n) every running token gets h_n. It halts at
 N = min{n : sum_{m<=n} h_m >= threshold}, or at hop `n_hops` (the cap). Weights:
@@ -20,13 +21,24 @@ import torch
 from torch import Tensor
 
 from ponderlab.core.early_exit import PackedHops, PackedTokens, RunningTokens
-from ponderlab.core.interfaces import HopFn, PonderOutput
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .outputs import accumulate
 from .units import accumulation_dtype
 
 #: halting_probability(n, states (..., D), active (B, L) bool | None) -> (...) in [0, 1]
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
+
+
+class CumulativeHalting(HaltingStrategy):
+    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap). A subclass
+    defines `halting_threshold()` and `halting_probability(n, state, active)`: h_n after hop n,
+    (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
+
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
+        return cumulative_halting_loop(state, hop, mask=mask, n_hops=self.max_hops(),
+                                       threshold=self.halting_threshold(),
+                                       halting_probability=self.halting_probability)
 
 
 def cumulative_halting_loop(state: Tensor, hop: HopFn, *, n_hops: int, threshold: float,
