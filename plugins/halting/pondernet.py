@@ -112,9 +112,6 @@ class PonderNet(HaltingStrategy):
         units = n_layers if config.scope == "depth" else 1
         self.units = torch.nn.ModuleList(HaltingUnit(d_model, bias) for _ in range(units))
 
-    def loss_weight(self) -> float:
-        return 0.0  # the KL term (aux_loss) is PonderNet's regulariser
-
     def lambda_at(self, n: int, state: Tensor) -> Tensor:
         return self.units[n if len(self.units) > 1 else 0](state)  # (B, L)
 
