@@ -25,9 +25,6 @@ class NoHalting(HaltingStrategy):
 
     config_class = NoHaltingConfig
 
-    def max_hops(self) -> int:
-        return self.n_layers if self.config.scope == "depth" else 1
-
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
         hops = self.max_hops()
         for n in range(hops):
