@@ -158,8 +158,9 @@ class Trainer(TrainerCheckpoints):
         """Train to `config.steps`, validating and checkpointing periodically; then test."""
         config = self.config
         checkpoint_every = config.checkpoint_every or config.eval_every
-        bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False,
-                   disable=not self.progress)  # disabled: every call below does nothing
+        # with progress off the bar is disabled: every call below does nothing
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   leave=False, disable=not self.progress)
         started = time.perf_counter() - self.elapsed
         running: dict[str, float] = {}
         while self.step < self.final_step():
