@@ -38,13 +38,11 @@ READING = {
     "after": [
         ("plugins/halting/graves.py", None),
         ("core/halting/config.py", ["ACTConfig"]),
-        ("core/halting/cumulative.py", ["CumulativeHalting"]),
-        ("core/halting/loop.py", ["cumulative_halting_loop", "DenseTokens"]),
+        ("core/halting/loop.py", ["CumulativeHalting", "cumulative_halting_loop", "DenseTokens"]),
         ("core/early_exit/packed.py", ["PackedTokens"]),
         ("core/halting/units.py", ["HaltingUnit", "accumulation_dtype"]),
         ("core/halting/outputs.py", ["accumulate"]),
-        ("core/early_exit/running.py", ["RunningTokens"]),
-        ("core/early_exit/policy.py", ["hop_policy", "speculation_mode"]),
+        ("core/early_exit/policy.py", ["RunningTokens", "hop_policy", "speculation_mode"]),
         ("core/early_exit/execution.py", ["PackedHops", "depth_hop"]),
     ],
 }

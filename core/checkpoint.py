@@ -70,12 +70,8 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """(step, path) of complete checkpoints in `directory`, oldest first."""
     if not directory.is_dir():
         return []
-    found = []
-    for entry in directory.iterdir():
-        match = _NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
+    matches = ((_NAME.match(entry.name), entry) for entry in directory.iterdir())
+    return sorted((int(match.group(1)), entry) for match, entry in matches if match)
 
 
 def rotate_checkpoints(directory: Path, keep: int) -> None:

@@ -58,10 +58,8 @@ def combine_hops(states: list[Tensor], weights: list[Tensor] | None, active: lis
     their later rows hold another layer's state).
     """
     if weights is not None:
-        combined = weights[0].unsqueeze(-1).to(states[0].dtype) * states[0]
-        for weight, state in zip(weights[1:], states[1:], strict=True):
-            combined = combined + weight.unsqueeze(-1).to(state.dtype) * state
-        return combined
+        return sum(weight.unsqueeze(-1).to(state.dtype) * state
+                   for weight, state in zip(weights, states, strict=True))
     combined = states[0]
     for state, mask in zip(states[1:], active[1:], strict=True):
         combined = state if mask is None else where_rows(mask, state, combined)

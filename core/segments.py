@@ -76,8 +76,8 @@ def _concat_sites(per_segment: list[list[PonderOutput]]) -> list[PonderOutput]:
             padded = [_padded_hops(o, n_hops) for o in site_outputs]
             hop_states = [torch.cat([states[n] for states, _ in padded], dim=1) for n in range(n_hops)]
             hop_probs = torch.cat([probs for _, probs in padded], dim=1)
-        lengths = [o.hops.shape[1] for o in site_outputs]
-        aux = [(o.aux_loss, n) for o, n in zip(site_outputs, lengths, strict=True) if o.aux_loss is not None]
+        # (auxiliary loss, real tokens) of the segments that have one
+        aux = [(o.aux_loss, o.hops.shape[1]) for o in site_outputs if o.aux_loss is not None]
         aux_loss = None
         if aux:
             aux_loss = sum(loss * n for loss, n in aux) / sum(n for _, n in aux)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import TrainingConfig
 from .curriculum import Curriculum
@@ -157,11 +158,9 @@ class Trainer(TrainerCheckpoints):
         """Train to `config.steps`, validating and checkpointing periodically; then test."""
         config = self.config
         checkpoint_every = config.checkpoint_every or config.eval_every
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
+        # with progress off the bar is disabled: every call below does nothing
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   leave=False, disable=not self.progress)
         started = time.perf_counter() - self.elapsed
         running: dict[str, float] = {}
         while self.step < self.final_step():
@@ -173,12 +172,11 @@ class Trainer(TrainerCheckpoints):
             for key, value in metrics.items():
                 running[key] = running.get(key, 0.0) + value
             if self.step % config.log_every == 0 or self.step == self.final_step():
-                count = config.log_every if self.step % config.log_every == 0 else self.step % config.log_every
+                count = self.step % config.log_every or config.log_every  # steps since the last log
                 averaged = {k: v / count for k, v in running.items()}
                 self._log({"step": self.step, "split": "train", **averaged, **stage})
                 running = {}
-                if bar is not None:
-                    bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
+                bar.set_postfix(loss=f"{averaged['loss']:.4f}", hops=f"{averaged['mean_hops']:.2f}")
             validation = None
             periodic = self.step % config.eval_every == 0 and self.step < self.final_step()
             if periodic and self.group.is_writer:
@@ -193,10 +191,8 @@ class Trainer(TrainerCheckpoints):
                 # After this step's checkpoint, so the callback can hand it on (Ray Tune trials). A
                 # validation that ended the run (a curriculum's `until`) goes with the final results.
                 self.on_validation(self.step, validation)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         self.elapsed = time.perf_counter() - started
         if self.curriculum is not None:
             self.curriculum.finish(self)

@@ -14,9 +14,8 @@ from .execution import (
     layer_update,
 )
 from .packed import PackedTokens
-from .policy import HopPolicy, hop_policy, speculates, speculation_mode
+from .policy import HopPolicy, RunningTokens, hop_policy, speculates, speculation_mode
 from .rows import active_rows, apply_to_active, gather_active, rows_mask, scatter_active, where_rows
-from .running import RunningTokens
 
 __all__ = [
     "HopPolicy",

@@ -31,14 +31,13 @@ class PackedTokens:
         self.states = self.rows_hop(n, self.rows, self.states)  # (K, D)
         return self.states
 
-    def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
+    def settle(self, weight: Tensor, running: Tensor, carried: tuple) -> tuple | None:
         full = weight if self.rows is None else weight.new_zeros(self.halt_index.shape).index_copy_(0, self.rows, weight)
         self.weights.append(full)
         if self.sums is None:
             self.sums = self.states * weight.unsqueeze(-1)  # (K, D)
         else:
             self.sums.addcmul_(weight.unsqueeze(-1), self.states.to(self.sums.dtype))
-        running = torch.zeros_like(weight, dtype=torch.bool) if running is None else running
         kept = running.nonzero().squeeze(1)  # (K',) positions of the tokens that go on
         if kept.shape[0] == weight.shape[0]:
             return carried

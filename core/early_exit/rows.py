@@ -7,7 +7,6 @@ rows, `where_rows` keeps or replaces rows without changing a state's memory layo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -32,8 +31,8 @@ def active_rows(active: Tensor) -> Tensor:
 
 def rows_mask(rows: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     """(K,) flat indices -> (B, L) bool mask, True at those tokens (the inverse of `active_rows`)."""
-    mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=rows.device)
-    return mask.index_fill_(0, rows, True).view(shape)
+    mask = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    return mask.view(-1).index_fill_(0, rows, True).view(shape)
 
 
 def gather_active(hidden: Tensor, rows: Tensor) -> Tensor:

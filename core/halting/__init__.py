@@ -19,9 +19,8 @@ from ponderlab.core.early_exit import RunningTokens
 from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .config import ACTConfig, depth_cap_error, renamed_key, require_scope
-from .cumulative import CumulativeHalting
 from .head import ExitHead, takes_keyword
-from .loop import DenseTokens, HaltingFn, cumulative_halting_loop
+from .loop import CumulativeHalting, HaltingFn, cumulative_halting_loop
 from .outputs import accumulate, fixed_hops_output, interpolation_weights
 from .t2t import t2t_hop_update
 from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
@@ -29,7 +28,6 @@ from .units import HaltingMLP, HaltingUnit, accumulation_dtype, logit
 __all__ = [
     "ACTConfig",
     "CumulativeHalting",
-    "DenseTokens",
     "ExitHead",
     "HaltingConfig",
     "HaltingFn",

@@ -1,4 +1,5 @@
-"""The cumulative ACT loop (Graves 2016), used by `graves` (any scope) and `threshold` (depth).
+"""The cumulative ACT loop (Graves 2016), used by `graves` (any scope) and `threshold` (depth)
+through their base `CumulativeHalting`.
 
 After hop n (state s_n) every running token gets h_n. It halts at
 N = min{n : sum_{m<=n} h_m >= threshold}, or at hop `n_hops` (the cap). Weights:
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ponderlab.core.early_exit import PackedHops, PackedTokens, RunningTokens
-from ponderlab.core.interfaces import HopFn, PonderOutput
+from ponderlab.core.interfaces import HaltingStrategy, HopFn, PonderOutput
 
 from .outputs import accumulate
 from .units import accumulation_dtype
@@ -29,25 +30,34 @@ from .units import accumulation_dtype
 HaltingFn = Callable[[int, Tensor, "Tensor | None"], Tensor]
 
 
+class CumulativeHalting(HaltingStrategy):
+    """Halt once sum_n h_n reaches `halting_threshold()`, or at `max_hops()` (the cap). A subclass
+    defines `halting_threshold()` and `halting_probability(n, state, active)`: h_n after hop n,
+    (B, L) from a (B, L, D) state, or (K,) from packed (K, D) rows."""
+
+    def forward(self, state: Tensor, hop: HopFn, mask: Tensor | None = None) -> PonderOutput:
+        return cumulative_halting_loop(state, hop, mask=mask, n_hops=self.max_hops(),
+                                       threshold=self.halting_threshold(),
+                                       halting_probability=self.halting_probability)
+
+
 def cumulative_halting_loop(state: Tensor, hop: HopFn, *, n_hops: int, threshold: float,
                             halting_probability: HaltingFn, mask: Tensor | None = None) -> PonderOutput:
     """Run the cumulative ACT loop over `state` (B, L, D); see the module docstring."""
     dtype = accumulation_dtype(state)
     tokens = PackedTokens(state, hop) if isinstance(hop, PackedHops) else DenseTokens(state, hop)
-    total = remaining = None  # c_n and 1 - c_n of the tokens the layout keeps, made at hop 1
+    total, remaining = 0.0, 1.0  # c_n and 1 - c_n of the kept tokens (tensors from hop 1 on)
     for n in range(n_hops):
         if (states := tokens.hop(n)) is None:  # (B, L, D) or (K, D); None: a speculated hop dropped
             break
         if n == n_hops - 1:  # the cap: every running token halts with its remainder
-            weight = remaining if remaining is not None else states.new_ones(states.shape[:-1])
-            running = None
+            weight = remaining if n > 0 else states.new_ones(states.shape[:-1])  # a single hop: 1
+            running = torch.zeros_like(weight, dtype=torch.bool)
         else:
             h = halting_probability(n, states, tokens.active)  # >= 0; (B, L), or (K,) = (B*L,) at hop 1
-            if total is None:
-                total = h if mask is None else h.masked_fill(~mask.reshape(h.shape), threshold + 1.0)
-                remaining = torch.ones_like(h)
-            else:
-                total = total + h  # c_n only grows, so a halted token stays halted
+            total = total + h  # c_n only grows, so a halted token stays halted
+            if n == 0 and mask is not None:  # padding halts after its first hop, with weight 1
+                total = total.masked_fill(~mask.reshape(h.shape), threshold + 1.0)
             running = total < threshold
             weight = torch.where(running, h, remaining)  # p_n while running, R when halting, 0 after
             remaining = torch.where(running, 1.0 - total, 0.0)
@@ -75,14 +85,12 @@ class DenseTokens(RunningTokens):
         self.state = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
         return self.state if self.keep_hop() else None  # None: a speculated hop to drop
 
-    def settle(self, weight: Tensor, running: Tensor | None, carried: tuple) -> tuple | None:
+    def settle(self, weight: Tensor, running: Tensor, carried: tuple) -> tuple | None:
         self.weights.append(weight)
         if self.output is None:  # state first: the product keeps the state's memory layout
             self.output = self.state * weight.unsqueeze(-1)
         else:
             self.output = accumulate(self.output, weight, self.state)
-        if running is None:
-            return None
         self.halt_index += running  # a running token halts at a later hop
         return carried if self.record(running) else None
 

@@ -40,7 +40,6 @@ class ConstantDepth(HaltingStrategy):
     """Re-applies the hop function `hops` times; the output is the last state."""
 
     config_class = ConstantConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def __init__(self, config: ConstantConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)

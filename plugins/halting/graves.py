@@ -37,12 +37,11 @@ class GravesACT(CumulativeHalting):
 
     def __init__(self, config: GravesConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
-        self.per_layer = config.scope == "depth"
-        units = n_layers - 1 if self.per_layer else 1
+        units = n_layers - 1 if config.scope == "depth" else 1
         self.units = nn.ModuleList(HaltingUnit(d_model, config.halting_bias_init) for _ in range(units))
 
     def halting_probability(self, n: int, state: Tensor, active: Tensor | None) -> Tensor:
-        return self.units[n if self.per_layer else 0](state, active)  # (B, L)
+        return self.units[n if self.config.scope == "depth" else 0](state, active)  # (B, L)
 
     def halting_threshold(self) -> float:
         return 1.0 - self.config.epsilon

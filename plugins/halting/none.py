@@ -24,10 +24,6 @@ class NoHalting(HaltingStrategy):
     """One hop per site; in depth scope, every distinct layer once."""
 
     config_class = NoHaltingConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
-
-    def max_hops(self) -> int:
-        return self.n_layers if self.config.scope == "depth" else 1
 
     def forward(self, state: Tensor, hop: HopFn) -> PonderOutput:
         hops = self.max_hops()

@@ -97,7 +97,6 @@ class PonderNet(HaltingStrategy):
     """PonderNet halting: expected loss over hops in training, sampled halting at inference."""
 
     config_class = PonderNetConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def __init__(self, config: PonderNetConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)
@@ -112,9 +111,6 @@ class PonderNet(HaltingStrategy):
             bias = logit(config.lambda_p)
         units = n_layers if config.scope == "depth" else 1
         self.units = torch.nn.ModuleList(HaltingUnit(d_model, bias) for _ in range(units))
-
-    def loss_weight(self) -> float:
-        return 0.0  # the KL term (aux_loss) is PonderNet's regulariser
 
     def lambda_at(self, n: int, state: Tensor) -> Tensor:
         return self.units[n if len(self.units) > 1 else 0](state)  # (B, L)
@@ -175,18 +171,17 @@ class PonderNet(HaltingStrategy):
             # tokens that must stop now: all at the cap, padding after its first hop
             forced = ~mask if n == 0 and mask is not None and not last else last
             hops = hops + running.to(dtype)
-            if most_likely:
+            if most_likely:  # keep this hop's state where p_n is the best so far
                 p_n = survive if last else lam * survive
-                better = running & (p_n > best)
-                output = where_rows(better, state, output)
-                halting_step = torch.where(better, torch.full_like(hops, n + 1.0), halting_step)
-                best = torch.where(better, p_n, best)
+                chosen = running & (p_n > best)
+                best = torch.where(chosen, p_n, best)
                 survive = survive * (1.0 - lam)
-                stops = running & ((best >= survive) | forced)  # at hop 0 every token is `better`
-            else:
+                stops = running & ((best >= survive) | forced)  # at hop 0 every token is chosen
+            else:  # keep this hop's state where the token halts
                 stops = running & ((torch.rand_like(lam) < lam) | forced)
-                output = where_rows(stops, state, output)
-                halting_step = torch.where(stops, torch.full_like(hops, n + 1.0), halting_step)
+                chosen = stops
+            output = where_rows(chosen, state, output)
+            halting_step = halting_step.masked_fill(chosen, n + 1.0)
             running = running & ~stops
             if not tokens.record(running):
                 break

@@ -90,7 +90,6 @@ class RandomHalting(HaltingStrategy):
     """Content-independent halting: each token takes a random number of hops."""
 
     config_class = RandomHaltingConfig
-    supported_scopes = frozenset({"layer", "model", "depth"})
 
     def __init__(self, config: RandomHaltingConfig, *, d_model: int, n_layers: int):
         super().__init__(config, d_model=d_model, n_layers=n_layers)

@@ -93,12 +93,8 @@ class ScriptedHop:
         self.shift = shift
         self.calls: list[Tensor | None] = []
 
-    @property
-    def width(self) -> int:
-        return self.cap + 2
-
-    def initial_state(self) -> Tensor:  # (B, L, D)
-        state = torch.zeros(*self.controls.shape[:-1], self.width, dtype=self.controls.dtype)
+    def initial_state(self) -> Tensor:  # (B, L, D), D = cap + 2
+        state = torch.zeros(*self.controls.shape[:-1], self.cap + 2, dtype=self.controls.dtype)
         state[..., self.cap + 1] = 1.0
         if self.shift:
             state[..., self.cap] = self.controls[..., 0]
