@@ -38,7 +38,8 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
 
 
 @pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
-                                  "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml"])
+                                  "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml",
+                                  "tune_ih_h3_steps10000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -294,3 +295,20 @@ def test_adopt_takes_the_best_setting_of_a_follow_up_that_searched_several(tmp_p
         assert "from the follow-up(s) heads: 6, -" in reproduce.adopted_cell(row)
     else:
         assert written == row_spec  # 2 heads' mean 0.96 does not beat the row's 1.0
+
+
+def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
+    """tune_ih_h3_steps10000.yaml is the induction-head h3 row's chosen setting (lr 1e-3) at 10000
+    steps (warmup 10%), seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ih_h3_steps10000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "induction_head_h3.yaml", tmp_path)))
+    row_lr = yaml.safe_load((HERE / "induction_head_h3.yaml").read_text())["training"]["lr"]
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    assert row.training.steps == 5000
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
