@@ -312,3 +312,22 @@ def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, reg
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
     dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
     assert len(dumped) == 1
+
+
+def test_adopt_refuses_to_compare_with_seeds_of_another_setting(tmp_path):
+    """A stale copy of runs/ (the row's seeds trained with an older spec) must not be the baseline."""
+    reproduce = load_reproduce()
+    out = tmp_path / "runs"
+    row_spec = {"name": "row", "seed": 0, "training": {"steps": 4000, "lr": 0.003}}
+    spec_path = tmp_path / "associative_recall_transformer.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    older = {**row_spec, "training": {"steps": 3000, "lr": 0.001}}
+    for seed, val in enumerate((1.0, 0.44, 0.438)):
+        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**older, "seed": seed}, val)
+    _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 4000, "lr": 0.002}},
+                    {0: 1.0, 1: 1.0, 2: 1.0})
+    with pytest.raises(SystemExit, match="not trained with the row's spec"):
+        reproduce.adopt(spec_path, out, ["a"], 3)
+    assert yaml.safe_load(spec_path.read_text()) == row_spec
+    assert json.loads((out / "seeds" / spec_path.stem / "seed1" / "results.json").read_text())[
+        "validation/exact_match"] == 0.44

@@ -303,6 +303,15 @@ def adopt(spec_path: Path, out: Path, names: list[str], seeds: int) -> bool:
     if missing:
         print(f"--adopt {stem}: seeds {sorted(set(missing))} missing (follow-ups or row); not compared")
         return False
+    # The row's seeds must be runs of the row's spec: a copy of runs/ can hold an older setting's
+    # seeds (it did: runs/ from /work/main held the lr 1e-3, 3000-step transformer seeds under the
+    # lr 3e-3, 4000-step row), and comparing with those would adopt on a stale baseline.
+    row_now = comparable({**yaml.safe_load(spec_path.read_text()), "seed": 0})
+    stale = [s for s in wanted
+             if comparable({**yaml.safe_load((current[s] / "spec.yaml").read_text()), "seed": 0}) != row_now]
+    if stale:
+        raise SystemExit(f"--adopt {stem}: the seeds {stale} in {current_dir} were not trained with the row's spec "
+                         f"{spec_path.name} (a stale copy of runs/?); not compared")
 
     def val(run_dir: Path) -> float:
         return float(json.loads((run_dir / "results.json").read_text())[seqicl_tools.METRIC])
