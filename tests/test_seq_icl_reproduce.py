@@ -38,7 +38,8 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
 
 
 @pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
-                                  "tune_ar_h3_lr2e-3_steps6000.yaml"])
+                                  "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml",
+                                  "tune_ih_h3_steps10000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -230,3 +231,103 @@ def test_adopt_does_not_compare_with_a_missing_seed(tmp_path):
     _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 25000, "lr": 0.0005}}, {0: 1.0, 2: 1.0})
     assert reproduce.adopt(spec_path, out, ["a"], 3) is False
     assert yaml.safe_load(spec_path.read_text()) == row_spec
+
+
+def test_the_heads_follow_up_is_the_transformer_row_at_1_and_2_heads(tmp_path, registry):
+    """tune_ar_transformer_heads.yaml is the associative-recall transformer row's setting with
+    n_heads in {1, 2} (the row: 4), seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_transformer_heads.yaml", registry=registry)
+    assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (1, 2) for s in range(3)]
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_transformer.yaml",
+                                                                tmp_path)))
+    row_lr = yaml.safe_load((HERE / "associative_recall_transformer.yaml").read_text())["training"]["lr"]
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    assert row.backbone.n_heads == 4 and row_lr == 0.003
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"},
+               "training": {"keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
+
+
+def _fake_heads_follow_up(directory: Path, spec: dict, vals: dict[tuple[int, int], float]) -> None:
+    """A follow-up searching backbone.n_heads x seed, as tune_ar_transformer_heads.yaml."""
+    directory.mkdir(parents=True)
+    heads = sorted({h for h, _ in vals})
+    (directory / "tune_spec.yaml").write_text(yaml.safe_dump(
+        {"search": {"backbone.n_heads": {"grid": heads}, "seed": {"grid": sorted({s for _, s in vals})}}}))
+    lines = ["trial,status,backbone.n_heads,seed,validation/exact_match,test/exact_match,run_dir"]
+    for (head, seed), val in vals.items():
+        lines.append(f"t{head}_{seed},completed,{head},{seed},{val},{val},runs/t{head}_{seed}")
+        run_spec = {**spec, "backbone": {**spec["backbone"], "n_heads": head}, "seed": seed, "output_dir": "x"}
+        _fake_run(directory / "runs" / f"t{head}_{seed}", run_spec, val)
+    (directory / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("row_vals, adopted", [((0.9, 0.9, 0.9), True), ((1.0, 1.0, 1.0), False)])
+def test_adopt_takes_the_best_setting_of_a_follow_up_that_searched_several(tmp_path, monkeypatch, row_vals,
+                                                                            adopted):
+    reproduce = load_reproduce()
+    out = tmp_path / "runs"
+    row_spec = {"name": "row", "seed": 0, "task": {"name": "associative_recall"},
+                "backbone": {"name": "transformer", "n_heads": 4}, "training": {"steps": 4000, "lr": 0.003}}
+    spec_path = tmp_path / "associative_recall_transformer.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    for seed, val in enumerate(row_vals):
+        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, val)
+    # 1 head has the best single trial (1.0) but the worse mean; 2 heads is the follow-up's best setting
+    _fake_heads_follow_up(out / "tried" / "heads", {**row_spec, "name": "heads"},
+                          {(1, 0): 1.0, (1, 1): 0.5, (1, 2): 0.6, (2, 0): 0.95, (2, 1): 0.96, (2, 2): 0.97})
+    assert reproduce.adopt(spec_path, out, ["heads"], 3) is adopted
+    written = yaml.safe_load(spec_path.read_text())
+    if adopted:
+        assert written["backbone"]["n_heads"] == 2 and written["name"] == "row"
+        header = spec_path.read_text().split("\nname:")[0]
+        assert "backbone.n_heads=2 -> val 0.950, 0.960, 0.970" in header
+        assert "backbone.n_heads=4 -> val 0.900, 0.900, 0.900" in header
+        assert "not chosen: backbone.n_heads=1 -> val 1.000, 0.500, 0.600" in header
+        seeds_dir = out / "seeds" / spec_path.stem
+        assert "tried/heads/runs/t2_1" in (seeds_dir / "seed1" / "source.txt").read_text()
+        monkeypatch.setattr(reproduce, "DOCS", tmp_path / "docs")
+        row = reproduce.summarize(spec_path, out)  # the table names the follow-up the row now comes from
+        assert row["adopted_from"] == ["heads"] and row["adopted_trials"] == 6
+        assert row["searched"].startswith("**the row's setting** (lr 0.003, 4000 steps), from the follow-up(s) heads")
+        assert "from the follow-up(s) heads: 6, -" in reproduce.adopted_cell(row)
+    else:
+        assert written == row_spec  # 2 heads' mean 0.96 does not beat the row's 1.0
+
+
+def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
+    """tune_ih_h3_steps10000.yaml is the induction-head h3 row's chosen setting (lr 1e-3) at 10000
+    steps (warmup 10%), seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ih_h3_steps10000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "induction_head_h3.yaml", tmp_path)))
+    row_lr = yaml.safe_load((HERE / "induction_head_h3.yaml").read_text())["training"]["lr"]
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    assert row.training.steps == 5000
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
+
+
+def test_adopt_refuses_to_compare_with_seeds_of_another_setting(tmp_path):
+    """A stale copy of runs/ (the row's seeds trained with an older spec) must not be the baseline."""
+    reproduce = load_reproduce()
+    out = tmp_path / "runs"
+    row_spec = {"name": "row", "seed": 0, "training": {"steps": 4000, "lr": 0.003}}
+    spec_path = tmp_path / "associative_recall_transformer.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    older = {**row_spec, "training": {"steps": 3000, "lr": 0.001}}
+    for seed, val in enumerate((1.0, 0.44, 0.438)):
+        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**older, "seed": seed}, val)
+    _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 4000, "lr": 0.002}},
+                    {0: 1.0, 1: 1.0, 2: 1.0})
+    with pytest.raises(SystemExit, match="not trained with the row's spec"):
+        reproduce.adopt(spec_path, out, ["a"], 3)
+    assert yaml.safe_load(spec_path.read_text()) == row_spec
+    assert json.loads((out / "seeds" / spec_path.stem / "seed1" / "results.json").read_text())[
+        "validation/exact_match"] == 0.44
