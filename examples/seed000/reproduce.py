@@ -3,6 +3,7 @@
     python examples/seed000/reproduce.py                       # search, every run, random arms, table
     python examples/seed000/reproduce.py --backbones transformer,lstm
     python examples/seed000/reproduce.py --report-only         # table from the finished runs
+    python examples/seed000/reproduce.py --report-only --embed docs/results.md  # and into docs/results.md
     python examples/seed000/reproduce.py --print-specs         # the composed specs
 
 Steps (each skipped when its output exists, so the same command resumes where it stopped):
@@ -16,7 +17,9 @@ Steps (each skipped when its output exists, so the same command resumes where it
    accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
    test hops, same cap.
 4. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
-   over seeds with 95% t-intervals, mean hops, CPU seconds; the CA reference predictors.
+   over seeds with 95% t-intervals, mean hops, CPU seconds; each halting minus none and each ACT
+   row minus its random row (Welch); the CA reference predictors. `--embed docs/results.md`
+   copies search.md and table.md into that file's seed000 section.
 
 Runs go to runs/seed000/<task>-<backbone>-<halting>-s<seed>/ (raw, not committed).
 """
@@ -301,6 +304,21 @@ def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str],
                 p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
                 lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | "
                              f"{p} | {fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
+    pairs = [(t, b, a) for t in tasks for b in backbones for a in grid.get("act_haltings", [])
+             if cells.get((t, b, a)) and cells.get((t, b, f"random_{a}"))]
+    if pairs:
+        lines += ["", "## Learned halting against random at equal mean hops (Welch, over seeds)", "",
+                  "ACT row minus its `random_X` row (two-point random halting at the ACT row's mean test hops, "
+                  "same cap): what the learned halting adds beyond the same amount of extra compute.", "",
+                  "| task | backbone | halting | seeds (ACT / random) | Δ token accuracy | p | Δ exact match |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for task, backbone, act in pairs:
+            a, r = cells[(task, backbone, act)], cells[(task, backbone, f"random_{act}")]
+            tok = welch([x["test/token_accuracy"] for x in a.values()], [x["test/token_accuracy"] for x in r.values()])
+            ex = welch([x["test/exact_match"] for x in a.values()], [x["test/exact_match"] for x in r.values()])
+            p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
+            lines.append(f"| {task} | {backbone} | {act} | {len(a)} / {len(r)} | {fmt(tok[0], tok[1], signed=True)} | "
+                         f"{p} | {fmt(ex[0], ex[1], signed=True)} |")
     lines += ["", "## Fixed depth against copying the last state (CA, paired by seed)", "",
               "Row `none` minus the copy-last-state predictor on the same seed's test split: mean over seeds ± "
               "half-width of the 95% t-interval. Near zero or below: the model has not learned the rule beyond "
@@ -389,6 +407,30 @@ def write_table(grid: dict, runs: Path, report: Path) -> None:
     log(f"wrote {report / 'table.md'} ({n} runs)")
 
 
+EMBED_START = "### Search (generated: search.md)"
+EMBED_END = "<!-- end: seed000 -->"
+
+
+def embed(report: Path, results_md: Path) -> None:
+    """Copy search.md and table.md (headings one level down) into the seed000 section of results_md.
+
+    Replaces everything from the line EMBED_START to the line EMBED_END, so the generated tables in
+    docs/results.md are the script's output, never hand edits.
+    """
+    text = results_md.read_text()
+    start, end = text.find(EMBED_START), text.find(EMBED_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{results_md}: no '{EMBED_START}' ... '{EMBED_END}' block to replace")
+
+    def body(name: str) -> list[str]:
+        lines = (report / name).read_text().strip().splitlines()[1:]  # drop the file's own title
+        return [("##" + line) if line.startswith("## ") else line for line in lines]
+
+    block = [EMBED_START, *body("search.md"), "", "### Grid (generated: table.md)", *body("table.md"), ""]
+    results_md.write_text(text[:start] + "\n".join(block).replace("\n\n\n", "\n\n") + text[end:])
+    log(f"embedded {report / 'search.md'} and {report / 'table.md'} into {results_md}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(HERE / "grid.yaml"))
@@ -404,6 +446,8 @@ def main() -> int:
     parser.add_argument("--no-random", action="store_true", help="skip step 3")
     parser.add_argument("--print-specs", action="store_true")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--embed", metavar="RESULTS_MD",
+                        help="also copy the generated search.md and table.md into this file's seed000 section")
     args = parser.parse_args()
 
     global NICE
@@ -438,6 +482,8 @@ def main() -> int:
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
     search_table(grid, runs, report)
     write_table(grid, runs, report)
+    if args.embed:
+        embed(report, Path(args.embed))
     return 0
 
 
