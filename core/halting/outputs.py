@@ -11,11 +11,9 @@ from .units import accumulation_dtype
 
 
 def accumulate(output: Tensor, weight: Tensor, state: Tensor) -> Tensor:
-    """output += weight * state: (..., D) + (...) * (..., D), one in-place addcmul.
-
-    `output` must be the loop's own accumulator. In place is autograd-safe: addcmul's
-    backward needs only `weight` and `state`, and no other op saves the accumulator.
-    """
+    """output += weight * state, (..., D) + (...) * (..., D), by one in-place addcmul: safe under
+    autograd because its backward needs only `weight` and `state` and `output` is the loop's own
+    accumulator, which no other op saves."""
     return output.addcmul_(weight.unsqueeze(-1), state.to(output.dtype))
 
 

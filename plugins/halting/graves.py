@@ -1,10 +1,8 @@
 """`graves`: Adaptive Computation Time (Graves 2016, arXiv 1603.08983).
 
-Per token, hop n produces state s_n and halting probability h_n = sigmoid(W s_n + b).
-N = min{n : sum_{m<=n} h_m >= 1 - epsilon}, capped at `max_hops` (M);
-R = 1 - sum_{m<N} h_m; weights p_n = h_n (n < N), p_N = R, so they sum to 1 for
-every token, tokens stopped by the cap included. Output y = sum_n p_n s_n.
-Ponder cost rho = N + R (gradient through R only); loss adds time_penalty * mean(rho).
+Per token, hop n gives state s_n and halting probability h_n = sigmoid(W s_n + b); the
+cumulative loop (core/halting/loop.py) halts at sum h >= 1 - epsilon or at `max_hops` and
+returns y = sum_n p_n s_n and the ponder cost rho = N + R; the loss adds time_penalty * mean(rho).
 
 Defaults: epsilon 0.01 (the paper), halting_bias_init 1.0 (seed 000 / t2t),
 max_hops 4 (seed 000's max_hop), time_penalty 0 (seed 000 uses 3e-4 on CA/LSTM).
