@@ -48,7 +48,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for e in registry.errors
     ]
     conflicts = [
-        {"kind": kind, "name": name, "sources": [p.describe() for p in infos]}
+        {"kind": "conflict", "plugin_kind": kind, "name": name, "sources": [p.describe() for p in infos]}
         for (kind, name), infos in registry.conflicts.items()
     ]
     if args.json:
@@ -61,7 +61,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if conflicts:
         print("conflicts:")
         for c in conflicts:
-            print(f"  {c['kind']} {c['name']!r}: registered by {' and '.join(c['sources'])}")
+            print(f"  {c['plugin_kind']} {c['name']!r}: registered by {' and '.join(c['sources'])}")
     if errors:
         print("load errors:")
         for e in errors:

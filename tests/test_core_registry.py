@@ -7,6 +7,7 @@ finds installed plugins.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -104,6 +105,25 @@ def test_name_clashing_with_builtin_is_a_conflict(plugin_dir):
     registry = build_registry()
     with pytest.raises(PluginError, match="registered twice"):
         registry.get("halting", "graves")
+
+
+def test_plugins_listing_marks_a_conflict_as_such(plugin_dir, capsys):
+    from ponderlab.core.cli import main
+    from ponderlab.core.registry import reset_registry
+
+    make_distribution(plugin_dir, "fake-clash", "fake_plugin_clash", GOOD_MODULE.format(cls="G", name="graves"))
+    reset_registry()
+    try:
+        assert main(["plugins", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert main(["plugins"]) == 0
+        text = capsys.readouterr().out
+    finally:
+        reset_registry()
+    conflicts = [r for r in rows if r["kind"] == "conflict"]
+    assert [(r["plugin_kind"], r["name"]) for r in conflicts] == [("halting", "graves")]
+    assert any("fake_plugin_clash" in source for source in conflicts[0]["sources"])
+    assert "halting 'graves': registered by" in text
 
 
 def test_disable_list_skips_an_entry_point(plugin_dir, monkeypatch):
