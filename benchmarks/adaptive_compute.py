@@ -35,7 +35,7 @@ import math
 import platform
 
 import torch
-from halting import benchmark_device, registry_model, sync, time_pair  # benchmarks/
+from timing import benchmark_device, registry_model, sync, time_pair  # benchmarks/
 
 from ponderlab.core.registry import get_registry
 from ponderlab.plugins.halting.layerskip_decoding import greedy_decode, self_speculative_decode

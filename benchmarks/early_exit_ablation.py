@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import early_exit_models, inference_pass, single_thread_cpu, time_pair  # noqa: E402
+from halting import early_exit_models  # noqa: E402
+from timing import inference_pass, single_thread_cpu, time_pair  # noqa: E402
 
 from ponderlab.core.early_exit import PackedHops, active_rows  # noqa: E402
 from ponderlab.core.model import PonderModel  # noqa: E402

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import (  # noqa: E402
+from timing import (  # noqa: E402
     inference_pass,
     registry_model,
     single_thread_cpu,

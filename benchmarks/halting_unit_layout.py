@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from halting import registry_model  # noqa: E402
+from timing import registry_model  # noqa: E402
 
 from ponderlab.core.halting import units  # noqa: E402
 

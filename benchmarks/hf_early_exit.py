@@ -35,7 +35,7 @@ import torch
 from transformers import GPT2Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halting import CLOCK, benchmark_device, inference_pass, sync, time_pair  # noqa: E402
+from timing import CLOCK, benchmark_device, inference_pass, sync, time_pair  # noqa: E402
 
 import ponderlab  # noqa: E402
 from ponderlab.core.early_exit import hop_policy  # noqa: E402
