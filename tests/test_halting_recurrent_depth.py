@@ -60,7 +60,7 @@ def test_kl_exit_by_hand():
 
 def test_truncated_backprop_matches_manual_loop():
     config = RecurrentDepthConfig(scope="model", mean_recurrence=6.0, sigma=0.0, max_hops=6,
-                                  backprop_steps=2, init_std=0.5)
+                                  backprop_hops=2, init_std=0.5)
     model = tiny_model(RecurrentDepth, config, layers=2).double().train()
     site = model.sites[0]
     ids = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(1))
@@ -87,7 +87,7 @@ def test_truncated_backprop_matches_manual_loop():
 def test_float64_gradients():
     # k = cap: no truncation, so the analytic gradient is the exact one (truncation is biased
     # on purpose; test_truncated_backprop_matches_manual_loop checks it)
-    config = RecurrentDepthConfig(mean_recurrence=2.0, max_hops=3, backprop_steps=3, init_std=0.3)
+    config = RecurrentDepthConfig(mean_recurrence=2.0, max_hops=3, backprop_hops=3, init_std=0.3)
     model = tiny_model(RecurrentDepth, config, layers=1).double().train()
     ids = torch.randint(0, VOCAB, (1, 3), generator=torch.Generator().manual_seed(2))
     weight = model.sites[0].adapter.weight.detach().clone().requires_grad_()

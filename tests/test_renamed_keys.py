@@ -1,5 +1,5 @@
-"""Renamed halting keys: ACT's cap `max_steps` is now `max_hops` and `constant`'s `steps` is
-now `hops`. Specs, overrides, tune specs and saved runs that say the old name still load,
+"""Renamed halting keys: ACT's cap `max_steps` is now `max_hops`, `constant`'s `steps` is
+now `hops` and `recurrent_depth`'s `backprop_steps` is now `backprop_hops`. Specs, overrides, tune specs and saved runs that say the old name still load,
 with a DeprecationWarning naming the key; giving both names is one clear error; a
 third-party ACT config that declares its own `max_steps` is told at class definition."""
 
@@ -28,6 +28,7 @@ from tune.spec import load_tune_spec
 RENAMES = [
     ("graves", GravesConfig, "max_steps", "max_hops"),
     ("constant", ConstantConfig, "steps", "hops"),
+    ("recurrent_depth", RecurrentDepthConfig, "backprop_steps", "backprop_hops"),
 ]
 rename_cases = pytest.mark.parametrize("name, config_class, old, new", RENAMES, ids=[r[0] for r in RENAMES])
 

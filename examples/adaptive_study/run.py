@@ -70,7 +70,7 @@ CONFIGS: dict[str, dict[str, object]] = {
     "ut": {"halting.name": "ut", **CORE, "halting.max_hops": 4},
     "seed000_act": {"halting.name": "seed000_act", **CORE, "halting.max_hops": 4},
     "recurrent_depth": {"halting.name": "recurrent_depth", **CORE, "halting.max_hops": 4,
-                        "halting.mean_recurrence": 1.0, "halting.backprop_steps": 4},
+                        "halting.mean_recurrence": 1.0, "halting.backprop_hops": 4},
     "mixture_of_recursions": {"halting.name": "mixture_of_recursions", **CORE, "halting.recursions": 4,
                               "halting.capacities": "[1.0,0.5,0.25,0.25]"},
 }

@@ -16,7 +16,7 @@ Inference (eval mode): halting by sampling Bernoulli(lambda_n) after each hop
 (`inference: sample`, the paper), or at the most likely hop argmax_n p_n
 (`inference: most_likely`); either way the state of the halting hop is returned
 and tokens stop as soon as their halting hop is decided (early exit; for most_likely a
-token stops once its best p_n is at least the mass left for later steps).
+token stops once its best p_n is at least the mass left for later hops).
 
 Statistics: hops = hops executed (N in training); ponder_cost = expected halting
 hop sum_n n p_n in training, the realised hop at inference; remainder = the
@@ -136,11 +136,11 @@ class PonderNet(HaltingStrategy):
         stacked = torch.stack(states, dim=-2)  # (B, L, N, D)
         index = chosen[..., None, None].expand(*chosen.shape, 1, stacked.shape[-1])
         output = stacked.gather(-2, index).squeeze(-2)  # (B, L, D)
-        steps = torch.arange(1, n_hops + 1, dtype=dtype, device=p.device)
+        hop_numbers = torch.arange(1, n_hops + 1, dtype=dtype, device=p.device)  # n = 1..N
         return PonderOutput(
             output=output,
             hops=torch.full(p.shape[:-1], float(n_hops), dtype=dtype, device=p.device),
-            ponder_cost=(p * steps).sum(-1),
+            ponder_cost=(p * hop_numbers).sum(-1),
             remainder=p[..., -1] if n_hops > 1 else torch.zeros_like(p[..., 0]),
             hop_states=states,
             hop_probs=p,

@@ -8,7 +8,7 @@ The output is s_r.
 
 Training: r is drawn once per training forward from the paper's heavy-tailed
 log-normal Poisson: tau ~ N(log(r_bar) - sigma^2 / 2, sigma), r = Poisson(e^tau) + 1,
-capped at `max_hops`; gradients flow through the last `backprop_steps` (k) iterations
+capped at `max_hops`; gradients flow through the last `backprop_hops` (k) hops
 only (the earlier ones run without autograd: truncated backpropagation).
 
 Inference: up to `max_hops` iterations; with the output head given, a token stops after
@@ -24,11 +24,11 @@ random with a fixed std).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ponderlab.core.early_exit import active_rows, gather_active, rows_mask, speculates
@@ -42,6 +42,7 @@ from ponderlab.core.halting import (
     Scope,
     accumulation_dtype,
     fixed_hops_output,
+    renamed_key,
     require_scope,
 )
 from ponderlab.core.hookspecs import hookimpl
@@ -54,11 +55,16 @@ class RecurrentDepthConfig(ACTConfig):
     mean_recurrence: float = Field(4.0, gt=0, description="r_bar: mean of the Poisson part of r.")
     sigma: float = Field(0.5, ge=0, description="sigma of the log-normal Poisson.")
     max_hops: int = Field(8, ge=1, description="Cap on iterations (training and inference).")
-    backprop_steps: int = Field(8, ge=1, description="k: iterations that get gradients.")
+    backprop_hops: int = Field(8, ge=1, description="k: the last hops, which get gradients.")
     exit_threshold: float | None = Field(
         5e-4, gt=0, description="KL exit threshold at inference (None: always max_hops)."
     )
     init_std: float = Field(0.1, ge=0, description="Std of the random initial state s_0.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_backprop_name(cls, data: Any) -> Any:
+        return renamed_key(data, "backprop_steps", "backprop_hops")
 
 
 def sample_recurrence(mean: float, sigma: float, cap: int, generator=None) -> int:
@@ -128,13 +134,13 @@ class RecurrentDepth(HaltingStrategy):
         embedded, current = state, self.initial_state(state)
         if self.training:
             config = self.config
-            steps = sample_recurrence(config.mean_recurrence, config.sigma, config.max_hops)
-            first_with_grad = max(0, steps - config.backprop_steps)
+            hops = sample_recurrence(config.mean_recurrence, config.sigma, config.max_hops)
+            first_with_grad = max(0, hops - config.backprop_hops)
             grad = torch.is_grad_enabled()
-            for n in range(steps):
+            for n in range(hops):
                 with torch.set_grad_enabled(grad and n >= first_with_grad):
                     current = hop(self.inject(embedded, current), n, None)
-            return fixed_hops_output(current, steps)
+            return fixed_hops_output(current, hops)
         if head is None or self.config.exit_threshold is None:
             for n in range(self.config.max_hops):
                 current = hop(self.inject(embedded, current), n, None)
