@@ -234,7 +234,7 @@ class HaltingStrategy(nn.Module):
 class HaltingStats:
     """Halting statistics of a forward pass, aggregated over ponder sites.
 
-    hops:        (B, L) hops per token, averaged over sites (ponder steps N per site).
+    hops:        (B, L) hops per token, averaged over sites (N per site).
     layers:      (B, L) layer applications per token (the compute actually spent).
     ponder_cost: (B, L) differentiable ponder cost, summed over sites.
     remainder:   (B, L) remainder R, averaged over sites.
