@@ -39,7 +39,8 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
 
 @pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
                                   "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml",
-                                  "tune_ih_h3_steps10000.yaml", "tune_ih_rwkv_steps10000.yaml"])
+                                  "tune_ih_h3_steps10000.yaml", "tune_ih_rwkv_steps10000.yaml",
+                                  "tune_ih_retnet_steps10000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -377,18 +378,19 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
     assert (docs / "curve_induction_head_s4d.png").exists() is curve
 
 
-def test_the_ih_rwkv_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
-    """tune_ih_rwkv_steps10000.yaml is the induction-head rwkv row's chosen setting at 10000 steps
-    (warmup 10%), seeds 0-2, one trial at a time; nothing else differs."""
-    follow = load_tune_spec(HERE / "tune_ih_rwkv_steps10000.yaml", registry=registry)
+@pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])
+def test_the_ih_steps_follow_ups_are_the_rows_with_twice_the_steps(backbone, lr, tmp_path, registry):
+    """tune_ih_{rwkv,retnet}_steps10000.yaml are the induction-head rows' chosen settings at 10000
+    steps (warmup 10%), seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps10000.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
     assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
     path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "induction_head_rwkv.yaml", tmp_path)))
-    row_spec = yaml.safe_load((HERE / "induction_head_rwkv.yaml").read_text())
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
+    row_spec = yaml.safe_load((HERE / f"induction_head_{backbone}.yaml").read_text())
     row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_spec["training"]["lr"])
-    assert row.training.steps == 5000 and row.training.lr == 2.0e-3
+    assert row.training.steps == 5000 and row.training.lr == lr
     exclude = {"seed": True, "name": True, "output_dir": True,
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
     assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
