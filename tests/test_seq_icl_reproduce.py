@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -376,6 +377,11 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
     assert row["mean"] == pytest.approx(100 * sum(test_values) / 3)
     assert (row.get("curve") == "curve_induction_head_s4d.png") is curve
     assert (docs / "curve_induction_head_s4d.png").exists() is curve
+    # a row with no seq_icl number (RetNet) has nothing to be compared with: its curve is drawn
+    retnet = tmp_path / "induction_head_retnet.yaml"
+    retnet.write_text(yaml.safe_dump({**spec, "backbone": {"name": "retnet", "d_model": 64}}))
+    shutil.copytree(out / "seeds" / spec_path.stem, out / "seeds" / retnet.stem)
+    assert reproduce.summarize(retnet, out)["curve"] == "curve_induction_head_retnet.png"
 
 
 @pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])

@@ -479,9 +479,9 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
             f"**the row's setting** (lr {row['lr']:g}, {row['steps']} steps), from the follow-up(s) "
             f"{', '.join(adopted)}, adopted by `--adopt`: {fmt(statistics.mean(vals))} (n={len(vals)})",
             row["searched"] and f"the row's own search: {row['searched']}"]))
-    # curves for rows that miss a target, sit more than 10 points from seq_icl's number either way,
-    # or are within 10 points of chance (there the curve and the search are the evidence)
-    off = row["mean"] is not None and row["reference"] and abs(row["mean"] - row["reference"]) > 10
+    # curves for rows that miss a target, sit more than 10 points from seq_icl's number either way
+    # (or have none), or are within 10 points of chance (there the curve and the search are the evidence)
+    off = row["mean"] is not None and (not row["reference"] or abs(row["mean"] - row["reference"]) > 10)
     near_chance = row["mean"] is not None and row["mean"] < row["chance"] + 10
     if met is False or off or near_chance:
         runs = {f"seed {s}": d for s, d in zip(seeds, seed_dirs, strict=True)}
