@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
 
 @pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
                                   "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml",
-                                  "tune_ih_h3_steps10000.yaml"])
+                                  "tune_ih_h3_steps10000.yaml", "tune_ih_rwkv_steps10000.yaml",
+                                  "tune_ih_retnet_steps10000.yaml"])
 def test_tune_specs_validate(name, registry):
     tspec = load_tune_spec(HERE / name, registry=registry)
     assert tspec.num_trials >= 2
@@ -331,3 +333,70 @@ def test_adopt_refuses_to_compare_with_seeds_of_another_setting(tmp_path):
     assert yaml.safe_load(spec_path.read_text()) == row_spec
     assert json.loads((out / "seeds" / spec_path.stem / "seed1" / "results.json").read_text())[
         "validation/exact_match"] == 0.44
+
+
+@pytest.mark.parametrize("backbone", ["s4d", "rwkv", "lru", "gilr", "retnet"])
+def test_the_ih_weak_rows_search_lr_at_seed_0_over_5000_steps(backbone, tmp_path, registry):
+    """The five induction-head rows seq_icl has at chance (seqicl7): lr {1e-3, 2e-3} at seed 0,
+    5000 steps (warmup 500, evaluated every 500), width 64, 100k training sequences; the LSTM row
+    keeps the task's 20000 steps."""
+    reproduce = load_reproduce()
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
+    tspec = load_tune_spec(path, registry=registry)
+    assert sorted(c.training.lr for c in tspec.checked) == [1.0e-3, 2.0e-3]
+    for checked in tspec.checked:
+        assert checked.seed == 0 and checked.backbone.name == backbone and checked.backbone.d_model == 64
+        assert (checked.training.steps, checked.training.warmup_steps, checked.training.eval_every) == (5000, 500, 500)
+        assert checked.task.train_size == 100000 and checked.training.batch_size == 32
+    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / "induction_head_lstm.yaml", tmp_path)))
+    assert {c.training.steps for c in load_tune_spec(path, registry=registry).checked} == {20000}
+
+
+@pytest.mark.parametrize(("test_values", "curve"), [((0.05, 0.07, 0.04), True), ((0.10, 0.12, 0.09), True),
+                                                    ((0.17, 0.16, 0.18), False), ((1.0, 1.0, 1.0), True)])
+def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp_path, monkeypatch,
+                                                                               test_values, curve):
+    """Rows at chance (S4D & co. on induction head) have no target; their learning curve is the
+    evidence, so it is drawn; so is a row more than 10 points from seq_icl's number (100% vs 8.8)."""
+    reproduce = load_reproduce()
+    docs = tmp_path / "docs"
+    monkeypatch.setattr(reproduce, "DOCS", docs)
+    spec = {"name": "row", "seed": 0, "task": {"name": "induction_head", "train_size": 100000},
+            "backbone": {"name": "s4d", "d_model": 64}, "training": {"steps": 5000, "lr": 0.001}}
+    spec_path = tmp_path / "induction_head_s4d.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "runs"
+    for seed, value in enumerate(test_values):
+        run_dir = out / "seeds" / spec_path.stem / f"seed{seed}"
+        _fake_run(run_dir, {**spec, "seed": seed}, value)
+        (run_dir / "metrics.jsonl").write_text(
+            json.dumps({"step": 500, "split": "validation", "exact_match": value}) + "\n")
+    row = reproduce.summarize(spec_path, out)
+    assert row["target"] == "-" and row["target_met"] is None and row["reference"] == 8.8
+    assert row["mean"] == pytest.approx(100 * sum(test_values) / 3)
+    assert (row.get("curve") == "curve_induction_head_s4d.png") is curve
+    assert (docs / "curve_induction_head_s4d.png").exists() is curve
+    # a row with no seq_icl number (RetNet) has nothing to be compared with: its curve is drawn
+    retnet = tmp_path / "induction_head_retnet.yaml"
+    retnet.write_text(yaml.safe_dump({**spec, "backbone": {"name": "retnet", "d_model": 64}}))
+    shutil.copytree(out / "seeds" / spec_path.stem, out / "seeds" / retnet.stem)
+    assert reproduce.summarize(retnet, out)["curve"] == "curve_induction_head_retnet.png"
+
+
+@pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])
+def test_the_ih_steps_follow_ups_are_the_rows_with_twice_the_steps(backbone, lr, tmp_path, registry):
+    """tune_ih_{rwkv,retnet}_steps10000.yaml are the induction-head rows' chosen settings at 10000
+    steps (warmup 10%), seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps10000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
+    row_spec = yaml.safe_load((HERE / f"induction_head_{backbone}.yaml").read_text())
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_spec["training"]["lr"])
+    assert row.training.steps == 5000 and row.training.lr == lr
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1

@@ -136,7 +136,20 @@ SEARCH = {
             # 100, 100, 22.4%) over 2e-3 (94.0, 100, 5.0%); 10000 steps at lr 1e-3 (the follow-up
             # tune_ih_h3_steps10000.yaml: 92.4, 100, 100%) replaced it by `--adopt`.
             "h3": {"set": {"training.steps": 5000, "training.warmup_steps": 500, "training.eval_every": 500},
-                   "search": {"training.lr": {"grid": [1.0e-3, 2.0e-3]}, "seed": {"grid": [0, 1, 2]}}}},
+                   "search": {"training.lr": {"grid": [1.0e-3, 2.0e-3]}, "seed": {"grid": [0, 1, 2]}}},
+            # The five rows seq_icl has at (or near) chance: S4D, RWKV, LRU, GILR, RetNet (seqicl7
+            # session). Timed first (300-step probes at width 64, 100k sequences, one core shared at
+            # load 3-4): about 29 (S4D, GILR), 31 (LRU), 37 (RetNet) and 49 (RWKV) CPU-ms a step,
+            # so the LSTM row's 20000 steps would cost ~237 CPU-min for the 5 rows (2 lrs at seed 0,
+            # then seeds 1-2), which the session (under 2 wall-hours, 1 process, a shared core)
+            # could not hold. So H3's search length, 5000 steps (warmup 500, 10%), and its lr grid
+            # {1e-3, 2e-3} (a shorter schedule than the LSTM's 20000, so the higher lrs), at seed 0;
+            # ~64 CPU-min for the 5 rows. H3 left chance at steps 1000-3000 at this length, the
+            # LSTM (20000-step schedule) at 4000-6000: a row at chance here is at chance at 5000
+            # steps, and its learning curve says whether it was still moving.
+            **{b: {"set": {"training.steps": 5000, "training.warmup_steps": 500, "training.eval_every": 500},
+                   "search": {"training.lr": {"grid": [1.0e-3, 2.0e-3]}}}
+               for b in ("s4d", "rwkv", "lru", "gilr", "retnet")}},
     },
 }
 TUNE = {"metric": "validation/exact_match", "mode": "max", "scheduler": "fifo", "max_concurrent_trials": 2,
@@ -466,7 +479,11 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
             f"**the row's setting** (lr {row['lr']:g}, {row['steps']} steps), from the follow-up(s) "
             f"{', '.join(adopted)}, adopted by `--adopt`: {fmt(statistics.mean(vals))} (n={len(vals)})",
             row["searched"] and f"the row's own search: {row['searched']}"]))
-    if met is False or (row["mean"] is not None and row["reference"] and row["mean"] < row["reference"] - 10):
+    # curves for rows that miss a target, sit more than 10 points from seq_icl's number either way
+    # (or have none), or are within 10 points of chance (there the curve and the search are the evidence)
+    off = row["mean"] is not None and (not row["reference"] or abs(row["mean"] - row["reference"]) > 10)
+    near_chance = row["mean"] is not None and row["mean"] < row["chance"] + 10
+    if met is False or off or near_chance:
         runs = {f"seed {s}": d for s, d in zip(seeds, seed_dirs, strict=True)}
         copied = "".join((d / "source.txt").read_text() for d in seed_dirs if (d / "source.txt").exists())
         for group in ranked:
