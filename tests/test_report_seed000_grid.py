@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -97,3 +99,182 @@ def test_addition_draws_one_length_per_batch_from_five_up():
     tune = yaml.safe_load((HERE.parent / "tune" / "seed000_small.yaml").read_text())
     addition = [t for t in tune["search"]["task"]["grid"] if t["name"] == "binary_addition"]
     assert addition == [{"name": "binary_addition", "length": 8, "min_length": 5}]
+
+
+# ------------------------------------------------------------ selection of rows (--cells, --stop-at)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "seed000" / "reproduce.py"
+
+
+def test_cells_select_backbone_halting_pairs_cell_by_cell(tmp_path):
+    reproduce = load_reproduce()
+    grid = yaml.safe_load((HERE / "grid.yaml").read_text())
+    pairs = reproduce.parse_cells(grid, "mamba:graves, armt:seed000_act")
+    assert pairs == [("mamba", "graves"), ("armt", "seed000_act")]
+    batches = reproduce.cell_points(grid, pairs, ["ca1", "ca2"], [0, 1, 2], tmp_path)
+    assert [pair for pair, _ in batches] == pairs
+    names = [[spec["name"] for spec, _ in points] for _, points in batches]
+    # pair by pair in the order given; within a pair every seed of one task before the next task
+    assert names == [[f"{t}-mamba-graves-s{s}" for t in ("ca1", "ca2") for s in (0, 1, 2)],
+                     [f"{t}-armt-seed000_act-s{s}" for t in ("ca1", "ca2") for s in (0, 1, 2)]]
+    spec, out = batches[1][1][0]
+    assert out == tmp_path / "ca1-armt-seed000_act-s0"
+    assert spec["halting"]["name"] == "seed000_act" and spec["backbone"]["segment_size"] == 9
+    for bad in ["mamba", "mamba:", ":graves", "mamba:foo", "gru:none", " , "]:
+        with pytest.raises(SystemExit):
+            reproduce.parse_cells(grid, bad)
+    # the default selection is still the whole cross product, seed-major
+    every = reproduce.grid_points(grid, list(grid["tasks"]), list(grid["backbones"]), list(grid["haltings"]),
+                                  [0, 1, 2], tmp_path)
+    assert len(every) == 3 * 4 * 4 * 3
+    assert {spec["seed"] for spec, _ in every[:24]} == {0}  # transformer/lstm seed 0 first
+
+
+def test_cells_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(SCRIPT), "--cells", "lstm:constant", "--tasks", "ca2",
+                          "--seeds", "4,5", "--print-specs"], capture_output=True, text=True, check=True)
+    specs = [s for s in yaml.safe_load_all(out.stdout) if s]
+    assert [s["name"] for s in specs] == ["ca2-lstm-constant-s4", "ca2-lstm-constant-s5"]
+    assert specs[0]["halting"] == {"name": "constant", "scope": "layer", "hops": 3}
+    clash = subprocess.run([sys.executable, str(SCRIPT), "--cells", "lstm:none", "--backbones", "lstm",
+                            "--print-specs"], capture_output=True, text=True)
+    assert clash.returncode != 0 and "--cells replaces" in clash.stderr
+
+
+def test_stop_at_starts_no_run_after_the_time(tmp_path, monkeypatch):
+    reproduce = load_reproduce()
+    started = []
+    monkeypatch.setattr(reproduce, "run_cli", lambda *a, **k: started.append(a) or {})
+    spec = {"name": "ca1-lstm-none-s0"}
+    monkeypatch.setattr(reproduce, "STOP_AT", "00:00")  # every time of day is at or after 00:00
+    reproduce.train(spec, tmp_path / "ca1-lstm-none-s0")
+    assert started == [] and not (tmp_path / "ca1-lstm-none-s0.yaml").exists()
+    at = time.strptime("07:04", "%H:%M")
+    monkeypatch.setattr(reproduce, "STOP_AT", "07:05")
+    assert not reproduce.past_stop(at)
+    assert reproduce.past_stop(time.strptime("07:05", "%H:%M"))
+    assert reproduce.past_stop(time.strptime("23:10", "%H:%M"))
+    monkeypatch.setattr(reproduce, "STOP_AT", None)
+    assert not reproduce.past_stop(time.strptime("23:59", "%H:%M"))
+
+
+def write_result(runs: Path, name: str, token: float, exact: float = 0.1, hops: float = 1.0) -> None:
+    (runs / name).mkdir(parents=True)
+    (runs / name / "results.json").write_text(json.dumps(
+        {"test/token_accuracy": token, "test/exact_match": exact, "test/mean_hops": hops}))
+    (runs / name / "timing.json").write_text(json.dumps({"cpu_seconds": 10.0, "wall_seconds": 20.0}))
+
+
+def test_random_rows_only_for_the_act_halting_asked(tmp_path):
+    reproduce = load_reproduce()
+    grid = yaml.safe_load((HERE / "grid.yaml").read_text())
+    for seed, (none, act, graves) in enumerate([(0.80, 0.85, 0.90), (0.81, 0.86, 0.91), (0.80, 0.87, 0.92)]):
+        write_result(tmp_path, f"ca2-mamba-none-s{seed}", none)
+        write_result(tmp_path, f"ca2-mamba-seed000_act-s{seed}", act, hops=1.5)
+        write_result(tmp_path, f"ca2-mamba-graves-s{seed}", graves, hops=1.2)
+    both = reproduce.random_points(grid, tmp_path, ["ca2"], ["mamba"], [0, 1, 2])
+    assert sorted({spec["name"].rsplit("-s", 1)[0] for spec, _ in both}) == [
+        "ca2-mamba-random_graves", "ca2-mamba-random_seed000_act"]
+    only = reproduce.random_points(grid, tmp_path, ["ca2"], ["mamba"], [0, 1, 2], acts=["seed000_act"])
+    assert [spec["name"] for spec, _ in only] == [f"ca2-mamba-random_seed000_act-s{s}" for s in (0, 1, 2)]
+    assert only[0][0]["halting"] == {"name": "random", "scope": "layer", "distribution": "two_point",
+                                     "max_hops": 3, "mean_hops": 1.5}
+
+
+# ------------------------------------------------------------------------------- --embed RESULTS_MD
+
+RESULTS_MD = """# Results
+
+<!-- section: other -->
+other text
+<!-- end: other -->
+
+<!-- section: seed000 (issues 7 and 30) -->
+## Seed 000
+
+Hand-written prose that stays.
+
+### Search (generated: search.md)
+
+stale search table
+
+### Grid (generated: table.md)
+
+stale grid table
+<!-- end: seed000 -->
+
+<!-- section: after -->
+after text
+<!-- end: after -->
+"""
+
+
+def test_embed_replaces_only_the_generated_block(tmp_path):
+    reproduce = load_reproduce()
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "search.md").write_text("# Search title\n\nsearch body 0.811\n\n## sub\n| a |\n")
+    (report / "table.md").write_text("# Grid title\n\ngrid intro\n\n## ca1\n\n| lstm | none | 0.840 |\n")
+    results = tmp_path / "results.md"
+    results.write_text(RESULTS_MD)
+    reproduce.embed(report, results)
+    text = results.read_text()
+    assert "stale" not in text
+    assert "Search title" not in text and "Grid title" not in text  # the files' own titles dropped
+    assert "search body 0.811" in text and "| lstm | none | 0.840 |" in text
+    # the files' sections become level-4 headings under the block's "### Grid (generated ...)"
+    assert "\n#### sub\n" in text and "\n#### ca1\n" in text
+    assert "\n## ca1\n" not in text
+    before, block = text.split("### Search (generated: search.md)")
+    assert before == RESULTS_MD.split("### Search (generated: search.md)")[0]  # prose above kept
+    assert block.index("search body") < block.index("### Grid (generated: table.md)") < block.index("grid intro")
+    assert text.endswith("| lstm | none | 0.840 |\n<!-- end: seed000 -->\n\n<!-- section: after -->\n"
+                         "after text\n<!-- end: after -->\n")
+    reproduce.embed(report, results)
+    assert results.read_text() == text  # idempotent
+    results.write_text("# Results\n\nno seed000 section\n")
+    with pytest.raises(SystemExit, match="no '### Search"):
+        reproduce.embed(report, results)
+
+
+def test_report_only_embed_from_the_command_line(tmp_path):
+    """`--report-only --embed FILE` writes table.md from the runs and copies it into FILE."""
+    import subprocess
+    import sys
+
+    grid = {
+        "seeds": [0, 1],
+        "search": "search_tune.yaml",  # its storage (runs/tune under cwd) is absent: no search.md rewrite
+        "base": {"training": {"steps": 5}},
+        "tasks": {"addition": {"name": "binary_addition", "length": 4}},
+        "backbones": {"lstm": {"name": "lstm", "d_model": 8, "n_layers": 1}},
+        "haltings": {"none": {"name": "none"}, "graves": {"name": "graves", "max_hops": 3}},
+        "act_haltings": ["graves"],
+    }
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    runs = tmp_path / "runs"
+    write_result(runs, "addition-lstm-none-s0", 0.60)
+    write_result(runs, "addition-lstm-none-s1", 0.70)
+    write_result(runs, "addition-lstm-graves-s0", 0.65, hops=1.25)
+    write_result(runs, "addition-lstm-graves-s1", 0.75, hops=1.75)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "search.md").write_text("# Search\n\nsearch kept\n")
+    results = tmp_path / "results.md"
+    results.write_text(RESULTS_MD)
+    subprocess.run([sys.executable, str(SCRIPT), "--grid", str(tmp_path / "grid.yaml"), "--runs", str(runs),
+                    "--report", str(report), "--report-only", "--embed", str(results)],
+                   cwd=tmp_path, check=True, capture_output=True, text=True)
+    table = (report / "table.md").read_text()
+    assert "| lstm | graves | 2 | 0.700 ± 0.635 | 0.100 ± 0.000 | 1.50 | 10 |" in table  # t(0.975, 1) = 12.706
+    assert "| addition | lstm | graves | 2 | +0.050 ±" in table
+    assert "Budget: 4 runs finished (4 planned" in table
+    data = json.loads((report / "table.json").read_text())
+    assert data["cells"]["addition/lstm/none"]["token_accuracy"] == [0.6, 0.7] and data["runs"] == 4
+    text = results.read_text()
+    assert "stale" not in text and "search kept" in text
+    assert "| lstm | graves | 2 | 0.700 ± 0.635 |" in text and "\n#### addition\n" in text
+    assert "Hand-written prose that stays." in text and "after text" in text

@@ -2,6 +2,8 @@
 
     python examples/seed000/reproduce.py                       # search, every run, random arms, table
     python examples/seed000/reproduce.py --backbones transformer,lstm
+    python examples/seed000/reproduce.py --cells mamba:graves,armt:seed000_act --tasks ca1,ca2
+                                                               # chosen (backbone, halting) rows, in that order
     python examples/seed000/reproduce.py --report-only         # table from the finished runs
     python examples/seed000/reproduce.py --report-only --embed docs/results.md  # and into docs/results.md
     python examples/seed000/reproduce.py --print-specs         # the composed specs
@@ -12,7 +14,10 @@ Steps (each skipped when its output exists, so the same command resumes where it
    settings search; its trials are listed in docs/results/seed000/search.md. grid.yaml holds
    the settings chosen from it (the search does not rewrite grid.yaml).
 2. Every task x backbone x halting x seed of grid.yaml (`nice -n 10 ponderlab run`, `--nice`, one torch
-   thread, `--jobs` at a time, seed-major so that every cell gets seed 0 before seed 1).
+   thread, `--jobs` at a time, seed-major so that every cell gets seed 0 before seed 1). With
+   `--cells BACKBONE:HALTING,...` only those rows, pair by pair in the order given and cell by
+   cell (every seed of one task before the next), each followed by its step 3; `--stop-at HH:MM`
+   starts no run at or after that UTC time.
 3. `random` at equal mean hops for each (task, backbone, ACT halting) whose test token
    accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
    test hops, same cap.
@@ -85,7 +90,59 @@ def selected(names: list[str], wanted: str | None, what: str) -> list[str]:
     return chosen
 
 
+def parse_cells(grid: dict, text: str) -> list[tuple[str, str]]:
+    """`--cells backbone:halting,...` as (backbone, halting) pairs, checked against the grid."""
+    pairs = []
+    for item in [c.strip() for c in text.split(",") if c.strip()]:
+        backbone, sep, halting = item.partition(":")
+        if not sep or not backbone or not halting:
+            raise SystemExit(f"--cells: '{item}' is not BACKBONE:HALTING")
+        selected(list(grid["backbones"]), backbone, "backbone")
+        selected(list(grid["haltings"]), halting, "halting")
+        pairs.append((backbone, halting))
+    if not pairs:
+        raise SystemExit("--cells: no BACKBONE:HALTING pair given")
+    return pairs
+
+
+def grid_points(grid: dict, tasks: list[str], backbones: list[str], haltings: list[str], seeds: list[int],
+                runs: Path) -> list[tuple[dict, Path]]:
+    """The whole selection, seed-major within each backbone group (every cell gets seed 0 before seed 1)."""
+    points = []
+    for group in grid.get("backbone_groups", [backbones]):
+        for seed in seeds:
+            for task in tasks:
+                for backbone in [b for b in group if b in backbones]:
+                    for halting in haltings:
+                        spec = compose(grid, task, backbone, halting, seed)
+                        points.append((spec, runs / spec["name"]))
+    return points
+
+
+def cell_points(grid: dict, pairs: list[tuple[str, str]], tasks: list[str], seeds: list[int],
+                runs: Path) -> list[tuple[tuple[str, str], list[tuple[dict, Path]]]]:
+    """`--cells`: per (backbone, halting) pair in the order given, its runs cell by cell (task, then
+    every seed), so that a stopped queue leaves whole cells (all seeds) rather than partial ones."""
+    out = []
+    for backbone, halting in pairs:
+        points = []
+        for task in tasks:
+            for seed in seeds:
+                spec = compose(grid, task, backbone, halting, seed)
+                points.append((spec, runs / spec["name"]))
+        out.append(((backbone, halting), points))
+    return out
+
+
 NICE = 10  # niceness of every child (--nice)
+STOP_AT: str | None = None  # "HH:MM" UTC (--stop-at): no run is started at or after it
+
+
+def past_stop(now: time.struct_time | None = None) -> bool:
+    if not STOP_AT:
+        return False
+    now = now or time.gmtime()
+    return time.strftime("%H:%M", now) >= STOP_AT
 
 
 def run_cli(args: list[str], logfile: Path) -> dict:
@@ -104,6 +161,9 @@ def run_cli(args: list[str], logfile: Path) -> dict:
 
 def train(spec: dict, out: Path) -> None:
     if (out / "results.json").exists():
+        return
+    if past_stop():
+        log(f"{spec['name']}: not started (--stop-at {STOP_AT} UTC)")
         return
     spec_file = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -230,14 +290,17 @@ def differs(a: list[float], b: list[float]) -> bool:
     return bool(p < 0.05)
 
 
-def random_points(grid: dict, runs: Path, tasks, backbones, seeds) -> list[tuple[dict, Path]]:
-    """`random` at the ACT row's mean hops wherever that ACT row's token accuracy differs from none."""
+def random_points(grid: dict, runs: Path, tasks, backbones, seeds, acts=None) -> list[tuple[dict, Path]]:
+    """`random` at the ACT row's mean hops wherever that ACT row's token accuracy differs from none
+    (only the ACT haltings in `acts`, when given)."""
     cells = collect(runs)
     points = []
     for task in tasks:
         for backbone in backbones:
             none = [r["test/token_accuracy"] for r in cells.get((task, backbone, "none"), {}).values()]
             for act in grid.get("act_haltings", []):
+                if acts is not None and act not in acts:
+                    continue
                 rows = cells.get((task, backbone, act), {})
                 acc = [r["test/token_accuracy"] for r in rows.values()]
                 if not differs(acc, none):
@@ -412,7 +475,7 @@ EMBED_END = "<!-- end: seed000 -->"
 
 
 def embed(report: Path, results_md: Path) -> None:
-    """Copy search.md and table.md (headings one level down) into the seed000 section of results_md.
+    """Copy search.md and table.md (their `## ` headings as `#### `) into the seed000 section of results_md.
 
     Replaces everything from the line EMBED_START to the line EMBED_END, so the generated tables in
     docs/results.md are the script's output, never hand edits.
@@ -439,6 +502,13 @@ def main() -> int:
     parser.add_argument("--tasks")
     parser.add_argument("--backbones")
     parser.add_argument("--haltings")
+    parser.add_argument("--cells", metavar="BACKBONE:HALTING,...",
+                        help="run only these (backbone, halting) rows, pair by pair in the order given, each "
+                             "over --tasks cell by cell (all seeds of one task before the next), with its "
+                             "`random` row right after it where the rule triggers one (instead of "
+                             "--backbones x --haltings)")
+    parser.add_argument("--stop-at", metavar="HH:MM",
+                        help="start no run at or after this UTC time (finished runs and the table are kept)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: grid.yaml's)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of each training process (default 10)")
@@ -450,34 +520,36 @@ def main() -> int:
                         help="also copy the generated search.md and table.md into this file's seed000 section")
     args = parser.parse_args()
 
-    global NICE
+    global NICE, STOP_AT
     NICE = args.nice
+    STOP_AT = args.stop_at
     grid = yaml.safe_load(Path(args.grid).read_text())
     tasks = selected(list(grid["tasks"]), args.tasks, "task")
     backbones = selected(list(grid["backbones"]), args.backbones, "backbone")
     haltings = selected(list(grid["haltings"]), args.haltings, "halting")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(grid["seeds"])
-    order = grid.get("backbone_groups", [backbones])
-    points = []
-    for group in order:
-        for seed in seeds:
-            for task in tasks:
-                for backbone in [b for b in group if b in backbones]:
-                    for halting in haltings:
-                        spec = compose(grid, task, backbone, halting, seed)
-                        points.append((spec, Path(args.runs) / spec["name"]))
-    if args.print_specs:
-        for spec, _ in points:
-            print("---")
-            print(yaml.safe_dump(spec, sort_keys=False), end="")
-        return 0
     runs, report = Path(args.runs), Path(args.report)
+    if args.cells:
+        if args.backbones or args.haltings:
+            raise SystemExit("--cells replaces --backbones and --haltings; give one or the other")
+        batches = cell_points(grid, parse_cells(grid, args.cells), tasks, seeds, runs)
+    else:
+        batches = [(None, grid_points(grid, tasks, backbones, haltings, seeds, runs))]
+    if args.print_specs:
+        for _, points in batches:
+            for spec, _ in points:
+                print("---")
+                print(yaml.safe_dump(spec, sort_keys=False), end="")
+        return 0
     if not args.report_only:
         if not args.no_search:
             search(grid, runs, report)
         started = time.perf_counter()
-        run_points(points, args.jobs)
-        if not args.no_random:
+        for pair, points in batches:
+            run_points(points, args.jobs)
+            if pair is not None and not args.no_random and pair[1] in grid.get("act_haltings", []):
+                run_points(random_points(grid, runs, tasks, [pair[0]], seeds, acts=[pair[1]]), args.jobs)
+        if args.cells is None and not args.no_random:
             run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
     search_table(grid, runs, report)
