@@ -71,6 +71,25 @@ def test_speculative_loop_drops_the_hop_queued_after_every_token_halted():
     torch.testing.assert_close(speculative.output, exact.output, rtol=0, atol=0)
 
 
+def test_the_dense_loop_reads_the_running_count_only_before_the_cap(monkeypatch):
+    """At the cap every token halts, so the loop stops without a host read of the running mask."""
+    recorded = []
+    original = RunningTokens.record
+
+    def counting_record(self, running):
+        recorded.append(running.clone())
+        return original(self, running)
+
+    monkeypatch.setattr(RunningTokens, "record", counting_record)
+    site = graves_site(cap=3)
+    script_linear(site.units[0].linear, control_index=3)
+    hop = ScriptedHop(torch.full((2, 3, 3), -5.0, dtype=D64))  # h = 0.007: no token halts before the cap
+    result = run_site(site, hop.initial_state(), hop, "exact")
+    assert result.hops.eq(3).all() and len(hop.calls) == 3
+    assert len(recorded) == 2 and all(running.all() for running in recorded)  # after hops 1 and 2 only
+    torch.testing.assert_close(sum(result.hop_weights), torch.ones(2, 3, dtype=D64), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["graves", "threshold"])
 def test_speculative_and_exact_loops_agree_with_gradients(name):
     generator = torch.Generator().manual_seed(4)
