@@ -31,7 +31,7 @@ class PackedTokens:
         self.states = self.rows_hop(n, self.rows, self.states)  # (K, D)
         return self.states
 
-    def settle(self, weight: Tensor, running: Tensor, carried: tuple, *, last: bool) -> tuple | None:
+    def settle(self, weight: Tensor, running: Tensor, carried: tuple, last: bool) -> tuple | None:
         full = weight if self.rows is None else weight.new_zeros(self.halt_index.shape).index_copy_(0, self.rows, weight)
         self.weights.append(full)
         if self.sums is None:

@@ -5,6 +5,7 @@ After hop n (state s_n) every running token gets h_n. It halts at
 N = min{n : sum_{m<=n} h_m >= threshold}, or at hop `n_hops` (the cap). Weights:
 p_n = h_n for n < N and p_N = R = 1 - sum_{m<N} h_m, so they sum to 1 for every token,
 capped ones included. Output y = sum_n p_n s_n; ponder cost N + R, gradient through R only.
+Padding (`mask` False) halts after its first hop with weight 1.
 
 One loop, two layouts of the tokens: `DenseTokens` keeps whole (B, L, D) states (halted
 tokens frozen by the hop); `ponderlab.core.early_exit.PackedTokens` keeps the running
@@ -49,7 +50,7 @@ def cumulative_halting_loop(state: Tensor, hop: HopFn, *, n_hops: int, threshold
     for n in range(n_hops):
         if (states := tokens.hop(n)) is None:  # (B, L, D) or (K, D); None: a speculated hop dropped
             break
-        if n == n_hops - 1:  # the cap: every running token halts with its remainder
+        if last := n == n_hops - 1:  # the cap: every running token halts with its remainder
             weight = remaining if n > 0 else states.new_ones(states.shape[:-1])  # a single hop: 1
             running = torch.zeros_like(weight, dtype=torch.bool)
         else:
@@ -60,8 +61,7 @@ def cumulative_halting_loop(state: Tensor, hop: HopFn, *, n_hops: int, threshold
             running = total < threshold
             weight = torch.where(running, h, remaining)  # p_n while running, R when halting, 0 after
             remaining = torch.where(running, 1.0 - total, 0.0)
-        carried = tokens.settle(weight.to(dtype), running, (total, remaining), last=n == n_hops - 1)
-        if carried is None:
+        if (carried := tokens.settle(weight.to(dtype), running, (total, remaining), last)) is None:
             break
         total, remaining = carried
     output, weights, halt_index = tokens.result()
@@ -85,7 +85,7 @@ class DenseTokens(RunningTokens):
         self.state = self.hop_fn(self.state, n, self.active)  # halted tokens keep their state
         return self.state if self.keep_hop() else None  # None: a speculated hop to drop
 
-    def settle(self, weight: Tensor, running: Tensor, carried: tuple, *, last: bool) -> tuple | None:
+    def settle(self, weight: Tensor, running: Tensor, carried: tuple, last: bool) -> tuple | None:
         self.weights.append(weight)
         if self.output is None:  # state first: the product keeps the state's memory layout
             self.output = self.state * weight.unsqueeze(-1)
