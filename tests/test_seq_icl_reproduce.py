@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,12 @@ HERE = Path(__file__).resolve().parents[1] / "examples" / "seq_icl"
 
 def load_reproduce():
     return load_script("examples/seq_icl/reproduce.py", "seq_icl_reproduce")
+
+
+def load_module(name: str):
+    """A module next to reproduce.py (examples/seq_icl is on sys.path once the script is loaded)."""
+    load_reproduce()
+    return importlib.import_module(name)
 
 
 ROWS = sorted(p for p in HERE.glob("*.yaml") if not p.stem.startswith("tune"))
@@ -80,7 +87,7 @@ def test_setting_is_chosen_by_its_mean_over_seeds_not_its_best_seed(tmp_path):
     assert [t["_seed"] for t in ranked[0]["trials"]] == [0, 1, 2]
     assert ranked[0]["mean"] == pytest.approx((0.99 + 0.96 + 0.97) / 3)
     assert ranked[0]["min"] == pytest.approx(0.96)
-    table = reproduce.settings_markdown(search)
+    table = load_module("seqicl_tools").settings_markdown(search)
     assert "| training.lr=0.003 | 0, 1, 2 | 0.990, 0.960, 0.970 | 0.973 | 0.960 |" in table
 
 
@@ -108,11 +115,11 @@ def test_a_setting_missing_a_seed_ranks_below_complete_ones(tmp_path):
 
 def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, monkeypatch):
     """`--table-only --only ROW` from a runs/ copy that lacks other rows must not drop or rewrite them."""
-    reproduce = load_reproduce()
+    reproduce, table_module = load_reproduce(), load_module("seqicl_table")
     docs, root = tmp_path / "docs" / "results" / "seq_icl", tmp_path
     docs.mkdir(parents=True)
-    monkeypatch.setattr(reproduce, "DOCS", docs)
-    monkeypatch.setattr(reproduce, "ROOT", root)
+    monkeypatch.setattr(table_module, "DOCS", docs)
+    monkeypatch.setattr(table_module, "ROOT", root)
     kept_row = {"row": "associative_recall_lstm", "task": "associative_recall", "backbone": "lstm", "width": 64,
                 "heads": None, "lr": 0.003, "steps": 3000, "train_size": 5000, "seeds": [0, 1, 2],
                 "test_exact_match": [44.6, 51.0, 46.8], "mean": 47.5, "min": 44.6, "max": 51.0, "std": 3.2,
@@ -174,6 +181,17 @@ def _fake_run(run_dir: Path, spec: dict, val: float) -> None:
     (run_dir / "results.json").write_text(json.dumps({"validation/exact_match": val, "test/exact_match": val}))
 
 
+def _row_with_seeds(tmp_path: Path, stem: str, row_spec: dict, vals: dict[int, float],
+                    trained: dict | None = None) -> tuple[Path, Path]:
+    """A row's example spec and its seeds' runs in OUT/seeds (trained with `trained`, by default the
+    row's spec), with validation `vals` by seed: (spec path, OUT)."""
+    out, spec_path = tmp_path / "runs", tmp_path / f"{stem}.yaml"
+    spec_path.write_text(yaml.safe_dump(row_spec))
+    for seed, val in vals.items():
+        _fake_run(out / "seeds" / stem / f"seed{seed}", {**(trained or row_spec), "seed": seed}, val)
+    return spec_path, out
+
+
 def _fake_follow_up(directory: Path, spec: dict, vals: dict[int, float]) -> None:
     directory.mkdir(parents=True)
     (directory / "tune_spec.yaml").write_text(yaml.safe_dump({"search": {"seed": {"grid": sorted(vals)}}}))
@@ -191,13 +209,9 @@ def _fake_follow_up(directory: Path, spec: dict, vals: dict[int, float]) -> None
 ])
 def test_adopt_replaces_the_row_only_if_better_over_the_seeds(tmp_path, follow_up_vals, adopted):
     reproduce = load_reproduce()
-    out = tmp_path / "runs"
     row_spec = {"name": "row", "seed": 0, "task": {"name": "induction_head"}, "backbone": {"name": "transformer"},
                 "training": {"steps": 20000, "lr": 0.0005, "eval_every": 2000}}
-    spec_path = tmp_path / "induction_head_transformer.yaml"
-    spec_path.write_text(yaml.safe_dump(row_spec))
-    for seed, val in {0: 0.898, 1: 1.0, 2: 0.836}.items():
-        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, val)
+    spec_path, out = _row_with_seeds(tmp_path, "induction_head_transformer", row_spec, {0: 0.898, 1: 1.0, 2: 0.836})
     longer = {**row_spec, "name": "follow", "training": {"steps": 25000, "lr": 0.0005, "eval_every": 2500}}
     # the seeds split over two follow-ups, as tune_ih_transformer_steps25000{,_seed1}.yaml
     _fake_follow_up(out / "tried" / "a", longer, {s: v for s, v in follow_up_vals.items() if s != 1})
@@ -224,12 +238,8 @@ def test_adopt_replaces_the_row_only_if_better_over_the_seeds(tmp_path, follow_u
 
 def test_adopt_does_not_compare_with_a_missing_seed(tmp_path):
     reproduce = load_reproduce()
-    out = tmp_path / "runs"
     row_spec = {"name": "row", "seed": 0, "training": {"steps": 20000, "lr": 0.0005}}
-    spec_path = tmp_path / "induction_head_transformer.yaml"
-    spec_path.write_text(yaml.safe_dump(row_spec))
-    for seed in range(3):
-        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, 0.5)
+    spec_path, out = _row_with_seeds(tmp_path, "induction_head_transformer", row_spec, {0: 0.5, 1: 0.5, 2: 0.5})
     _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 25000, "lr": 0.0005}}, {0: 1.0, 2: 1.0})
     assert reproduce.adopt(spec_path, out, ["a"], 3) is False
     assert yaml.safe_load(spec_path.read_text()) == row_spec
@@ -270,13 +280,9 @@ def _fake_heads_follow_up(directory: Path, spec: dict, vals: dict[tuple[int, int
 def test_adopt_takes_the_best_setting_of_a_follow_up_that_searched_several(tmp_path, monkeypatch, row_vals,
                                                                             adopted):
     reproduce = load_reproduce()
-    out = tmp_path / "runs"
     row_spec = {"name": "row", "seed": 0, "task": {"name": "associative_recall"},
                 "backbone": {"name": "transformer", "n_heads": 4}, "training": {"steps": 4000, "lr": 0.003}}
-    spec_path = tmp_path / "associative_recall_transformer.yaml"
-    spec_path.write_text(yaml.safe_dump(row_spec))
-    for seed, val in enumerate(row_vals):
-        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**row_spec, "seed": seed}, val)
+    spec_path, out = _row_with_seeds(tmp_path, "associative_recall_transformer", row_spec, dict(enumerate(row_vals)))
     # 1 head has the best single trial (1.0) but the worse mean; 2 heads is the follow-up's best setting
     _fake_heads_follow_up(out / "tried" / "heads", {**row_spec, "name": "heads"},
                           {(1, 0): 1.0, (1, 1): 0.5, (1, 2): 0.6, (2, 0): 0.95, (2, 1): 0.96, (2, 2): 0.97})
@@ -290,11 +296,12 @@ def test_adopt_takes_the_best_setting_of_a_follow_up_that_searched_several(tmp_p
         assert "not chosen: backbone.n_heads=1 -> val 1.000, 0.500, 0.600" in header
         seeds_dir = out / "seeds" / spec_path.stem
         assert "tried/heads/runs/t2_1" in (seeds_dir / "seed1" / "source.txt").read_text()
-        monkeypatch.setattr(reproduce, "DOCS", tmp_path / "docs")
-        row = reproduce.summarize(spec_path, out)  # the table names the follow-up the row now comes from
+        table_module = load_module("seqicl_table")
+        monkeypatch.setattr(table_module, "DOCS", tmp_path / "docs")
+        row = table_module.summarize(spec_path, out)  # the table names the follow-up the row now comes from
         assert row["adopted_from"] == ["heads"] and row["adopted_trials"] == 6
         assert row["searched"].startswith("**the row's setting** (lr 0.003, 4000 steps), from the follow-up(s) heads")
-        assert "from the follow-up(s) heads: 6, -" in reproduce.adopted_cell(row)
+        assert "from the follow-up(s) heads: 6, -" in table_module.adopted_cell(row)
     else:
         assert written == row_spec  # 2 heads' mean 0.96 does not beat the row's 1.0
 
@@ -319,13 +326,10 @@ def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, reg
 def test_adopt_refuses_to_compare_with_seeds_of_another_setting(tmp_path):
     """A stale copy of runs/ (the row's seeds trained with an older spec) must not be the baseline."""
     reproduce = load_reproduce()
-    out = tmp_path / "runs"
     row_spec = {"name": "row", "seed": 0, "training": {"steps": 4000, "lr": 0.003}}
-    spec_path = tmp_path / "associative_recall_transformer.yaml"
-    spec_path.write_text(yaml.safe_dump(row_spec))
     older = {**row_spec, "training": {"steps": 3000, "lr": 0.001}}
-    for seed, val in enumerate((1.0, 0.44, 0.438)):
-        _fake_run(out / "seeds" / spec_path.stem / f"seed{seed}", {**older, "seed": seed}, val)
+    spec_path, out = _row_with_seeds(tmp_path, "associative_recall_transformer", row_spec,
+                                     {0: 1.0, 1: 0.44, 2: 0.438}, trained=older)
     _fake_follow_up(out / "tried" / "a", {**row_spec, "training": {"steps": 4000, "lr": 0.002}},
                     {0: 1.0, 1: 1.0, 2: 1.0})
     with pytest.raises(SystemExit, match="not trained with the row's spec"):
@@ -359,9 +363,9 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
                                                                                test_values, curve):
     """Rows at chance (S4D & co. on induction head) have no target; their learning curve is the
     evidence, so it is drawn; so is a row more than 10 points from seq_icl's number (100% vs 8.8)."""
-    reproduce = load_reproduce()
+    table_module = load_module("seqicl_table")
     docs = tmp_path / "docs"
-    monkeypatch.setattr(reproduce, "DOCS", docs)
+    monkeypatch.setattr(table_module, "DOCS", docs)
     spec = {"name": "row", "seed": 0, "task": {"name": "induction_head", "train_size": 100000},
             "backbone": {"name": "s4d", "d_model": 64}, "training": {"steps": 5000, "lr": 0.001}}
     spec_path = tmp_path / "induction_head_s4d.yaml"
@@ -372,7 +376,7 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
         _fake_run(run_dir, {**spec, "seed": seed}, value)
         (run_dir / "metrics.jsonl").write_text(
             json.dumps({"step": 500, "split": "validation", "exact_match": value}) + "\n")
-    row = reproduce.summarize(spec_path, out)
+    row = table_module.summarize(spec_path, out)
     assert row["target"] == "-" and row["target_met"] is None and row["reference"] == 8.8
     assert row["mean"] == pytest.approx(100 * sum(test_values) / 3)
     assert (row.get("curve") == "curve_induction_head_s4d.png") is curve
@@ -381,7 +385,7 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
     retnet = tmp_path / "induction_head_retnet.yaml"
     retnet.write_text(yaml.safe_dump({**spec, "backbone": {"name": "retnet", "d_model": 64}}))
     shutil.copytree(out / "seeds" / spec_path.stem, out / "seeds" / retnet.stem)
-    assert reproduce.summarize(retnet, out)["curve"] == "curve_induction_head_retnet.png"
+    assert table_module.summarize(retnet, out)["curve"] == "curve_induction_head_retnet.png"
 
 
 @pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])

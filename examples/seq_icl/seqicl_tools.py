@@ -8,6 +8,7 @@ a search without a seed axis is the special case of one seed per setting.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -20,6 +21,20 @@ import yaml
 
 NICE = ["nice", "-n", "10"]
 METRIC = "validation/exact_match"
+
+
+def row_info(spec_path: Path) -> tuple[str, str]:
+    """(task name, backbone name) of a row's spec."""
+    config = yaml.safe_load(spec_path.read_text())
+    return config["task"]["name"], config["backbone"]["name"]
+
+
+def comparable(spec: dict) -> dict:
+    """A spec without the keys that do not change what is trained (name, output_dir)."""
+    spec = copy.deepcopy(spec)
+    for key in ("name", "output_dir"):
+        spec.pop(key, None)
+    return spec
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:

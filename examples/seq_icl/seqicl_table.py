@@ -1,0 +1,197 @@
+"""The table of examples/seq_icl/reproduce.py: each row over its seeds beside seq_icl's number,
+learning curves where a row needs them, and every search's own page (docs/results/seq_icl/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import seqicl_tools
+import yaml
+from seqicl_study import CHANCE, REFERENCE, TARGET_MAX, TARGET_MIN
+from seqicl_tools import describe, plot_curves, read_search, row_info, settings, settings_markdown
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DOCS = ROOT / "docs" / "results" / "seq_icl"
+
+
+def summarize(spec_path: Path, out: Path) -> dict | None:
+    task, backbone = row_info(spec_path)
+    stem = spec_path.stem
+    seed_dirs = sorted(d for d in (out / "seeds" / stem).glob("seed*") if (d / "results.json").exists())
+    search_dir = out / "search" / stem
+    budget_file = out / "search" / f"{stem}.budget.json"
+    search_rows = read_search(search_dir) if (search_dir / "results.csv").exists() else []
+    if not seed_dirs and not search_rows:
+        return None
+    spec = yaml.safe_load(spec_path.read_text())
+    accs, cpu, seeds = [], [], []
+    for d in seed_dirs:
+        results = json.loads((d / "results.json").read_text())
+        accs.append(100 * results["test/exact_match"])
+        seeds.append(int(d.name.removeprefix("seed")))
+        timing = d / "process_time.json"
+        if timing.exists():
+            cpu.append(json.loads(timing.read_text())["cpu_seconds"])
+    backbone_cfg = spec["backbone"]
+    width = backbone_cfg.get("d_model")
+    heads = backbone_cfg.get("n_heads")
+    row = {
+        "row": stem, "task": task, "backbone": backbone, "width": width, "heads": heads,
+        "lr": spec["training"]["lr"], "steps": spec["training"]["steps"],
+        "train_size": spec["task"].get("train_size"), "seeds": seeds, "test_exact_match": accs,
+        "mean": statistics.mean(accs) if accs else None,
+        "min": min(accs) if accs else None, "max": max(accs) if accs else None,
+        "std": statistics.stdev(accs) if len(accs) > 1 else None,
+        "reference": REFERENCE.get(task, {}).get(backbone), "chance": CHANCE[task],
+        "search_trials": len(search_rows),
+        "search_cpu_seconds": json.loads(budget_file.read_text())["cpu_seconds"] if budget_file.exists() else None,
+        "search_trial_seconds": round(sum(float(r.get("time/seconds") or 0) for r in search_rows), 1),
+        "seed_cpu_seconds_each": round(statistics.mean(cpu), 1) if cpu else None,
+        "seed_cpu_seconds": round(sum(cpu), 1),  # seeds trained here (copied search trials: in the search)
+        "search": [{k: v for k, v in r.items() if k.startswith(("training.", "backbone.", "task.", "validation/",
+                                                                 "test/", "status", "time/"))} for r in search_rows],
+    }
+    low, high = TARGET_MIN.get((task, backbone)), TARGET_MAX.get((task, backbone))
+    row["target"] = f">= {low:.0f}" if low else (f"< {high:.0f}" if high else "-")
+    met = None
+    if row["mean"] is not None and (low or high):
+        met = row["mean"] >= low if low else row["mean"] < high
+    row["target_met"] = met if len(accs) >= 3 else None  # no claim from fewer than 3 seeds
+    ranked = settings(search_dir) if search_rows else []
+    row["searched"] = "; ".join(
+        f"{describe(g['config'])}: {fmt(100 * g['mean'])} (n={len(g['values'])})" for g in ranked if g["values"])
+    # seeds adopted from follow-ups (--adopt): the row's setting is the follow-ups', not the search's
+    adopted = sorted({m.group(1) for d in seed_dirs if (d / "source.txt").exists()
+                      for m in [re.search(r"/tried/([^/]+)/runs/", (d / "source.txt").read_text())] if m})
+    row["adopted_from"] = adopted
+    if adopted:
+        vals = [100 * json.loads((d / "results.json").read_text())[seqicl_tools.METRIC] for d in seed_dirs]
+        budgets = [out / "tried" / f"{n}.budget.json" for n in adopted]
+        row["adopted_trials"] = sum(len(read_search(out / "tried" / n)) for n in adopted
+                                    if (out / "tried" / n / "results.csv").exists())
+        row["adopted_cpu_seconds"] = (sum(json.loads(b.read_text())["cpu_seconds"] for b in budgets)
+                                      if all(b.exists() for b in budgets) else None)
+        row["searched"] = "; ".join(filter(None, [
+            f"**the row's setting** (lr {row['lr']:g}, {row['steps']} steps), from the follow-up(s) "
+            f"{', '.join(adopted)}, adopted by `--adopt`: {fmt(statistics.mean(vals))} (n={len(vals)})",
+            row["searched"] and f"the row's own search: {row['searched']}"]))
+    # curves for rows that miss a target, sit more than 10 points from seq_icl's number either way
+    # (or have none), or are within 10 points of chance (there the curve and the search are the evidence)
+    off = row["mean"] is not None and (not row["reference"] or abs(row["mean"] - row["reference"]) > 10)
+    near_chance = row["mean"] is not None and row["mean"] < row["chance"] + 10
+    if met is False or off or near_chance:
+        runs = {f"seed {s}": d for s, d in zip(seeds, seed_dirs, strict=True)}
+        copied = "".join((d / "source.txt").read_text() for d in seed_dirs if (d / "source.txt").exists())
+        for group in ranked:
+            for t in group["trials"]:
+                if str(search_dir / t["run_dir"]) not in copied and (search_dir / t["run_dir"]).exists():
+                    runs[f"search {describe(group['config'])}, seed {t['_seed']}"] = search_dir / t["run_dir"]
+        path = plot_curves(DOCS / f"curve_{stem}.png", stem, runs, row["reference"], row["chance"])
+        row["curve"] = path.name
+    return row
+
+
+def fmt(value, digits=1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def previous_rows() -> dict[str, dict]:
+    """The rows of the table as the last run of this script wrote them (table.json), by row name."""
+    path = DOCS / "table.json"
+    return {r["row"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
+BUDGET_MARKER = "Budget (process tree of `ponderlab tune`): "
+
+
+def tried_cpu_seconds(out: Path) -> float:
+    """CPU seconds of the follow-ups: OUT/tried/NAME.budget.json, and for a follow-up whose runs
+    are not in OUT, the budget its docs/results/seq_icl/tried_NAME.md recorded (each counted once)."""
+    seconds = {}
+    for page in DOCS.glob("tried_*.md"):
+        text = page.read_text()
+        if BUDGET_MARKER in text:
+            budget, _ = json.JSONDecoder().raw_decode(text.split(BUDGET_MARKER, 1)[1].lstrip())
+            seconds[page.stem.removeprefix("tried_")] = budget["cpu_seconds"]
+    for budget_file in (out / "tried").glob("*.budget.json"):
+        seconds[budget_file.name.removesuffix(".budget.json")] = json.loads(budget_file.read_text())["cpu_seconds"]
+    return sum(seconds.values())
+
+
+def adopted_cell(row: dict) -> str:
+    """The follow-ups a row's setting and seeds come from (--adopt), for the search column."""
+    if not row.get("adopted_from"):
+        return ""
+    return (f"; setting and seeds from the follow-up(s) {', '.join(row['adopted_from'])}: "
+            f"{row.get('adopted_trials', '-')}, {fmt(row.get('adopted_cpu_seconds'), 0)}")
+
+
+def write_table(rows: list[dict], tried_cpu: float, missing: list[str], kept: list[str] = ()) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "<!-- generated by examples/seq_icl/reproduce.py from runs/seq_icl; do not edit -->",
+        "| task | backbone | width (heads) | lr | steps | train seqs | test exact match % (mean [min, max], n) "
+        "| seq_icl % | chance % | target | met | search trials, CPU s | CPU s per seed | curve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = (f"{fmt(r['mean'])} [{fmt(r['min'])}, {fmt(r['max'])}], n={len(r['seeds'])}"
+               if r["seeds"] else "not run")
+        width = f"{r['width']}" + (f" ({r['heads']})" if r["heads"] else "")
+        met = {True: "yes", False: "**no**", None: "-"}[r["target_met"]]
+        if r["target_met"] is None and r["target"] != "-":
+            met = "n < 3: no claim"
+        curve = f"[curve]({r['curve']})" if r.get("curve") else ""
+        lines.append(
+            f"| {r['task']} | {r['backbone']} | {width} | {r['lr']:g} | {r['steps']} | {r['train_size']} | {acc} | "
+            f"{fmt(r['reference'])} | {fmt(r['chance'])} | {r['target']} | {met} | "
+            f"{r['search_trials']}, {fmt(r['search_cpu_seconds'], 0)}{adopted_cell(r)} | {fmt(r['seed_cpu_seconds_each'], 0)} "
+            f"| {curve} |"
+        )
+    total = sum((r["search_cpu_seconds"] or 0) + r["seed_cpu_seconds"] for r in rows)
+    lines += ["", "Searched settings (validation exact match %, mean over the seeds searched; the row uses "
+                  "the first):", ""]
+    lines += [f"- {r['task']} {r['backbone']}: {r['searched']}" for r in rows if r["searched"]]
+    if missing:
+        lines += ["", "Rows with no finished search or seed (not in the table): " + ", ".join(missing) + "."]
+    if kept:
+        lines += ["", "Rows not regenerated by the last run (`--only` named other rows), kept as an earlier run "
+                      "wrote them into table.json: " + ", ".join(kept) + "."]
+    lines += ["", f"Total CPU time of the runs in this table: {total / 60:.0f} CPU-minutes "
+                  "(searches: process tree of `ponderlab tune`, Ray included; seeds: `ponderlab run`; "
+                  f"follow-ups in runs/seq_icl/tried/ not included: {tried_cpu / 60:.0f} CPU-minutes)."]
+    (DOCS / "table.md").write_text("\n".join(lines) + "\n")
+    results_md = ROOT / "docs" / "results.md"
+    text = results_md.read_text()
+    begin, end = "<!-- begin: seq_icl table (reproduce.py) -->\n", "<!-- end: seq_icl table -->"
+    if begin in text and end in text:  # the table in docs/results.md is this file, never typed
+        head, rest = text.split(begin, 1)
+        results_md.write_text(head + begin + "\n".join(lines[1:]).replace("](curve_", "](results/seq_icl/curve_") + "\n" + end + rest.split(end, 1)[1])
+    (DOCS / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def write_search_pages(out: Path, chosen: set[str]) -> None:
+    """Every search's own table (ponderlab tune's results.md, with its settings over seeds) for the
+    `chosen` rows, and the follow-ups and superseded searches kept in OUT/tried/ with their curves."""
+    for kind in ("search", "tried"):
+        for table in sorted((out / kind).glob("*/results.md")):
+            if kind == "search" and table.parent.name not in chosen:
+                continue
+            budget = out / kind / f"{table.parent.name}.budget.json"
+            text = table.read_text() + settings_markdown(table.parent)
+            if budget.exists():
+                text += f"\n{BUDGET_MARKER}{budget.read_text().strip()}\n"
+            (DOCS / f"{kind}_{table.parent.name}.md").write_text(text)
+            if kind == "tried":  # the follow-ups' learning curves, one line per trial
+                trials = {f"{describe(g['config'])}, seed {t['_seed']}": table.parent / t["run_dir"]
+                          for g in settings(table.parent) for t in g["trials"]}
+                task = yaml.safe_load((table.parent / "tune_spec.yaml").read_text())["task"]["name"]
+                name = f"tried_{table.parent.name}"
+                plot_curves(DOCS / f"curve_{name}.png", name, trials, None, CHANCE[task])
