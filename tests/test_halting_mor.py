@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from pydantic import ValidationError
+from routing_checks import assert_inference_is_causal, router_functions
 
 from ponderlab.core.errors import SpecError
 from ponderlab.core.model import PonderModel
@@ -141,14 +142,7 @@ def test_expert_choice_matches_the_per_token_reference(training, causal):
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[1, 3:] = False
     out = strategy(state, layers.hop, mask=mask)
-
-    def router_fn(r, s):
-        return strategy.routers[r].linear(s).item()
-
-    def decide_fn(r, s):
-        predictor = strategy.routers[r].predictor
-        return router_fn(r, s) if predictor is None else predictor(s).item()
-
+    router_fn, decide_fn = router_functions(strategy)
     expected = []
     for b, tokens in enumerate(as_tokens(state)):
         real = mask[b].tolist()
@@ -214,14 +208,7 @@ def transformer_model(config: MixtureOfRecursionsConfig, seed: int = 0) -> Ponde
      {"routing": "token_choice", "kv_sharing": True}, {"scope": "layer"}],
 )
 def test_inference_is_causal(options):
-    model = transformer_model(MixtureOfRecursionsConfig(**options)).eval()
-    ids = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(3))
-    changed = ids.clone()
-    changed[:, 6:] = (ids[:, 6:] + 1) % VOCAB
-    with torch.no_grad():
-        a, b = model(ids), model(changed)
-    assert torch.equal(a.logits[:, :6], b.logits[:, :6])
-    assert not torch.equal(a.logits[:, 6:], b.logits[:, 6:])
+    a = assert_inference_is_causal(transformer_model(MixtureOfRecursionsConfig(**options)), vocab=VOCAB)
     assert 1.0 in a.stats.hops and a.stats.hops.max() > 1.0  # routing sent tokens to different depths
 
 

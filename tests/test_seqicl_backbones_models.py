@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backbone_checks import assert_one_clear_error, contract_class
 from pydantic import ValidationError
 from twin_checks import (
     assert_same_inference,
@@ -23,9 +24,7 @@ from ponderlab.core.early_exit import hop_policy, layer_update
 from ponderlab.core.errors import SpecError
 from ponderlab.core.interfaces import BlockContext
 from ponderlab.core.registry import get_registry
-from ponderlab.core.spec import validate_spec
 from ponderlab.plugins.backbones.mixer_stack import MixerBlock, SequenceMixer, set_reference_mode
-from ponderlab.testing import BackboneContract
 
 VOCAB = 11
 D_MODEL = 16
@@ -320,10 +319,7 @@ def test_block_rows_fall_back_for_parts_without_a_row_form(mixer, ffn):
     ],
 )
 def test_bad_options_get_one_clear_error(backbone, key):
-    spec = {"task": {"name": "binary_copy"}, "backbone": backbone, "halting": {"name": "none"}}
-    with pytest.raises(SpecError) as info:
-        validate_spec(spec)
-    assert "backbone" in str(info.value) and key in str(info.value)
+    assert_one_clear_error(backbone, key)
     config_class = get_registry().get("backbone", backbone["name"]).cls.config_class
     with pytest.raises(ValidationError):
         config_class.model_validate(backbone)
@@ -339,14 +335,9 @@ def test_retnet_default_heads_divide_the_width():
 # --------------------------------------------------------------------------- conformance
 
 
-def _contract(name):
-    cls = get_registry().get("backbone", name).cls
-    return type(f"Test{cls.__name__}Contract", (BackboneContract,), {"plugin": cls, "config": TINY[name]})
-
-
-TestS4DContract = _contract("s4d")
-TestH3Contract = _contract("h3")
-TestGILRContract = _contract("gilr")
-TestLRUContract = _contract("lru")
-TestRWKVContract = _contract("rwkv")
-TestRetNetContract = _contract("retnet")
+TestS4DContract = contract_class("s4d", TINY["s4d"])
+TestH3Contract = contract_class("h3", TINY["h3"])
+TestGILRContract = contract_class("gilr", TINY["gilr"])
+TestLRUContract = contract_class("lru", TINY["lru"])
+TestRWKVContract = contract_class("rwkv", TINY["rwkv"])
+TestRetNetContract = contract_class("retnet", TINY["retnet"])

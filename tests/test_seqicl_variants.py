@@ -11,16 +11,13 @@ import math
 import pytest
 import seqicl_references as refs
 import torch
+from backbone_checks import assert_one_clear_error, contract_class
 from pydantic import ValidationError
 
 import ponderlab
 from ponderlab.core.config import TrainingConfig
-from ponderlab.core.errors import SpecError
-from ponderlab.core.registry import get_registry
-from ponderlab.core.spec import validate_spec
 from ponderlab.core.trainer import make_optimizer
 from ponderlab.plugins.backbones.mixer_stack import set_reference_mode
-from ponderlab.testing import BackboneContract
 
 F64 = torch.float64
 D_MODEL = 8
@@ -160,10 +157,7 @@ def test_paper_variant_declares_no_group():
     ],
 )
 def test_bad_variant_options_get_one_clear_error(backbone, key):
-    spec = {"task": {"name": "binary_copy"}, "backbone": backbone, "halting": {"name": "none"}}
-    with pytest.raises(SpecError) as info:
-        validate_spec(spec)
-    assert "backbone" in str(info.value) and key in str(info.value)
+    assert_one_clear_error(backbone, key)
     with pytest.raises(ValidationError):
         ponderlab.build_model(backbone=backbone, halting={"name": "none"}, vocab_size=5)
 
@@ -192,9 +186,7 @@ def test_seq_icl_model_is_causal_and_its_fast_form_matches_the_step_loops(name):
 
 
 def _seq_icl_contract(name):
-    cls = get_registry().get("backbone", name).cls
-    config = {**SEQ_ICL_TINY[name], "variant": "seq_icl"}
-    return type(f"TestSeqIcl{cls.__name__}Contract", (BackboneContract,), {"plugin": cls, "config": config})
+    return contract_class(name, {**SEQ_ICL_TINY[name], "variant": "seq_icl"}, prefix="SeqIcl")
 
 
 TestSeqIclS4DContract = _seq_icl_contract("s4d")
