@@ -175,6 +175,12 @@ def reading_lines(rev: str, plan: list[tuple[str, list[str] | None]]) -> int:
     return total
 
 
+def reading_plan(rev: str) -> list[tuple[str, list[str] | None]]:
+    """READING's "after" list where `rev` has its files (issue 23 landed), else its "before" list."""
+    landed = all(show(rev, path) is not None for path, _ in READING["after"])
+    return READING["after" if landed else "before"]
+
+
 #: the same reading without depth-scope packed inference (training, and every other path)
 DENSE_ONLY = {"plugins/halting/packed.py", "core/row_hops.py", "core/early_exit/packed.py",
               "core/early_exit/execution.py"}
@@ -192,10 +198,11 @@ def main() -> None:
     print(f"{'code lines core/ + plugins/':<28}{total[0]:>12}{total[1]:>12}")
     like = [count - counts["added"] for count, counts in zip(total, (before, after), strict=True)]
     print(f"{'  like for like':<28}{like[0]:>12}{like[1]:>12}   (without FEATURES_ADDED, listed below)")
-    reading = reading_lines(args.revs[0], READING["before"]), reading_lines(args.revs[1], READING["after"])
+    plans = [reading_plan(rev) for rev in args.revs]
+    reading = [reading_lines(rev, plan) for rev, plan in zip(args.revs, plans, strict=True)]
     print(f"{'lines read to follow graves':<28}{reading[0]:>12}{reading[1]:>12}")
-    dense = [reading_lines(rev, [(path, symbols) for path, symbols in READING[key] if path not in DENSE_ONLY])
-             for rev, key in zip(args.revs, ("before", "after"), strict=True)]
+    dense = [reading_lines(rev, [(path, symbols) for path, symbols in plan if path not in DENSE_ONLY])
+             for rev, plan in zip(args.revs, plans, strict=True)]
     print(f"{'  of which not packed':<28}{dense[0]:>12}{dense[1]:>12}")
     print(f"\nleft out of 'like for like' ({after['added']} code lines at {args.revs[1]}):")
     for path, feature in FEATURES_ADDED.items():
