@@ -10,28 +10,21 @@ halting config whose saved dump does not validate again in depth scope.
 from __future__ import annotations
 
 import datasets
-import pytest
 import torch
-from pydantic import model_validator
-from test_conformance_kit import (
+from conformance_kit_plugins import (
     KitBackbone,
     KitBlock,
     KitHalting,
     KitHaltingConfig,
     KitTask,
+    broken,
 )
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from ponderlab.core.halting import HaltingUnit
 from ponderlab.core.interfaces import TaskData
-from ponderlab.testing import ContractError, check_contract
-
-
-def breaks(plugin: type, contract: str, message: str) -> None:
-    with pytest.raises(ContractError, match=message) as info:
-        check_contract(plugin, contract)
-    assert info.value.contract == contract
-
+from ponderlab.testing import check_contract
 
 # --------------------------------------------------------------------------- halting
 
@@ -61,7 +54,7 @@ def test_zero_init_hides_the_future_reading_unit_only_without_perturbation():
 
 
 def test_a_future_reading_halting_unit_breaks_causality():
-    breaks(FutureReadingHalting, "causality", "logits at positions < .* changed")
+    broken(FutureReadingHalting, "causality", "logits at positions < .* changed")
 
 
 # --------------------------------------------------------------------------- backbones
@@ -86,7 +79,7 @@ class LatentPeekingBackbone(KitBackbone):
 
 
 def test_a_block_that_reads_the_future_only_after_training_breaks_causality():
-    breaks(LatentPeekingBackbone, "causality", "must depend only on tokens <= t")
+    broken(LatentPeekingBackbone, "causality", "must depend only on tokens <= t")
 
 
 def test_the_sound_parents_pass_causality():
@@ -107,7 +100,7 @@ class SharedHoldoutTask(KitTask):
 
 def test_validation_and_test_must_not_share_examples():
     check_contract(KitTask, "split overlap")
-    breaks(SharedHoldoutTask, "split overlap", "20 of 20 test examples also appear in validation")
+    broken(SharedHoldoutTask, "split overlap", "20 of 20 test examples also appear in validation")
 
 
 def test_a_shared_example_is_named():
@@ -117,7 +110,7 @@ def test_a_shared_example_is_named():
             test = datasets.concatenate_datasets([data.test.select(range(19)), data.validation.select([0])])
             return TaskData(train=data.train, validation=data.validation, test=test)
 
-    breaks(OneSharedTask, "split overlap", r"1 of 20 test examples also appear in validation \(first: \[8, ")
+    broken(OneSharedTask, "split overlap", r"1 of 20 test examples also appear in validation \(first: \[8, ")
 
 
 # --------------------------------------------------------------------------- saved specs
@@ -138,4 +131,4 @@ class DepthCapHalting(KitHalting):
 
 
 def test_a_depth_scope_dump_that_does_not_validate_again_breaks_the_yaml_round_trip():
-    breaks(DepthCapHalting, "yaml round trip", r"does not validate again \(depth scope\).*ACTConfig")
+    broken(DepthCapHalting, "yaml round trip", r"does not validate again \(depth scope\).*ACTConfig")
