@@ -22,10 +22,14 @@ Steps (each skipped when its output exists, so the same command resumes where it
 3. `random` at equal mean hops for each (task, backbone, ACT halting) whose test token
    accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
    test hops, same cap.
-4. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
+4. The second settings search (grid.yaml `search2`: `ponderlab tune` of each spec in order, fixed
+   depth, seed 0), then seeds 1 and 2 of each trial that beats the grid's seed-0 row by the margin.
+5. grid.yaml `extra` cells (CA shift 3, Mamba, fixed depth) over the grid's seeds. Steps 4 and 5
+   run in runs/seed000-search2/ (`--runs2`); their table is docs/results/seed000/search2.md.
+6. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
    over seeds with 95% t-intervals, mean hops, CPU seconds; each halting minus none and each ACT
    row minus its random row (Welch); the CA reference predictors. `--embed docs/results.md`
-   copies search.md and table.md into that file's seed000 section.
+   copies search.md, search2.md and table.md into that file's seed000 section.
 
 Runs go to runs/seed000/<task>-<backbone>-<halting>-s<seed>/ (raw, not committed).
 """
@@ -43,6 +47,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the study's modules 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import seed000_queue as queue  # noqa: E402
+import seed000_search2 as search2  # noqa: E402
 from seed000_queue import (  # noqa: E402
     cell_points,
     compose,
@@ -72,7 +77,7 @@ from seed000_tables import (  # noqa: E402
 )
 
 __all__ = ["HERE", "cell_points", "collect", "comparisons", "compose", "embed", "fmt", "grid_points", "interval",
-           "log", "merge", "parse_cells", "past_stop", "queue", "random_points", "run_points", "search", "search_table",
+           "log", "merge", "parse_cells", "past_stop", "queue", "search2", "random_points", "run_points", "search", "search_table",
            "selected", "set_stop_at", "stop_deadline", "train", "welch", "write_table"]
 
 
@@ -80,6 +85,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(HERE / "grid.yaml"))
     parser.add_argument("--runs", default="runs/seed000")
+    parser.add_argument("--runs2", default="runs/seed000-search2",
+                        help="follow-up and beyond-the-grid runs of steps 4 and 5")
     parser.add_argument("--report", default="docs/results/seed000")
     parser.add_argument("--tasks")
     parser.add_argument("--backbones")
@@ -97,10 +104,11 @@ def main() -> int:
     parser.add_argument("--nice", type=int, default=10, help="niceness of each training process (default 10)")
     parser.add_argument("--no-search", action="store_true", help="skip step 1")
     parser.add_argument("--no-random", action="store_true", help="skip step 3")
+    parser.add_argument("--no-search2", action="store_true", help="skip steps 4 and 5")
     parser.add_argument("--print-specs", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--embed", metavar="RESULTS_MD",
-                        help="also copy the generated search.md and table.md into this file's seed000 section")
+                        help="also copy the generated search.md, search2.md and table.md into this file's seed000 section")
     args = parser.parse_args()
     if args.stop_at:
         stop_deadline(args.stop_at, time.time())  # a malformed HH:MM fails before anything runs
@@ -136,7 +144,10 @@ def main() -> int:
         if args.cells is None and not args.no_random:
             run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
+        if not args.no_search2 and args.cells is None:
+            search2.run(grid, runs, Path(args.runs2), seeds, args.jobs)
     search_table(grid, runs, report)
+    search2.write_search2(grid, runs, Path(args.runs2), report)
     write_table(grid, runs, report)
     if args.embed:
         embed(report, Path(args.embed))

@@ -263,7 +263,8 @@ EMBED_END = "<!-- end: seed000 -->"
 
 
 def embed(report: Path, results_md: Path) -> None:
-    """Copy search.md and table.md (their `## ` headings as `#### `) into the seed000 section of results_md.
+    """Copy search.md, search2.md (when written) and table.md (their `## ` headings as `#### `) into the
+    seed000 section of results_md.
 
     Replaces everything from the line EMBED_START to the line EMBED_END, so the generated tables in
     docs/results.md are the script's output, never hand edits.
@@ -277,6 +278,9 @@ def embed(report: Path, results_md: Path) -> None:
         lines = (report / name).read_text().strip().splitlines()[1:]  # drop the file's own title
         return [("##" + line) if line.startswith("## ") else line for line in lines]
 
-    block = [EMBED_START, *body("search.md"), "", "### Grid (generated: table.md)", *body("table.md"), ""]
+    block = [EMBED_START, *body("search.md"), ""]
+    if (report / "search2.md").exists():
+        block += ["### Second search and beyond the grid (generated: search2.md)", *body("search2.md"), ""]
+    block += ["### Grid (generated: table.md)", *body("table.md"), ""]
     results_md.write_text(text[:start] + "\n".join(block).replace("\n\n\n", "\n\n") + text[end:])
     log(f"embedded {report / 'search.md'} and {report / 'table.md'} into {results_md}")
