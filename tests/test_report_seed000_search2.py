@@ -117,8 +117,9 @@ def test_extra_cells_compose_into_valid_specs(tmp_path):
     _, search2 = modules()
     g = grid()
     points = search2.extra_points(g, tmp_path, [0, 1, 2])
-    assert [out.name for _, out in points] == [f"ca3-mamba-none-s{s}" for s in (0, 1, 2)]
+    assert [out.name for _, out in points] == [f"ca3-mamba-{h}-s{s}" for h in ("none", "constant") for s in (0, 1, 2)]
     spec = validate_spec(points[2][0])
     assert spec.task.shifts == [3] and spec.backbone.n_layers == 2 and spec.seed == 2
     assert spec.training.steps == 1500 and spec.training.lr == 0.003
+    assert validate_spec(points[3][0]).halting.name == "constant"
     assert "ca3" not in g["tasks"]  # the grid itself is not changed
