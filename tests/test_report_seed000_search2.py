@@ -122,4 +122,28 @@ def test_extra_cells_compose_into_valid_specs(tmp_path):
     assert spec.task.shifts == [3] and spec.backbone.n_layers == 2 and spec.seed == 2
     assert spec.training.steps == 1500 and spec.training.lr == 0.003
     assert validate_spec(points[3][0]).halting.name == "constant"
+
+
+def test_extra_cells_in_the_table_with_constant_against_none(tmp_path, monkeypatch):
+    _, search2 = modules()
+    g = grid()
+    g["search2"] = {**g["search2"], "specs": ["search2_ca2_tune.yaml"]}
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "runs" / "tune" / "seed000-search2-ca2"
+    write_run(storage / "runs" / "t0", expanded(search2.compose(g, "ca2", "mamba", "none", 0), "/x"), 0.83)
+    (storage / "results.csv").write_text("trial,status,time_s,run_dir\nt0,completed,50,runs/t0\n")
+    runs2 = tmp_path / "runs2"
+    for seed, (none, constant) in enumerate([(0.82, 0.85), (0.83, 0.84), (0.81, 0.85)]):
+        write_run(runs2 / f"ca3-mamba-none-s{seed}", None, none)
+        write_run(runs2 / f"ca3-mamba-constant-s{seed}", None, constant)
+    copied = {}
+    monkeypatch.setattr(search2, "copy_baseline", lambda full, task, seeds: copied.setdefault(task, {
+        s: {"copy/token_accuracy": 0.6, "copy/exact_match": 0.25, "rule/token_accuracy": 0.99,
+            "rule/exact_match": 0.98} for s in seeds}))
+    search2.write_search2(g, tmp_path / "runs" / "seed000", runs2, tmp_path / "report")
+    text = (tmp_path / "report" / "search2.md").read_text()
+    assert list(copied) == ["ca3"]
+    assert ("| ca3 | mamba | none | 3 | 0.820 ± 0.025 | 0.200 ± 0.000 | 0.600 ± 0.000 / 0.250 ± 0.000 | +0.220 ± 0.025 | "
+            "-0.050 ± 0.000 | 0.990 / 0.980 | 60 |") in text
+    assert "| ca3 | mamba | constant | 3 | +0.027 ± 0.020 | 0.025 |" in text  # 0.8467 - 0.82, Welch
     assert "ca3" not in g["tasks"]  # the grid itself is not changed

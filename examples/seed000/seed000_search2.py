@@ -258,6 +258,19 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
                          f"{fmt(*interval(values(rows, 'test/exact_match')))} | {fmt(*copy_tok)} / {fmt(*copy_ex)} | "
                          f"{fmt(*d_tok, signed=True)} | {fmt(*d_ex, signed=True)} | {rule[0]:.3f} / {rule[1]:.3f} | "
                          f"{sum(run_cpu) / len(run_cpu):.0f} |")
+    against = [(t, b, h) for t, b, h in cells if h != "none" and done.get(f"{t}-{b}-{h}") and done.get(f"{t}-{b}-none")]
+    if against:
+        lines += ["", "Against none (Welch, over seeds): row minus the fixed-depth row of the same task and backbone.", "",
+                  "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | mean hops |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for task, backbone, halting in against:
+            rows, none = done[f"{task}-{backbone}-{halting}"], done[f"{task}-{backbone}-none"]
+            tok = welch(values(rows, "test/token_accuracy"), values(none, "test/token_accuracy"))
+            ex = welch(values(rows, "test/exact_match"), values(none, "test/exact_match"))
+            p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
+            hops = sum(values(rows, "test/mean_hops")) / len(rows)
+            lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | {p} | "
+                         f"{fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
     wall = sum(t["time_s"] for t in found)
     lines += ["", f"Budget: {len(found)} search trials finished, {wall:.0f} s wall summed over trials ({wall / 60:.1f} "
               "min; one trial at a time, CPU time not measured: Ray's workers are not children of the command); "
