@@ -232,7 +232,7 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
     full = extra_grid(grid)
     cells = grid.get("extra", {}).get("cells", [])
     if cells:
-        lines += ["", "## Beyond the grid (fixed depth, grid's settings)", "",
+        lines += ["", "## Beyond the grid (the grid's settings and haltings)", "",
                   "Mean over seeds ± half-width of the 95% t-interval; minus copying the last state on the same "
                   "seed's test split (paired by seed).", "",
                   "| task | backbone | halting | seeds | token accuracy | exact match | copy last state (token / exact) "

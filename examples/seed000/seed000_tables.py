@@ -283,4 +283,4 @@ def embed(report: Path, results_md: Path) -> None:
         block += ["### Second search and beyond the grid (generated: search2.md)", *body("search2.md"), ""]
     block += ["### Grid (generated: table.md)", *body("table.md"), ""]
     results_md.write_text(text[:start] + "\n".join(block).replace("\n\n\n", "\n\n") + text[end:])
-    log(f"embedded {report / 'search.md'} and {report / 'table.md'} into {results_md}")
+    log(f"embedded the tables of {report} into {results_md}")
