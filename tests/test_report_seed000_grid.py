@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from collections import Counter
@@ -144,21 +145,66 @@ def test_cells_on_the_command_line(tmp_path):
     assert clash.returncode != 0 and "--cells replaces" in clash.stderr
 
 
-def test_stop_at_starts_no_run_after_the_time(tmp_path, monkeypatch):
+def utc(text: str) -> float:
+    """Epoch seconds of a UTC time written YYYY-MM-DD HH:MM."""
+    return calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M"))
+
+
+def test_stop_at_past_midnight_is_tomorrows_deadline(tmp_path, monkeypatch):
+    """--stop-at fixes one deadline when the command starts: the next HH:MM UTC. Started at 23:50
+    with --stop-at 00:10, runs still start at 23:55 and at 00:09 and stop at 00:10 the next day
+    (comparing times of day, 23:55 >= 00:10, stopped at once)."""
     reproduce = load_reproduce()
+    queue = reproduce.queue
     started = []
-    monkeypatch.setattr(reproduce, "run_cli", lambda *a, **k: started.append(a) or {})
-    spec = {"name": "ca1-lstm-none-s0"}
-    monkeypatch.setattr(reproduce, "STOP_AT", "00:00")  # every time of day is at or after 00:00
-    reproduce.train(spec, tmp_path / "ca1-lstm-none-s0")
-    assert started == [] and not (tmp_path / "ca1-lstm-none-s0.yaml").exists()
-    at = time.strptime("07:04", "%H:%M")
-    monkeypatch.setattr(reproduce, "STOP_AT", "07:05")
-    assert not reproduce.past_stop(at)
-    assert reproduce.past_stop(time.strptime("07:05", "%H:%M"))
-    assert reproduce.past_stop(time.strptime("23:10", "%H:%M"))
-    monkeypatch.setattr(reproduce, "STOP_AT", None)
-    assert not reproduce.past_stop(time.strptime("23:59", "%H:%M"))
+
+    def fake_run_cli(args: list[str], logfile: Path) -> dict:  # `ponderlab run SPEC --output-dir OUT`
+        out = Path(args[args.index("--output-dir") + 1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps(
+            {"test/token_accuracy": 0.5, "test/exact_match": 0.0, "test/mean_hops": 1.0}))
+        started.append(out.name)
+        return {"cpu_seconds": 1.0, "wall_seconds": 1.0}
+
+    monkeypatch.setattr(queue, "run_cli", fake_run_cli)
+    monkeypatch.setattr(queue, "DEADLINE", queue.DEADLINE)  # restored after the test
+    monkeypatch.setattr(queue, "STOP_AT", queue.STOP_AT)
+    clock = [utc("2026-12-03 23:50")]
+    monkeypatch.setattr(queue.time, "time", lambda: clock[0])
+    reproduce.set_stop_at("00:10")
+    assert queue.DEADLINE == utc("2026-12-04 00:10")
+
+    for seed, at in enumerate(["2026-12-03 23:55", "2026-12-04 00:09", "2026-12-04 00:10", "2026-12-04 09:00"]):
+        clock[0] = utc(at)
+        queue.train({"name": f"ca1-lstm-none-s{seed}"}, tmp_path / f"ca1-lstm-none-s{seed}")
+    assert started == ["ca1-lstm-none-s0", "ca1-lstm-none-s1"]  # not at 00:10 nor after
+    assert not (tmp_path / "ca1-lstm-none-s2.yaml").exists()
+    assert reproduce.past_stop(utc("2026-12-04 00:10")) and not reproduce.past_stop(utc("2026-12-04 00:09"))
+
+
+def test_stop_deadline_is_the_next_occurrence(monkeypatch):
+    reproduce = load_reproduce()
+    now = utc("2026-12-03 07:04")
+    assert reproduce.stop_deadline("07:05", now) == utc("2026-12-03 07:05")  # later today
+    assert reproduce.stop_deadline("07:04", now) == now  # exactly now: now (stops at once)
+    assert reproduce.stop_deadline("07:03", now) == utc("2026-12-04 07:03")  # passed today: tomorrow
+    assert reproduce.stop_deadline("00:00", now) == utc("2026-12-04 00:00")
+    assert reproduce.stop_deadline("23:59", utc("2026-12-31 23:59") + 30) == utc("2027-01-01 23:59")
+    for bad in ["7", "24:00", "07:60", "ab:cd", "07:5"]:
+        with pytest.raises(SystemExit, match="HH:MM"):
+            reproduce.stop_deadline(bad, now)
+    monkeypatch.setattr(reproduce.queue, "DEADLINE", utc("2026-12-03 07:05"))  # restored after the test
+    reproduce.set_stop_at(None)
+    assert not reproduce.past_stop(utc("2026-12-03 23:59"))
+
+
+def test_stop_at_on_the_command_line_rejects_a_malformed_time():
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--stop-at", "25:00", "--print-specs"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a UTC time HH:MM" in bad.stderr
 
 
 def write_result(runs: Path, name: str, token: float, exact: float = 0.1, hops: float = 1.0) -> None:
