@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .spec import dotted_items
 
 #: Halting strategies whose hop count is fixed by configuration (no per-token decision).
 FIXED_HALTING = frozenset({"none", "constant"})
@@ -169,15 +170,6 @@ def load_run(path: Path) -> RunRecord:
     )
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(data) if isinstance(data, list) else data}
-
-
 def _differing(flat_specs: list[dict[str, Any]], keys: list[str]) -> list[str]:
     """Keys whose values are not the same in every spec."""
     return [k for k in keys if len({repr(flat.get(k)) for flat in flat_specs}) > 1]
@@ -196,7 +188,8 @@ def label_runs(runs: list[RunRecord]) -> None:
     for run in runs:  # a single run is named by its folder
         run.name = str(run.path.relative_to(root)) if run.path != root else run.path.name
     ignored = {"output_dir", "name"}
-    flat = {id(r): {k: v for k, v in _flatten(r.spec).items() if k not in ignored} for r in runs}
+    flat = {id(r): {k: json.dumps(v) if isinstance(v, list) else v for k, v in dotted_items(r.spec).items()
+                    if k not in ignored} for r in runs}
 
     for task, group in group_by(runs, lambda r: r.task).items():
         task_keys = sorted({k for r in group for k in flat[id(r)] if k.startswith("task.") and k != "task.name"})

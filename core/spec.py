@@ -169,6 +169,17 @@ def dotted_key(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def dotted_items(section: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested spec as {"dotted.key": value} over its leaves (lists are values; empty sections vanish)."""
+    items: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            items.update(dotted_items(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
 def parse_override(raw: str) -> tuple[tuple[str, ...], Any]:
     """`a.b.c=value` -> (("a", "b", "c"), parsed YAML value)."""
     key, sep, value_text = raw.partition("=")

@@ -14,6 +14,7 @@ from ponderlab.core.errors import SpecError
 from ponderlab.core.spec import (
     apply_overrides,
     bundled_spec_path,
+    dotted_items,
     load_spec,
     parse_override,
     spec_json_schema,
@@ -205,3 +206,8 @@ def test_cli_validate_and_schema(tmp_path):
     assert schema.returncode == 0
     parsed = json.loads(schema.stdout)
     assert "task" in parsed["properties"] and "halting" in parsed["properties"]
+
+
+def test_dotted_items_lists_the_leaves_of_a_nested_spec():
+    spec = {"name": "x", "task": {"name": "ca1d", "shifts": [1, 2]}, "training": {"opt": {"lr": 0.1}, "empty": {}}}
+    assert dotted_items(spec) == {"name": "x", "task.name": "ca1d", "task.shifts": [1, 2], "training.opt.lr": 0.1}

@@ -12,16 +12,7 @@ import seqicl_tools
 import yaml
 from seqicl_tools import comparable, describe, row_info, settings
 
-
-def flat(spec: dict, prefix: str = "") -> dict:
-    """A spec as dotted key -> value (nested sections flattened)."""
-    items = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
+from ponderlab.core.spec import dotted_items
 
 
 def adopt(spec_path: Path, out: Path, names: list[str], seeds: int) -> bool:
@@ -85,7 +76,7 @@ def adopt(spec_path: Path, out: Path, names: list[str], seeds: int) -> bool:
     new_spec = {"name": old_spec["name"], **new_spec, "seed": 0}
     # both settings as their runs resolved them (defaults filled in), so only real differences show
     old_run_spec = yaml.safe_load((current[0] / "spec.yaml").read_text())
-    old_flat, new_flat = flat(comparable({**old_run_spec, "seed": 0})), flat(comparable(new_spec))
+    old_flat, new_flat = dotted_items(comparable({**old_run_spec, "seed": 0})), dotted_items(comparable(new_spec))
     changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
 
     def setting(values: dict) -> str:
