@@ -117,7 +117,7 @@ def test_extra_cells_compose_into_valid_specs(tmp_path):
     _, search2 = modules()
     g = grid()
     points = search2.extra_points(g, tmp_path, [0, 1, 2])
-    assert [out.name for _, out in points] == [f"ca3-mamba-{h}-s{s}" for h in ("none", "constant") for s in (0, 1, 2)]
+    assert [out.name for _, out in points][:6] == [f"ca3-mamba-{h}-s{s}" for h in ("none", "constant") for s in (0, 1, 2)]
     spec = validate_spec(points[2][0])
     assert spec.task.shifts == [3] and spec.backbone.n_layers == 2 and spec.seed == 2
     assert spec.training.steps == 1500 and spec.training.lr == 0.003
@@ -147,3 +147,66 @@ def test_extra_cells_in_the_table_with_constant_against_none(tmp_path, monkeypat
             "-0.050 ± 0.000 | 0.990 / 0.980 | 60 |") in text
     assert "| ca3 | mamba | constant | 3 | +0.027 ± 0.020 | 0.025 |" in text  # 0.8467 - 0.82, Welch
     assert "ca3" not in g["tasks"]  # the grid itself is not changed
+
+
+def trained_search(root: Path, g: dict, search2, token: float = 0.70) -> dict:
+    """The transformer's addition trial at lr 1e-3 and 12000 steps (seed 0) in runs/tune/seed000-search2-steps-long."""
+    g["search2"] = {**g["search2"], "specs": ["search2_steps_long_tune.yaml"]}
+    storage = root / "runs" / "tune" / "seed000-search2-steps-long"
+    spec = search2.merge(search2.compose(g, "addition", "transformer", "none", 0),
+                         {"training": {"steps": 12000, "lr": 0.001}})
+    write_run(storage / "runs" / "t0", expanded(spec, "/x"), token)
+    (storage / "results.csv").write_text("trial,status,time_s,run_dir\nt0,completed,214,runs/t0\n")
+    return g
+
+
+def test_extra_cells_at_a_setting_run_the_grid_haltings_at_that_setting(tmp_path, monkeypatch):
+    _, search2 = modules()
+    monkeypatch.chdir(tmp_path)
+    g = trained_search(tmp_path, grid(), search2)
+    runs2 = tmp_path / "runs2"
+    cells = [c for c in g["extra"]["cells"] if len(c) > 3]
+    assert [c[2] for c in cells] == ["none", "seed000_act", "graves", "random", "constant"]  # the brief's order
+    points = search2.extra_points(g, runs2, [0, 1, 2], cells)
+    # none's seed 0 is the search trial at that setting: not run again; random: nothing has finished yet
+    assert [out.name for _, out in points] == (
+        ["addition-transformer-none-steps12000-lr0.001-s1", "addition-transformer-none-steps12000-lr0.001-s2"]
+        + [f"addition-transformer-{h}-steps12000-lr0.001-s{s}" for h in ("seed000_act", "graves", "constant")
+           for s in (0, 1, 2)])
+    spec = validate_spec(points[2][0])
+    assert (spec.training.steps, spec.training.lr, spec.halting.name, spec.seed) == (12000, 0.001, "seed000_act", 0)
+    assert spec.backbone.n_layers == 2 and spec.training.batch_size == 32 and spec.halting.max_hops == 3
+    assert g["base"]["training"]["lr"] == 0.003  # the grid's own spec is unchanged
+
+
+def test_setting_table_against_none_at_that_setting_and_random_when_act_differs(tmp_path, monkeypatch):
+    _, search2 = modules()
+    monkeypatch.chdir(tmp_path)
+    g = trained_search(tmp_path, grid(), search2, token=0.70)
+    g["extra"] = {**g["extra"], "cells": [c for c in g["extra"]["cells"] if len(c) > 3]}
+    runs2 = tmp_path / "runs2"
+    stem = "addition-transformer-{}-steps12000-lr0.001-s{}"
+    for seed, (none, graves) in {1: (0.72, 0.71), 2: (0.71, 0.70)}.items():
+        write_run(runs2 / stem.format("none", seed), None, none)
+        write_run(runs2 / stem.format("graves", seed), None, graves)
+    for seed, act in enumerate([0.79, 0.80, 0.81]):
+        write_run(runs2 / stem.format("seed000_act", seed), None, act)
+        (runs2 / stem.format("seed000_act", seed) / "results.json").write_text(json.dumps({
+            "test/token_accuracy": act, "test/exact_match": 0.3, "test/mean_hops": 2.0 + seed / 10,
+            "validation/token_accuracy": act}))
+    write_run(runs2 / stem.format("graves", 0), None, 0.72)
+    random = search2.extra_points(g, runs2, [0, 1, 2], [["addition", "transformer", "random", "trained"]])
+    # seed000_act (0.80) differs from none (0.70, 0.72, 0.71); graves (0.72, 0.71, 0.70) does not
+    assert [out.name for _, out in random] == [stem.format("random_seed000_act", s) for s in (0, 1, 2)]
+    spec = validate_spec(random[0][0])
+    assert (spec.halting.name, spec.halting.mean_hops, spec.halting.max_hops) == ("random", 2.1, 3)
+    assert (spec.training.steps, spec.training.lr) == (12000, 0.001)
+    search2.write_search2(g, tmp_path / "runs" / "seed000", runs2, tmp_path / "report")
+    text = (tmp_path / "report" / "search2.md").read_text()
+    # none: seed 0 from the search trial (0.70), seeds 1-2 from the follow-ups; its CPU from those two
+    assert "| trained: training.steps=12000, training.lr=0.001 | none | 3 | 0.710 ± 0.025 | 0.200 ± 0.000 | 1.00 | | | | 60 |" in text
+    assert ("| addition | transformer | trained: training.steps=12000, training.lr=0.001 | seed000_act | 3 | "
+            "0.800 ± 0.025 | 0.300 ± 0.000 | 2.10 | +0.090 ± 0.023 | 0.000 | +0.100 ± 0.000 | 60 |") in text
+    assert "| graves | 3 | 0.710 ± 0.025 | 0.200 ± 0.000 | 1.00 | +0.000 ± 0.023 | 1.000 |" in text
+    assert "| constant | 0 | not run |" in text
+    assert "beyond-the-grid runs 6.0 CPU minutes" in text  # seed000_act and graves, 3 x 60 s each; not none's

@@ -24,8 +24,11 @@ Steps (each skipped when its output exists, so the same command resumes where it
    test hops, same cap.
 4. The second settings search (grid.yaml `search2`: `ponderlab tune` of each spec in order, fixed
    depth, seed 0), then seeds 1 and 2 of each trial that beats the grid's seed-0 row by the margin.
-5. grid.yaml `extra` cells (CA shift 3, Mamba, fixed depth) over the grid's seeds. Steps 4 and 5
-   run in runs/seed000-search2/ (`--runs2`); their table is docs/results/seed000/search2.md.
+5. grid.yaml `extra` cells over the grid's seeds, in order: CA shift 3 (Mamba, none and constant);
+   then the transformer's addition at `extra.settings.trained` (lr 1e-3, 12000 steps) with
+   seed000_act, graves, `random` at an ACT row's mean hops where it differs from none at that
+   setting, and constant. Steps 4 and 5 run in runs/seed000-search2/ (`--runs2`); their table is
+   docs/results/seed000/search2.md.
 6. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
    over seeds with 95% t-intervals, mean hops, CPU seconds; each halting minus none and each ACT
    row minus its random row (Welch); the CA reference predictors. `--embed docs/results.md`

@@ -5,9 +5,9 @@ transformer at more steps, ARMT's memory) that ran at the grid's sizes, fixed de
 Each trial is set beside the grid's seed-0 `none` row of the same task and backbone; a trial
 whose test token accuracy beats that row by `follow_up_margin` or more gets `follow_up_seeds`
 as ordinary runs (fixed depth), so that it is compared with the grid's row over 3 seeds.
-grid.yaml's `extra` holds cells outside the grid (CA shift 3 at fixed depth), run over the
-grid's seeds and compared with copying the last state. docs/results/seed000/search2.md is
-written from what finished. Used by reproduce.py; nothing here retrains what has finished.
+grid.yaml's `extra` holds cells outside the grid: CA shift 3 (against copying the last state), and
+cells at a named setting (`extra.settings`: the transformer's addition at lr 1e-3, 12000 steps) with
+the grid's haltings against `none` at that setting. search2.md is written from what finished.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from seed000_queue import compose, merge, run_points, run_search
-from seed000_tables import HERE, copy_baseline, fmt, interval, log, welch
+from seed000_tables import HERE, copy_baseline, differs, fmt, interval, log, welch
 
 SKIP = {"name", "seed", "output_dir"}
 
@@ -129,12 +129,80 @@ def extra_grid(grid: dict) -> dict:
     return merge(grid, {"tasks": extra.get("tasks", {}), "layers": extra.get("layers", {})})
 
 
-def extra_points(grid: dict, runs2: Path, seeds: list[int]) -> list[tuple[dict, Path]]:
+def cell_setting(grid: dict, cell: list) -> dict:
+    """The setting overrides of an `extra` cell: its 4th entry names one of `extra.settings` (none: {})."""
+    if len(cell) < 4:
+        return {}
+    settings = grid.get("extra", {}).get("settings", {})
+    if cell[3] not in settings:
+        raise SystemExit(f"grid.yaml extra cell {cell}: setting '{cell[3]}' is not in extra.settings ({', '.join(settings)})")
+    return settings[cell[3]]
+
+
+def cell_stem(grid: dict, cell: list, halting: str | None = None) -> str:
+    """Run name without -s<seed>: task-backbone-halting, then the setting's label (as the follow-ups')."""
+    task, backbone = cell[0], cell[1]
+    changes = leaves(cell_setting(grid, cell))
+    return "-".join([task, backbone, halting or cell[2]] + ([label(changes)] if changes else []))
+
+
+def trial_rows(grid: dict, task: str, backbone: str, changes: dict) -> dict[int, dict]:
+    """Search2 trials (fixed depth) of (task, backbone) at exactly this setting, by seed."""
+    return {int(t["spec"]["seed"]): t["results"] for t in trials(grid)
+            if t["key"] == (task, backbone) and t["setting"] == changes}
+
+
+def setting_rows(grid: dict, runs2: Path, cell: list, halting: str | None = None) -> dict[int, dict]:
+    """Finished runs of a cell (halting as given, or the cell's), by seed; at a setting, the `none` row
+    also counts the search2 trial at that setting (its seed 0)."""
+    halting = halting or cell[2]
+    rows = dict(collect2(runs2).get(cell_stem(grid, cell, halting), {}))
+    changes = leaves(cell_setting(grid, cell))
+    if halting == "none" and changes:
+        for seed, result in trial_rows(grid, cell[0], cell[1], changes).items():
+            rows.setdefault(seed, {**result, "timing": {}})
+    return rows
+
+
+def setting_random(grid: dict, runs2: Path, cell: list, seeds: list[int]) -> list[tuple[dict, Path]]:
+    """A `random` cell at a setting: random at each ACT row's mean test hops (same setting, same cap)
+    where that ACT row's token accuracy differs from `none` at the setting (Welch p < 0.05)."""
+    full = extra_grid(grid)
+    none = [r["test/token_accuracy"] for r in setting_rows(grid, runs2, cell, "none").values()]
+    points = []
+    for act in grid.get("act_haltings", []):
+        rows = setting_rows(grid, runs2, cell, act)
+        if not differs([r["test/token_accuracy"] for r in rows.values()], none):
+            continue
+        cap = grid["haltings"][act]["max_hops"]
+        hops = round(min(max(sum(r["test/mean_hops"] for r in rows.values()) / len(rows), 1.0), cap), 4)
+        for seed in seeds:
+            spec = merge(compose(full, cell[0], cell[1], f"random_{act}", seed, {"max_hops": cap, "mean_hops": hops}),
+                         cell_setting(grid, cell))
+            spec["name"] = f"{cell_stem(grid, cell, f'random_{act}')}-s{seed}"
+            points.append((spec, runs2 / spec["name"]))
+    return points
+
+
+def extra_points(grid: dict, runs2: Path, seeds: list[int], cells: list | None = None) -> list[tuple[dict, Path]]:
+    """The runs of `extra` cells (all of them, or those given), in order: [task, backbone, halting] at the
+    grid's settings, or [task, backbone, halting, setting] with `extra.settings[setting]` merged in. A
+    `none` seed that a search2 trial at that setting already ran is not run again; a `random` cell is
+    the rule of setting_random (computed from the runs finished so far)."""
     full = extra_grid(grid)
     points = []
-    for task, backbone, halting in grid.get("extra", {}).get("cells", []):
+    for cell in grid.get("extra", {}).get("cells", []) if cells is None else cells:
+        task, backbone, halting = cell[:3]
+        if halting == "random":
+            points += setting_random(grid, runs2, cell, seeds)
+            continue
+        changes = cell_setting(grid, cell)
+        done = trial_rows(grid, task, backbone, leaves(changes)) if halting == "none" and changes else {}
         for seed in seeds:
-            spec = compose(full, task, backbone, halting, seed)
+            if seed in done:
+                continue
+            spec = merge(compose(full, task, backbone, halting, seed), changes)
+            spec["name"] = f"{cell_stem(grid, cell)}-s{seed}"
             points.append((spec, runs2 / spec["name"]))
     return points
 
@@ -147,8 +215,9 @@ def run(grid: dict, runs: Path, runs2: Path, seeds: list[int], jobs: int, extra:
         log(f"search2: {trial['search']} {trial['trial']} ({label(changes)}) beats the grid's seed 0: seeds "
             + ", ".join(str(spec["seed"]) for spec, _ in points))
         run_points(points, jobs)
-    if extra:
-        run_points(extra_points(grid, runs2, seeds), jobs)
+    if extra:  # cell by cell, so that a `random` cell sees the ACT rows finished before it
+        for cell in grid.get("extra", {}).get("cells", []):
+            run_points(extra_points(grid, runs2, seeds, [cell]), jobs)
 
 
 def collect2(runs2: Path) -> dict[str, dict[int, dict]]:
@@ -230,7 +299,8 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
     if not rows_written:
         lines.append("| (no trial beat the grid's seed 0 by the margin) | | | | | | | | | |")
     full = extra_grid(grid)
-    cells = grid.get("extra", {}).get("cells", [])
+    all_cells = grid.get("extra", {}).get("cells", [])
+    cells = [c for c in all_cells if len(c) == 3 and c[2] != "random"]  # at the grid's settings
     if cells:
         lines += ["", "## Beyond the grid (the grid's settings and haltings)", "",
                   "Mean over seeds ± half-width of the 95% t-interval; minus copying the last state on the same "
@@ -271,6 +341,9 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
             hops = sum(values(rows, "test/mean_hops")) / len(rows)
             lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | {p} | "
                          f"{fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
+    setting_lines, setting_cpu = setting_table(grid, runs2, [c for c in all_cells if len(c) > 3])
+    lines += setting_lines
+    cpu += setting_cpu
     wall = sum(t["time_s"] for t in found)
     lines += ["", f"Budget: {len(found)} search trials finished, {wall:.0f} s wall summed over trials ({wall / 60:.1f} "
               "min; one trial at a time, CPU time not measured: Ray's workers are not children of the command); "
@@ -278,3 +351,48 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
     report.mkdir(parents=True, exist_ok=True)
     (report / "search2.md").write_text("\n".join(lines) + "\n")
     log(f"search2: {len(found)} trials -> {report / 'search2.md'}")
+
+
+def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], float]:
+    """search2.md's section on `extra` cells at a setting (e.g. the transformer's addition at lr 1e-3 and
+    12000 steps): each halting row against `none` at the same setting (Welch over seeds), mean test hops,
+    CPU seconds; with the CPU seconds of these runs."""
+    if not cells:
+        return [], 0.0
+    lines = ["", "## Halting at a searched setting (beyond the grid's settings)", "",
+             "Each row's runs use the grid's spec of that task, backbone and halting with the setting merged in. "
+             "`none` at the setting: seed 0 is the search2 trial at that setting, seeds 1 and 2 its follow-ups. "
+             "Mean over seeds ± half-width of the 95% t-interval; Δ: row minus `none` at the same setting, "
+             "difference of means ± half-width of its 95% Welch interval, Welch's p on token accuracy. "
+             "`random_X`: random depth at row X's mean test hops (two-point, same cap), run only where X differs "
+             "from none (p < 0.05).", "",
+             "| task | backbone | setting | halting | seeds | token accuracy | exact match | mean test hops | "
+             "Δ token vs none | p | Δ exact vs none | CPU s/run |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    cpu = 0.0
+    for cell in cells:
+        task, backbone, halting, name = cell[:4]
+        changes = ", ".join(f"{k}={v}" for k, v in leaves(cell_setting(grid, cell)).items())
+        none = setting_rows(grid, runs2, cell, "none")
+        names = [f"random_{a}" for a in grid.get("act_haltings", [])] if halting == "random" else [halting]
+        for h in names:
+            rows = setting_rows(grid, runs2, cell, h)
+            if not rows:
+                if halting != "random":
+                    lines.append(f"| {task} | {backbone} | {name}: {changes} | {h} | 0 | not run | | | | | | |")
+                continue
+            run_cpu = [rows[s]["timing"].get("cpu_seconds") for s in sorted(rows) if rows[s]["timing"]]
+            cpu += sum(run_cpu) if h != "none" else 0.0  # none's follow-ups are counted above
+            hops = sum(values(rows, "test/mean_hops")) / len(rows)
+            if h == "none":
+                delta = "| | |"
+            else:
+                tok = welch(values(rows, "test/token_accuracy"), values(none, "test/token_accuracy"))
+                ex = welch(values(rows, "test/exact_match"), values(none, "test/exact_match"))
+                p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
+                delta = f"{fmt(tok[0], tok[1], signed=True)} | {p} | {fmt(ex[0], ex[1], signed=True)} |"
+            lines.append(f"| {task} | {backbone} | {name}: {changes} | {h} | {len(rows)} | "
+                         f"{fmt(*interval(values(rows, 'test/token_accuracy')))} | "
+                         f"{fmt(*interval(values(rows, 'test/exact_match')))} | {hops:.2f} | {delta} "
+                         + (f"{sum(run_cpu) / len(run_cpu):.0f} |" if run_cpu else "- |"))
+    return lines, cpu
