@@ -21,18 +21,9 @@ import yaml
 from seed000_queue import compose, merge, run_points, run_search
 from seed000_tables import HERE, copy_baseline, differs, fmt, interval, log, welch
 
+from ponderlab.core.spec import dotted_items
+
 SKIP = {"name", "seed", "output_dir"}
-
-
-def leaves(section: dict, prefix: str = "") -> dict[str, object]:
-    """A nested dict as {dotted.key: value} (lists are values)."""
-    out = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def grid_key(grid: dict, trial_spec: dict) -> tuple[str, str] | None:
@@ -50,8 +41,8 @@ def setting(grid: dict, trial_spec: dict) -> dict[str, object]:
     key = grid_key(grid, trial_spec)
     if key is None:
         return {}
-    base = leaves(compose(grid, key[0], key[1], "none", 0))
-    trial = leaves(trial_spec)
+    base = dotted_items(compose(grid, key[0], key[1], "none", 0))
+    trial = dotted_items(trial_spec)
     return {k: trial.get(k) for k, v in base.items() if k.split(".")[0] not in SKIP and trial.get(k) != v}
 
 
@@ -142,7 +133,7 @@ def cell_setting(grid: dict, cell: list) -> dict:
 def cell_stem(grid: dict, cell: list, halting: str | None = None) -> str:
     """Run name without -s<seed>: task-backbone-halting, then the setting's label (as the follow-ups')."""
     task, backbone = cell[0], cell[1]
-    changes = leaves(cell_setting(grid, cell))
+    changes = dotted_items(cell_setting(grid, cell))
     return "-".join([task, backbone, halting or cell[2]] + ([label(changes)] if changes else []))
 
 
@@ -157,7 +148,7 @@ def setting_rows(grid: dict, runs2: Path, cell: list, halting: str | None = None
     also counts the search2 trial at that setting (its seed 0)."""
     halting = halting or cell[2]
     rows = dict(collect2(runs2).get(cell_stem(grid, cell, halting), {}))
-    changes = leaves(cell_setting(grid, cell))
+    changes = dotted_items(cell_setting(grid, cell))
     if halting == "none" and changes:
         for seed, result in trial_rows(grid, cell[0], cell[1], changes).items():
             rows.setdefault(seed, {**result, "timing": {}})
@@ -197,7 +188,7 @@ def extra_points(grid: dict, runs2: Path, seeds: list[int], cells: list | None =
             points += setting_random(grid, runs2, cell, seeds)
             continue
         changes = cell_setting(grid, cell)
-        done = trial_rows(grid, task, backbone, leaves(changes)) if halting == "none" and changes else {}
+        done = trial_rows(grid, task, backbone, dotted_items(changes)) if halting == "none" and changes else {}
         for seed in seeds:
             if seed in done:
                 continue
@@ -372,7 +363,7 @@ def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], floa
     cpu = 0.0
     for cell in cells:
         task, backbone, halting, name = cell[:4]
-        changes = ", ".join(f"{k}={v}" for k, v in leaves(cell_setting(grid, cell)).items())
+        changes = ", ".join(f"{k}={v}" for k, v in dotted_items(cell_setting(grid, cell)).items())
         none = setting_rows(grid, runs2, cell, "none")
         names = [f"random_{a}" for a in grid.get("act_haltings", [])] if halting == "random" else [halting]
         for h in names:
