@@ -23,7 +23,7 @@ import yaml
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray sockets on loopback
 
-from test_tune_search import (  # noqa: E402
+from tune_checks import (  # noqa: E402
     free_port,
     short_temp_dir,
     stop_cluster,

@@ -17,7 +17,7 @@ import yaml
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray sockets on loopback
 
 from test_distributed import GRAVES, assert_same_run, jsonl  # noqa: E402
-from test_tune_search import short_temp_dir  # noqa: E402
+from tune_checks import short_temp_dir  # noqa: E402
 
 import ponderlab  # noqa: E402
 from ponderlab.core.errors import SpecError  # noqa: E402
