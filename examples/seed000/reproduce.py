@@ -102,7 +102,8 @@ def main() -> int:
     parser.add_argument("--stop-at", metavar="HH:MM",
                         help="start no run at or after the next HH:MM UTC, fixed when the command starts (tomorrow's when "
                              "today's has passed); finished runs and the table are kept")
-    parser.add_argument("--seeds", help="comma-separated seeds (default: grid.yaml's)")
+    parser.add_argument("--seeds", help="comma-separated seeds for every run (default: grid.yaml's `seeds`, and "
+                                         "`extra.seeds` for a setting listed there)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of each training process (default 10)")
     parser.add_argument("--no-search", action="store_true", help="skip step 1")
@@ -148,7 +149,7 @@ def main() -> int:
             run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
         if not args.no_search2 and args.cells is None:
-            search2.run(grid, runs, Path(args.runs2), seeds, args.jobs)
+            search2.run(grid, runs, Path(args.runs2), seeds, args.jobs, per_setting=not args.seeds)
     search_table(grid, runs, report)
     search2.write_search2(grid, runs, Path(args.runs2), report)
     write_table(grid, runs, report)
