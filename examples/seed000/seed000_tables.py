@@ -131,6 +131,11 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return diff, float(stats.t.ppf(0.975, df) * se), p
 
 
+def p_of(result: tuple[float, float, float]) -> str:
+    """Welch's p of a welch() result as the tables print it ("-" when undefined)."""
+    return "-" if math.isnan(result[2]) else f"{result[2]:.3f}"
+
+
 def copy_baseline(grid: dict, task: str, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Copy-last-state and rule-from-context scores on each seed's test split (CA tasks only)."""
     import importlib.util
@@ -145,9 +150,9 @@ def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str],
     """Each halting against none (Welch), and each CA none row against copying the last state (paired by seed)."""
     lines = ["## Against none (Welch, over seeds)", "",
              "Difference of means (row minus none) with the half-width of its 95% Welch interval; p: Welch's "
-             "t-test on token accuracy. Few seeds: read p as a screen, not a test.", "",
-             "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | mean hops |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "t-test on token accuracy, p exact: on exact match. Few seeds: read p as a screen, not a test.", "",
+             "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | p exact | mean hops |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         for backbone in backbones:
             none = cells.get((task, backbone, "none"), {})
@@ -164,22 +169,22 @@ def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str],
                 hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
                 p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
                 lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | "
-                             f"{p} | {fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
+                             f"{p} | {fmt(ex[0], ex[1], signed=True)} | {p_of(ex)} | {hops:.2f} |")
     pairs = [(t, b, a) for t in tasks for b in backbones for a in grid.get("act_haltings", [])
              if cells.get((t, b, a)) and cells.get((t, b, f"random_{a}"))]
     if pairs:
         lines += ["", "## Learned halting against random at equal mean hops (Welch, over seeds)", "",
                   "ACT row minus its `random_X` row (two-point random halting at the ACT row's mean test hops, "
                   "same cap): what the learned halting adds beyond the same amount of extra compute.", "",
-                  "| task | backbone | halting | seeds (ACT / random) | Δ token accuracy | p | Δ exact match |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+                  "| task | backbone | halting | seeds (ACT / random) | Δ token accuracy | p | Δ exact match | p exact |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
         for task, backbone, act in pairs:
             a, r = cells[(task, backbone, act)], cells[(task, backbone, f"random_{act}")]
             tok = welch([x["test/token_accuracy"] for x in a.values()], [x["test/token_accuracy"] for x in r.values()])
             ex = welch([x["test/exact_match"] for x in a.values()], [x["test/exact_match"] for x in r.values()])
             p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
             lines.append(f"| {task} | {backbone} | {act} | {len(a)} / {len(r)} | {fmt(tok[0], tok[1], signed=True)} | "
-                         f"{p} | {fmt(ex[0], ex[1], signed=True)} |")
+                         f"{p} | {fmt(ex[0], ex[1], signed=True)} | {p_of(ex)} |")
     lines += ["", "## Fixed depth against copying the last state (CA, paired by seed)", "",
               "Row `none` minus the copy-last-state predictor on the same seed's test split: mean over seeds ± "
               "half-width of the 95% t-interval. Near zero or below: the model has not learned the rule beyond "
