@@ -132,3 +132,26 @@ def test_search2_reports_n_per_row_and_act_against_random(tmp_path, monkeypatch)
     row = next(line for line in table if line.endswith("|") and "| 5 / 3 |" in line)
     assert "| seed000_act | 5 / 3 | 1.20 / 1.20 | +0.040 ± " in row and "| +0.140 ± " in row
     assert "| graves | 0 | not run |" in text and "| constant | 0 | not run |" in text
+
+
+def test_step_5_runs_a_settings_further_seeds_seed_major_headline_arms_first(tmp_path, monkeypatch):
+    _, search2 = modules()
+    g = grid()
+    g["extra"] = {**g["extra"], "cells": [c for c in g["extra"]["cells"] if len(c) > 3]}
+    runs2 = tmp_path / "runs2"
+    for seed in range(3):  # the rule triggers: seed000_act differs from none in exact match
+        write(runs2, STEM.format("none", seed), *NONE[seed])
+        write(runs2, STEM.format("seed000_act", seed), *EXACT_ONLY[seed], hops=1.18)
+        write(runs2, STEM.format("graves", seed), *NEITHER[seed])
+        write(runs2, STEM.format("constant", seed), 0.9, 0.6, hops=3.0)
+    ran = []
+    monkeypatch.setattr(search2, "run_points", lambda points, jobs: ran.extend(out.name for _, out in points))
+    search2.run(g, tmp_path / "runs", runs2, [0, 1, 2], 1)
+    expected = ([STEM.format("random_seed000_act", s) for s in (0, 1, 2)]  # grid seeds, cell by cell
+                + [STEM.format(h, s) for s in (3, 4) for h in ("none", "seed000_act", "random_seed000_act")]
+                + [STEM.format("graves", s) for s in (3, 4)] + [STEM.format("constant", s) for s in (3, 4)])
+    assert [name for name in ran if not (runs2 / name / "results.json").exists()] == expected
+    ran.clear()
+    search2.run(g, tmp_path / "runs", runs2, [0, 1, 2], 1, per_setting=False)  # --seeds 0,1,2: no further seeds
+    assert [name for name in ran if not (runs2 / name / "results.json").exists()] == [
+        STEM.format("random_seed000_act", s) for s in (0, 1, 2)]

@@ -67,6 +67,28 @@ def cell_seeds(grid: dict, cell: list, seeds: list[int], per_setting: bool = Tru
     return list(seeds)
 
 
+def extra_batches(grid: dict, seeds: list[int], per_setting: bool = True) -> list[tuple[list, list[int]]]:
+    """The order in which step 5 runs the `extra` cells, as (cell, seeds) batches: first every cell in
+    order over `seeds` (cell by cell, so that a `random` cell sees the ACT rows finished before it);
+    then the further seeds of a setting in `extra.seeds`, seed-major within each group of haltings of
+    `extra.seed_order[setting]` (group by group; the cells not named there form a last group), so that
+    a queue stopped early leaves the arms of a group with n differing by one at most."""
+    cells = grid.get("extra", {}).get("cells", [])
+    batches = [(cell, list(seeds)) for cell in cells]
+    if not per_setting:
+        return batches
+    order = grid.get("extra", {}).get("seed_order") or {}
+    for name in dict.fromkeys(c[3] for c in cells if len(c) > 3):
+        at = [c for c in cells if len(c) > 3 and c[3] == name]
+        more = [s for s in cell_seeds(grid, at[0], seeds) if s not in seeds]
+        named = [list(group) for group in order.get(name, [])]
+        rest = [c[2] for c in at if not any(c[2] in group for group in named)]
+        for group in named + ([rest] if rest else []):
+            for seed in more:
+                batches += [(c, [seed]) for c in at if c[2] in group]
+    return batches
+
+
 def setting_random(grid: dict, runs2: Path, cell: list, seeds: list[int]) -> list[tuple[dict, Path]]:
     """A `random` cell at a setting: random at each ACT row's mean test hops (same setting, same cap)
     where that ACT row differs from `none` at the setting (seed000_queue.random_row: Welch p < 0.05 in

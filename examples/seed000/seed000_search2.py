@@ -22,6 +22,7 @@ from seed000_extra import (  # noqa: F401  (re-exported: the study's tests and r
     cell_setting,
     cell_stem,
     collect2,
+    extra_batches,
     extra_grid,
     extra_points,
     setting_random,
@@ -82,9 +83,9 @@ def run(grid: dict, runs: Path, runs2: Path, seeds: list[int], jobs: int, extra:
         log(f"search2: {trial['search']} {trial['trial']} ({label(changes)}) beats the grid's seed 0: seeds "
             + ", ".join(str(spec["seed"]) for spec, _ in points))
         run_points(points, jobs)
-    if extra:  # cell by cell, so that a `random` cell sees the ACT rows finished before it
-        for cell in grid.get("extra", {}).get("cells", []):
-            run_points(extra_points(grid, runs2, seeds, [cell], per_setting), jobs)
+    if extra:  # cell by cell, then a setting's further seeds seed-major (extra_batches)
+        for cell, cell_seeds_now in extra_batches(grid, seeds, per_setting):
+            run_points(extra_points(grid, runs2, cell_seeds_now, [cell], per_setting=False), jobs)
 
 
 def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
