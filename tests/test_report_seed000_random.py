@@ -127,10 +127,12 @@ def test_search2_reports_n_per_row_and_act_against_random(tmp_path, monkeypatch)
     assert "| none | 5 | 0.720 ± 0.020 | 0.120 ± 0.020 | 1.00 |" in text
     assert "| seed000_act | 5 | 0.770 ± 0.020 |" in text
     assert "| random_seed000_act | 3 | 0.730 ± 0.025 |" in text
-    assert "Learned halting against random at equal mean hops, at the setting" in text
+    assert "## Learned halting against random at equal mean hops, at a searched setting" in text
     # ACT (5 seeds, mean 0.77 / 0.27) minus random (3 seeds, mean 0.73 / 0.13)
     row = next(line for line in table if line.endswith("|") and "| 5 / 3 |" in line)
     assert "| seed000_act | 5 / 3 | 1.20 / 1.20 | +0.040 ± " in row and "| +0.140 ± " in row
+    # paired by seed over the 3 seeds in both arms: ACT - random is 0.03 token, 0.13 exact on each
+    assert row.endswith("| +0.030 ± 0.000 (3) | +0.130 ± 0.000 (3) |")
     assert "| graves | 0 | not run |" in text and "| constant | 0 | not run |" in text
 
 

@@ -198,21 +198,26 @@ def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], floa
                          f"{fmt(*interval(values(rows, 'test/exact_match')))} | {hops:.2f} | {delta} "
                          + (f"{sum(run_cpu) / len(run_cpu):.0f} |" if run_cpu else "- |"))
     if pairs:
-        lines += ["", "### Learned halting against random at equal mean hops, at the setting", "",
+        lines += ["", "## Learned halting against random at equal mean hops, at a searched setting", "",
                   "ACT row minus its `random_X` row at the same setting: difference of means ± half-width of its 95% "
                   "Welch interval, Welch's p on token accuracy (p) and on exact match (p exact); n: seeds in each "
                   "arm. Mean test hops of each arm: the random row runs at the ACT row's mean hops when it was "
-                  "first run.", "",
+                  "first run. Paired: the same seed has the same data and test split in both arms, so the "
+                  "per-seed differences (seeds in both arms, their number in brackets) with a 95% t-interval are "
+                  "a second reading; Welch's is the table's test.", "",
                   "| task | backbone | setting | halting | seeds (ACT / random) | mean test hops (ACT / random) | "
-                  "Δ token accuracy | p | Δ exact match | p exact |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "Δ token accuracy | p | Δ exact match | p exact | paired Δ token | paired Δ exact |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for cell, act, shown in pairs:
             a, r = setting_rows(grid, runs2, cell, act), setting_rows(grid, runs2, cell, f"random_{act}")
             if not a:
                 continue
             hops = (sum(values(a, "test/mean_hops")) / len(a), sum(values(r, "test/mean_hops")) / len(r))
+            both = sorted(set(a) & set(r))
+            paired = [fmt(*interval([a[s][k] - r[s][k] for s in both]), signed=True) + f" ({len(both)})"
+                      for k in ("test/token_accuracy", "test/exact_match")]
             lines.append(f"| {cell[0]} | {cell[1]} | {shown} | {act} | {len(a)} / {len(r)} | "
-                         f"{hops[0]:.2f} / {hops[1]:.2f} | {compare(a, r)}")
+                         f"{hops[0]:.2f} / {hops[1]:.2f} | {compare(a, r)} {paired[0]} | {paired[1]} |")
     return lines, cpu
 
 
