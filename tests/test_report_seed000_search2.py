@@ -166,13 +166,18 @@ def test_extra_cells_at_a_setting_run_the_grid_haltings_at_that_setting(tmp_path
     g = trained_search(tmp_path, grid(), search2)
     runs2 = tmp_path / "runs2"
     cells = [c for c in g["extra"]["cells"] if len(c) > 3]
-    assert [c[2] for c in cells] == ["none", "seed000_act", "graves", "random", "constant"]  # the brief's order
-    points = search2.extra_points(g, runs2, [0, 1, 2], cells)
+    # random right after seed000_act (the headline comparison), before graves and constant
+    assert [c[2] for c in cells] == ["none", "seed000_act", "random", "graves", "constant"]
+    points = search2.extra_points(g, runs2, [0, 1, 2], cells, per_setting=False)
     # none's seed 0 is the search trial at that setting: not run again; random: nothing has finished yet
     assert [out.name for _, out in points] == (
         ["addition-transformer-none-steps12000-lr0.001-s1", "addition-transformer-none-steps12000-lr0.001-s2"]
         + [f"addition-transformer-{h}-steps12000-lr0.001-s{s}" for h in ("seed000_act", "graves", "constant")
            for s in (0, 1, 2)])
+    # grid.yaml's extra.seeds: the trained setting over seeds 0-4 (--seeds on the command line: per_setting False)
+    five = search2.extra_points(g, runs2, [0, 1, 2], cells)
+    assert [out.name for _, out in five][:4] == [f"addition-transformer-none-steps12000-lr0.001-s{s}" for s in (1, 2, 3, 4)]
+    assert len(five) == 4 + 3 * 5
     spec = validate_spec(points[2][0])
     assert (spec.training.steps, spec.training.lr, spec.halting.name, spec.seed) == (12000, 0.001, "seed000_act", 0)
     assert spec.backbone.n_layers == 2 and spec.training.batch_size == 32 and spec.halting.max_hops == 3
@@ -195,7 +200,8 @@ def test_setting_table_against_none_at_that_setting_and_random_when_act_differs(
             "test/token_accuracy": act, "test/exact_match": 0.3, "test/mean_hops": 2.0 + seed / 10,
             "validation/token_accuracy": act}))
     write_run(runs2 / stem.format("graves", 0), None, 0.72)
-    random = search2.extra_points(g, runs2, [0, 1, 2], [["addition", "transformer", "random", "trained"]])
+    random = search2.extra_points(g, runs2, [0, 1, 2], [["addition", "transformer", "random", "trained"]],
+                                  per_setting=False)
     # seed000_act (0.80) differs from none (0.70, 0.72, 0.71); graves (0.72, 0.71, 0.70) does not
     assert [out.name for _, out in random] == [stem.format("random_seed000_act", s) for s in (0, 1, 2)]
     spec = validate_spec(random[0][0])
@@ -204,9 +210,9 @@ def test_setting_table_against_none_at_that_setting_and_random_when_act_differs(
     search2.write_search2(g, tmp_path / "runs" / "seed000", runs2, tmp_path / "report")
     text = (tmp_path / "report" / "search2.md").read_text()
     # none: seed 0 from the search trial (0.70), seeds 1-2 from the follow-ups; its CPU from those two
-    assert "| trained: training.steps=12000, training.lr=0.001 | none | 3 | 0.710 ± 0.025 | 0.200 ± 0.000 | 1.00 | | | | 60 |" in text
+    assert "| trained: training.steps=12000, training.lr=0.001 | none | 3 | 0.710 ± 0.025 | 0.200 ± 0.000 | 1.00 | | | | | 60 |" in text
     assert ("| addition | transformer | trained: training.steps=12000, training.lr=0.001 | seed000_act | 3 | "
-            "0.800 ± 0.025 | 0.300 ± 0.000 | 2.10 | +0.090 ± 0.023 | 0.000 | +0.100 ± 0.000 | 60 |") in text
+            "0.800 ± 0.025 | 0.300 ± 0.000 | 2.10 | +0.090 ± 0.023 | 0.000 | +0.100 ± 0.000 | 0.000 | 60 |") in text
     assert "| graves | 3 | 0.710 ± 0.025 | 0.200 ± 0.000 | 1.00 | +0.000 ± 0.023 | 1.000 |" in text
     assert "| constant | 0 | not run |" in text
     assert "beyond-the-grid runs 6.0 CPU minutes" in text  # seed000_act and graves, 3 x 60 s each; not none's

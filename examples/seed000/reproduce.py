@@ -19,15 +19,16 @@ Steps (each skipped when its output exists, so the same command resumes where it
    cell (every seed of one task before the next), each followed by its step 3; `--stop-at HH:MM`
    starts no run at or after the next HH:MM UTC, fixed when the command starts (tomorrow's when
    today's has passed: started 23:50, `--stop-at 00:10` stops 20 minutes later).
-3. `random` at equal mean hops for each (task, backbone, ACT halting) whose test token
-   accuracy differs from `none` (Welch p < 0.05 over seeds): mean_hops = that ACT row's mean
-   test hops, same cap.
+3. `random` at equal mean hops for each (task, backbone, ACT halting) that differs from `none`
+   (Welch p < 0.05 over seeds in test token accuracy or in test exact match; seed000_queue.random_row,
+   the same rule for the `extra` cells): mean_hops = that ACT row's mean test hops, same cap; a
+   row once started keeps its hops and is completed to every seed.
 4. The second settings search (grid.yaml `search2`: `ponderlab tune` of each spec in order, fixed
    depth, seed 0), then seeds 1 and 2 of each trial that beats the grid's seed-0 row by the margin.
 5. grid.yaml `extra` cells over the grid's seeds, in order: CA shift 3 (Mamba, none and constant);
    then the transformer's addition at `extra.settings.trained` (lr 1e-3, 12000 steps) with
-   seed000_act, graves, `random` at an ACT row's mean hops where it differs from none at that
-   setting, and constant. Steps 4 and 5 run in runs/seed000-search2/ (`--runs2`); their table is
+   seed000_act, `random` at an ACT row's mean hops where it differs from none at that setting,
+   graves and constant, over grid.yaml `extra.seeds` (trained: seeds 0-4; `--seeds` overrides). Steps 4 and 5 run in runs/seed000-search2/ (`--runs2`); their table is
    docs/results/seed000/search2.md.
 6. docs/results/seed000/table.md and table.json: test token accuracy and exact match, mean
    over seeds with 95% t-intervals, mean hops, CPU seconds; each halting minus none and each ACT
@@ -102,7 +103,8 @@ def main() -> int:
     parser.add_argument("--stop-at", metavar="HH:MM",
                         help="start no run at or after the next HH:MM UTC, fixed when the command starts (tomorrow's when "
                              "today's has passed); finished runs and the table are kept")
-    parser.add_argument("--seeds", help="comma-separated seeds (default: grid.yaml's)")
+    parser.add_argument("--seeds", help="comma-separated seeds for every run (default: grid.yaml's `seeds`, and "
+                                         "`extra.seeds` for a setting listed there)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (1 thread each)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of each training process (default 10)")
     parser.add_argument("--no-search", action="store_true", help="skip step 1")
@@ -148,7 +150,7 @@ def main() -> int:
             run_points(random_points(grid, runs, tasks, backbones, seeds), args.jobs)
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
         if not args.no_search2 and args.cells is None:
-            search2.run(grid, runs, Path(args.runs2), seeds, args.jobs)
+            search2.run(grid, runs, Path(args.runs2), seeds, args.jobs, per_setting=not args.seeds)
     search_table(grid, runs, report)
     search2.write_search2(grid, runs, Path(args.runs2), report)
     write_table(grid, runs, report)

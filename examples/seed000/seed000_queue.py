@@ -10,6 +10,7 @@ import copy
 import csv
 import json
 import os
+import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
-from seed000_tables import HERE, collect, differs, log
+from seed000_tables import HERE, act_differs, collect, log
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -218,26 +219,52 @@ def search(grid: dict, runs: Path) -> None:
     run_search(HERE / grid["search"], runs)
 
 
+def pinned_hops(runs: Path, stem: str) -> float | None:
+    """mean_hops of a `random` row already started in `runs` (read from its runs' spec files, lowest
+    seed first), else None."""
+    pattern = re.compile(re.escape(stem) + r"-s(\d+)\.yaml")
+    found = sorted((int(m.group(1)), path) for path in runs.glob(f"{stem}-s*.yaml")
+                   if (m := pattern.fullmatch(path.name)))
+    for _, path in found:
+        hops = (yaml.safe_load(path.read_text()).get("halting") or {}).get("mean_hops")
+        if hops is not None:
+            return float(hops)
+    return None
+
+
+def random_row(act: list[dict], none: list[dict], cap: float, runs: Path, stem: str) -> float | None:
+    """The `random` rule for one ACT row, grid and `extra` cells alike: the mean_hops of its `random` row
+    (named `stem` in `runs`), or None when it gets none. A row is triggered where the ACT row differs
+    from none (act_differs: Welch p < 0.05 in test token accuracy or in test exact match) and runs at
+    the ACT row's mean test hops over its finished seeds, within [1, cap]. A row already started keeps
+    the hops of its first runs and is completed to the cell's seeds even if the rule, over more seeds,
+    no longer triggers: every seed of one `random` row runs at the same hops."""
+    pinned = pinned_hops(runs, stem)
+    if pinned is not None:
+        return pinned
+    if not act or not act_differs(act, none):
+        return None
+    return round(min(max(sum(r["test/mean_hops"] for r in act) / len(act), 1.0), cap), 4)
+
+
 def random_points(grid: dict, runs: Path, tasks, backbones, seeds, acts=None) -> list[tuple[dict, Path]]:
-    """`random` at the ACT row's mean hops wherever that ACT row's token accuracy differs from none
-    (only the ACT haltings in `acts`, when given)."""
+    """`random` at the ACT row's mean hops wherever that ACT row differs from none (random_row's rule;
+    only the ACT haltings in `acts`, when given)."""
     cells = collect(runs)
     points = []
     for task in tasks:
         for backbone in backbones:
-            none = [r["test/token_accuracy"] for r in cells.get((task, backbone, "none"), {}).values()]
+            none = list(cells.get((task, backbone, "none"), {}).values())
             for act in grid.get("act_haltings", []):
                 if acts is not None and act not in acts:
                     continue
-                rows = cells.get((task, backbone, act), {})
-                acc = [r["test/token_accuracy"] for r in rows.values()]
-                if not differs(acc, none):
-                    continue
-                hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
-                cap = grid["haltings"][act]["max_hops"]
                 label = f"random_{act}"
+                cap = grid["haltings"][act]["max_hops"]
+                hops = random_row(list(cells.get((task, backbone, act), {}).values()), none, cap, runs,
+                                  f"{task}-{backbone}-{label}")
+                if hops is None:
+                    continue
                 for seed in seeds:
-                    spec = compose(grid, task, backbone, label, seed,
-                                   {"max_hops": cap, "mean_hops": round(min(max(hops, 1.0), cap), 4)})
+                    spec = compose(grid, task, backbone, label, seed, {"max_hops": cap, "mean_hops": hops})
                     points.append((spec, runs / spec["name"]))
     return points

@@ -2,7 +2,7 @@
 
 Reads finished runs (runs/seed000/<task>-<backbone>-<halting>-s<seed>/results.json and timing.json)
 and the settings search's results.csv; trains nothing. Used by reproduce.py (the command) and by
-seed000_queue.py (the `random` rows' rule needs `collect` and `differs`).
+seed000_queue.py (the `random` rows' rule needs `collect` and `act_differs`).
 """
 
 from __future__ import annotations
@@ -103,6 +103,16 @@ def differs(a: list[float], b: list[float]) -> bool:
     return bool(p < 0.05)
 
 
+RULE_METRICS = ("test/token_accuracy", "test/exact_match")
+
+
+def act_differs(act: list[dict], none: list[dict]) -> bool:
+    """The `random` rows' rule, for grid and `extra` cells alike (issue 30 item 3: `random` at equal
+    mean hops "wherever an ACT row differs from none"): the ACT row's results (one dict per seed)
+    differ from none's at Welch p < 0.05 over seeds in test token accuracy OR in test exact match."""
+    return any(differs([r[key] for r in act], [r[key] for r in none]) for key in RULE_METRICS)
+
+
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Mean of a minus mean of b, half-width of its 95% Welch interval and Welch's p (nan below 2 each)."""
     import numpy as np
@@ -121,6 +131,11 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return diff, float(stats.t.ppf(0.975, df) * se), p
 
 
+def p_of(result: tuple[float, float, float]) -> str:
+    """Welch's p of a welch() result as the tables print it ("-" when undefined)."""
+    return "-" if math.isnan(result[2]) else f"{result[2]:.3f}"
+
+
 def copy_baseline(grid: dict, task: str, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Copy-last-state and rule-from-context scores on each seed's test split (CA tasks only)."""
     import importlib.util
@@ -135,9 +150,9 @@ def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str],
     """Each halting against none (Welch), and each CA none row against copying the last state (paired by seed)."""
     lines = ["## Against none (Welch, over seeds)", "",
              "Difference of means (row minus none) with the half-width of its 95% Welch interval; p: Welch's "
-             "t-test on token accuracy. Few seeds: read p as a screen, not a test.", "",
-             "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | mean hops |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "t-test on token accuracy, p exact: on exact match. Few seeds: read p as a screen, not a test.", "",
+             "| task | backbone | halting | seeds | Δ token accuracy | p | Δ exact match | p exact | mean hops |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         for backbone in backbones:
             none = cells.get((task, backbone, "none"), {})
@@ -154,22 +169,22 @@ def comparisons(grid: dict, cells: dict, tasks: list[str], backbones: list[str],
                 hops = sum(r["test/mean_hops"] for r in rows.values()) / len(rows)
                 p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
                 lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | "
-                             f"{p} | {fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
+                             f"{p} | {fmt(ex[0], ex[1], signed=True)} | {p_of(ex)} | {hops:.2f} |")
     pairs = [(t, b, a) for t in tasks for b in backbones for a in grid.get("act_haltings", [])
              if cells.get((t, b, a)) and cells.get((t, b, f"random_{a}"))]
     if pairs:
         lines += ["", "## Learned halting against random at equal mean hops (Welch, over seeds)", "",
                   "ACT row minus its `random_X` row (two-point random halting at the ACT row's mean test hops, "
                   "same cap): what the learned halting adds beyond the same amount of extra compute.", "",
-                  "| task | backbone | halting | seeds (ACT / random) | Δ token accuracy | p | Δ exact match |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+                  "| task | backbone | halting | seeds (ACT / random) | Δ token accuracy | p | Δ exact match | p exact |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
         for task, backbone, act in pairs:
             a, r = cells[(task, backbone, act)], cells[(task, backbone, f"random_{act}")]
             tok = welch([x["test/token_accuracy"] for x in a.values()], [x["test/token_accuracy"] for x in r.values()])
             ex = welch([x["test/exact_match"] for x in a.values()], [x["test/exact_match"] for x in r.values()])
             p = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
             lines.append(f"| {task} | {backbone} | {act} | {len(a)} / {len(r)} | {fmt(tok[0], tok[1], signed=True)} | "
-                         f"{p} | {fmt(ex[0], ex[1], signed=True)} |")
+                         f"{p} | {fmt(ex[0], ex[1], signed=True)} | {p_of(ex)} |")
     lines += ["", "## Fixed depth against copying the last state (CA, paired by seed)", "",
               "Row `none` minus the copy-last-state predictor on the same seed's test split: mean over seeds ± "
               "half-width of the 95% t-interval. Near zero or below: the model has not learned the rule beyond "
@@ -206,8 +221,8 @@ def write_table(grid: dict, runs: Path, report: Path) -> None:
              "Generated by `python examples/seed000/reproduce.py` from runs/seed000/; do not edit by hand. "
              "Mean over seeds ± half-width of the 95% t-interval (none with one seed). Token accuracy is "
              "per target bit/cell (chance 0.5); exact match is the whole target. `random_X`: random halting "
-             "(two-point) at the mean test hops of ACT row X, run only where X's token accuracy differs "
-             "from none (Welch p < 0.05). CPU s/run: user + system seconds of the run's process; n/m: not "
+             "(two-point) at the mean test hops of ACT row X, run only where X differs from none (Welch "
+             "p < 0.05 in token accuracy or in exact match). CPU s/run: user + system seconds of the run's process; n/m: not "
              "measured (a run that finished after its launcher was stopped).", ""]
     if baselines.exists():
         lines += ["CA reference predictors on the same test split (`examples/seed000/baselines.py`):", "",

@@ -1,0 +1,230 @@
+"""Seed 000 study, the cells beyond the grid (grid.yaml `extra`): CA shift 3, and cells at a named setting
+(`extra.settings`: the transformer's addition at lr 1e-3, 12000 steps) with the grid's haltings against
+`none` at that setting, their `random` rows (the rule of seed000_queue.random_row) and per-setting seeds
+(`extra.seeds`); search2.md's tables of the cells at a setting.
+
+Used by seed000_search2.py (steps 4-5 and search2.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from seed000_queue import compose, merge, random_row
+from seed000_tables import fmt, interval, welch
+from seed000_trials import label, trial_rows
+
+from ponderlab.core.spec import dotted_items
+
+
+def extra_grid(grid: dict) -> dict:
+    """grid.yaml with `extra.tasks` and `extra.layers` added (for compose and the copy baseline)."""
+    extra = grid.get("extra", {})
+    return merge(grid, {"tasks": extra.get("tasks", {}), "layers": extra.get("layers", {})})
+
+
+def cell_setting(grid: dict, cell: list) -> dict:
+    """The setting overrides of an `extra` cell: its 4th entry names one of `extra.settings` (none: {})."""
+    if len(cell) < 4:
+        return {}
+    settings = grid.get("extra", {}).get("settings", {})
+    if cell[3] not in settings:
+        raise SystemExit(f"grid.yaml extra cell {cell}: setting '{cell[3]}' is not in extra.settings ({', '.join(settings)})")
+    return settings[cell[3]]
+
+
+def cell_stem(grid: dict, cell: list, halting: str | None = None) -> str:
+    """Run name without -s<seed>: task-backbone-halting, then the setting's label (as the follow-ups')."""
+    task, backbone = cell[0], cell[1]
+    changes = dotted_items(cell_setting(grid, cell))
+    return "-".join([task, backbone, halting or cell[2]] + ([label(changes)] if changes else []))
+
+
+def setting_rows(grid: dict, runs2: Path, cell: list, halting: str | None = None) -> dict[int, dict]:
+    """Finished runs of a cell (halting as given, or the cell's), by seed; at a setting, the `none` row
+    also counts the search2 trial at that setting (its seed 0)."""
+    halting = halting or cell[2]
+    rows = dict(collect2(runs2).get(cell_stem(grid, cell, halting), {}))
+    changes = dotted_items(cell_setting(grid, cell))
+    if halting == "none" and changes:
+        for seed, result in trial_rows(grid, cell[0], cell[1], changes).items():
+            rows.setdefault(seed, {**result, "timing": {}})
+    return rows
+
+
+def cell_seeds(grid: dict, cell: list, seeds: list[int], per_setting: bool = True) -> list[int]:
+    """The seeds of an `extra` cell: `seeds` (the grid's, or --seeds), except that a cell at a setting
+    listed in `extra.seeds` runs that setting's seeds (per_setting False, as when --seeds is given on the
+    command line: `seeds` for every cell)."""
+    chosen = grid.get("extra", {}).get("seeds") or {}
+    unknown = [name for name in chosen if name not in grid.get("extra", {}).get("settings", {})]
+    if unknown:
+        raise SystemExit(f"grid.yaml extra.seeds: {', '.join(unknown)} not in extra.settings")
+    if per_setting and len(cell) > 3 and cell[3] in chosen:
+        return [int(s) for s in chosen[cell[3]]]
+    return list(seeds)
+
+
+def extra_batches(grid: dict, seeds: list[int], per_setting: bool = True) -> list[tuple[list, list[int]]]:
+    """The order in which step 5 runs the `extra` cells, as (cell, seeds) batches: first every cell in
+    order over `seeds` (cell by cell, so that a `random` cell sees the ACT rows finished before it);
+    then the further seeds of a setting in `extra.seeds`, seed-major within each group of haltings of
+    `extra.seed_order[setting]` (group by group; the cells not named there form a last group), so that
+    a queue stopped early leaves the arms of a group with n differing by one at most."""
+    cells = grid.get("extra", {}).get("cells", [])
+    batches = [(cell, list(seeds)) for cell in cells]
+    if not per_setting:
+        return batches
+    order = grid.get("extra", {}).get("seed_order") or {}
+    for name in dict.fromkeys(c[3] for c in cells if len(c) > 3):
+        at = [c for c in cells if len(c) > 3 and c[3] == name]
+        more = [s for s in cell_seeds(grid, at[0], seeds) if s not in seeds]
+        named = [list(group) for group in order.get(name, [])]
+        rest = [c[2] for c in at if not any(c[2] in group for group in named)]
+        for group in named + ([rest] if rest else []):
+            for seed in more:
+                batches += [(c, [seed]) for c in at if c[2] in group]
+    return batches
+
+
+def setting_random(grid: dict, runs2: Path, cell: list, seeds: list[int]) -> list[tuple[dict, Path]]:
+    """A `random` cell at a setting: random at each ACT row's mean test hops (same setting, same cap)
+    where that ACT row differs from `none` at the setting (seed000_queue.random_row: Welch p < 0.05 in
+    token accuracy or exact match; a row already started keeps its hops and gets every seed)."""
+    full = extra_grid(grid)
+    none = list(setting_rows(grid, runs2, cell, "none").values())
+    points = []
+    for act in grid.get("act_haltings", []):
+        cap = grid["haltings"][act]["max_hops"]
+        stem = cell_stem(grid, cell, f"random_{act}")
+        hops = random_row(list(setting_rows(grid, runs2, cell, act).values()), none, cap, runs2, stem)
+        if hops is None:
+            continue
+        for seed in seeds:
+            spec = merge(compose(full, cell[0], cell[1], f"random_{act}", seed, {"max_hops": cap, "mean_hops": hops}),
+                         cell_setting(grid, cell))
+            spec["name"] = f"{stem}-s{seed}"
+            points.append((spec, runs2 / spec["name"]))
+    return points
+
+
+def extra_points(grid: dict, runs2: Path, seeds: list[int], cells: list | None = None,
+                 per_setting: bool = True) -> list[tuple[dict, Path]]:
+    """The runs of `extra` cells (all of them, or those given), in order: [task, backbone, halting] at the
+    grid's settings, or [task, backbone, halting, setting] with `extra.settings[setting]` merged in, each
+    over cell_seeds (a setting in `extra.seeds` has its own). A `none` seed that a search2 trial at that
+    setting already ran is not run again; a `random` cell is the rule of setting_random (computed from
+    the runs finished so far)."""
+    full = extra_grid(grid)
+    points = []
+    for cell in grid.get("extra", {}).get("cells", []) if cells is None else cells:
+        task, backbone, halting = cell[:3]
+        own = cell_seeds(grid, cell, seeds, per_setting)
+        if halting == "random":
+            points += setting_random(grid, runs2, cell, own)
+            continue
+        changes = cell_setting(grid, cell)
+        done = trial_rows(grid, task, backbone, dotted_items(changes)) if halting == "none" and changes else {}
+        for seed in own:
+            if seed in done:
+                continue
+            spec = merge(compose(full, task, backbone, halting, seed), changes)
+            spec["name"] = f"{cell_stem(grid, cell)}-s{seed}"
+            points.append((spec, runs2 / spec["name"]))
+    return points
+
+
+def collect2(runs2: Path) -> dict[str, dict[int, dict]]:
+    """Finished follow-up and extra runs by name stem (without -s<seed>)."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in runs2.glob("*/results.json"):
+        stem, seed = path.parent.name.rsplit("-s", 1)
+        record = json.loads(path.read_text())
+        timing = path.parent / "timing.json"
+        record["timing"] = json.loads(timing.read_text()) if timing.exists() else {}
+        out.setdefault(stem, {})[int(seed)] = record
+    return out
+
+
+def values(rows: dict[int, dict], key: str) -> list[float]:
+    return [rows[s][key] for s in sorted(rows)]
+
+
+
+
+def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], float]:
+    """search2.md's section on `extra` cells at a setting (e.g. the transformer's addition at lr 1e-3 and
+    12000 steps): each halting row against `none` at the same setting (Welch over seeds, n per row), mean
+    test hops, CPU seconds; then each ACT row against its `random` row; with the CPU seconds of these runs."""
+    if not cells:
+        return [], 0.0
+    lines = ["", "## Halting at a searched setting (beyond the grid's settings)", "",
+             "Each row's runs use the grid's spec of that task, backbone and halting with the setting merged in. "
+             "`none` at the setting: seed 0 is the search2 trial at that setting, seeds 1 and 2 its follow-ups, "
+             "further seeds ordinary runs. seeds: n, the runs in the row. Mean over seeds ± half-width of the 95% "
+             "t-interval; Δ: row minus `none` at the same setting, difference of means ± half-width of its 95% "
+             "Welch interval, Welch's p on token accuracy (p) and on exact match (p exact). `random_X`: random "
+             "depth at row X's mean test hops (two-point, same cap), run where X differs from none (p < 0.05 "
+             "on token accuracy or on exact match); its hops are fixed by its first runs.", "",
+             "| task | backbone | setting | halting | seeds | token accuracy | exact match | mean test hops | "
+             "Δ token vs none | p | Δ exact vs none | p exact | CPU s/run |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    cpu = 0.0
+    pairs = []
+    for cell in cells:
+        task, backbone, halting, name = cell[:4]
+        changes = ", ".join(f"{k}={v}" for k, v in dotted_items(cell_setting(grid, cell)).items())
+        none = setting_rows(grid, runs2, cell, "none")
+        names = [f"random_{a}" for a in grid.get("act_haltings", [])] if halting == "random" else [halting]
+        for h in names:
+            rows = setting_rows(grid, runs2, cell, h)
+            if not rows:
+                if halting != "random":
+                    lines.append(f"| {task} | {backbone} | {name}: {changes} | {h} | 0 | not run | | | | | | | |")
+                continue
+            if h.startswith("random_"):
+                pairs.append((cell, h.removeprefix("random_"), f"{name}: {changes}"))
+            run_cpu = [rows[s]["timing"].get("cpu_seconds") for s in sorted(rows) if rows[s]["timing"]]
+            cpu += sum(run_cpu) if h != "none" else 0.0  # none's follow-ups are counted above
+            hops = sum(values(rows, "test/mean_hops")) / len(rows)
+            if h == "none":
+                delta = "| | | |"
+            else:
+                delta = compare(rows, none)
+            lines.append(f"| {task} | {backbone} | {name}: {changes} | {h} | {len(rows)} | "
+                         f"{fmt(*interval(values(rows, 'test/token_accuracy')))} | "
+                         f"{fmt(*interval(values(rows, 'test/exact_match')))} | {hops:.2f} | {delta} "
+                         + (f"{sum(run_cpu) / len(run_cpu):.0f} |" if run_cpu else "- |"))
+    if pairs:
+        lines += ["", "## Learned halting against random at equal mean hops, at a searched setting", "",
+                  "ACT row minus its `random_X` row at the same setting: difference of means ± half-width of its 95% "
+                  "Welch interval, Welch's p on token accuracy (p) and on exact match (p exact); n: seeds in each "
+                  "arm. Mean test hops of each arm: the random row runs at the ACT row's mean hops when it was "
+                  "first run. Paired: the same seed has the same data and test split in both arms, so the "
+                  "per-seed differences (seeds in both arms, their number in brackets) with a 95% t-interval are "
+                  "a second reading; Welch's is the table's test.", "",
+                  "| task | backbone | setting | halting | seeds (ACT / random) | mean test hops (ACT / random) | "
+                  "Δ token accuracy | p | Δ exact match | p exact | paired Δ token | paired Δ exact |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for cell, act, shown in pairs:
+            a, r = setting_rows(grid, runs2, cell, act), setting_rows(grid, runs2, cell, f"random_{act}")
+            if not a:
+                continue
+            hops = (sum(values(a, "test/mean_hops")) / len(a), sum(values(r, "test/mean_hops")) / len(r))
+            both = sorted(set(a) & set(r))
+            paired = [fmt(*interval([a[s][k] - r[s][k] for s in both]), signed=True) + f" ({len(both)})"
+                      for k in ("test/token_accuracy", "test/exact_match")]
+            lines.append(f"| {cell[0]} | {cell[1]} | {shown} | {act} | {len(a)} / {len(r)} | "
+                         f"{hops[0]:.2f} / {hops[1]:.2f} | {compare(a, r)} {paired[0]} | {paired[1]} |")
+    return lines, cpu
+
+
+def compare(rows: dict[int, dict], other: dict[int, dict]) -> str:
+    """`Δ token | p | Δ exact | p exact |` of rows minus other (Welch over seeds)."""
+    tok = welch(values(rows, "test/token_accuracy"), values(other, "test/token_accuracy"))
+    ex = welch(values(rows, "test/exact_match"), values(other, "test/exact_match"))
+    p_tok = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
+    p_ex = "-" if math.isnan(ex[2]) else f"{ex[2]:.3f}"
+    return f"{fmt(tok[0], tok[1], signed=True)} | {p_tok} | {fmt(ex[0], ex[1], signed=True)} | {p_ex} |"
