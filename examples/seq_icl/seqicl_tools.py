@@ -30,11 +30,19 @@ def row_info(spec_path: Path) -> tuple[str, str]:
 
 
 def comparable(spec: dict) -> dict:
-    """A spec without the keys that do not change what is trained (name, output_dir)."""
+    """A spec without the keys that do not change what is trained (name, output_dir), and
+    without null leaves: a key the schema gained after a spec was written (training.curriculum)
+    is absent from the older spec and null in a run's resolved spec.yaml, the same setting."""
     spec = copy.deepcopy(spec)
     for key in ("name", "output_dir"):
         spec.pop(key, None)
-    return spec
+
+    def drop_nulls(node):
+        if isinstance(node, dict):
+            return {k: drop_nulls(v) for k, v in node.items() if v is not None}
+        return node
+
+    return drop_nulls(spec)
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:
