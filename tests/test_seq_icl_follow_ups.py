@@ -1,0 +1,176 @@
+"""examples/seq_icl/tune_*.yaml follow-ups: each is its row's setting with one thing changed
+(steps, lr, heads, width or seed), and nothing else differs. Nothing trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from script_modules import load_script
+
+from ponderlab.core.spec import validate_spec
+from ponderlab.tune.spec import load_tune_spec
+
+HERE = Path(__file__).resolve().parents[1] / "examples" / "seq_icl"
+AR_STEPS6000_ROWS = [("rwkv", 3.0e-3), ("gilr", 3.0e-3), ("retnet", 1.0e-3), ("lstm", 3.0e-3), ("s4d", 3.0e-3),
+                     ("lru", 1.0e-3)]
+
+
+def load_reproduce():
+    return load_script("examples/seq_icl/reproduce.py", "seq_icl_reproduce")
+
+
+def row_as_written(stem: str, registry):
+    """The row's example spec as `ponderlab run` validates it (its adopted setting)."""
+    return validate_spec(yaml.safe_load((HERE / f"{stem}.yaml").read_text()), registry=registry)
+
+
+def differing_only_in(exclude: dict, *specs) -> bool:
+    """Whether the validated specs are equal once the `exclude` fields are left out."""
+    return len({spec.model_dump_json(exclude=exclude) for spec in specs}) == 1
+
+
+def test_the_seed_1_follow_up_is_the_25000_step_follow_up_at_another_seed(registry):
+    """tune_ih_transformer_steps25000_seed1.yaml completes the 25000-step follow-up: same setting, seed 1."""
+    both = [load_tune_spec(HERE / f"tune_ih_transformer_steps25000{s}.yaml", registry=registry) for s in ("", "_seed1")]
+    assert [t.num_trials for t in both] == [2, 1]
+    seeds = sorted(c.seed for t in both for c in t.checked)
+    assert seeds == [0, 1, 2]
+    dumped = {c.model_dump_json(exclude={"seed", "name", "output_dir"}) for t in both for c in t.checked}
+    assert len(dumped) == 1
+
+
+def test_the_h3_lr_follow_up_is_the_row_at_another_lr(tmp_path, registry):
+    """tune_ar_h3_lr2e-3_steps6000.yaml is the associative-recall h3 row's setting at lr 2e-3, seeds 0-2."""
+    follow = load_tune_spec(HERE / "tune_ar_h3_lr2e-3_steps6000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {c.training.lr for c in follow.checked} == {0.002}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_h3.yaml", tmp_path)))
+    row = load_tune_spec(path, registry=registry).checked[0]
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
+
+
+def test_the_heads_follow_up_is_the_transformer_row_at_1_and_2_heads(tmp_path, registry):
+    """tune_ar_transformer_heads.yaml is the associative-recall transformer row's setting with
+    n_heads in {1, 2} (the row: 4), seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_transformer_heads.yaml", registry=registry)
+    assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (1, 2) for s in range(3)]
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_transformer.yaml",
+                                                                tmp_path)))
+    row_lr = yaml.safe_load((HERE / "associative_recall_transformer.yaml").read_text())["training"]["lr"]
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    assert row.backbone.n_heads == 4 and row_lr == 0.003
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"},
+               "training": {"keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
+
+
+def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
+    """tune_ih_h3_steps10000.yaml is the induction-head h3 row's chosen setting (lr 1e-3) at 10000
+    steps (warmup 10%), seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ih_h3_steps10000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "induction_head_h3.yaml", tmp_path)))
+    row_lr = yaml.safe_load((HERE / "induction_head_h3.yaml").read_text())["training"]["lr"]
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    assert row.training.steps == 5000
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
+    assert len(dumped) == 1
+
+
+@pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])
+def test_the_ih_steps_follow_ups_are_the_rows_with_twice_the_steps(backbone, lr, tmp_path, registry):
+    """tune_ih_{rwkv,retnet}_steps10000.yaml are the induction-head rows' chosen settings at 10000
+    steps (warmup 10%), seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps10000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
+    row_spec = yaml.safe_load((HERE / f"induction_head_{backbone}.yaml").read_text())
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_spec["training"]["lr"])
+    assert row.training.steps == 5000 and row.training.lr == lr
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
+
+
+@pytest.mark.parametrize(("backbone", "lr"), [("s4d", 1.0e-3), ("gilr", 2.0e-3), ("lru", 1.0e-3)])
+def test_the_ih_20000_step_follow_ups_are_the_rows_at_the_lstms_length(backbone, lr, tmp_path, registry):
+    """Each follow-up is its row's searched setting (the lr its 5000-step search chose) with the
+    LSTM row's schedule (20000 steps, warmup 2000, eval every 2000), seeds 0-2, one trial at a
+    time; nothing else differs from the row as its search trained it."""
+    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps20000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps, c.training.eval_every, c.training.lr)
+            for c in follow.checked} == {(20000, 2000, 2000, lr)}
+    lstm = yaml.safe_load((HERE / "induction_head_lstm.yaml").read_text())["training"]
+    assert (lstm["steps"], lstm["warmup_steps"]) == (20000, 2000)
+    reproduce = load_reproduce()
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
+    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == lr)
+    assert row.training.steps == 5000
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "eval_every", "keep_checkpoints"}}
+    assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
+
+
+@pytest.mark.parametrize(("backbone", "lr"), AR_STEPS6000_ROWS)
+def test_the_ar_6000_step_follow_ups_are_the_rows_at_h3s_schedule(backbone, lr, tmp_path, registry):
+    """Each follow-up is its row's searched setting (the lr its 3000-step search chose) with the
+    H3 row's schedule (6000 steps, warmup 300), seeds 0-2, one trial at a time; nothing else
+    (width, heads, eval interval, data, optimizer) differs from the row as its search trained it."""
+    follow = load_tune_spec(HERE / f"tune_ar_{backbone}_steps6000.yaml", registry=registry)
+    assert follow.name == f"ar_{backbone}_steps6000"
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(6000, 300, lr)}
+    h3 = yaml.safe_load((HERE / "associative_recall_h3.yaml").read_text())["training"]
+    assert (h3["steps"], h3["warmup_steps"]) == (6000, 300)
+    reproduce = load_reproduce()
+    path = tmp_path / "row.yaml"
+    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / f"associative_recall_{backbone}.yaml", tmp_path)))
+    searched = load_tune_spec(path, registry=registry).checked
+    assert sorted(c.training.lr for c in searched) == [1.0e-3, 3.0e-3]
+    row = next(c for c in searched if c.training.lr == lr)
+    assert (row.training.steps, row.training.warmup_steps) == (3000, 150)
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
+
+
+def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(registry):
+    """tune_ar_h3_heads.yaml is the associative-recall h3 row as adopted (head_dim 1, lr 2e-3,
+    6000 steps) with head_dim in {2, 4}, seeds 0-2; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_h3_heads.yaml", registry=registry)
+    assert sorted((c.backbone.head_dim, c.seed) for c in follow.checked) == [(d, s) for d in (2, 4) for s in range(3)]
+    row = row_as_written("associative_recall_h3", registry)
+    assert (row.backbone.head_dim, row.training.lr, row.training.steps) == (1, 0.002, 6000)
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"head_dim"}}
+    assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_ar_rwkv_width_32_check_is_the_adopted_row_at_seq_icls_width(registry):
+    """tune_ar_rwkv_d32_steps6000.yaml is the associative-recall rwkv row as adopted (width 64, lr
+    3e-3, 6000 steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_rwkv_d32_steps6000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {c.backbone.d_model for c in follow.checked} == {32}
+    row = row_as_written("associative_recall_rwkv", registry)
+    assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 6000)
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
+    assert differing_only_in(exclude, row, *follow.checked)
