@@ -42,14 +42,17 @@ def test_the_seed_1_follow_up_is_the_25000_step_follow_up_at_another_seed(regist
 
 
 def test_the_h3_lr_follow_up_is_the_row_at_another_lr(tmp_path, registry):
-    """tune_ar_h3_lr2e-3_steps6000.yaml is the associative-recall h3 row's setting at lr 2e-3, seeds 0-2."""
+    """tune_ar_h3_lr2e-3_steps6000.yaml is the associative-recall h3 row's setting at lr 2e-3, seeds 0-2
+    (heads of size 1: the row's head_dim until it adopted 2 from tune_ar_h3_heads.yaml)."""
     follow = load_tune_spec(HERE / "tune_ar_h3_lr2e-3_steps6000.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert {c.training.lr for c in follow.checked} == {0.002}
     path = tmp_path / "row.yaml"
     path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_h3.yaml", tmp_path)))
     row = load_tune_spec(path, registry=registry).checked[0]
-    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"}}
+    assert {c.backbone.head_dim for c in follow.checked} == {1}
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"},
+               "backbone": {"head_dim"}}
     dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
     assert len(dumped) == 1
 
@@ -153,12 +156,12 @@ def test_the_ar_6000_step_follow_ups_are_the_rows_at_h3s_schedule(backbone, lr, 
 
 
 def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(registry):
-    """tune_ar_h3_heads.yaml is the associative-recall h3 row as adopted (head_dim 1, lr 2e-3,
-    6000 steps) with head_dim in {2, 4}, seeds 0-2; nothing else differs."""
+    """tune_ar_h3_heads.yaml is the associative-recall h3 row (lr 2e-3, 6000 steps, then head_dim 1)
+    with head_dim in {2, 4}, seeds 0-2; nothing else differs. The row has since adopted head_dim 2."""
     follow = load_tune_spec(HERE / "tune_ar_h3_heads.yaml", registry=registry)
     assert sorted((c.backbone.head_dim, c.seed) for c in follow.checked) == [(d, s) for d in (2, 4) for s in range(3)]
     row = row_as_written("associative_recall_h3", registry)
-    assert (row.backbone.head_dim, row.training.lr, row.training.steps) == (1, 0.002, 6000)
+    assert (row.backbone.head_dim, row.training.lr, row.training.steps) == (2, 0.002, 6000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"head_dim"}}
     assert differing_only_in(exclude, row, *follow.checked)
 
