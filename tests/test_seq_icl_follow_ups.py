@@ -177,3 +177,20 @@ def test_the_ar_rwkv_width_32_check_is_the_adopted_row_at_seq_icls_width(registr
     assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 6000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_ar_lstm_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(registry):
+    """tune_ar_lstm_steps12000.yaml is the associative-recall lstm row as it was adopted from its
+    6000-step follow-up (lr 3e-3, warmup 300) at 12000 steps, warmup 600, seeds 0-2, one trial at
+    a time; nothing else differs. The row has since adopted this follow-up."""
+    follow = load_tune_spec(HERE / "tune_ar_lstm_steps12000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(12000, 600)}
+    row = row_as_written("associative_recall_lstm", registry)
+    assert (row.training.steps, row.training.warmup_steps, row.training.lr) == (12000, 600, 0.003)
+    exclude = {"seed": True, "name": True, "output_dir": True}
+    assert differing_only_in(exclude, row, *follow.checked)
+    before = load_tune_spec(HERE / "tune_ar_lstm_steps6000.yaml", registry=registry).checked
+    exclude["training"] = {"steps", "warmup_steps"}
+    assert differing_only_in(exclude, row, *before, *follow.checked)
