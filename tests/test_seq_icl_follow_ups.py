@@ -194,3 +194,31 @@ def test_the_ar_lstm_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(
     before = load_tune_spec(HERE / "tune_ar_lstm_steps6000.yaml", registry=registry).checked
     exclude["training"] = {"steps", "warmup_steps"}
     assert differing_only_in(exclude, row, *before, *follow.checked)
+
+
+@pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])
+def test_the_ih_20000_step_follow_ups_are_the_10000_step_rows_at_twice_the_steps(backbone, lr, registry):
+    """tune_ih_{rwkv,retnet}_steps20000.yaml are the induction-head rows as adopted from their
+    10000-step follow-ups, at the LSTM row's 20000 steps (warmup 2000), seeds 0-2, one trial at a
+    time; nothing else differs (the eval interval stays the rows' 500)."""
+    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps20000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(20000, 2000)}
+    before = load_tune_spec(HERE / f"tune_ih_{backbone}_steps10000.yaml", registry=registry).checked
+    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in before} == {(10000, 1000, lr)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"steps", "warmup_steps"}}
+    assert differing_only_in(exclude, *before, *follow.checked)
+
+
+def test_the_ar_lstm_width_32_check_is_the_adopted_row_at_seq_icls_width(registry):
+    """tune_ar_lstm_d32_steps12000.yaml is the associative-recall lstm row as adopted (width 64, lr
+    3e-3, 12000 steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_lstm_d32_steps12000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {c.backbone.d_model for c in follow.checked} == {32}
+    row = row_as_written("associative_recall_lstm", registry)
+    assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 12000)
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
+    assert differing_only_in(exclude, row, *follow.checked)
