@@ -222,3 +222,19 @@ def test_the_ar_lstm_width_32_check_is_the_adopted_row_at_seq_icls_width(registr
     assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 12000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+@pytest.mark.parametrize(("follow_up", "changed", "value"), [("ar_gilr_d32", "d_model", 32),
+                                                            ("ar_gilr_nodrop", "mixer_dropout", 0.0)])
+def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up, changed, value, registry):
+    """tune_ar_gilr_{d32,nodrop}.yaml are the associative-recall gilr row as it stands (lr 3e-3,
+    3000 steps, width 64, seq_icl's mixer dropout 0.2) with only the width or only the mixer
+    dropout changed, seeds 0-2, one trial at a time."""
+    follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {getattr(c.backbone, changed) for c in follow.checked} == {value}
+    row = row_as_written("associative_recall_gilr", registry)
+    assert (row.backbone.d_model, row.backbone.mixer_dropout, row.training.lr, row.training.steps) == (64, 0.2, 0.003, 3000)
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {changed}, "training": {"keep_checkpoints"}}
+    assert differing_only_in(exclude, row, *follow.checked)
