@@ -238,3 +238,15 @@ def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up
     assert (row.backbone.d_model, row.backbone.mixer_dropout, row.training.lr, row.training.steps) == (64, 0.2, 0.003, 3000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {changed}, "training": {"keep_checkpoints"}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_ar_retnet_heads_follow_up_is_the_row_with_2_and_4_heads(registry):
+    """tune_ar_retnet_heads.yaml is the associative-recall retnet row as adopted (lr 1e-3, 6000
+    steps, 8 heads) with n_heads in {2, 4}, seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_retnet_heads.yaml", registry=registry)
+    assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (2, 4) for s in range(3)]
+    assert follow.options.max_concurrent_trials == 1
+    row = row_as_written("associative_recall_retnet", registry)
+    assert (row.backbone.n_heads, row.training.lr, row.training.steps) == (8, 0.001, 6000)
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"}}
+    assert differing_only_in(exclude, row, *follow.checked)
