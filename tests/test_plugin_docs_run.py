@@ -3,9 +3,10 @@
 Like the README's API snippet (tests/test_core_api.py), the blocks are taken from the
 files themselves. docs/plugins.md's blocks run in document order in one work folder:
 bash blocks with bash, python blocks with python, toml blocks are parsed and their
-entry-point names checked. The one adaptation: `pip install` without `--target`
+entry-point names checked. The adaptations: `pip install` without `--target`
 installs into the work folder's `site/` (on PYTHONPATH for every block) instead of the
-test environment, as tests/test_plugin_kit_install.py does. The README's two blocks
+test environment, as tests/test_plugin_kit_install.py does; `pytest` is the test
+interpreter's (a venv that borrows pytest from system site-packages has no script). The README's two blocks
 become a package (its python block the module, its toml block the entry point) that is
 installed the same way and must pass every contract of `ponderlab.testing`.
 """
@@ -44,6 +45,7 @@ pip() {
     "$PYTHON" -m pip "$@" --no-index --quiet --disable-pip-version-check
   fi
 }
+pytest() { "$PYTHON" -m pytest "$@"; }
 set -euo pipefail
 """
 
