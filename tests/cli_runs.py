@@ -60,15 +60,14 @@ def every_file(folder: Path) -> list[str]:
 
 
 def resume_saved_with_old_key(tmp_path: Path, spec: dict, new: str, old: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run `spec` to its end, make it a run saved before a key's rename (`new` -> `old` in
-    its spec.yaml) stopped after its step-2 checkpoint, and resume it: (the resume, run dir)."""
+    """Run `spec` to its end (in this process), make it a run saved before a key's rename (`new`
+    -> `old` in its spec.yaml) stopped after its step-2 checkpoint, and resume it with the CLI:
+    (the resume, run dir)."""
+    import ponderlab
     from ponderlab.core import checkpoint as ckpt
 
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
     run_dir = tmp_path / "run"
-    first = cli("run", path, "--output-dir", run_dir, "--no-progress")
-    assert first.returncode == 0, first.stderr[-2000:]
+    ponderlab.run(spec, output_dir=run_dir)
     saved = (run_dir / "spec.yaml").read_text()
     assert new in saved
     (run_dir / "spec.yaml").write_text(saved.replace(new, old))
