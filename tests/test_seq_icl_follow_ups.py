@@ -250,3 +250,16 @@ def test_the_ar_retnet_heads_follow_up_is_the_row_with_2_and_4_heads(registry):
     assert (row.backbone.n_heads, row.training.lr, row.training.steps) == (8, 0.001, 6000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(registry):
+    """tune_ar_lru_steps12000.yaml is the associative-recall lru row as adopted from its 6000-step
+    follow-up (lr 1e-3, warmup 300) at 12000 steps, warmup 600, seeds 0-2, one trial at a time;
+    nothing else differs from that follow-up."""
+    follow = load_tune_spec(HERE / "tune_ar_lru_steps12000.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(12000, 600, 0.001)}
+    before = load_tune_spec(HERE / "tune_ar_lru_steps6000.yaml", registry=registry).checked
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"steps", "warmup_steps"}}
+    assert differing_only_in(exclude, *before, *follow.checked)
