@@ -192,7 +192,7 @@ def test_dry_run_lists_what_would_start_and_starts_nothing(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "argv", [
         "reproduce.py", "--runs", str(runs), "--runs2", str(tmp_path / "runs2"), "--report", str(tmp_path / "rep"),
         "--no-search", "--no-search2", "--no-random", "--tasks", "addition", "--backbones", "transformer",
-        "--haltings", "none,seed000_act", "--seeds", "0,1", "--dry-run", "--print-specs"])
+        "--haltings", "none,seed000_act", "--seeds", "0,1", "--dry-run", "--print-specs"])  # in order: one at a time
     assert reproduce.main() == 0
     out = capsys.readouterr().out
     listed = [line.removeprefix("would run: ") for line in out.splitlines() if line.startswith("would run: ")]

@@ -144,6 +144,8 @@ def main() -> int:
                 print(yaml.safe_dump(spec, sort_keys=False), end="")
         return 0
     queue.DRY_RUN, queue.PRINT_SPECS = args.dry_run, args.print_specs
+    if args.dry_run:
+        args.jobs = 1  # listed in the order they would start
     if args.dry_run and args.report_only:
         raise SystemExit("--dry-run lists what a run would start; --report-only starts nothing: give one")
     if not args.report_only:
