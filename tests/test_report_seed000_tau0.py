@@ -172,6 +172,16 @@ def test_search2_sets_the_tau0_row_beside_every_row_of_its_training_setting(tmp_
     assert "| none | 5 / 5 | 2.00 / 1.00 | +0.150 ± 0.023 |" in rows[1]
     assert "| +0.300 ± 0.023 |" in rows[1]  # exact match 0.42 against 0.12
     assert "| constant | 5 / 5 | 2.00 / 3.00 | -0.082 ± " in rows[2]
+    for seed, (tau0, act) in enumerate([([2.0, 2.1, 2.06], [1.6, 1.2, 1.17]), ([2.0, 2.0, 2.0], [1.6, 1.0, 1.0])]):
+        for stem, hops in ((TAU0, tau0), (TRAINED, act)):
+            (tmp_path / stem.format("seed000_act", seed) / "metrics.jsonl").write_text("\n".join(
+                json.dumps({"step": step, "split": split, "mean_hops": h if split == "validation" else 9.0})
+                for step, h in zip((500, 1000, 12000), hops, strict=True) for split in ("validation", "train")))
+    lines = search2.override_table(g, tmp_path, cells)
+    assert "| row | seeds | step 500 | step 1000 | step 12000 |" in lines
+    # mean over the seeds whose metrics.jsonl has that step (seeds 0 and 1 here), train records not counted
+    assert "| seed000_act: trained_tau0 | 5 | 2.00 | 2.05 | 2.03 |" in lines
+    assert "| seed000_act: trained | 5 | 1.60 | 1.10 | 1.08 |" in lines
     table, _ = search2.setting_table(g, tmp_path, cells)
     text = "\n".join(table)
     assert ("| addition | transformer | trained_tau0: training.steps=12000, training.lr=0.001, halting.time_penalty=0.0 | "

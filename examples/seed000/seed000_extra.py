@@ -342,4 +342,32 @@ def override_table(grid: dict, runs2: Path, cells: list) -> list[str]:
             hops = (sum(values(rows, "test/mean_hops")) / len(rows), sum(values(base, "test/mean_hops")) / len(base))
             lines.append(f"| {task} | {backbone} | {halting}: {cell[3]} | {shown} | {other} | {len(rows)} / "
                          f"{len(base)} | {hops[0]:.2f} / {hops[1]:.2f} | {compare(rows, base)}")
+    curves = [(f"{c[2]}: {c[3]}", cell_stem(grid, c), sorted(r)) for c, _, _, r in found]
+    named = {json.dumps(v, sort_keys=True): k for k, v in grid.get("extra", {}).get("settings", {}).items()}
+    curves += [(f"{c[2]}: {named.get(json.dumps(t, sort_keys=True), 'training setting')}", stem_at(c[0], c[1], c[2], t), sorted(rows_at(grid, runs2, c[0], c[1], c[2], t)))
+               for c, t, _, _ in found]
+    read = {name: hops_curve(runs2, stem, seeds) for name, stem, seeds in curves}
+    steps = sorted({step for curve in read.values() for step in curve})
+    shown_steps = [step for step in steps if step in (500, 1000, 2000, 4000, 8000) or step == steps[-1]]
+    if shown_steps:
+        lines += ["", "Validation mean hops during training (mean over the row's seeds, from each run's metrics.jsonl):", "",
+                  "| row | seeds | " + " | ".join(f"step {step}" for step in shown_steps) + " |",
+                  "|---|---:|" + "---:|" * len(shown_steps)]
+        for name, _, seeds in curves:
+            lines.append(f"| {name} | {len(seeds)} | "
+                         + " | ".join(f"{read[name][st]:.2f}" if st in read[name] else "" for st in shown_steps) + " |")
     return lines
+
+
+def hops_curve(runs2: Path, stem: str, seeds: list[int]) -> dict[int, float]:
+    """Validation mean hops at each evaluation step, mean over the seeds whose metrics.jsonl has that step."""
+    by_step: dict[int, list[float]] = {}
+    for seed in seeds:
+        metrics = runs2 / f"{stem}-s{seed}" / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("split") == "validation" and "mean_hops" in record:
+                by_step.setdefault(int(record["step"]), []).append(float(record["mean_hops"]))
+    return {step: sum(v) / len(v) for step, v in sorted(by_step.items())}
