@@ -165,7 +165,7 @@ def test_extra_cells_at_a_setting_run_the_grid_haltings_at_that_setting(tmp_path
     monkeypatch.chdir(tmp_path)
     g = trained_search(tmp_path, grid(), search2)
     runs2 = tmp_path / "runs2"
-    cells = [c for c in g["extra"]["cells"] if len(c) > 3]
+    cells = [c for c in g["extra"]["cells"] if c[3:] == ["trained"]]
     # random right after seed000_act (the headline comparison), before graves and constant
     assert [c[2] for c in cells] == ["none", "seed000_act", "random", "graves", "constant"]
     points = search2.extra_points(g, runs2, [0, 1, 2], cells, per_setting=False)
@@ -188,7 +188,7 @@ def test_setting_table_against_none_at_that_setting_and_random_when_act_differs(
     _, search2 = modules()
     monkeypatch.chdir(tmp_path)
     g = trained_search(tmp_path, grid(), search2, token=0.70)
-    g["extra"] = {**g["extra"], "cells": [c for c in g["extra"]["cells"] if len(c) > 3]}
+    g["extra"] = {**g["extra"], "cells": [c for c in g["extra"]["cells"] if c[3:] == ["trained"]]}
     runs2 = tmp_path / "runs2"
     stem = "addition-transformer-{}-steps12000-lr0.001-s{}"
     for seed, (none, graves) in {1: (0.72, 0.71), 2: (0.71, 0.70)}.items():

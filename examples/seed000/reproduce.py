@@ -7,6 +7,7 @@
     python examples/seed000/reproduce.py --report-only         # table from the finished runs
     python examples/seed000/reproduce.py --report-only --embed docs/results.md  # and into docs/results.md
     python examples/seed000/reproduce.py --print-specs         # the composed specs
+    python examples/seed000/reproduce.py --dry-run --print-specs  # what it would start now, and their specs
 
 Steps (each skipped when its output exists, so the same command resumes where it stopped):
 
@@ -110,7 +111,12 @@ def main() -> int:
     parser.add_argument("--no-search", action="store_true", help="skip step 1")
     parser.add_argument("--no-random", action="store_true", help="skip step 3")
     parser.add_argument("--no-search2", action="store_true", help="skip steps 4 and 5")
-    parser.add_argument("--print-specs", action="store_true")
+    parser.add_argument("--print-specs", action="store_true",
+                        help="print the grid's composed specs (with --dry-run: the specs of the runs it lists)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list, in order, the runs and searches the command would start now (finished ones "
+                             "skipped; `random` rows as the rule reads the runs finished so far, so a row that "
+                             "waits on runs not yet finished is not listed), start nothing, write no table")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--embed", metavar="RESULTS_MD",
                         help="also copy the generated search.md, search2.md and table.md into this file's seed000 section")
@@ -131,12 +137,17 @@ def main() -> int:
         batches = cell_points(grid, parse_cells(grid, args.cells), tasks, seeds, runs)
     else:
         batches = [(None, grid_points(grid, tasks, backbones, haltings, seeds, runs))]
-    if args.print_specs:
+    if args.print_specs and not args.dry_run:
         for _, points in batches:
             for spec, _ in points:
                 print("---")
                 print(yaml.safe_dump(spec, sort_keys=False), end="")
         return 0
+    queue.DRY_RUN, queue.PRINT_SPECS = args.dry_run, args.print_specs
+    if args.dry_run:
+        args.jobs = 1  # listed in the order they would start
+    if args.dry_run and args.report_only:
+        raise SystemExit("--dry-run lists what a run would start; --report-only starts nothing: give one")
     if not args.report_only:
         set_stop_at(args.stop_at)  # one deadline, from now
         if not args.no_search:
@@ -151,6 +162,8 @@ def main() -> int:
         log(f"grid done in {time.perf_counter() - started:.0f} s wall")
         if not args.no_search2 and args.cells is None:
             search2.run(grid, runs, Path(args.runs2), seeds, args.jobs, per_setting=not args.seeds)
+        if args.dry_run:
+            return 0
     search_table(grid, runs, report)
     search2.write_search2(grid, runs, Path(args.runs2), report)
     write_table(grid, runs, report)

@@ -35,23 +35,87 @@ def cell_setting(grid: dict, cell: list) -> dict:
     return settings[cell[3]]
 
 
+def split_setting(setting: dict) -> tuple[dict, dict]:
+    """A setting's overrides as (its training setting: everything but `halting`, its `halting` part)."""
+    return {k: v for k, v in setting.items() if k != "halting"}, dict(setting.get("halting") or {})
+
+
+def shares_training_setting(halting: str) -> bool:
+    """Rows that take a setting's overrides less its `halting` part: `none` (the training setting's own
+    row) and `random`/`random_X` (random's options, at the hops of ACT row X)."""
+    return halting in ("none", "random") or halting.startswith("random_")
+
+
+def row_setting(grid: dict, cell: list, halting: str | None = None) -> dict:
+    """The overrides that a row of an `extra` cell runs at (halting: the row's, default the cell's): the
+    cell's whole setting, or for `none` and `random` rows the setting less its `halting` part."""
+    setting = cell_setting(grid, cell)
+    return split_setting(setting)[0] if shares_training_setting(halting or cell[2]) else setting
+
+
+def check_halting_overrides(grid: dict, cell: list) -> None:
+    """A cell at a setting with a `halting` part: every field there must be an option of the cell's
+    halting (its plugin's config), and `none` cannot take one (it is its training setting's row); else
+    one message naming the setting. `random` cells take no halting overrides (row_setting)."""
+    if len(cell) < 4 or cell[2] == "random":
+        return
+    fields = split_setting(cell_setting(grid, cell))[1]
+    if not fields:
+        return
+    where = f"grid.yaml extra.settings.{cell[3]} (cell {cell})"
+    section = grid["haltings"].get(cell[2])
+    if section is None:
+        raise SystemExit(f"{where}: halting '{cell[2]}' is not in grid.yaml haltings")
+    from ponderlab.core.registry import get_registry
+
+    known = set(get_registry().get("halting", section["name"]).cls.config_class.model_fields) - {"name"}
+    unknown = [f for f in fields if f not in known]
+    if unknown:
+        hint = (" (`none` at a setting is the row of its training setting, the setting less its `halting` part: "
+                "name the none cell at that setting)" if cell[2] == "none" else "")
+        raise SystemExit(f"{where}: halting override {', '.join(unknown)} is not an option of halting '{cell[2]}' "
+                         f"({section['name']}: {', '.join(sorted(known)) or 'no options'}){hint}")
+
+
+def check_cells(grid: dict) -> None:
+    """check_halting_overrides for every `extra` cell (before anything runs or is tabulated)."""
+    for cell in grid.get("extra", {}).get("cells", []):
+        check_halting_overrides(grid, cell)
+
+
+def stem_at(task: str, backbone: str, halting: str, setting: dict) -> str:
+    """Run name without -s<seed> of a row at the given overrides (label as the follow-ups')."""
+    changes = dotted_items(setting)
+    return "-".join([task, backbone, halting] + ([label(changes)] if changes else []))
+
+
 def cell_stem(grid: dict, cell: list, halting: str | None = None) -> str:
-    """Run name without -s<seed>: task-backbone-halting, then the setting's label (as the follow-ups')."""
-    task, backbone = cell[0], cell[1]
-    changes = dotted_items(cell_setting(grid, cell))
-    return "-".join([task, backbone, halting or cell[2]] + ([label(changes)] if changes else []))
+    """Run name without -s<seed>: task-backbone-halting, then the setting's label (as the follow-ups');
+    `none` at a setting with a `halting` part is its training setting's row (row_setting), and a
+    `random_X` row keeps the whole label (it is the control of X at that setting)."""
+    halting = halting or cell[2]
+    setting = row_setting(grid, cell, halting) if halting == "none" else cell_setting(grid, cell)
+    return stem_at(cell[0], cell[1], halting, setting)
+
+
+def rows_at(grid: dict, runs2: Path, task: str, backbone: str, halting: str, setting: dict) -> dict[int, dict]:
+    """Finished runs of a row at the given overrides, by seed; `none` also counts the search2 trial at
+    that setting (its seed 0)."""
+    rows = dict(collect2(runs2).get(stem_at(task, backbone, halting, setting), {}))
+    changes = dotted_items(setting)
+    if halting == "none" and changes:
+        for seed, result in trial_rows(grid, task, backbone, changes).items():
+            rows.setdefault(seed, {**result, "timing": {}})
+    return rows
 
 
 def setting_rows(grid: dict, runs2: Path, cell: list, halting: str | None = None) -> dict[int, dict]:
     """Finished runs of a cell (halting as given, or the cell's), by seed; at a setting, the `none` row
-    also counts the search2 trial at that setting (its seed 0)."""
+    also counts the search2 trial at that setting (its seed 0), and at a setting with a `halting` part
+    it is the training setting's `none` row."""
     halting = halting or cell[2]
-    rows = dict(collect2(runs2).get(cell_stem(grid, cell, halting), {}))
-    changes = dotted_items(cell_setting(grid, cell))
-    if halting == "none" and changes:
-        for seed, result in trial_rows(grid, cell[0], cell[1], changes).items():
-            rows.setdefault(seed, {**result, "timing": {}})
-    return rows
+    setting = row_setting(grid, cell, halting) if halting == "none" else cell_setting(grid, cell)
+    return rows_at(grid, runs2, cell[0], cell[1], halting, setting)
 
 
 def cell_seeds(grid: dict, cell: list, seeds: list[int], per_setting: bool = True) -> list[int]:
@@ -72,13 +136,21 @@ def extra_batches(grid: dict, seeds: list[int], per_setting: bool = True) -> lis
     order over `seeds` (cell by cell, so that a `random` cell sees the ACT rows finished before it);
     then the further seeds of a setting in `extra.seeds`, seed-major within each group of haltings of
     `extra.seed_order[setting]` (group by group; the cells not named there form a last group), so that
-    a queue stopped early leaves the arms of a group with n differing by one at most."""
+    a queue stopped early leaves the arms of a group with n differing by one at most. A setting in
+    `extra.cell_major` runs cell by cell over all of its seeds instead (its `random` cell is then decided
+    on the ACT row's every seed). Checks every cell's halting overrides first (check_cells)."""
     cells = grid.get("extra", {}).get("cells", [])
-    batches = [(cell, list(seeds)) for cell in cells]
+    check_cells(grid)
+    whole = list(grid.get("extra", {}).get("cell_major") or [])
+    unknown = [name for name in whole if name not in grid.get("extra", {}).get("settings", {})]
+    if unknown:
+        raise SystemExit(f"grid.yaml extra.cell_major: {', '.join(unknown)} not in extra.settings")
     if not per_setting:
-        return batches
+        return [(cell, list(seeds)) for cell in cells]
+    batches = [(cell, cell_seeds(grid, cell, seeds) if len(cell) > 3 and cell[3] in whole else list(seeds))
+               for cell in cells]
     order = grid.get("extra", {}).get("seed_order") or {}
-    for name in dict.fromkeys(c[3] for c in cells if len(c) > 3):
+    for name in dict.fromkeys(c[3] for c in cells if len(c) > 3 and c[3] not in whole):
         at = [c for c in cells if len(c) > 3 and c[3] == name]
         more = [s for s in cell_seeds(grid, at[0], seeds) if s not in seeds]
         named = [list(group) for group in order.get(name, [])]
@@ -90,7 +162,8 @@ def extra_batches(grid: dict, seeds: list[int], per_setting: bool = True) -> lis
 
 
 def setting_random(grid: dict, runs2: Path, cell: list, seeds: list[int]) -> list[tuple[dict, Path]]:
-    """A `random` cell at a setting: random at each ACT row's mean test hops (same setting, same cap)
+    """A `random` cell at a setting: random at each ACT row's mean test hops (same cap; the setting less
+    its `halting` part, which belongs to the ACT row: row_setting)
     where that ACT row differs from `none` at the setting (seed000_queue.random_row: Welch p < 0.05 in
     token accuracy or exact match; a row already started keeps its hops and gets every seed)."""
     full = extra_grid(grid)
@@ -104,7 +177,7 @@ def setting_random(grid: dict, runs2: Path, cell: list, seeds: list[int]) -> lis
             continue
         for seed in seeds:
             spec = merge(compose(full, cell[0], cell[1], f"random_{act}", seed, {"max_hops": cap, "mean_hops": hops}),
-                         cell_setting(grid, cell))
+                         row_setting(grid, cell, "random"))
             spec["name"] = f"{stem}-s{seed}"
             points.append((spec, runs2 / spec["name"]))
     return points
@@ -125,7 +198,8 @@ def extra_points(grid: dict, runs2: Path, seeds: list[int], cells: list | None =
         if halting == "random":
             points += setting_random(grid, runs2, cell, own)
             continue
-        changes = cell_setting(grid, cell)
+        check_halting_overrides(grid, cell)
+        changes = row_setting(grid, cell)
         done = trial_rows(grid, task, backbone, dotted_items(changes)) if halting == "none" and changes else {}
         for seed in own:
             if seed in done:
@@ -160,6 +234,8 @@ def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], floa
     test hops, CPU seconds; then each ACT row against its `random` row; with the CPU seconds of these runs."""
     if not cells:
         return [], 0.0
+    for cell in cells:
+        check_halting_overrides(grid, cell)
     lines = ["", "## Halting at a searched setting (beyond the grid's settings)", "",
              "Each row's runs use the grid's spec of that task, backbone and halting with the setting merged in. "
              "`none` at the setting: seed 0 is the search2 trial at that setting, seeds 1 and 2 its follow-ups, "
@@ -228,3 +304,70 @@ def compare(rows: dict[int, dict], other: dict[int, dict]) -> str:
     p_tok = "-" if math.isnan(tok[2]) else f"{tok[2]:.3f}"
     p_ex = "-" if math.isnan(ex[2]) else f"{ex[2]:.3f}"
     return f"{fmt(tok[0], tok[1], signed=True)} | {p_tok} | {fmt(ex[0], ex[1], signed=True)} | {p_ex} |"
+
+
+def override_table(grid: dict, runs2: Path, cells: list) -> list[str]:
+    """search2.md's section on rows at a setting with a `halting` part (e.g. trained_tau0: seed000_act at
+    time penalty 0): each against every row of its training setting (the setting less its `halting` part),
+    the same halting first (the row that the override changes), then none, the grid's other haltings and
+    the `random_X` rows (Welch over seeds)."""
+    found = []
+    for cell in cells:
+        if len(cell) < 4 or shares_training_setting(cell[2]):
+            continue
+        training, fields = split_setting(cell_setting(grid, cell))
+        rows = setting_rows(grid, runs2, cell)
+        if fields and rows:
+            found.append((cell, training, fields, rows))
+    if not found:
+        return []
+    lines = ["", "## A setting's halting overrides against its training setting", "",
+             "A row at a setting with a `halting` part against each row of its training setting (the same "
+             "overrides less the `halting` part; each seed has the same data and test split in every row): the "
+             "same halting first (what the override changes), then none, the grid's other haltings and the "
+             "`random_X` rows. Row minus the other: difference of means ± half-width of its 95% Welch interval, "
+             "Welch's p on token accuracy (p) and on exact match (p exact).", "",
+             "| task | backbone | row: setting | halting override | against, at the training setting | "
+             "seeds (row / against) | mean test hops (row / against) | Δ token accuracy | p | Δ exact match | "
+             "p exact |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cell, training, fields, rows in found:
+        task, backbone, halting = cell[:3]
+        others = [halting, "none"] + [h for h in grid["haltings"] if h not in (halting, "none")]
+        others += [f"random_{a}" for a in grid.get("act_haltings", [])]
+        shown = ", ".join(f"{k}={v}" for k, v in fields.items())
+        for other in others:
+            base = rows_at(grid, runs2, task, backbone, other, training)
+            if not base:
+                continue
+            hops = (sum(values(rows, "test/mean_hops")) / len(rows), sum(values(base, "test/mean_hops")) / len(base))
+            lines.append(f"| {task} | {backbone} | {halting}: {cell[3]} | {shown} | {other} | {len(rows)} / "
+                         f"{len(base)} | {hops[0]:.2f} / {hops[1]:.2f} | {compare(rows, base)}")
+    curves = [(f"{c[2]}: {c[3]}", cell_stem(grid, c), sorted(r)) for c, _, _, r in found]
+    named = {json.dumps(v, sort_keys=True): k for k, v in grid.get("extra", {}).get("settings", {}).items()}
+    curves += [(f"{c[2]}: {named.get(json.dumps(t, sort_keys=True), 'training setting')}", stem_at(c[0], c[1], c[2], t), sorted(rows_at(grid, runs2, c[0], c[1], c[2], t)))
+               for c, t, _, _ in found]
+    read = {name: hops_curve(runs2, stem, seeds) for name, stem, seeds in curves}
+    steps = sorted({step for curve in read.values() for step in curve})
+    shown_steps = [step for step in steps if step in (500, 1000, 2000, 4000, 8000) or step == steps[-1]]
+    if shown_steps:
+        lines += ["", "Validation mean hops during training (mean over the row's seeds, from each run's metrics.jsonl):", "",
+                  "| row | seeds | " + " | ".join(f"step {step}" for step in shown_steps) + " |",
+                  "|---|---:|" + "---:|" * len(shown_steps)]
+        for name, _, seeds in curves:
+            lines.append(f"| {name} | {len(seeds)} | "
+                         + " | ".join(f"{read[name][st]:.2f}" if st in read[name] else "" for st in shown_steps) + " |")
+    return lines
+
+
+def hops_curve(runs2: Path, stem: str, seeds: list[int]) -> dict[int, float]:
+    """Validation mean hops at each evaluation step, mean over the seeds whose metrics.jsonl has that step."""
+    by_step: dict[int, list[float]] = {}
+    for seed in seeds:
+        metrics = runs2 / f"{stem}-s{seed}" / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("split") == "validation" and "mean_hops" in record:
+                by_step.setdefault(int(record["step"]), []).append(float(record["mean_hops"]))
+    return {step: sum(v) / len(v) for step, v in sorted(by_step.items())}

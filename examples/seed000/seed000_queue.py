@@ -102,6 +102,8 @@ def cell_points(grid: dict, pairs: list[tuple[str, str]], tasks: list[str], seed
 
 
 NICE = 10  # niceness of every child (--nice)
+DRY_RUN = False  # --dry-run: train() and run_search() say what they would start, and start nothing
+PRINT_SPECS = False  # with DRY_RUN (--dry-run --print-specs): also print each pending run's spec
 STOP_AT: str | None = None  # "HH:MM" UTC as given to --stop-at (for messages)
 DEADLINE: float | None = None  # epoch seconds: no run is started at or after it (set_stop_at)
 
@@ -161,6 +163,11 @@ def train(spec: dict, out: Path) -> None:
     if past_stop():
         log(f"{spec['name']}: not started (--stop-at {STOP_AT} UTC has come)")
         return
+    if DRY_RUN:
+        print(f"would run: {out}" + (" (--resume)" if (out / "spec.yaml").exists() else ""), flush=True)
+        if PRINT_SPECS:
+            print("---\n" + yaml.safe_dump(spec, sort_keys=False), end="", flush=True)
+        return
     spec_file = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -205,6 +212,9 @@ def run_search(spec_path: Path, runs: Path, timing_name: str = "search_timing.js
             log(f"{label}: {spec_path.name} not started (--stop-at {STOP_AT} UTC has come)")
             return storage
         args = ["tune", str(spec_path)] + (["--resume"] if storage.exists() else [])
+        if DRY_RUN:
+            print(f"would run: ponderlab {' '.join(args)}", flush=True)
+            return storage
         log(f"{label}: ponderlab {' '.join(args)}")
         timing_file.parent.mkdir(parents=True, exist_ok=True)
         before = json.loads(timing_file.read_text()) if timing_file.exists() else {}

@@ -21,10 +21,14 @@ from seed000_extra import (  # noqa: F401  (re-exported: the study's tests and r
     cell_seeds,
     cell_setting,
     cell_stem,
+    check_cells,
+    check_halting_overrides,
     collect2,
     extra_batches,
     extra_grid,
     extra_points,
+    override_table,
+    row_setting,
     setting_random,
     setting_rows,
     setting_table,
@@ -194,7 +198,7 @@ def write_search2(grid: dict, runs: Path, runs2: Path, report: Path) -> None:
             lines.append(f"| {task} | {backbone} | {halting} | {len(rows)} | {fmt(tok[0], tok[1], signed=True)} | {p} | "
                          f"{fmt(ex[0], ex[1], signed=True)} | {hops:.2f} |")
     setting_lines, setting_cpu = setting_table(grid, runs2, [c for c in all_cells if len(c) > 3])
-    lines += setting_lines
+    lines += setting_lines + override_table(grid, runs2, [c for c in all_cells if len(c) > 3])
     cpu += setting_cpu
     wall = sum(t["time_s"] for t in found)
     lines += ["", f"Budget: {len(found)} search trials finished, {wall:.0f} s wall summed over trials ({wall / 60:.1f} "
