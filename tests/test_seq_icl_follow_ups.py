@@ -152,6 +152,9 @@ def test_the_ar_6000_step_follow_ups_are_the_rows_at_h3s_schedule(backbone, lr, 
     assert (row.training.steps, row.training.warmup_steps) == (3000, 150)
     exclude = {"seed": True, "name": True, "output_dir": True,
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    if backbone == "retnet":  # the row adopted 4 heads later (tune_ar_retnet_heads.yaml); this ran at 8
+        assert row.backbone.n_heads == 4 and {c.backbone.n_heads for c in follow.checked} == {8}
+        exclude["backbone"] = {"n_heads"}
     assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
 
 
@@ -166,15 +169,17 @@ def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(registr
     assert differing_only_in(exclude, row, *follow.checked)
 
 
-def test_the_ar_rwkv_width_32_check_is_the_adopted_row_at_seq_icls_width(registry):
-    """tune_ar_rwkv_d32_steps6000.yaml is the associative-recall rwkv row as adopted (width 64, lr
-    3e-3, 6000 steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
-    follow = load_tune_spec(HERE / "tune_ar_rwkv_d32_steps6000.yaml", registry=registry)
+@pytest.mark.parametrize(("follow_up", "backbone", "lr", "steps"), [("ar_rwkv_d32_steps6000", "rwkv", 0.003, 6000),
+                                                             ("ar_lstm_d32_steps12000", "lstm", 0.003, 12000)])
+def test_the_ar_width_32_checks_are_the_adopted_rows_at_seq_icls_width(follow_up, backbone, lr, steps, registry):
+    """tune_ar_{rwkv,lstm}_d32_*.yaml are the associative-recall rows as adopted (width 64, their lr
+    and steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
     assert {c.backbone.d_model for c in follow.checked} == {32}
-    row = row_as_written("associative_recall_rwkv", registry)
-    assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 6000)
+    row = row_as_written(f"associative_recall_{backbone}", registry)
+    assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, lr, steps)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
     assert differing_only_in(exclude, row, *follow.checked)
 
@@ -211,19 +216,6 @@ def test_the_ih_20000_step_follow_ups_are_the_10000_step_rows_at_twice_the_steps
     assert differing_only_in(exclude, *before, *follow.checked)
 
 
-def test_the_ar_lstm_width_32_check_is_the_adopted_row_at_seq_icls_width(registry):
-    """tune_ar_lstm_d32_steps12000.yaml is the associative-recall lstm row as adopted (width 64, lr
-    3e-3, 12000 steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
-    follow = load_tune_spec(HERE / "tune_ar_lstm_d32_steps12000.yaml", registry=registry)
-    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
-    assert follow.options.max_concurrent_trials == 1
-    assert {c.backbone.d_model for c in follow.checked} == {32}
-    row = row_as_written("associative_recall_lstm", registry)
-    assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, 0.003, 12000)
-    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
-    assert differing_only_in(exclude, row, *follow.checked)
-
-
 @pytest.mark.parametrize(("follow_up", "changed", "value"), [("ar_gilr_d32", "d_model", 32),
                                                             ("ar_gilr_nodrop", "mixer_dropout", 0.0)])
 def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up, changed, value, registry):
@@ -241,15 +233,20 @@ def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up
 
 
 def test_the_ar_retnet_heads_follow_up_is_the_row_with_2_and_4_heads(registry):
-    """tune_ar_retnet_heads.yaml is the associative-recall retnet row as adopted (lr 1e-3, 6000
-    steps, 8 heads) with n_heads in {2, 4}, seeds 0-2, one trial at a time; nothing else differs."""
+    """tune_ar_retnet_heads.yaml is the associative-recall retnet row as adopted from its 6000-step
+    follow-up (lr 1e-3, 6000 steps, 8 heads) with n_heads in {2, 4}, seeds 0-2, one trial at a time;
+    nothing else differs. The row has since adopted 4 heads from it."""
     follow = load_tune_spec(HERE / "tune_ar_retnet_heads.yaml", registry=registry)
     assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (2, 4) for s in range(3)]
     assert follow.options.max_concurrent_trials == 1
     row = row_as_written("associative_recall_retnet", registry)
-    assert (row.backbone.n_heads, row.training.lr, row.training.steps) == (8, 0.001, 6000)
+    assert (row.backbone.n_heads, row.training.lr, row.training.steps) == (4, 0.001, 6000)
+    before = load_tune_spec(HERE / "tune_ar_retnet_steps6000.yaml", registry=registry).checked
+    assert {c.backbone.n_heads for c in before} == {8}
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"}}
     assert differing_only_in(exclude, row, *follow.checked)
+    exclude["training"] = {"keep_checkpoints"}
+    assert differing_only_in(exclude, row, *before)
 
 
 def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(registry):
