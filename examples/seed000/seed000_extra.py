@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seed000_queue import compose, merge, random_row
 from seed000_tables import fmt, interval, welch
-from seed000_trials import label, trial_rows
+from seed000_trials import label, trial_rows, validation_curve
 
 from ponderlab.core.spec import dotted_items
 
@@ -83,6 +83,12 @@ def check_cells(grid: dict) -> None:
         check_halting_overrides(grid, cell)
 
 
+def named_row_setting(grid: dict, cell: list, halting: str) -> dict:
+    """The overrides in a row's run name: `none` at its training setting (row_setting), every other row
+    (`random_X` included: the control of X at that setting) at the cell's whole setting."""
+    return row_setting(grid, cell, halting) if halting == "none" else cell_setting(grid, cell)
+
+
 def stem_at(task: str, backbone: str, halting: str, setting: dict) -> str:
     """Run name without -s<seed> of a row at the given overrides (label as the follow-ups')."""
     changes = dotted_items(setting)
@@ -94,8 +100,7 @@ def cell_stem(grid: dict, cell: list, halting: str | None = None) -> str:
     `none` at a setting with a `halting` part is its training setting's row (row_setting), and a
     `random_X` row keeps the whole label (it is the control of X at that setting)."""
     halting = halting or cell[2]
-    setting = row_setting(grid, cell, halting) if halting == "none" else cell_setting(grid, cell)
-    return stem_at(cell[0], cell[1], halting, setting)
+    return stem_at(cell[0], cell[1], halting, named_row_setting(grid, cell, halting))
 
 
 def rows_at(grid: dict, runs2: Path, task: str, backbone: str, halting: str, setting: dict) -> dict[int, dict]:
@@ -114,8 +119,7 @@ def setting_rows(grid: dict, runs2: Path, cell: list, halting: str | None = None
     also counts the search2 trial at that setting (its seed 0), and at a setting with a `halting` part
     it is the training setting's `none` row."""
     halting = halting or cell[2]
-    setting = row_setting(grid, cell, halting) if halting == "none" else cell_setting(grid, cell)
-    return rows_at(grid, runs2, cell[0], cell[1], halting, setting)
+    return rows_at(grid, runs2, cell[0], cell[1], halting, named_row_setting(grid, cell, halting))
 
 
 def cell_seeds(grid: dict, cell: list, seeds: list[int], per_setting: bool = True) -> list[int]:
@@ -363,11 +367,6 @@ def hops_curve(runs2: Path, stem: str, seeds: list[int]) -> dict[int, float]:
     """Validation mean hops at each evaluation step, mean over the seeds whose metrics.jsonl has that step."""
     by_step: dict[int, list[float]] = {}
     for seed in seeds:
-        metrics = runs2 / f"{stem}-s{seed}" / "metrics.jsonl"
-        if not metrics.exists():
-            continue
-        for line in metrics.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("split") == "validation" and "mean_hops" in record:
-                by_step.setdefault(int(record["step"]), []).append(float(record["mean_hops"]))
+        for step, hops in validation_curve(runs2 / f"{stem}-s{seed}" / "metrics.jsonl", "mean_hops").items():
+            by_step.setdefault(step, []).append(hops)
     return {step: sum(v) / len(v) for step, v in sorted(by_step.items())}

@@ -15,6 +15,7 @@ import yaml
 from seed000_queue import compose
 from seed000_tables import HERE
 
+from ponderlab.core.run_records import metric_lines
 from ponderlab.core.spec import dotted_items
 
 SKIP = {"name", "seed", "output_dir"}
@@ -59,11 +60,7 @@ def trials(grid: dict) -> list[dict]:
             if row.get("status") != "completed" or not (run / "results.json").exists():
                 continue
             spec = yaml.safe_load((run / "spec.yaml").read_text())
-            curve = {}
-            for line in (run / "metrics.jsonl").read_text().splitlines():
-                record = json.loads(line)
-                if record.get("split") == "validation":
-                    curve[int(record["step"])] = record["token_accuracy"]
+            curve = validation_curve(run / "metrics.jsonl", "token_accuracy")
             out.append({"search": tune["name"], "trial": row["trial"], "spec": spec, "key": grid_key(grid, spec),
                         "setting": setting(grid, spec), "results": json.loads((run / "results.json").read_text()),
                         "curve": curve, "time_s": float(row.get("time_s") or 0.0)})
@@ -77,3 +74,7 @@ def trial_rows(grid: dict, task: str, backbone: str, changes: dict) -> dict[int,
             if t["key"] == (task, backbone) and t["setting"] == changes}
 
 
+def validation_curve(metrics: Path, key: str) -> dict[int, float]:
+    """{step: value} of one metric at each validation of a run's metrics.jsonl (none if it is missing)."""
+    return {record["step"]: float(record[key]) for _, record in metric_lines(metrics)
+            if record.get("split") == "validation" and key in record}
