@@ -263,9 +263,9 @@ def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(r
 
 
 ONE_AXIS_FOLLOW_UPS = [
-    ("ih_retnet_heads", "induction_head_retnet", "backbone", "n_heads", 8, [4, 16]),
+    ("ih_retnet_heads", "tune_ih_retnet_steps20000", "backbone", "n_heads", 8, [4]),
     ("ih_h3_heads", "induction_head_h3", "backbone", "head_dim", 1, [2]),
-    ("ih_transformer_heads", "induction_head_transformer", "backbone", "n_heads", 4, [1, 2]),
+    ("ih_transformer_heads", "induction_head_transformer", "backbone", "n_heads", 4, [1]),
     ("ar_s4d_lr1e-3", "associative_recall_s4d", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_lstm_lr1e-3_steps12000", "associative_recall_lstm", "training", "lr", 3.0e-3, [1.0e-3]),
@@ -274,19 +274,22 @@ ONE_AXIS_FOLLOW_UPS = [
 ]
 
 
-@pytest.mark.parametrize(("follow_up", "row_stem", "part", "field", "row_value", "values"), ONE_AXIS_FOLLOW_UPS)
-def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up, row_stem, part, field, row_value,
+@pytest.mark.parametrize(("follow_up", "base", "part", "field", "row_value", "values"), ONE_AXIS_FOLLOW_UPS)
+def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up, base, part, field, row_value,
                                                                        values, registry):
     """The heads follow-ups on induction head and the lr follow-ups at the associative-recall rows' own
-    length: each is its row as written (its adopted setting) with one field over `values` (none of
-    them the row's own), seeds 0-2 for each value, one trial at a time; nothing else differs (but the
-    number of checkpoints kept on disk)."""
+    length: each is its base (the row as written, i.e. its adopted setting, or the follow-up named
+    `tune_*` that it builds on) with one field over `values` (none of them the base's own), seeds 0-2
+    for each value, one trial at a time; nothing else differs (but the number of checkpoints kept)."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert follow.name == follow_up
     assert follow.options.max_concurrent_trials == 1
     tried = sorted((getattr(getattr(c, part), field), c.seed) for c in follow.checked)
     assert tried == [(v, s) for v in values for s in range(3)]
-    row = row_as_written(row_stem, registry)
+    if base.startswith("tune_"):
+        row = load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
+    else:
+        row = row_as_written(base, registry)
     assert getattr(getattr(row, part), field) == row_value and row_value not in values
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"keep_checkpoints"}}
     exclude[part] = {field, *exclude.get(part, ())}  # checkpoints kept on disk are not a setting
