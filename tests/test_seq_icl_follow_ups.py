@@ -76,7 +76,7 @@ def test_the_heads_follow_up_is_the_transformer_row_at_1_and_2_heads(tmp_path, r
 
 def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
     """tune_ih_h3_steps10000.yaml is the induction-head h3 row's chosen setting (lr 1e-3) at 10000
-    steps (warmup 10%), seeds 0-2; nothing else differs."""
+    steps (warmup 10%), seeds 0-2; nothing else differs but the heads the row adopted later."""
     follow = load_tune_spec(HERE / "tune_ih_h3_steps10000.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
@@ -85,7 +85,9 @@ def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, reg
     row_lr = yaml.safe_load((HERE / "induction_head_h3.yaml").read_text())["training"]["lr"]
     row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
     assert row.training.steps == 5000
-    exclude = {"seed": True, "name": True, "output_dir": True,
+    # the row has since adopted heads of size 2 (tune_ih_h3_heads.yaml); this ran at size 1
+    assert row.backbone.head_dim == 2 and {c.backbone.head_dim for c in follow.checked} == {1}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"head_dim"},
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
     dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
     assert len(dumped) == 1
@@ -264,7 +266,7 @@ def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(r
 
 ONE_AXIS_FOLLOW_UPS = [
     ("ih_retnet_heads", "tune_ih_retnet_steps20000", "backbone", "n_heads", 8, [4]),
-    ("ih_h3_heads", "induction_head_h3", "backbone", "head_dim", 1, [2]),
+    ("ih_h3_heads", "tune_ih_h3_steps10000", "backbone", "head_dim", 1, [2]),
     ("ih_transformer_heads", "induction_head_transformer", "backbone", "n_heads", 4, [1]),
     ("ar_s4d_lr1e-3", "associative_recall_s4d", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
