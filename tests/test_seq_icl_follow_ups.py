@@ -265,7 +265,7 @@ def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(r
 
 
 ONE_AXIS_FOLLOW_UPS = [
-    ("ih_retnet_heads", "tune_ih_retnet_steps20000", "backbone", "n_heads", 8, [4]),
+    ("ih_retnet_heads", "induction_head_retnet", "backbone", "n_heads", 8, [4]),
     ("ih_h3_heads", "tune_ih_h3_steps10000", "backbone", "head_dim", 1, [2]),
     ("ih_transformer_heads", "induction_head_transformer", "backbone", "n_heads", 4, [1]),
     ("ar_s4d_lr1e-3", "associative_recall_s4d", "training", "lr", 3.0e-3, [1.0e-3]),
