@@ -271,7 +271,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_s4d_lr1e-3", "associative_recall_s4d", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_lstm_lr1e-3_steps12000", "associative_recall_lstm", "training", "lr", 3.0e-3, [1.0e-3]),
-    ("ar_lru_lr3e-3_steps12000", "associative_recall_lru", "training", "lr", 1.0e-3, [3.0e-3]),
+    ("ar_lru_lr3e-3_steps12000", "tune_ar_lru_steps12000", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_gilr_lr", "associative_recall_gilr", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
 ]
 
