@@ -113,8 +113,9 @@ def test_a_setting_missing_a_seed_ranks_below_complete_ones(tmp_path):
     assert [g["config"] for g in reproduce.settings(search)] == [{"training.lr": "0.001"}, {"training.lr": "0.003"}]
 
 
-def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, monkeypatch):
-    """`--table-only --only ROW` from a runs/ copy that lacks other rows must not drop or rewrite them."""
+def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, monkeypatch, capsys):
+    """`--table-only --only ROW` from a runs/ copy that lacks other rows, or lacks ROW itself, must not
+    drop or rewrite them; a named row that neither runs/ nor table.json holds is listed as missing."""
     reproduce, table_module = load_reproduce(), load_module("seqicl_table")
     docs, root = tmp_path / "docs" / "results" / "seq_icl", tmp_path
     docs.mkdir(parents=True)
@@ -135,16 +136,21 @@ def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, mon
                                         ' "wall_seconds": 900.0\n}\n')
     (tmp_path / "runs" / "tried").mkdir(parents=True)
     (tmp_path / "runs" / "tried" / "here.budget.json").write_text('{"cpu_seconds": 120.0, "wall_seconds": 1.0}')
-    assert reproduce.main(["--table-only", "--only", "associative_recall_h3", "--output-dir",
-                           str(tmp_path / "runs")]) == 0
+    assert reproduce.main(["--table-only", "--only", "associative_recall_h3", "--only", "associative_recall_s4d",
+                           "--output-dir", str(tmp_path / "runs")]) == 0
+    assert "associative_recall_h3: no finished runs in" in capsys.readouterr().err
     rows = {r["row"]: r for r in json.loads((docs / "table.json").read_text())}
     assert rows["associative_recall_lstm"] == kept_row  # not in --only: kept as it was
-    assert "associative_recall_h3" not in rows  # named but without runs here: not carried over
+    assert rows["associative_recall_h3"] == stale_row  # named but without runs here: kept, not dropped
+    assert "associative_recall_s4d" not in rows  # named, no runs here and none before: nothing to keep
     table = (docs / "table.md").read_text()
     assert "47.5 [44.6, 51.0], n=3" in table
-    assert "kept as an earlier run wrote them into table.json: associative_recall_lstm." in table
+    kept = next(line for line in table.splitlines() if line.startswith("Rows not regenerated"))
+    assert kept.endswith("table.json: associative_recall_h3, associative_recall_lstm.")
     missing = next(line for line in table.splitlines() if line.startswith("Rows with no finished"))
-    assert "associative_recall_h3" in missing and "associative_recall_lstm" not in missing
+    missing = missing.split(": ", 1)[1].rstrip(".").split(", ")
+    assert "associative_recall_s4d" in missing
+    assert "associative_recall_h3" not in missing and "associative_recall_lstm" not in missing
     assert "not included: 12 CPU-minutes" in table  # 600 s recorded in docs + 120 s in runs/tried
     pasted = (root / "docs" / "results.md").read_text()
     assert pasted.startswith("before\n") and pasted.endswith("after\n") and "\nold\n" not in pasted

@@ -32,7 +32,8 @@ not searched again (an interrupted one is continued with `ponderlab tune DIR --r
 a seed whose run directory holds results.json is not trained again. `--skip-search`
 uses the example spec as it is (for rows never searched, or to add seeds). With `--only`,
 the table is rewritten for the named rows only: the other rows are kept from table.json
-(`--table-only --only ROW` regenerates one row from a partial copy of runs/). Every
+(`--table-only --only ROW` regenerates one row from a partial copy of runs/; a named row
+with no runs in OUT is kept too, with a notice). Every
 training process runs under `nice -n 10` (`--nice`) with one torch thread.
 
 This file runs the steps; next to it, seqicl_study.py holds what is compared and searched,
@@ -263,17 +264,20 @@ def main(argv: list[str] | None = None) -> int:
         if len(selected) != 1:
             raise SystemExit("--adopt needs --only naming exactly one row")
         adopt(selected[0], out, args.adopt, args.seeds)
-    # With --only, only the named rows are summarized from OUT; every other row stays as the
-    # last run wrote it (table.json), so a partial copy of runs/ cannot rewrite rows it lacks.
+    # With --only, only the named rows are summarized from OUT; every other row, and a named row
+    # of which OUT holds no runs, stays as the last run wrote it (table.json), so a partial copy
+    # of runs/ cannot rewrite or drop rows it lacks.
     earlier = previous_rows() if args.only else {}
     chosen = {p.stem for p in selected}
     summaries, kept = {}, []
     for spec_path in specs:
-        if spec_path.stem in chosen:
-            summaries[spec_path.stem] = summarize(spec_path, out)
-        else:
-            summaries[spec_path.stem] = earlier.get(spec_path.stem)
-            kept += [spec_path.stem] if spec_path.stem in earlier else []
+        row = spec_path.stem
+        summaries[row] = summarize(spec_path, out) if row in chosen else None
+        if summaries[row] is None and row in earlier:
+            summaries[row] = earlier[row]
+            kept.append(row)
+            if row in chosen:
+                print(f"{row}: no finished runs in {out}; its row is kept from table.json", file=sys.stderr)
     rows = [r for r in summaries.values() if r is not None]
     write_table(rows, tried_cpu_seconds(out), [stem for stem, r in summaries.items() if r is None], kept)
     write_search_pages(out, chosen)
