@@ -275,7 +275,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_gilr_lr", "associative_recall_gilr", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ih_s4d_lr", "induction_head_s4d", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
-    ("ih_lru_lr", "induction_head_lru", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
+    ("ih_lru_lr", "induction_head_lru", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ih_transformer_heads2", "induction_head_transformer", "backbone", "n_heads", 4, [2]),
     ("ih_h3_lr5e-4", "induction_head_h3", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ar_lru_d32", "associative_recall_lru", "backbone", "d_model", 64, [32]),
