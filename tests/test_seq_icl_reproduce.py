@@ -157,6 +157,29 @@ def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, mon
     assert "47.5 [44.6, 51.0], n=3" in pasted
 
 
+def test_a_row_regenerated_without_its_search_keeps_the_search_from_table_json():
+    """Regenerating a row's seeds on a copy of runs/ that lacks the row's search (a new machine,
+    --adopt) keeps the search's trials, CPU time and settings as table.json recorded them."""
+    table_module = load_module("seqicl_table")
+    search = [{"training.lr": "0.001", "validation/exact_match": "0.066"}]
+    earlier = {"search_trials": 2, "search_cpu_seconds": 324.4, "search_trial_seconds": 0.0, "search": search,
+               "adopted_from": ["old"], "searched": "**the row's setting** (lr 0.001, 20000 steps), from the "
+               "follow-up(s) old, adopted by `--adopt`: 25.0 (n=3); the row's own search: training.lr=0.001: 6.6 (n=1)"}
+    adopted_here = {"search_trials": 0, "search_cpu_seconds": None, "search_trial_seconds": 0, "search": [],
+                    "adopted_from": ["new"], "searched": "**the row's setting** (lr 0.0005, 20000 steps), from the "
+                    "follow-up(s) new, adopted by `--adopt`: 81.1 (n=3)"}
+    row = table_module.carry_search(adopted_here, earlier)
+    assert (row["search_trials"], row["search_cpu_seconds"], row["search"]) == (2, 324.4, search)
+    assert row["searched"] == adopted_here["searched"] + "; the row's own search: training.lr=0.001: 6.6 (n=1)"
+    assert row["adopted_from"] == ["new"]
+    plain = {**adopted_here, "adopted_from": [], "searched": ""}
+    assert table_module.carry_search(plain, {**earlier, "adopted_from": [], "searched": "training.lr=0.001: 6.6 (n=1)"}
+                                     )["searched"] == "training.lr=0.001: 6.6 (n=1)"
+    own = {**adopted_here, "search_trials": 1, "searched": "training.lr=0.002: 7.0 (n=1)"}
+    assert table_module.carry_search(own, earlier) == own  # a search in this copy of runs/ wins
+    assert table_module.carry_search(adopted_here, {**earlier, "search_trials": 0}) == adopted_here
+
+
 def _fake_run(run_dir: Path, spec: dict, val: float) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec))

@@ -62,6 +62,7 @@ import seqicl_tools  # noqa: E402
 from seqicl_adopt import adopt  # noqa: E402
 from seqicl_study import ORDER, SEARCH, TUNE  # noqa: E402
 from seqicl_table import (  # noqa: E402
+    carry_search,
     previous_rows,
     summarize,
     tried_cpu_seconds,
@@ -273,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec_path in specs:
         row = spec_path.stem
         summaries[row] = summarize(spec_path, out) if row in chosen else None
+        if summaries[row] is not None and row in earlier:  # a search this copy of runs/ lacks is kept
+            summaries[row] = carry_search(summaries[row], earlier[row])
         if summaries[row] is None and row in earlier:
             summaries[row] = earlier[row]
             kept.append(row)

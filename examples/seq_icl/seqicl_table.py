@@ -78,7 +78,7 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
         row["searched"] = "; ".join(filter(None, [
             f"**the row's setting** (lr {row['lr']:g}, {row['steps']} steps), from the follow-up(s) "
             f"{', '.join(adopted)}, adopted by `--adopt`: {fmt(statistics.mean(vals))} (n={len(vals)})",
-            row["searched"] and f"the row's own search: {row['searched']}"]))
+            row["searched"] and OWN_SEARCH + row["searched"]]))
     # curves for rows that miss a target, sit more than 10 points from seq_icl's number either way
     # (or have none), or are within 10 points of chance (there the curve and the search are the evidence)
     off = row["mean"] is not None and (not row["reference"] or abs(row["mean"] - row["reference"]) > 10)
@@ -93,6 +93,24 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
         path = plot_curves(DOCS / f"curve_{stem}.png", stem, runs, row["reference"], row["chance"])
         row["curve"] = path.name
     return row
+
+
+OWN_SEARCH = "the row's own search: "
+
+
+def carry_search(row: dict, earlier: dict) -> dict:
+    """`row`, summarized from a copy of runs/ that lacks its search, with the search as the
+    earlier table.json recorded it (trials, CPU time, settings over seeds), so that regenerating
+    the row's seeds does not drop the search behind it."""
+    if row["search_trials"] or not earlier.get("search_trials"):
+        return row
+    searched = earlier.get("searched") or ""
+    if earlier.get("adopted_from"):  # only the part that was the row's own search
+        searched = searched.split(OWN_SEARCH, 1)[1] if OWN_SEARCH in searched else ""
+    carried = {k: earlier[k] for k in ("search_trials", "search_cpu_seconds", "search_trial_seconds", "search")}
+    if row.get("adopted_from"):
+        searched = "; ".join(filter(None, [row["searched"], searched and OWN_SEARCH + searched]))
+    return {**row, **carried, "searched": searched}
 
 
 def fmt(value, digits=1) -> str:
