@@ -279,6 +279,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_transformer_heads2", "induction_head_transformer", "backbone", "n_heads", 4, [2]),
     ("ih_h3_lr5e-4", "induction_head_h3", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ar_lru_d32", "associative_recall_lru", "backbone", "d_model", 64, [32]),
+    ("ih_gilr_lr", "induction_head_gilr", "training", "lr", 2.0e-3, [5.0e-4]),
 ]
 
 
