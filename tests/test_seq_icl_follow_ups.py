@@ -274,7 +274,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_lru_lr3e-3_steps12000", "tune_ar_lru_steps12000", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_gilr_lr", "associative_recall_gilr", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
-    ("ih_s4d_lr", "induction_head_s4d", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
+    ("ih_s4d_lr", "tune_ih_s4d_steps20000", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
     ("ih_lru_lr", "induction_head_lru", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ih_transformer_heads2", "induction_head_transformer", "backbone", "n_heads", 4, [2]),
     ("ih_h3_lr5e-4", "induction_head_h3", "training", "lr", 1.0e-3, [5.0e-4]),
