@@ -157,6 +157,29 @@ def test_table_only_with_only_keeps_the_other_rows_from_table_json(tmp_path, mon
     assert "47.5 [44.6, 51.0], n=3" in pasted
 
 
+def test_table_only_on_seeds_without_their_search_keeps_the_search_from_table_json(tmp_path, monkeypatch):
+    """`--table-only --only ROW` on a runs/ copy that holds ROW's seeds but not its search (a fresh
+    machine that retrained the seeds): the row's numbers come from the seeds, its search from table.json."""
+    reproduce, table_module = load_reproduce(), load_module("seqicl_table")
+    docs = tmp_path / "docs" / "results" / "seq_icl"
+    docs.mkdir(parents=True)
+    monkeypatch.setattr(table_module, "DOCS", docs)
+    monkeypatch.setattr(table_module, "ROOT", tmp_path)
+    (tmp_path / "docs" / "results.md").write_text("no table here\n")
+    stem = "associative_recall_gilr"
+    recorded = {"row": stem, "search_trials": 2, "search_cpu_seconds": 460.8, "search_trial_seconds": 0.0,
+                "search": [{"training.lr": "0.003"}], "searched": "training.lr=0.003: 25.0 (n=1)", "adopted_from": []}
+    (docs / "table.json").write_text(json.dumps([recorded]))
+    spec = yaml.safe_load((reproduce.HERE / f"{stem}.yaml").read_text())
+    for seed, val in enumerate([0.25, 0.27, 0.29]):
+        _fake_run(tmp_path / "runs" / "seeds" / stem / f"seed{seed}", {**spec, "seed": seed}, val)
+    assert reproduce.main(["--table-only", "--only", stem, "--output-dir", str(tmp_path / "runs")]) == 0
+    row = json.loads((docs / "table.json").read_text())[0]
+    assert row["test_exact_match"] == pytest.approx([25.0, 27.0, 29.0])  # from the seeds in this copy
+    assert (row["search_trials"], row["search_cpu_seconds"], row["searched"]) == (2, 460.8, recorded["searched"])
+    assert "| 2, 461 |" in (docs / "table.md").read_text()
+
+
 def test_a_row_regenerated_without_its_search_keeps_the_search_from_table_json():
     """Regenerating a row's seeds on a copy of runs/ that lacks the row's search (a new machine,
     --adopt) keeps the search's trials, CPU time and settings as table.json recorded them."""

@@ -273,14 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     summaries, kept = {}, []
     for spec_path in specs:
         row = spec_path.stem
-        summaries[row] = summarize(spec_path, out) if row in chosen else None
-        if summaries[row] is not None and row in earlier:  # a search this copy of runs/ lacks is kept
-            summaries[row] = carry_search(summaries[row], earlier[row])
-        if summaries[row] is None and row in earlier:
-            summaries[row] = earlier[row]
+        summary = summarize(spec_path, out) if row in chosen else None
+        if row in earlier and summary is not None:  # a search this copy of runs/ lacks is kept
+            summary = carry_search(summary, earlier[row])
+        elif row in earlier:
+            summary = earlier[row]
             kept.append(row)
             if row in chosen:
                 print(f"{row}: no finished runs in {out}; its row is kept from table.json", file=sys.stderr)
+        summaries[row] = summary
     rows = [r for r in summaries.values() if r is not None]
     write_table(rows, tried_cpu_seconds(out), [stem for stem, r in summaries.items() if r is None], kept)
     write_search_pages(out, chosen)
