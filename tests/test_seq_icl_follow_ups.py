@@ -275,11 +275,14 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_gilr_lr", "associative_recall_gilr", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ih_s4d_lr", "tune_ih_s4d_steps20000", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
-    ("ih_lru_lr", "induction_head_lru", "training", "lr", 1.0e-3, [5.0e-4]),
+    ("ih_lru_lr", "tune_ih_lru_steps20000", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ih_transformer_heads2", "induction_head_transformer", "backbone", "n_heads", 4, [2]),
     ("ih_h3_lr5e-4", "induction_head_h3", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ar_lru_d32", "associative_recall_lru", "backbone", "d_model", 64, [32]),
     ("ih_gilr_lr", "induction_head_gilr", "training", "lr", 2.0e-3, [5.0e-4]),
+    ("ih_rwkv_lr1e-3", "induction_head_rwkv", "training", "lr", 2.0e-3, [1.0e-3]),
+    ("ih_retnet_lr5e-4", "induction_head_retnet", "training", "lr", 1.0e-3, [5.0e-4]),
+    ("ih_transformer_lr1e-3", "induction_head_transformer", "training", "lr", 5.0e-4, [1.0e-3]),
 ]
 
 
@@ -302,4 +305,22 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert getattr(getattr(row, part), field) == row_value and row_value not in values
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"keep_checkpoints"}}
     exclude[part] = {field, *exclude.get(part, ())}  # checkpoints kept on disk are not a setting
+    assert differing_only_in(exclude, row, *follow.checked)
+
+
+@pytest.mark.parametrize(("follow_up", "row_stem"), [("ar_lstm_steps24000", "associative_recall_lstm"),
+                                                     ("ar_lru_steps24000", "associative_recall_lru")])
+def test_the_ar_24000_step_follow_ups_are_the_rows_at_twice_the_steps(follow_up, row_stem, registry):
+    """tune_ar_{lstm,lru}_steps24000.yaml are the associative-recall rows as written (12000 steps,
+    warmup 600) at 24000 steps, warmup 1200 (the same 5%), seeds 0-2, one trial at a time; nothing
+    else differs."""
+    follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
+    assert follow.name == follow_up
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(24000, 1200)}
+    row = row_as_written(row_stem, registry)
+    assert (row.training.steps, row.training.warmup_steps) == (12000, 600)
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
     assert differing_only_in(exclude, row, *follow.checked)
