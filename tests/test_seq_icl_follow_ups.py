@@ -26,6 +26,13 @@ def row_as_written(stem: str, registry):
     return validate_spec(yaml.safe_load((HERE / f"{stem}.yaml").read_text()), registry=registry)
 
 
+def base_setting(base: str, registry):
+    """A follow-up's base: the row as written (a row's stem), or the first setting of a `tune_*` follow-up."""
+    if base.startswith("tune_"):
+        return load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
+    return row_as_written(base, registry)
+
+
 def differing_only_in(exclude: dict, *specs) -> bool:
     """Whether the validated specs are equal once the `exclude` fields are left out."""
     return len({spec.model_dump_json(exclude=exclude) for spec in specs}) == 1
@@ -278,7 +285,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_lru_lr", "tune_ih_lru_steps20000", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ih_transformer_heads2", "induction_head_transformer", "backbone", "n_heads", 4, [2]),
     ("ih_h3_lr5e-4", "induction_head_h3", "training", "lr", 1.0e-3, [5.0e-4]),
-    ("ar_lru_d32", "associative_recall_lru", "backbone", "d_model", 64, [32]),
+    ("ar_lru_d32", "tune_ar_lru_lr3e-3_steps12000", "backbone", "d_model", 64, [32]),
     ("ih_gilr_lr", "induction_head_gilr", "training", "lr", 2.0e-3, [5.0e-4]),
     ("ih_rwkv_lr1e-3", "induction_head_rwkv", "training", "lr", 2.0e-3, [1.0e-3]),
     ("ih_retnet_lr5e-4", "induction_head_retnet", "training", "lr", 1.0e-3, [5.0e-4]),
@@ -298,29 +305,42 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert follow.options.max_concurrent_trials == 1
     tried = sorted((getattr(getattr(c, part), field), c.seed) for c in follow.checked)
     assert tried == [(v, s) for v in values for s in range(3)]
-    if base.startswith("tune_"):
-        row = load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
-    else:
-        row = row_as_written(base, registry)
+    row = base_setting(base, registry)
     assert getattr(getattr(row, part), field) == row_value and row_value not in values
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"keep_checkpoints"}}
     exclude[part] = {field, *exclude.get(part, ())}  # checkpoints kept on disk are not a setting
     assert differing_only_in(exclude, row, *follow.checked)
 
 
-@pytest.mark.parametrize(("follow_up", "row_stem"), [("ar_lstm_steps24000", "associative_recall_lstm"),
-                                                     ("ar_lru_steps24000", "associative_recall_lru")])
-def test_the_ar_24000_step_follow_ups_are_the_rows_at_twice_the_steps(follow_up, row_stem, registry):
-    """tune_ar_{lstm,lru}_steps24000.yaml are the associative-recall rows as written (12000 steps,
-    warmup 600) at 24000 steps, warmup 1200 (the same 5%), seeds 0-2, one trial at a time; nothing
-    else differs."""
+TWICE_THE_STEPS_FOLLOW_UPS = [
+    ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600)),
+    ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600)),
+    ("ih_lru_steps40000", "induction_head_lru", (20000, 2000)),
+]
+
+
+@pytest.mark.parametrize(("follow_up", "base", "row_schedule"), TWICE_THE_STEPS_FOLLOW_UPS)
+def test_the_twice_the_steps_follow_ups_are_the_rows_at_twice_the_steps(follow_up, base, row_schedule, registry):
+    """Each is its base (the row as written, or the `tune_*` follow-up the row was adopted from before
+    adopting this one) at twice the steps and twice the warmup (the same share of warmup), seeds 0-2,
+    one trial at a time; nothing else differs."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert follow.name == follow_up
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
-    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(24000, 1200)}
-    row = row_as_written(row_stem, registry)
-    assert (row.training.steps, row.training.warmup_steps) == (12000, 600)
+    steps, warmup = row_schedule
+    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(2 * steps, 2 * warmup)}
+    row = base_setting(base, registry)
+    assert (row.training.steps, row.training.warmup_steps) == row_schedule
     exclude = {"seed": True, "name": True, "output_dir": True,
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_ih_rwkv_seeds_3_to_5_are_the_lr_follow_up_at_three_more_seeds(registry):
+    """tune_ih_rwkv_lr1e-3_seeds3to5.yaml is tune_ih_rwkv_lr1e-3.yaml's one setting at seeds 3-5."""
+    first = load_tune_spec(HERE / "tune_ih_rwkv_lr1e-3.yaml", registry=registry)
+    more = load_tune_spec(HERE / "tune_ih_rwkv_lr1e-3_seeds3to5.yaml", registry=registry)
+    assert more.options.max_concurrent_trials == 1
+    assert sorted(c.seed for c in [*first.checked, *more.checked]) == list(range(6))
+    assert differing_only_in({"seed": True, "name": True, "output_dir": True}, *first.checked, *more.checked)
