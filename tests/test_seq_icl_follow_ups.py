@@ -315,7 +315,7 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
 TWICE_THE_STEPS_FOLLOW_UPS = [
     ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600)),
     ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600)),
-    ("ih_lru_steps40000", "induction_head_lru", (20000, 2000)),
+    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000)),
 ]
 
 
