@@ -193,38 +193,6 @@ def test_the_ar_width_32_checks_are_the_adopted_rows_at_seq_icls_width(follow_up
     assert differing_only_in(exclude, row, *follow.checked)
 
 
-def test_the_ar_lstm_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(registry):
-    """tune_ar_lstm_steps12000.yaml is the associative-recall lstm row as it was adopted from its
-    6000-step follow-up (lr 3e-3, warmup 300) at 12000 steps, warmup 600, seeds 0-2, one trial at
-    a time; nothing else differs. The row has since adopted this follow-up."""
-    follow = load_tune_spec(HERE / "tune_ar_lstm_steps12000.yaml", registry=registry)
-    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
-    assert follow.options.max_concurrent_trials == 1
-    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(12000, 600)}
-    row = row_as_written("associative_recall_lstm", registry)
-    assert (row.training.steps, row.training.warmup_steps, row.training.lr) == (12000, 600, 0.003)
-    exclude = {"seed": True, "name": True, "output_dir": True}
-    assert differing_only_in(exclude, row, *follow.checked)
-    before = load_tune_spec(HERE / "tune_ar_lstm_steps6000.yaml", registry=registry).checked
-    exclude["training"] = {"steps", "warmup_steps"}
-    assert differing_only_in(exclude, row, *before, *follow.checked)
-
-
-@pytest.mark.parametrize(("backbone", "lr"), [("rwkv", 2.0e-3), ("retnet", 1.0e-3)])
-def test_the_ih_20000_step_follow_ups_are_the_10000_step_rows_at_twice_the_steps(backbone, lr, registry):
-    """tune_ih_{rwkv,retnet}_steps20000.yaml are the induction-head rows as adopted from their
-    10000-step follow-ups, at the LSTM row's 20000 steps (warmup 2000), seeds 0-2, one trial at a
-    time; nothing else differs (the eval interval stays the rows' 500)."""
-    follow = load_tune_spec(HERE / f"tune_ih_{backbone}_steps20000.yaml", registry=registry)
-    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
-    assert follow.options.max_concurrent_trials == 1
-    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(20000, 2000)}
-    before = load_tune_spec(HERE / f"tune_ih_{backbone}_steps10000.yaml", registry=registry).checked
-    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in before} == {(10000, 1000, lr)}
-    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"steps", "warmup_steps"}}
-    assert differing_only_in(exclude, *before, *follow.checked)
-
-
 @pytest.mark.parametrize(("follow_up", "changed", "value"), [("ar_gilr_d32", "d_model", 32),
                                                             ("ar_gilr_nodrop", "mixer_dropout", 0.0)])
 def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up, changed, value, registry):
@@ -256,19 +224,6 @@ def test_the_ar_retnet_heads_follow_up_is_the_row_with_2_and_4_heads(registry):
     assert differing_only_in(exclude, row, *follow.checked)
     exclude["training"] = {"keep_checkpoints"}
     assert differing_only_in(exclude, row, *before)
-
-
-def test_the_ar_lru_12000_step_follow_up_is_the_adopted_row_at_twice_the_steps(registry):
-    """tune_ar_lru_steps12000.yaml is the associative-recall lru row as adopted from its 6000-step
-    follow-up (lr 1e-3, warmup 300) at 12000 steps, warmup 600, seeds 0-2, one trial at a time;
-    nothing else differs from that follow-up."""
-    follow = load_tune_spec(HERE / "tune_ar_lru_steps12000.yaml", registry=registry)
-    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
-    assert follow.options.max_concurrent_trials == 1
-    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(12000, 600, 0.001)}
-    before = load_tune_spec(HERE / "tune_ar_lru_steps6000.yaml", registry=registry).checked
-    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"steps", "warmup_steps"}}
-    assert differing_only_in(exclude, *before, *follow.checked)
 
 
 ONE_AXIS_FOLLOW_UPS = [
@@ -312,28 +267,37 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert differing_only_in(exclude, row, *follow.checked)
 
 
+#: (follow-up, its base, the base's (steps, warmup), the lr, the row that has adopted it and still
+#: stands at it, or None). The base is the row as written or the `tune_*` the row stood at then.
 TWICE_THE_STEPS_FOLLOW_UPS = [
-    ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600)),
-    ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600)),
-    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000)),
+    ("ar_lstm_steps12000", "tune_ar_lstm_steps6000", (6000, 300), 3.0e-3, "associative_recall_lstm"),
+    ("ar_lru_steps12000", "tune_ar_lru_steps6000", (6000, 300), 1.0e-3, None),
+    ("ih_rwkv_steps20000", "tune_ih_rwkv_steps10000", (10000, 1000), 2.0e-3, None),
+    ("ih_retnet_steps20000", "tune_ih_retnet_steps10000", (10000, 1000), 1.0e-3, "induction_head_retnet"),
+    ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600), 3.0e-3, None),
+    ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600), 3.0e-3, "associative_recall_lru"),
+    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), 5.0e-4, "induction_head_lru"),
 ]
 
 
-@pytest.mark.parametrize(("follow_up", "base", "row_schedule"), TWICE_THE_STEPS_FOLLOW_UPS)
-def test_the_twice_the_steps_follow_ups_are_the_rows_at_twice_the_steps(follow_up, base, row_schedule, registry):
-    """Each is its base (the row as written, or the `tune_*` follow-up the row was adopted from before
-    adopting this one) at twice the steps and twice the warmup (the same share of warmup), seeds 0-2,
-    one trial at a time; nothing else differs."""
+@pytest.mark.parametrize(("follow_up", "base", "base_schedule", "lr", "adopted_by"), TWICE_THE_STEPS_FOLLOW_UPS)
+def test_the_twice_the_steps_follow_ups_are_their_bases_at_twice_the_steps(follow_up, base, base_schedule, lr,
+                                                                           adopted_by, registry):
+    """Each follow-up is its base at twice the steps and twice the warmup (the same share of warmup),
+    seeds 0-2, one trial at a time; nothing else differs. A row that adopted it is that setting."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert follow.name == follow_up
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
-    steps, warmup = row_schedule
-    assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(2 * steps, 2 * warmup)}
+    steps, warmup = base_schedule
+    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == \
+        {(2 * steps, 2 * warmup, lr)}
     row = base_setting(base, registry)
-    assert (row.training.steps, row.training.warmup_steps) == row_schedule
-    exclude = {"seed": True, "name": True, "output_dir": True,
-               "training": {"steps", "warmup_steps", "keep_checkpoints"}}
+    assert (row.training.steps, row.training.warmup_steps) == base_schedule
+    exclude = {"seed": True, "name": True, "output_dir": True}
+    if adopted_by is not None:
+        assert differing_only_in(exclude, row_as_written(adopted_by, registry), *follow.checked)
+    exclude["training"] = {"steps", "warmup_steps"}
     assert differing_only_in(exclude, row, *follow.checked)
 
 
