@@ -350,6 +350,7 @@ def override_table(grid: dict, runs2: Path, cells: list) -> list[str]:
     named = {json.dumps(v, sort_keys=True): k for k, v in grid.get("extra", {}).get("settings", {}).items()}
     curves += [(f"{c[2]}: {named.get(json.dumps(t, sort_keys=True), 'training setting')}", stem_at(c[0], c[1], c[2], t), sorted(rows_at(grid, runs2, c[0], c[1], c[2], t)))
                for c, t, _, _ in found]
+    curves = [curve for curve in curves if curve[2]]  # a row with no finished seed has no curve
     read = {name: hops_curve(runs2, stem, seeds) for name, stem, seeds in curves}
     steps = sorted({step for curve in read.values() for step in curve})
     shown_steps = [step for step in steps if step in (500, 1000, 2000, 4000, 8000) or step == steps[-1]]
