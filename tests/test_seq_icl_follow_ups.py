@@ -245,6 +245,8 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_rwkv_lr1e-3", "tune_ih_rwkv_steps20000", "training", "lr", 2.0e-3, [1.0e-3]),
     ("ih_retnet_lr5e-4", "induction_head_retnet", "training", "lr", 1.0e-3, [5.0e-4]),
     ("ih_transformer_lr1e-3", "induction_head_transformer", "training", "lr", 5.0e-4, [1.0e-3]),
+    ("ih_transformer_lr3e-4", "induction_head_transformer", "training", "lr", 5.0e-4, [3.0e-4]),
+    ("ih_gilr_lr1e-3", "induction_head_gilr", "training", "lr", 2.0e-3, [1.0e-3]),
 ]
 
 
@@ -267,31 +269,36 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert differing_only_in(exclude, row, *follow.checked)
 
 
-#: (follow-up, its base, the base's (steps, warmup), the lr, the row that has adopted it and still
-#: stands at it, or None). The base is the row as written or the `tune_*` the row stood at then.
-TWICE_THE_STEPS_FOLLOW_UPS = [
-    ("ar_lstm_steps12000", "tune_ar_lstm_steps6000", (6000, 300), 3.0e-3, "associative_recall_lstm"),
-    ("ar_lru_steps12000", "tune_ar_lru_steps6000", (6000, 300), 1.0e-3, None),
-    ("ih_rwkv_steps20000", "tune_ih_rwkv_steps10000", (10000, 1000), 2.0e-3, None),
-    ("ih_retnet_steps20000", "tune_ih_retnet_steps10000", (10000, 1000), 1.0e-3, "induction_head_retnet"),
-    ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600), 3.0e-3, None),
-    ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600), 3.0e-3, "associative_recall_lru"),
-    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), 5.0e-4, "induction_head_lru"),
+#: (follow-up, its base, the base's (steps, warmup), the follow-up's (steps, warmup), the lr, the row
+#: that has adopted it and still stands at it, or None). The base is the row as written or the `tune_*`
+#: the row stood at then.
+LONGER_FOLLOW_UPS = [
+    ("ar_lstm_steps12000", "tune_ar_lstm_steps6000", (6000, 300), (12000, 600), 3.0e-3, "associative_recall_lstm"),
+    ("ar_lru_steps12000", "tune_ar_lru_steps6000", (6000, 300), (12000, 600), 1.0e-3, None),
+    ("ih_rwkv_steps20000", "tune_ih_rwkv_steps10000", (10000, 1000), (20000, 2000), 2.0e-3, None),
+    ("ih_retnet_steps20000", "tune_ih_retnet_steps10000", (10000, 1000), (20000, 2000), 1.0e-3,
+     "induction_head_retnet"),
+    ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600), (24000, 1200), 3.0e-3, None),
+    ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600), (24000, 1200), 3.0e-3,
+     "associative_recall_lru"),
+    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), (40000, 4000), 5.0e-4, "induction_head_lru"),
+    ("ih_s4d_steps30000", "tune_ih_s4d_lr", (20000, 2000), (30000, 3000), 5.0e-4, "induction_head_s4d"),
+    ("ar_gilr_steps62800", "associative_recall_gilr", (3000, 150), (62800, 3140), 3.0e-3, None),
 ]
 
 
-@pytest.mark.parametrize(("follow_up", "base", "base_schedule", "lr", "adopted_by"), TWICE_THE_STEPS_FOLLOW_UPS)
-def test_the_twice_the_steps_follow_ups_are_their_bases_at_twice_the_steps(follow_up, base, base_schedule, lr,
-                                                                           adopted_by, registry):
-    """Each follow-up is its base at twice the steps and twice the warmup (the same share of warmup),
-    seeds 0-2, one trial at a time; nothing else differs. A row that adopted it is that setting."""
+@pytest.mark.parametrize(("follow_up", "base", "base_schedule", "schedule", "lr", "adopted_by"), LONGER_FOLLOW_UPS)
+def test_the_longer_follow_ups_are_their_bases_with_more_steps(follow_up, base, base_schedule, schedule, lr,
+                                                               adopted_by, registry):
+    """Each follow-up is its base at more steps with the same share of warmup, seeds 0-2, one trial at
+    a time; nothing else differs. A row that adopted it is that setting."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert follow.name == follow_up
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
-    steps, warmup = base_schedule
-    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == \
-        {(2 * steps, 2 * warmup, lr)}
+    (base_steps, base_warmup), (steps, warmup) = base_schedule, schedule
+    assert steps > base_steps and warmup * base_steps == base_warmup * steps
+    assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(*schedule, lr)}
     row = base_setting(base, registry)
     assert (row.training.steps, row.training.warmup_steps) == base_schedule
     exclude = {"seed": True, "name": True, "output_dir": True}
