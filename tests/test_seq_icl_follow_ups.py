@@ -26,10 +26,22 @@ def row_as_written(stem: str, registry):
     return validate_spec(yaml.safe_load((HERE / f"{stem}.yaml").read_text()), registry=registry)
 
 
-def base_setting(base: str, registry):
-    """A follow-up's base: the row as written (a row's stem), or the first setting of a `tune_*` follow-up."""
+def searched_setting(stem: str, lr: float, tmp_path: Path, registry):
+    """The row's setting as its own search trained it at that lr (before any follow-up was adopted)."""
+    path = tmp_path / f"{stem}_search.yaml"
+    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"{stem}.yaml", tmp_path)))
+    return next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == lr)
+
+
+def base_setting(base: str, registry, tmp_path: Path):
+    """A follow-up's base: the row as written (a row's stem), the first setting of a `tune_*` follow-up,
+    or `STEM searched at LR`: the row's own search's setting at that lr (a row that has since adopted
+    a follow-up of it)."""
     if base.startswith("tune_"):
         return load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
+    if " searched at " in base:
+        stem, lr = base.split(" searched at ")
+        return searched_setting(stem, float(lr), tmp_path, registry)
     return row_as_written(base, registry)
 
 
@@ -195,15 +207,17 @@ def test_the_ar_width_32_checks_are_the_adopted_rows_at_seq_icls_width(follow_up
 
 @pytest.mark.parametrize(("follow_up", "changed", "value"), [("ar_gilr_d32", "d_model", 32),
                                                             ("ar_gilr_nodrop", "mixer_dropout", 0.0)])
-def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up, changed, value, registry):
-    """tune_ar_gilr_{d32,nodrop}.yaml are the associative-recall gilr row as it stands (lr 3e-3,
-    3000 steps, width 64, seq_icl's mixer dropout 0.2) with only the width or only the mixer
-    dropout changed, seeds 0-2, one trial at a time."""
+def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up, changed, value, registry,
+                                                                         tmp_path):
+    """tune_ar_gilr_{d32,nodrop}.yaml are the associative-recall gilr row as it stood then, its search's
+    setting (lr 3e-3, 3000 steps, width 64, seq_icl's mixer dropout 0.2; the row has since adopted
+    62800 steps), with only the width or only the mixer dropout changed, seeds 0-2, one at a time."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
     assert {getattr(c.backbone, changed) for c in follow.checked} == {value}
-    row = row_as_written("associative_recall_gilr", registry)
+    assert row_as_written("associative_recall_gilr", registry).training.steps == 62800
+    row = searched_setting("associative_recall_gilr", 3.0e-3, tmp_path, registry)
     assert (row.backbone.d_model, row.backbone.mixer_dropout, row.training.lr, row.training.steps) == (64, 0.2, 0.003, 3000)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {changed}, "training": {"keep_checkpoints"}}
     assert differing_only_in(exclude, row, *follow.checked)
@@ -234,7 +248,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_lstm_lr1e-3_steps12000", "associative_recall_lstm", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_lru_lr3e-3_steps12000", "tune_ar_lru_steps12000", "training", "lr", 1.0e-3, [3.0e-3]),
-    ("ar_gilr_lr", "associative_recall_gilr", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
+    ("ar_gilr_lr", "associative_recall_gilr searched at 3e-3", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ih_s4d_lr", "tune_ih_s4d_steps20000", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
     ("ih_lru_lr", "tune_ih_lru_steps20000", "training", "lr", 1.0e-3, [5.0e-4]),
@@ -252,7 +266,7 @@ ONE_AXIS_FOLLOW_UPS = [
 
 @pytest.mark.parametrize(("follow_up", "base", "part", "field", "row_value", "values"), ONE_AXIS_FOLLOW_UPS)
 def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up, base, part, field, row_value,
-                                                                       values, registry):
+                                                                       values, registry, tmp_path):
     """The heads follow-ups on induction head and the lr follow-ups at the associative-recall rows' own
     length: each is its base (the row as written, i.e. its adopted setting, or the follow-up named
     `tune_*` that it builds on) with one field over `values` (none of them the base's own), seeds 0-2
@@ -262,7 +276,7 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert follow.options.max_concurrent_trials == 1
     tried = sorted((getattr(getattr(c, part), field), c.seed) for c in follow.checked)
     assert tried == [(v, s) for v in values for s in range(3)]
-    row = base_setting(base, registry)
+    row = base_setting(base, registry, tmp_path)
     assert getattr(getattr(row, part), field) == row_value and row_value not in values
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"keep_checkpoints"}}
     exclude[part] = {field, *exclude.get(part, ())}  # checkpoints kept on disk are not a setting
@@ -283,13 +297,14 @@ LONGER_FOLLOW_UPS = [
      "associative_recall_lru"),
     ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), (40000, 4000), 5.0e-4, "induction_head_lru"),
     ("ih_s4d_steps30000", "tune_ih_s4d_lr", (20000, 2000), (30000, 3000), 5.0e-4, "induction_head_s4d"),
-    ("ar_gilr_steps62800", "associative_recall_gilr", (3000, 150), (62800, 3140), 3.0e-3, None),
+    ("ar_gilr_steps62800", "associative_recall_gilr searched at 3e-3", (3000, 150), (62800, 3140), 3.0e-3,
+     "associative_recall_gilr"),
 ]
 
 
 @pytest.mark.parametrize(("follow_up", "base", "base_schedule", "schedule", "lr", "adopted_by"), LONGER_FOLLOW_UPS)
 def test_the_longer_follow_ups_are_their_bases_with_more_steps(follow_up, base, base_schedule, schedule, lr,
-                                                               adopted_by, registry):
+                                                               adopted_by, registry, tmp_path):
     """Each follow-up is its base at more steps with the same share of warmup, seeds 0-2, one trial at
     a time; nothing else differs. A row that adopted it is that setting."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
@@ -299,7 +314,7 @@ def test_the_longer_follow_ups_are_their_bases_with_more_steps(follow_up, base, 
     (base_steps, base_warmup), (steps, warmup) = base_schedule, schedule
     assert steps > base_steps and warmup * base_steps == base_warmup * steps
     assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(*schedule, lr)}
-    row = base_setting(base, registry)
+    row = base_setting(base, registry, tmp_path)
     assert (row.training.steps, row.training.warmup_steps) == base_schedule
     exclude = {"seed": True, "name": True, "output_dir": True}
     if adopted_by is not None:
