@@ -26,22 +26,26 @@ def row_as_written(stem: str, registry):
     return validate_spec(yaml.safe_load((HERE / f"{stem}.yaml").read_text()), registry=registry)
 
 
-def searched_setting(stem: str, lr: float, tmp_path: Path, registry):
-    """The row's setting as its own search trained it at that lr (before any follow-up was adopted)."""
+def searched_settings(stem: str, tmp_path: Path, registry) -> list:
+    """The settings of the row's own search (reproduce.py's tune spec for it), as validated."""
     path = tmp_path / f"{stem}_search.yaml"
     path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"{stem}.yaml", tmp_path)))
-    return next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == lr)
+    return load_tune_spec(path, registry=registry).checked
 
 
-def base_setting(base: str, registry, tmp_path: Path):
+def searched_setting(stem: str, lr: float, tmp_path: Path, registry):
+    """The row's setting as its own search trained it at that lr (before any follow-up was adopted)."""
+    return next(c for c in searched_settings(stem, tmp_path, registry) if c.training.lr == lr)
+
+
+def base_setting(base: str | tuple[str, float], registry, tmp_path: Path):
     """A follow-up's base: the row as written (a row's stem), the first setting of a `tune_*` follow-up,
-    or `STEM searched at LR`: the row's own search's setting at that lr (a row that has since adopted
-    a follow-up of it)."""
+    or (stem, lr): the row's own search's setting at that lr (a row that has since adopted a follow-up
+    of it)."""
+    if isinstance(base, tuple):
+        return searched_setting(*base, tmp_path, registry)
     if base.startswith("tune_"):
         return load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
-    if " searched at " in base:
-        stem, lr = base.split(" searched at ")
-        return searched_setting(stem, float(lr), tmp_path, registry)
     return row_as_written(base, registry)
 
 
@@ -66,9 +70,7 @@ def test_the_h3_lr_follow_up_is_the_row_at_another_lr(tmp_path, registry):
     follow = load_tune_spec(HERE / "tune_ar_h3_lr2e-3_steps6000.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert {c.training.lr for c in follow.checked} == {0.002}
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_h3.yaml", tmp_path)))
-    row = load_tune_spec(path, registry=registry).checked[0]
+    row = searched_settings("associative_recall_h3", tmp_path, registry)[0]
     assert {c.backbone.head_dim for c in follow.checked} == {1}
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"},
                "backbone": {"head_dim"}}
@@ -81,11 +83,8 @@ def test_the_heads_follow_up_is_the_transformer_row_at_1_and_2_heads(tmp_path, r
     n_heads in {1, 2} (the row: 4), seeds 0-2; nothing else differs."""
     follow = load_tune_spec(HERE / "tune_ar_transformer_heads.yaml", registry=registry)
     assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (1, 2) for s in range(3)]
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "associative_recall_transformer.yaml",
-                                                                tmp_path)))
     row_lr = yaml.safe_load((HERE / "associative_recall_transformer.yaml").read_text())["training"]["lr"]
-    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    row = searched_setting("associative_recall_transformer", row_lr, tmp_path, registry)
     assert row.backbone.n_heads == 4 and row_lr == 0.003
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"},
                "training": {"keep_checkpoints"}}
@@ -99,10 +98,8 @@ def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, reg
     follow = load_tune_spec(HERE / "tune_ih_h3_steps10000.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / "induction_head_h3.yaml", tmp_path)))
     row_lr = yaml.safe_load((HERE / "induction_head_h3.yaml").read_text())["training"]["lr"]
-    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == row_lr)
+    row = searched_setting("induction_head_h3", row_lr, tmp_path, registry)
     assert row.training.steps == 5000
     # the row has since adopted heads of size 2 (tune_ih_h3_heads.yaml); this ran at size 1
     assert row.backbone.head_dim == 2 and {c.backbone.head_dim for c in follow.checked} == {1}
@@ -121,9 +118,7 @@ def test_the_ih_steps_follow_ups_are_the_rows_with_twice_the_steps(backbone, lr,
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 1
     assert {(c.training.steps, c.training.warmup_steps) for c in follow.checked} == {(10000, 1000)}
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(load_reproduce().search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
-    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == lr)
+    row = searched_setting(f"induction_head_{backbone}", lr, tmp_path, registry)
     assert row.training.steps == 5000
     exclude = {"seed": True, "name": True, "output_dir": True,
                "training": {"steps", "warmup_steps", "keep_checkpoints"}}
@@ -142,10 +137,7 @@ def test_the_ih_20000_step_follow_ups_are_the_rows_at_the_lstms_length(backbone,
             for c in follow.checked} == {(20000, 2000, 2000, lr)}
     lstm = yaml.safe_load((HERE / "induction_head_lstm.yaml").read_text())["training"]
     assert (lstm["steps"], lstm["warmup_steps"]) == (20000, 2000)
-    reproduce = load_reproduce()
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / f"induction_head_{backbone}.yaml", tmp_path)))
-    row = next(c for c in load_tune_spec(path, registry=registry).checked if c.training.lr == lr)
+    row = searched_setting(f"induction_head_{backbone}", lr, tmp_path, registry)
     assert row.training.steps == 5000
     exclude = {"seed": True, "name": True, "output_dir": True,
                "training": {"steps", "warmup_steps", "eval_every", "keep_checkpoints"}}
@@ -164,10 +156,7 @@ def test_the_ar_6000_step_follow_ups_are_the_rows_at_h3s_schedule(backbone, lr, 
     assert {(c.training.steps, c.training.warmup_steps, c.training.lr) for c in follow.checked} == {(6000, 300, lr)}
     h3 = yaml.safe_load((HERE / "associative_recall_h3.yaml").read_text())["training"]
     assert (h3["steps"], h3["warmup_steps"]) == (6000, 300)
-    reproduce = load_reproduce()
-    path = tmp_path / "row.yaml"
-    path.write_text(yaml.safe_dump(reproduce.search_spec(HERE / f"associative_recall_{backbone}.yaml", tmp_path)))
-    searched = load_tune_spec(path, registry=registry).checked
+    searched = searched_settings(f"associative_recall_{backbone}", tmp_path, registry)
     assert sorted(c.training.lr for c in searched) == [1.0e-3, 3.0e-3]
     row = next(c for c in searched if c.training.lr == lr)
     assert (row.training.steps, row.training.warmup_steps) == (3000, 150)
@@ -248,7 +237,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_lstm_lr1e-3_steps12000", "associative_recall_lstm", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_lru_lr3e-3_steps12000", "tune_ar_lru_steps12000", "training", "lr", 1.0e-3, [3.0e-3]),
-    ("ar_gilr_lr", "associative_recall_gilr searched at 3e-3", "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
+    ("ar_gilr_lr", ("associative_recall_gilr", 3.0e-3), "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ih_s4d_lr", "tune_ih_s4d_steps20000", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
     ("ih_lru_lr", "tune_ih_lru_steps20000", "training", "lr", 1.0e-3, [5.0e-4]),
@@ -297,7 +286,7 @@ LONGER_FOLLOW_UPS = [
      "associative_recall_lru"),
     ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), (40000, 4000), 5.0e-4, "induction_head_lru"),
     ("ih_s4d_steps30000", "tune_ih_s4d_lr", (20000, 2000), (30000, 3000), 5.0e-4, "induction_head_s4d"),
-    ("ar_gilr_steps62800", "associative_recall_gilr searched at 3e-3", (3000, 150), (62800, 3140), 3.0e-3,
+    ("ar_gilr_steps62800", ("associative_recall_gilr", 3.0e-3), (3000, 150), (62800, 3140), 3.0e-3,
      "associative_recall_gilr"),
 ]
 
