@@ -5,6 +5,7 @@ decided on the runs before it), its tables, and the clear errors for a setting i
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_the_reduced_grid_holds_the_setting_and_its_none_row_only():
 def test_a_setting_it_cannot_rerun_is_one_clear_error(change, words):
     g = grid()
     change(g)
-    with pytest.raises(SystemExit, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SystemExit, match=re.escape(words)):
         rerun().setting_grid(g, "trained_tau1")
 
 
