@@ -242,8 +242,8 @@ def setting_table(grid: dict, runs2: Path, cells: list) -> tuple[list[str], floa
         check_halting_overrides(grid, cell)
     lines = ["", "## Halting at a searched setting (beyond the grid's settings)", "",
              "Each row's runs use the grid's spec of that task, backbone and halting with the setting merged in. "
-             "`none` at the setting: seed 0 is the search2 trial at that setting, seeds 1 and 2 its follow-ups, "
-             "further seeds ordinary runs. seeds: n, the runs in the row. Mean over seeds ± half-width of the 95% "
+             "`none` at the setting: where a search2 trial ran at that setting it is seed 0 and seeds 1 and 2 are "
+             "its follow-ups; other seeds are ordinary runs. seeds: n, the runs in the row. Mean over seeds ± half-width of the 95% "
              "t-interval; Δ: row minus `none` at the same setting, difference of means ± half-width of its 95% "
              "Welch interval, Welch's p on token accuracy (p) and on exact match (p exact). `random_X`: random "
              "depth at row X's mean test hops (two-point, same cap), run where X differs from none (p < 0.05 "
