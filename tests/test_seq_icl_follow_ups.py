@@ -1,8 +1,9 @@
 """examples/seq_icl/tune_*.yaml follow-ups: each is its row's setting with one thing changed
-(steps, lr, heads, width or seed), and nothing else differs. Nothing trains."""
+(steps, warmup, lr, heads, width or seed), and nothing else differs. Nothing trains."""
 
 from __future__ import annotations
 
+from functools import reduce
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,16 @@ def searched_setting(stem: str, lr: float, tmp_path: Path, registry):
     return next(c for c in searched_settings(stem, tmp_path, registry) if c.training.lr == lr)
 
 
-def base_setting(base: str | tuple[str, float], registry, tmp_path: Path):
+def base_setting(base: str | tuple[str, dict], registry, tmp_path: Path):
     """A follow-up's base: the row as written (a row's stem), the first setting of a `tune_*` follow-up,
-    or (stem, lr): the row's own search's setting at that lr (a row that has since adopted a follow-up
-    of it)."""
+    or (stem, {dotted field: value}): the setting with those values among the row's own search's
+    settings (a row's stem) or a `tune_*` follow-up's (for a row that has since adopted something else)."""
     if isinstance(base, tuple):
-        return searched_setting(*base, tmp_path, registry)
+        stem, wanted = base
+        settings = (load_tune_spec(HERE / f"{stem}.yaml", registry=registry).checked if stem.startswith("tune_")
+                    else searched_settings(stem, tmp_path, registry))
+        return next(c for c in settings
+                    if all(reduce(getattr, field.split("."), c) == value for field, value in wanted.items()))
     if base.startswith("tune_"):
         return load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
     return row_as_written(base, registry)
@@ -215,17 +220,19 @@ def test_the_ar_gilr_checks_are_the_row_with_one_layer_setting_changed(follow_up
 def test_the_ar_retnet_heads_follow_up_is_the_row_with_2_and_4_heads(registry):
     """tune_ar_retnet_heads.yaml is the associative-recall retnet row as adopted from its 6000-step
     follow-up (lr 1e-3, 6000 steps, 8 heads) with n_heads in {2, 4}, seeds 0-2, one trial at a time;
-    nothing else differs. The row has since adopted 4 heads from it."""
+    nothing else differs. The row has since adopted 4 heads from it, then the 3140-step warmup
+    (tune_ar_retnet_warmup3140.yaml)."""
     follow = load_tune_spec(HERE / "tune_ar_retnet_heads.yaml", registry=registry)
     assert sorted((c.backbone.n_heads, c.seed) for c in follow.checked) == [(h, s) for h in (2, 4) for s in range(3)]
     assert follow.options.max_concurrent_trials == 1
     row = row_as_written("associative_recall_retnet", registry)
-    assert (row.backbone.n_heads, row.training.lr, row.training.steps) == (4, 0.001, 6000)
+    assert (row.backbone.n_heads, row.training.lr, row.training.steps, row.training.warmup_steps) == (4, 0.001, 6000, 3140)
     before = load_tune_spec(HERE / "tune_ar_retnet_steps6000.yaml", registry=registry).checked
     assert {c.backbone.n_heads for c in before} == {8}
-    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"}}
+    assert {c.training.warmup_steps for c in [*before, *follow.checked]} == {300}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"}, "training": {"warmup_steps"}}
     assert differing_only_in(exclude, row, *follow.checked)
-    exclude["training"] = {"keep_checkpoints"}
+    exclude["training"] = {"warmup_steps", "keep_checkpoints"}
     assert differing_only_in(exclude, row, *before)
 
 
@@ -233,11 +240,11 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_retnet_heads", "induction_head_retnet", "backbone", "n_heads", 8, [4]),
     ("ih_h3_heads", "tune_ih_h3_steps10000", "backbone", "head_dim", 1, [2]),
     ("ih_transformer_heads", "induction_head_transformer", "backbone", "n_heads", 4, [1]),
-    ("ar_s4d_lr1e-3", "associative_recall_s4d", "training", "lr", 3.0e-3, [1.0e-3]),
-    ("ar_retnet_lr3e-3", "associative_recall_retnet", "training", "lr", 1.0e-3, [3.0e-3]),
+    ("ar_s4d_lr1e-3", "tune_ar_s4d_steps6000", "training", "lr", 3.0e-3, [1.0e-3]),
+    ("ar_retnet_lr3e-3", ("tune_ar_retnet_heads", {"backbone.n_heads": 4}), "training", "lr", 1.0e-3, [3.0e-3]),
     ("ar_lstm_lr1e-3_steps12000", "associative_recall_lstm", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ar_lru_lr3e-3_steps12000", "tune_ar_lru_steps12000", "training", "lr", 1.0e-3, [3.0e-3]),
-    ("ar_gilr_lr", ("associative_recall_gilr", 3.0e-3), "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
+    ("ar_gilr_lr", ("associative_recall_gilr", {"training.lr": 3.0e-3}), "training", "lr", 3.0e-3, [5.0e-4, 1.0e-3]),
     ("ar_rwkv_lr1e-3", "associative_recall_rwkv", "training", "lr", 3.0e-3, [1.0e-3]),
     ("ih_s4d_lr", "tune_ih_s4d_steps20000", "training", "lr", 1.0e-3, [5.0e-4, 2.0e-3]),
     ("ih_lru_lr", "tune_ih_lru_steps20000", "training", "lr", 1.0e-3, [5.0e-4]),
@@ -250,14 +257,19 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_transformer_lr1e-3", "induction_head_transformer", "training", "lr", 5.0e-4, [1.0e-3]),
     ("ih_transformer_lr3e-4", "induction_head_transformer", "training", "lr", 5.0e-4, [3.0e-4]),
     ("ih_gilr_lr1e-3", "induction_head_gilr", "training", "lr", 2.0e-3, [1.0e-3]),
+    ("ar_gilr_steps6000_warmup3140", "tune_ar_gilr_steps6000", "training", "warmup_steps", 300, [3140]),
+    ("ar_gilr_steps6000_warmup3140", "associative_recall_gilr", "training", "steps", 62800, [6000]),
+    ("ar_s4d_warmup3140", "tune_ar_s4d_steps6000", "training", "warmup_steps", 300, [3140]),
+    ("ar_retnet_warmup3140", ("tune_ar_retnet_heads", {"backbone.n_heads": 4}), "training", "warmup_steps", 300, [3140]),
+    ("ih_retnet_lr2e-3", "induction_head_retnet", "training", "lr", 1.0e-3, [2.0e-3]),
 ]
 
 
 @pytest.mark.parametrize(("follow_up", "base", "part", "field", "row_value", "values"), ONE_AXIS_FOLLOW_UPS)
 def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up, base, part, field, row_value,
                                                                        values, registry, tmp_path):
-    """The heads follow-ups on induction head and the lr follow-ups at the associative-recall rows' own
-    length: each is its base (the row as written, i.e. its adopted setting, or the follow-up named
+    """The follow-ups that change one field (heads, lr, warmup or, for GILR's warmup check, steps):
+    each is its base (the row as written, i.e. its adopted setting, or the follow-up named
     `tune_*` that it builds on) with one field over `values` (none of them the base's own), seeds 0-2
     for each value, one trial at a time; nothing else differs (but the number of checkpoints kept)."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
@@ -272,6 +284,17 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert differing_only_in(exclude, row, *follow.checked)
 
 
+
+@pytest.mark.parametrize(("follow_up", "row"), [("ar_s4d_warmup3140", "associative_recall_s4d"),
+                                                ("ih_rwkv_lr1e-3", "induction_head_rwkv"),
+                                                ("ar_retnet_warmup3140", "associative_recall_retnet"),
+                                                ("ih_h3_heads", "induction_head_h3")])
+def test_a_row_that_adopted_a_one_axis_follow_up_is_that_setting(follow_up, row, registry):
+    """`--adopt` wrote the follow-up's one setting back as the row's spec: only seed and names differ."""
+    follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
+    assert differing_only_in({"seed": True, "name": True, "output_dir": True}, row_as_written(row, registry),
+                             *follow.checked)
+
 #: (follow-up, its base, the base's (steps, warmup), the follow-up's (steps, warmup), the lr, the row
 #: that has adopted it and still stands at it, or None). The base is the row as written or the `tune_*`
 #: the row stood at then.
@@ -284,10 +307,12 @@ LONGER_FOLLOW_UPS = [
     ("ar_lstm_steps24000", "associative_recall_lstm", (12000, 600), (24000, 1200), 3.0e-3, None),
     ("ar_lru_steps24000", "tune_ar_lru_lr3e-3_steps12000", (12000, 600), (24000, 1200), 3.0e-3,
      "associative_recall_lru"),
-    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), (40000, 4000), 5.0e-4, "induction_head_lru"),
+    ("ih_lru_steps40000", "tune_ih_lru_lr", (20000, 2000), (40000, 4000), 5.0e-4, None),
     ("ih_s4d_steps30000", "tune_ih_s4d_lr", (20000, 2000), (30000, 3000), 5.0e-4, "induction_head_s4d"),
-    ("ar_gilr_steps62800", ("associative_recall_gilr", 3.0e-3), (3000, 150), (62800, 3140), 3.0e-3,
+    ("ar_gilr_steps62800", ("associative_recall_gilr", {"training.lr": 3.0e-3}), (3000, 150), (62800, 3140), 3.0e-3,
      "associative_recall_gilr"),
+    ("ih_transformer_steps30000", "induction_head_transformer", (25000, 1000), (30000, 1200), 5.0e-4, None),
+    ("ih_lru_steps60000", "tune_ih_lru_steps40000", (40000, 4000), (60000, 6000), 5.0e-4, "induction_head_lru"),
 ]
 
 
