@@ -1,5 +1,5 @@
 """examples/seq_icl/tune_*.yaml follow-ups: each is its row's setting with one thing changed
-(steps, warmup, lr, heads, width or seed), and nothing else differs. Nothing trains."""
+(steps, warmup, lr or its schedule, heads, width or seed), and nothing else differs. Nothing trains."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from script_modules import load_script
 
 from ponderlab.core.spec import validate_spec
+from ponderlab.core.training_step import lr_factor
 from ponderlab.tune.spec import load_tune_spec
 
 HERE = Path(__file__).resolve().parents[1] / "examples" / "seq_icl"
@@ -259,6 +260,7 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ih_gilr_lr1e-3", "induction_head_gilr", "training", "lr", 2.0e-3, [1.0e-3]),
     ("ar_gilr_steps6000_warmup3140", "tune_ar_gilr_steps6000", "training", "warmup_steps", 300, [3140]),
     ("ar_gilr_steps6000_warmup3140", "associative_recall_gilr", "training", "steps", 62800, [6000]),
+    ("ar_gilr_steps6000_warmup1000", "tune_ar_gilr_steps6000", "training", "warmup_steps", 300, [1000]),
     ("ar_s4d_warmup3140", "tune_ar_s4d_steps6000", "training", "warmup_steps", 300, [3140]),
     ("ar_retnet_warmup3140", ("tune_ar_retnet_heads", {"backbone.n_heads": 4}), "training", "warmup_steps", 300, [3140]),
     ("ih_retnet_lr2e-3", "induction_head_retnet", "training", "lr", 1.0e-3, [2.0e-3]),
@@ -344,3 +346,19 @@ def test_the_ih_rwkv_seeds_3_to_5_are_the_lr_follow_up_at_three_more_seeds(regis
     assert more.options.max_concurrent_trials == 1
     assert sorted(c.seed for c in [*first.checked, *more.checked]) == list(range(6))
     assert differing_only_in({"seed": True, "name": True, "output_dir": True}, *first.checked, *more.checked)
+
+
+def test_the_gilr_constant_lr_check_is_the_6000_step_follow_up_at_the_warmups_mean_lr(registry):
+    """tune_ar_gilr_constant_lr.yaml is tune_ar_gilr_steps6000.yaml at a constant lr (no warmup, no
+    decay) equal to the mean lr of the 3140-step warmup to 3e-3; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_gilr_constant_lr.yaml", registry=registry)
+    base = load_tune_spec(HERE / "tune_ar_gilr_steps6000.yaml", registry=registry).checked
+    warmup = load_tune_spec(HERE / "tune_ar_gilr_steps6000_warmup3140.yaml", registry=registry).checked[0].training
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    warmup_lrs = [warmup.lr * lr_factor(step, warmup) for step in range(warmup.warmup_steps)]
+    for check in follow.checked:
+        assert check.training.lr == pytest.approx(sum(warmup_lrs) / len(warmup_lrs), rel=1e-3)
+        assert {lr_factor(step, check.training) for step in range(check.training.steps)} == {1.0}
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "warmup_steps", "min_lr_ratio"}}
+    assert differing_only_in(exclude, *base, *follow.checked)
