@@ -286,7 +286,6 @@ def test_the_one_axis_follow_ups_are_their_rows_with_that_axis_changed(follow_up
     assert differing_only_in(exclude, row, *follow.checked)
 
 
-
 @pytest.mark.parametrize(("follow_up", "row"), [("ar_s4d_warmup3140", "associative_recall_s4d"),
                                                 ("ih_rwkv_lr1e-3", "induction_head_rwkv"),
                                                 ("ar_retnet_warmup3140", "associative_recall_retnet"),
@@ -296,6 +295,7 @@ def test_a_row_that_adopted_a_one_axis_follow_up_is_that_setting(follow_up, row,
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert differing_only_in({"seed": True, "name": True, "output_dir": True}, row_as_written(row, registry),
                              *follow.checked)
+
 
 #: (follow-up, its base, the base's (steps, warmup), the follow-up's (steps, warmup), the lr, the row
 #: that has adopted it and still stands at it, or None). The base is the row as written or the `tune_*`
@@ -362,3 +362,16 @@ def test_the_gilr_constant_lr_check_is_the_6000_step_follow_up_at_the_warmups_me
         assert {lr_factor(step, check.training) for step in range(check.training.steps)} == {1.0}
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "warmup_steps", "min_lr_ratio"}}
     assert differing_only_in(exclude, *base, *follow.checked)
+
+
+def test_the_gilr_warmup_seeds_3_to_5_are_the_three_warmup_follow_ups_at_three_more_seeds(registry):
+    """tune_ar_gilr_steps6000_warmups_seeds3to5.yaml is the 6000-step GILR follow-ups with warmups of
+    300, 1000 and 3140 steps (seeds 0-2 each) at seeds 3-5; nothing else differs (but the number of
+    checkpoints kept)."""
+    more = load_tune_spec(HERE / "tune_ar_gilr_steps6000_warmups_seeds3to5.yaml", registry=registry).checked
+    first = [c for stem in ("steps6000", "steps6000_warmup1000", "steps6000_warmup3140")
+             for c in load_tune_spec(HERE / f"tune_ar_gilr_{stem}.yaml", registry=registry).checked]
+    assert sorted((c.training.warmup_steps, c.seed) for c in [*first, *more]) == [
+        (w, s) for w in (300, 1000, 3140) for s in range(6)]
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"warmup_steps", "keep_checkpoints"}}
+    assert differing_only_in(exclude, *first, *more)
