@@ -35,9 +35,15 @@ def searched_settings(stem: str, tmp_path: Path, registry) -> list:
     return load_tune_spec(path, registry=registry).checked
 
 
+def setting_with(settings: list, wanted: dict):
+    """The first of the validated settings whose dotted fields have the wanted values."""
+    return next(c for c in settings if all(reduce(getattr, field.split("."), c) == value
+                                           for field, value in wanted.items()))
+
+
 def searched_setting(stem: str, lr: float, tmp_path: Path, registry):
     """The row's setting as its own search trained it at that lr (before any follow-up was adopted)."""
-    return next(c for c in searched_settings(stem, tmp_path, registry) if c.training.lr == lr)
+    return setting_with(searched_settings(stem, tmp_path, registry), {"training.lr": lr})
 
 
 def base_setting(base: str | tuple[str, dict], registry, tmp_path: Path):
@@ -48,8 +54,7 @@ def base_setting(base: str | tuple[str, dict], registry, tmp_path: Path):
         stem, wanted = base
         settings = (load_tune_spec(HERE / f"{stem}.yaml", registry=registry).checked if stem.startswith("tune_")
                     else searched_settings(stem, tmp_path, registry))
-        return next(c for c in settings
-                    if all(reduce(getattr, field.split("."), c) == value for field, value in wanted.items()))
+        return setting_with(settings, wanted)
     if base.startswith("tune_"):
         return load_tune_spec(HERE / f"{base}.yaml", registry=registry).checked[0]
     return row_as_written(base, registry)
