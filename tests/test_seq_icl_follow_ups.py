@@ -179,15 +179,20 @@ def test_the_ar_6000_step_follow_ups_are_the_rows_at_h3s_schedule(backbone, lr, 
     assert len({c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}) == 1
 
 
-def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(registry):
-    """tune_ar_h3_heads.yaml is the associative-recall h3 row (lr 2e-3, 6000 steps, then head_dim 1)
-    with head_dim in {2, 4}, seeds 0-2; nothing else differs. The row has since adopted head_dim 2."""
+def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(tmp_path, registry):
+    """tune_ar_h3_heads.yaml is the associative-recall h3 row as it was then (lr 2e-3, 6000 steps,
+    head_dim 1) with head_dim in {2, 4}, seeds 0-2; nothing else differs. The row adopted head_dim 2;
+    its own search, run since at head_dim 2 over lr {1e-3, 2e-3}, chose 1e-3, so the follow-up's
+    head_dim 2 setting is that search's lr 2e-3 setting."""
     follow = load_tune_spec(HERE / "tune_ar_h3_heads.yaml", registry=registry)
     assert sorted((c.backbone.head_dim, c.seed) for c in follow.checked) == [(d, s) for d in (2, 4) for s in range(3)]
     row = row_as_written("associative_recall_h3", registry)
-    assert (row.backbone.head_dim, row.training.lr, row.training.steps) == (2, 0.002, 6000)
-    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"head_dim"}}
-    assert differing_only_in(exclude, row, *follow.checked)
+    assert (row.backbone.head_dim, row.training.lr, row.training.steps) == (2, 0.001, 6000)
+    at_2e3 = searched_setting("associative_recall_h3", 0.002, tmp_path, registry)
+    exclude = {"seed": True, "name": True, "output_dir": True}
+    assert differing_only_in(exclude, at_2e3, *[c for c in follow.checked if c.backbone.head_dim == 2])
+    assert differing_only_in({**exclude, "backbone": {"head_dim"}}, at_2e3, *follow.checked)
+    assert differing_only_in({**exclude, "training": {"lr"}}, row, at_2e3)
 
 
 @pytest.mark.parametrize(("follow_up", "backbone", "lr", "steps"), [("ar_rwkv_d32_steps6000", "rwkv", 0.003, 6000),
@@ -367,6 +372,22 @@ def test_the_gilr_constant_lr_check_is_the_6000_step_follow_up_at_the_warmups_me
         assert {lr_factor(step, check.training) for step in range(check.training.steps)} == {1.0}
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "warmup_steps", "min_lr_ratio"}}
     assert differing_only_in(exclude, *base, *follow.checked)
+
+
+def test_the_gilr_half_lr_warmup_is_the_3140_step_warmup_follow_up_at_half_its_lr(registry):
+    """tune_ar_gilr_warmup3140_lr1.5e-3.yaml is tune_ar_gilr_steps6000_warmup3140.yaml at half the peak
+    lr, so every step's lr is half of it, at seeds 0-5; nothing else differs (but the number of
+    checkpoints kept)."""
+    follow = load_tune_spec(HERE / "tune_ar_gilr_warmup3140_lr1.5e-3.yaml", registry=registry).checked
+    first = load_tune_spec(HERE / "tune_ar_gilr_steps6000_warmup3140.yaml", registry=registry).checked[0]
+    assert sorted(c.seed for c in follow) == list(range(6))
+    for check in follow:
+        assert check.training.lr == pytest.approx(first.training.lr / 2)
+        halved = [check.training.lr * lr_factor(step, check.training) for step in range(0, 6000, 7)]
+        assert halved == pytest.approx([first.training.lr * lr_factor(step, first.training) / 2
+                                        for step in range(0, 6000, 7)])
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"}}
+    assert differing_only_in(exclude, first, *follow)
 
 
 def test_the_gilr_warmup_seeds_3_to_5_are_the_three_warmup_follow_ups_at_three_more_seeds(registry):

@@ -40,10 +40,12 @@ SEARCH = {
             # still rising at step 3000 with no jump (runs/seq_icl/tried/associative_recall_h3_steps3000_seed0_search,
             # docs/results/seq_icl/curve_superseded_associative_recall_h3_steps3000.png). So: twice the
             # steps (warmup 5%), chosen over 3 seeds. That search ran lr 1e-3 only (validation 81.2,
-            # 96.4, 93.2%, runs/seq_icl/search/associative_recall_h3); lr 2e-3 over the same seeds
+            # 96.4, 93.2%, docs/results/seq_icl/superseded_search_associative_recall_h3_head_dim1_lr1e-3.md);
+            # lr 2e-3 over the same seeds
             # (the follow-up tune_ar_h3_lr2e-3_steps6000.yaml: 98.2, 97.4, 97.2%) replaced it by
-            # `--adopt`. A from-scratch run searches both here; the committed row comes from the two
-            # runs above (the table says which), not from this grid run as one search.
+            # `--adopt`; heads of size 2 were then adopted (tune_ar_h3_heads.yaml). This grid, run as
+            # one search on the row at head_dim 2 (session of 2026-12-04 afternoon), chose 1e-3
+            # (validation 99.8, 99.6, 99.8% against 97.2, 97.8, 99.4%): the committed row.
             "h3": {"set": {"training.steps": 6000, "training.warmup_steps": 300},
                    "search": {"training.lr": {"grid": [1.0e-3, 2.0e-3]}, "seed": {"grid": [0, 1, 2]}}}},
     },
