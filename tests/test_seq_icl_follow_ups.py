@@ -101,8 +101,7 @@ def test_the_heads_follow_up_is_the_transformer_row_at_1_and_2_heads(tmp_path, r
     assert differing_only_in({"seed": True, "name": True, "output_dir": True, "training": {"lr"}}, written, row)
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads"},
                "training": {"keep_checkpoints"}}
-    dumped = {c.model_dump_json(exclude=exclude) for c in [row, *follow.checked]}
-    assert len(dumped) == 1
+    assert differing_only_in(exclude, row, *follow.checked)
 
 
 def test_the_ih_h3_steps_follow_up_is_the_row_with_twice_the_steps(tmp_path, registry):
@@ -378,16 +377,12 @@ def test_the_gilr_constant_lr_check_is_the_6000_step_follow_up_at_the_warmups_me
 
 def test_the_gilr_half_lr_warmup_is_the_3140_step_warmup_follow_up_at_half_its_lr(registry):
     """tune_ar_gilr_warmup3140_lr1.5e-3.yaml is tune_ar_gilr_steps6000_warmup3140.yaml at half the peak
-    lr, so every step's lr is half of it, at seeds 0-5; nothing else differs (but the number of
-    checkpoints kept)."""
+    lr, at seeds 0-5; nothing else differs (but the number of checkpoints kept), so the schedule (steps,
+    warmup, floor) is the same and every step's lr is half of it."""
     follow = load_tune_spec(HERE / "tune_ar_gilr_warmup3140_lr1.5e-3.yaml", registry=registry).checked
     first = load_tune_spec(HERE / "tune_ar_gilr_steps6000_warmup3140.yaml", registry=registry).checked[0]
     assert sorted(c.seed for c in follow) == list(range(6))
-    for check in follow:
-        assert check.training.lr == pytest.approx(first.training.lr / 2)
-        halved = [check.training.lr * lr_factor(step, check.training) for step in range(0, 6000, 7)]
-        assert halved == pytest.approx([first.training.lr * lr_factor(step, first.training) / 2
-                                        for step in range(0, 6000, 7)])
+    assert [c.training.lr for c in follow] == pytest.approx([first.training.lr / 2] * 6)
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"lr", "keep_checkpoints"}}
     assert differing_only_in(exclude, first, *follow)
 
