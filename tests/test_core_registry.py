@@ -8,6 +8,7 @@ finds installed plugins.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 
@@ -63,6 +64,17 @@ def test_builtins_are_registered_through_entry_points():
         assert info.distribution == "ponderlab"
         assert info.source.startswith(f"{kind}.")
 
+
+
+def test_listing_the_builtins_leaves_transformers_unimported():
+    """The built-in plugins import `transformers` where they build a model or load a tokenizer, not at
+    registration: `ponderlab plugins` or `validate` (and every Ray worker) skips its seconds of import."""
+    probe = ("import sys; from ponderlab.core.registry import build_registry; registry = build_registry(); "
+             "registry.get('backbone', 'transformer'); registry.get('backbone', 'mamba'); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 def test_third_party_plugin_is_discovered_with_its_distribution(plugin_dir):
     make_distribution(plugin_dir, "fake-halting", "fake_plugin_ok", GOOD_MODULE.format(cls="Slow", name="slow"))

@@ -15,14 +15,17 @@ rows after the call (correct, no saving).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
-from transformers import PretrainedConfig
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ponderlab.core.interfaces import Block, BlockContext
 
 from .hf_rows import LayerRows, RotaryTables, rows_adapter
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import PretrainedConfig
 
 
 def sliding_window(config: PretrainedConfig, index: int) -> int | None:
@@ -41,6 +44,9 @@ class HFBlock(Block):
         self.hf_config = config
         self.rotary = rotary  # shared by every block of the model (a buffer-only module)
         self.sliding = sliding_window(config, index) is not None
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        self.make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
 
     def rotary_tables(self, hidden: Tensor, position_ids: Tensor) -> RotaryTables | None:
         """(cos, sin) of the shared rotary module at position_ids (1, L), or None (no rotary)."""
@@ -49,8 +55,7 @@ class HFBlock(Block):
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:  # (B, L, D) -> (B, L, D)
         length = hidden.shape[1]
         position_ids = torch.arange(length, device=hidden.device).unsqueeze(0)  # (1, L)
-        make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
-        mask = make_mask(
+        mask = self.make_mask(
             config=self.hf_config, inputs_embeds=hidden, attention_mask=None, cache=None, position_ids=position_ids
         )
         extra = {}

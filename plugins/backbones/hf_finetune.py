@@ -9,10 +9,14 @@ finetune: full    every parameter trains (the default);
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from transformers import PreTrainedModel
 
 from ponderlab.core.errors import SpecError
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import PreTrainedModel
 
 
 def freeze(module: nn.Module) -> None:

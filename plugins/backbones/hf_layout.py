@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from ponderlab.core.errors import SpecError
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import PretrainedConfig, PreTrainedModel
 
 #: Attribute names, per part, tried in order on the base model (`model.base_model`).
 LAYER_NAMES = ("h", "layers", "blocks")
@@ -83,6 +86,8 @@ def find_parts(model: PreTrainedModel, where: str) -> ModelParts:
 
 def load_config(source: str, where: str) -> PretrainedConfig:
     """AutoConfig of a hub id or local path, offline errors turned into one message."""
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
@@ -98,6 +103,8 @@ def load_causal_lm(
     vocab_size, when it differs from the model's, resizes the embedding and head
     (`resize_token_embeddings`: rows kept, new rows initialised, tying kept).
     """
+    from transformers import AutoModelForCausalLM
+
     config = load_config(source, where)
     config._attn_implementation = "sdpa"
     torch_dtype = DTYPES[dtype]
@@ -115,5 +122,7 @@ def load_causal_lm(
 
 def build_causal_lm(config: PretrainedConfig, *, dtype: str = "float32") -> PreTrainedModel:
     """A freshly initialised causal LM for an in-memory config (e.g. RMT/ARMT's GPT-NeoX)."""
+    from transformers import AutoModelForCausalLM
+
     config._attn_implementation = "sdpa"
     return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])

@@ -22,15 +22,18 @@ query rows picked, so adapters stay exact.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PretrainedConfig
-from transformers.pytorch_utils import Conv1D
 
 from ponderlab.core.early_exit import rows_mask
 
 from .row_attention import attend_rows, rotary
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import PretrainedConfig
 
 #: (cos, sin) rotary tables of positions 0..L-1: (1, L, r) each
 RotaryTables = tuple[Tensor, Tensor]
@@ -43,6 +46,8 @@ def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Te
     normed (B, L, D), rows (K,), query / key_value: output channels (indices (Cq,) / (Ckv,),
     or slices: weight views, no copy) -> queries (K, Cq), keys and values (B, L, Ckv).
     """
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projection
+
     flat = normed.reshape(-1, normed.shape[-1])  # (B*L, D)
     bias = projection.bias
     if type(projection) is nn.Linear:  # weight (C, D)

@@ -21,14 +21,12 @@ the output projection only (early exit, `forward_rows`).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
-from transformers import MambaConfig as HFMambaConfig
-from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.early_exit import gather_active
@@ -36,6 +34,10 @@ from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
 from .selective_scan import cuda_kernels, selective_scan, selective_scan_reference
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import MambaConfig as HFMambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
 
 ScanImpl = Literal["auto", "torch", "cuda", "reference"]
 
@@ -51,6 +53,8 @@ class MambaConfig(BackboneConfig):
 
 def hf_mamba_config(config: MambaConfig, vocab_size: int) -> HFMambaConfig:
     """The Hugging Face config whose `MambaMixer` holds one of our layers' weights."""
+    from transformers import MambaConfig as HFMambaConfig
+
     return HFMambaConfig(
         vocab_size=vocab_size,
         hidden_size=config.d_model,
@@ -126,6 +130,8 @@ class MambaLayer(Block):
     """
 
     def __init__(self, hf_config: HFMambaConfig, layer_index: int, scan: ScanImpl):
+        from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
+
         super().__init__()
         self.norm = MambaRMSNorm(hf_config.hidden_size, eps=hf_config.layer_norm_epsilon)
         self.mixer = MambaMixer(hf_config, layer_idx=layer_index)
@@ -145,6 +151,8 @@ class MambaBackbone(Backbone):
 
     def __init__(self, config: MambaConfig, *, vocab_size: int):
         super().__init__(config, vocab_size=vocab_size)
+        from transformers.models.mamba.modeling_mamba import MambaRMSNorm
+
         hf = hf_mamba_config(config, vocab_size)
         self.embedding = nn.Embedding(vocab_size, config.d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.models.llama.modeling_llama import rotate_half
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(..., d) -> (..., d): the halves swapped, the second negated ([-x2, x1]), as the
+    rotary embedding of GPT-NeoX and Llama pairs channel i with channel i + d/2."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

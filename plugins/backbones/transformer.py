@@ -7,14 +7,12 @@ positions restart at 0 for every call, so segments get their own positions.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from transformers import GPTNeoXConfig
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXRotaryEmbedding
 
 from ponderlab.core.config import BackboneConfig
 from ponderlab.core.early_exit import gather_active, rows_mask
@@ -23,6 +21,9 @@ from ponderlab.core.interfaces import Backbone, Block, BlockContext
 
 from .mixer_stack import gpt_init
 from .row_attention import attend_rows, rotary, routed_positions
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import GPTNeoXConfig
 
 
 class TransformerConfig(BackboneConfig):
@@ -44,6 +45,8 @@ class TransformerConfig(BackboneConfig):
 
 def neox_config(config: TransformerConfig, vocab_size: int) -> GPTNeoXConfig:
     """The Hugging Face config for one of our transformer layers."""
+    from transformers import GPTNeoXConfig
+
     hf = GPTNeoXConfig(
         vocab_size=vocab_size,
         hidden_size=config.d_model,
@@ -71,6 +74,11 @@ class NeoXBlock(Block):
     """
 
     def __init__(self, hf_config: GPTNeoXConfig, layer_index: int):
+        from transformers.models.gpt_neox.modeling_gpt_neox import (
+            GPTNeoXLayer,
+            GPTNeoXRotaryEmbedding,
+        )
+
         super().__init__()
         self.layer = GPTNeoXLayer(hf_config, layer_index)
         self.rotary = GPTNeoXRotaryEmbedding(hf_config)

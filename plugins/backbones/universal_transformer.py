@@ -16,17 +16,19 @@ rotary_pct 0.25, parallel residual), sinusoidal depth signal
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from transformers import GPTNeoXConfig
 
 from ponderlab.core.hookspecs import hookimpl
 from ponderlab.core.interfaces import BlockContext
 
 from .transformer import NeoXBlock, TransformerBackbone, TransformerConfig
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: listing plugins stays quick
+    from transformers import GPTNeoXConfig
 
 
 class UniversalTransformerConfig(TransformerConfig):

@@ -20,16 +20,20 @@ their noisy `input`, which is tokenized whole.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from ponderlab.core.errors import SpecError
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is loaded: listing plugins stays quick
+    from transformers import PreTrainedTokenizerBase
 
 GEN_TEXT = "GEN"
 
 
 def load_tokenizer(source: str, where: str = "task.tokenizer") -> PreTrainedTokenizerBase:
     """AutoTokenizer of a hub id or local path; SpecError naming `where` when it cannot load."""
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError, TypeError) as error:
