@@ -54,3 +54,16 @@ def test_rotary_turns_pairs_by_hand_and_keeps_the_rest():
     x = torch.tensor([1.0, 2.0, 3.0, 4.0])
     cos, sin = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.25])
     torch.testing.assert_close(rotary(x, cos, sin), torch.tensor([0.5 - 0.5, 1.0 + 0.25, 3.0, 4.0]))
+
+
+@pytest.mark.parametrize("size", [2, 8, 64])
+def test_rotary_is_transformers_own_rotary_on_the_span(size):
+    """Our rotate_half (no import of `transformers` at registration) is the one GPT-NeoX and Llama use."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(size)
+    q, k = torch.randn(2, 3, 5, size + 4, generator=generator), torch.randn(2, 3, 5, size + 4, generator=generator)
+    cos, sin = torch.randn(2, 5, size, generator=generator), torch.randn(2, 5, size, generator=generator)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)  # GPT-NeoX: partial rotary, rest kept
+    torch.testing.assert_close(rotary(q, cos.unsqueeze(1), sin.unsqueeze(1)), expected_q)
+    torch.testing.assert_close(rotary(k, cos.unsqueeze(1), sin.unsqueeze(1)), expected_k)
