@@ -38,14 +38,14 @@ class HFBlock(Block):
     """A wrapped decoder layer: (B, L, D) -> (B, L, D), causal."""
 
     def __init__(self, layer: nn.Module, *, index: int, config: PretrainedConfig, rotary: nn.Module | None):
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
         super().__init__()
         self.layer = layer
         self.index = index
         self.hf_config = config
         self.rotary = rotary  # shared by every block of the model (a buffer-only module)
         self.sliding = sliding_window(config, index) is not None
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
         self.make_mask = create_sliding_window_causal_mask if self.sliding else create_causal_mask
 
     def rotary_tables(self, hidden: Tensor, position_ids: Tensor) -> RotaryTables | None:
