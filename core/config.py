@@ -91,6 +91,11 @@ class TrainingConfig(StrictModel):
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    decay_vectors: bool = Field(
+        False,
+        description="Weight decay on 1-D parameters too (biases, norms, recurrence parameters), as "
+        "codebases that decay every parameter do (seq_icl); by default only matrices decay.",
+    )
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW's betas, each in [0, 1).")
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")

@@ -44,15 +44,16 @@ def lr_factor(step: int, config: TrainingConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on biases, norms, halting biases);
-    the groups a backbone declares (`Backbone.optimizer_groups`) keep their own options."""
+    """AdamW with weight decay on matrices only (not on biases, norms, halting biases; on
+    every parameter with `decay_vectors`); the groups a backbone declares
+    (`Backbone.optimizer_groups`) keep their own options."""
     declare = getattr(getattr(model, "backbone", None), "optimizer_groups", None)
     own = declare(lr=config.lr, weight_decay=config.weight_decay) if declare else []
     claimed = {id(param) for group in own for param in group["params"]}
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad and id(param) not in claimed:
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            (decay if param.dim() >= 2 or config.decay_vectors else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

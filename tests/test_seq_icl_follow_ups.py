@@ -7,6 +7,7 @@ from functools import reduce
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from script_modules import load_script
 
@@ -398,3 +399,54 @@ def test_the_gilr_warmup_seeds_3_to_5_are_the_three_warmup_follow_ups_at_three_m
         (w, s) for w in (300, 1000, 3140) for s in range(6)]
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"warmup_steps", "keep_checkpoints"}}
     assert differing_only_in(exclude, *first, *more)
+
+
+@pytest.mark.parametrize(("backbone", "at_a_time"), [("lstm", 1), ("lru", 2)])
+def test_the_ar_seqicl_recipe_checks_are_the_rows_trained_as_seq_icl_trained(backbone, at_a_time, registry):
+    """tune_ar_{lstm,lru}_seqicl_recipe.yaml are the associative-recall rows at seq_icl's own recipe:
+    width 32, lr 5e-4, 62800 steps (400 epochs of 5000 sequences at batch 32) with 6280 warmup steps
+    (10%), evaluated every 3140 steps, seeds 0-2 (the LSTM's one at a time, LRU's two); nothing else
+    differs."""
+    follow = load_tune_spec(HERE / f"tune_ar_{backbone}_seqicl_recipe.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == at_a_time
+    assert {(c.backbone.d_model, c.training.lr, c.training.steps, c.training.warmup_steps, c.training.eval_every,
+             c.training.batch_size, c.training.weight_decay, c.task.train_size) for c in follow.checked} == {
+        (32, 5.0e-4, 62800, 6280, 3140, 32, 0.1, 5000)}
+    row = row_as_written(f"associative_recall_{backbone}", registry)
+    assert row.backbone.d_model == 64
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"},
+               "training": {"lr", "steps", "warmup_steps", "eval_every"}}
+    assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_lru_decay_vectors_check_is_the_seqicl_recipe_with_every_parameter_decayed(registry):
+    """tune_ar_lru_seqicl_recipe_decay_vectors.yaml is the LRU recipe check with weight decay on 1-D
+    parameters too (seq_icl's AdamW decays every parameter), seeds 0-1, both at once; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_decay_vectors.yaml", registry=registry)
+    recipe = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1]
+    assert follow.options.max_concurrent_trials == 2
+    assert {c.training.decay_vectors for c in follow.checked} == {True}
+    assert {c.training.decay_vectors for c in recipe.checked} == {False}
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": {"decay_vectors"}}
+    assert differing_only_in(exclude, *recipe.checked, *follow.checked)
+
+
+def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
+    """|lambda| = exp(-exp(nu_log)): nu_log = log(-log r) gives back r; the script reads a run's latest
+    checkpoint and prints the quartiles, the share above 0.9 and the median memory 1 / (1 - |lambda|)."""
+    memory = load_script("examples/seq_icl/lru_memory.py", "seq_icl_lru_memory")
+    radii = torch.tensor([0.5, 0.8, 0.95, 0.99])
+    state = {"backbone.blocks.0.mixer.nu_log": torch.log(-torch.log(radii)), "backbone.blocks.0.mixer.D": radii}
+    (found,) = memory.recurrence_radii(state).values()
+    torch.testing.assert_close(found, radii.double())
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": state}, run / "checkpoints" / "step_00000010.pt")
+    torch.save({"model": {"x.nu_log": torch.zeros(2)}}, run / "checkpoints" / "step_00000005.pt")
+    assert memory.main([str(run)]) == 0
+    line = capsys.readouterr().out.strip()
+    # median of (0.5, 0.8, 0.95, 0.99) is 0.875 -> memory 1 / 0.125 = 8 tokens; 2 of 4 above 0.9
+    assert line.endswith("step_00000010 backbone.blocks.0.mixer: |lambda| quartiles 0.725 0.875 0.960, "
+                         "50% above 0.9, median memory 8.0 tokens")

@@ -195,3 +195,18 @@ TestSeqIclGILRContract = _seq_icl_contract("gilr")
 TestSeqIclLRUContract = _seq_icl_contract("lru")
 TestSeqIclRWKVContract = _seq_icl_contract("rwkv")
 TestSeqIclRetNetContract = _seq_icl_contract("retnet")
+
+
+@pytest.mark.parametrize("decay_vectors", [False, True])
+def test_decay_vectors_puts_the_lru_recurrence_under_weight_decay(decay_vectors):
+    """seq_icl's AdamW decays every parameter: with `decay_vectors` a zero-gradient step shrinks
+    LRU's nu_log by lr * weight_decay (AdamW's decoupled decay, by hand), without it nu_log stays."""
+    model = build("lru", "seq_icl")
+    optimizer = make_optimizer(model, TrainingConfig(lr=0.5, weight_decay=0.1, decay_vectors=decay_vectors))
+    recurrence = model.backbone.blocks[0].mixer.nu_log
+    before = recurrence.detach().clone()
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    expected = before * (1 - 0.5 * 0.1) if decay_vectors else before
+    torch.testing.assert_close(recurrence.detach(), expected)
