@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,18 @@ def test_a_row_spec_without_a_newer_null_key_compares_equal_to_its_runs_resolved
     assert comparable(run) == comparable(row)
     assert comparable({**run, "training": {**run["training"], "steps": row["training"]["steps"] + 1000}}) != comparable(row)
     assert comparable({**run, "training": {**run["training"], "curriculum": {"name": "x"}}}) != comparable(row)
+
+
+def test_an_interrupted_search_keeps_its_cpu_time_and_says_how_to_continue(tmp_path):
+    """A `ponderlab tune` that exits non-zero (130: interrupted) still adds the seconds it used to the
+    budget file, on top of the earlier ones, and the script exits with one message, no traceback."""
+    reproduce = load_reproduce()
+    budget = tmp_path / "follow_up.budget.json"
+    budget.write_text(json.dumps({"cpu_seconds": 100.0, "wall_seconds": 50.0}))
+    # 3 CPU-s: timed() samples the process tree every 2 s, so at least one sample sees about 2 of them
+    burn = "import sys, time\nend = time.process_time() + 3\nwhile time.process_time() < end: pass\nsys.exit(130)"
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.timed_search([sys.executable, "-c", burn], budget, dry_run=False)
+    recorded = json.loads(budget.read_text())
+    assert 101.0 < recorded["cpu_seconds"] < 110.0 and recorded["wall_seconds"] > 53.0
+    assert "exited with 130" in str(stopped.value) and str(budget) in str(stopped.value)

@@ -70,6 +70,7 @@ from seqicl_table import (  # noqa: E402
     write_table,
 )
 from seqicl_tools import (  # noqa: E402
+    CommandFailed,
     comparable,
     describe,
     read_search,
@@ -113,6 +114,26 @@ def search_done(directory: Path) -> bool:
     return bool(rows) and all(r["status"] in ("completed", "stopped", "error") for r in rows)
 
 
+def timed_search(command: list[str], budget_file: Path, dry_run: bool) -> None:
+    """Run a `ponderlab tune` command and add its CPU and wall seconds to budget_file, also when
+    it fails or is interrupted (then exit naming how to continue)."""
+    try:
+        timing = timed(command, {**os.environ, "OMP_NUM_THREADS": "1"})
+    except CommandFailed as failed:
+        timing = failed.timing
+        if not dry_run:
+            add_budget(budget_file, timing)
+        raise SystemExit(f"{' '.join(command)} exited with {failed.returncode}; the {timing['cpu_seconds']} CPU-s it "
+                         f"used are added to {budget_file}; the same command continues the search") from None
+    if not dry_run:
+        add_budget(budget_file, timing)
+
+
+def add_budget(budget_file: Path, timing: dict) -> None:
+    earlier = json.loads(budget_file.read_text()) if budget_file.exists() else {"cpu_seconds": 0, "wall_seconds": 0}
+    budget_file.write_text(json.dumps({k: round(earlier[k] + timing[k], 1) for k in timing}, indent=1))
+
+
 def run_search(spec_path: Path, out: Path, dry_run: bool) -> None:
     directory = out / "search" / spec_path.stem
     budget_file = out / "search" / f"{spec_path.stem}.budget.json"
@@ -125,12 +146,7 @@ def run_search(spec_path: Path, out: Path, dry_run: bool) -> None:
         tune_file.write_text(yaml.safe_dump(search_spec(spec_path, out), sort_keys=False))
     command = ["ponderlab", "tune", str(directory if resuming else tune_file)]
     command += ["--resume"] if resuming else (["--dry-run"] if dry_run else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    timing = timed(command, env)
-    if dry_run:
-        return
-    earlier = json.loads(budget_file.read_text()) if budget_file.exists() else {"cpu_seconds": 0, "wall_seconds": 0}
-    budget_file.write_text(json.dumps({k: round(earlier[k] + timing[k], 1) for k in timing}, indent=1))
+    timed_search(command, budget_file, dry_run)
 
 
 def run_extra(spec_path: Path, out: Path, dry_run: bool) -> None:
@@ -144,10 +160,7 @@ def run_extra(spec_path: Path, out: Path, dry_run: bool) -> None:
     command = ["ponderlab", "tune", str(directory) if resuming else str(spec_path),
                *([] if resuming else [f"tune.storage_path={out / 'tried'}"])]
     command += ["--resume"] if resuming else (["--dry-run"] if dry_run else [])
-    timing = timed(command, {**os.environ, "OMP_NUM_THREADS": "1"})
-    if not dry_run:
-        earlier = json.loads(budget_file.read_text()) if budget_file.exists() else {"cpu_seconds": 0, "wall_seconds": 0}
-        budget_file.write_text(json.dumps({k: round(earlier[k] + timing[k], 1) for k in timing}, indent=1))
+    timed_search(command, budget_file, dry_run)
 
 
 def best_setting(directory: Path) -> dict | None:

@@ -59,8 +59,17 @@ def _proc_table() -> dict[int, tuple[int, float]]:
     return table
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A timed command that exited non-zero (an interrupted search too), with the seconds it used."""
+
+    def __init__(self, returncode: int, command: list[str], timing: dict):
+        super().__init__(returncode, command)
+        self.timing = timing
+
+
 def timed(command: list[str], env: dict | None = None) -> dict:
-    """Run a command (niced): CPU seconds of its whole process tree, and wall seconds.
+    """Run a command (niced): CPU seconds of its whole process tree, and wall seconds
+    (raised with CommandFailed when it exits non-zero, so that the time is not lost).
 
     Ray's workers are not reaped by the command itself, so the tree is sampled from /proc
     every 2 s and the last reading of every process in it is added up (user + system time,
@@ -80,9 +89,10 @@ def timed(command: list[str], env: dict | None = None) -> dict:
         for pid in tree & table.keys():
             seen[pid] = table[pid][1]
         time.sleep(2)
+    timing = {"cpu_seconds": round(sum(seen.values()), 1), "wall_seconds": round(time.perf_counter() - started, 1)}
     if process.returncode != 0:
-        raise subprocess.CalledProcessError(process.returncode, command)
-    return {"cpu_seconds": round(sum(seen.values()), 1), "wall_seconds": round(time.perf_counter() - started, 1)}
+        raise CommandFailed(process.returncode, command, timing)
+    return timing
 
 
 def read_search(directory: Path) -> list[dict]:
