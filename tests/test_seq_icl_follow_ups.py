@@ -422,7 +422,8 @@ def test_the_ar_seqicl_recipe_checks_are_the_rows_trained_as_seq_icl_trained(bac
 
 def test_the_lru_decay_vectors_check_is_the_seqicl_recipe_with_every_parameter_decayed(registry):
     """tune_ar_lru_seqicl_recipe_decay_vectors.yaml is the LRU recipe check with weight decay on 1-D
-    parameters too (seq_icl's AdamW decays every parameter), seeds 0-1, both at once; nothing else."""
+    parameters too (seq_icl's AdamW decays every parameter), seeds 0-1, both at once; nothing else.
+    Its _seed2 twin is the same at seed 2."""
     follow = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_decay_vectors.yaml", registry=registry)
     recipe = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1]
@@ -431,6 +432,9 @@ def test_the_lru_decay_vectors_check_is_the_seqicl_recipe_with_every_parameter_d
     assert {c.training.decay_vectors for c in recipe.checked} == {False}
     exclude = {"seed": True, "name": True, "output_dir": True, "training": {"decay_vectors"}}
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
+    third = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_decay_vectors_seed2.yaml", registry=registry)
+    assert [c.seed for c in third.checked] == [2] and third.options.max_concurrent_trials == 1
+    assert differing_only_in({"seed": True, "name": True, "output_dir": True}, *follow.checked, *third.checked)
 
 
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
