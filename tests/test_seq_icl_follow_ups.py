@@ -454,3 +454,7 @@ def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
     # median of (0.5, 0.8, 0.95, 0.99) is 0.875 -> memory 1 / 0.125 = 8 tokens; 2 of 4 above 0.9
     assert line.endswith("step_00000010 backbone.blocks.0.mixer: |lambda| quartiles 0.725 0.875 0.960, "
                          "50% above 0.9, median memory 8.0 tokens")
+    (run / "checkpoints" / "step_00000020.pt").write_bytes(b"not a checkpoint")  # now the latest
+    assert memory.main([str(run)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("lru_memory: ") and "step_00000020.pt" in err and "Traceback" not in err

@@ -12,9 +12,13 @@ median memory length 1 / (1 - |lambda|) in tokens.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
+
+from ponderlab.core.checkpoint import latest_checkpoint, load_checkpoint
+from ponderlab.core.errors import CheckpointError
 
 INIT_FLOOR = 0.9  # the ring init's smallest radius (r_min)
 
@@ -25,21 +29,16 @@ def recurrence_radii(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             for key, value in model_state.items() if key.endswith(".nu_log")}
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    return checkpoints[-1] if checkpoints else None
-
-
 def run_dirs(path: Path) -> list[Path]:
     """The run itself, or every run of a follow-up folder (its `runs/<trial>/`)."""
     return [path] if (path / "checkpoints").is_dir() else sorted(p for p in (path / "runs").glob("*") if p.is_dir())
 
 
 def describe(run_dir: Path) -> list[str]:
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         return [f"{run_dir.name}: no checkpoint yet"]
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    state = load_checkpoint(checkpoint)["model"]
     lines = []
     for layer, radius in recurrence_radii(state).items():
         q1, median, q3 = torch.quantile(radius, torch.tensor([0.25, 0.5, 0.75], dtype=radius.dtype)).tolist()
@@ -54,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    for path in args.paths:
-        for run_dir in run_dirs(path):
-            print("\n".join(describe(run_dir)))
+    try:
+        for path in args.paths:
+            for run_dir in run_dirs(path):
+                print("\n".join(describe(run_dir)))
+    except CheckpointError as error:
+        print(f"lru_memory: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
