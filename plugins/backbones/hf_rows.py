@@ -46,14 +46,14 @@ def project_split(projection: nn.Module, normed: Tensor, rows: Tensor, query: Te
     normed (B, L, D), rows (K,), query / key_value: output channels (indices (Cq,) / (Ckv,),
     or slices: weight views, no copy) -> queries (K, Cq), keys and values (B, L, Ckv).
     """
-    from transformers.pytorch_utils import Conv1D  # GPT-2's projection
-
     flat = normed.reshape(-1, normed.shape[-1])  # (B*L, D)
     bias = projection.bias
     if type(projection) is nn.Linear:  # weight (C, D)
         weight = projection.weight
         return (F.linear(flat.index_select(0, rows), weight[query], None if bias is None else bias[query]),
                 F.linear(normed, weight[key_value], None if bias is None else bias[key_value]))
+    from transformers.pytorch_utils import Conv1D  # GPT-2; Linear layers returned above
+
     if type(projection) is Conv1D:  # weight (D, C), bias (C,): x @ W + b
         weight = projection.weight
         return (torch.addmm(bias[query], flat.index_select(0, rows), weight[:, query]),
