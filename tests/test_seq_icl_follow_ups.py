@@ -401,11 +401,11 @@ def test_the_gilr_warmup_seeds_3_to_5_are_the_three_warmup_follow_ups_at_three_m
     assert differing_only_in(exclude, *first, *more)
 
 
-@pytest.mark.parametrize(("backbone", "at_a_time"), [("lstm", 1), ("lru", 2)])
+@pytest.mark.parametrize(("backbone", "at_a_time"), [("lstm", 1), ("lru", 2), ("rwkv", 2)])
 def test_the_ar_seqicl_recipe_checks_are_the_rows_trained_as_seq_icl_trained(backbone, at_a_time, registry):
-    """tune_ar_{lstm,lru}_seqicl_recipe.yaml are the associative-recall rows at seq_icl's own recipe:
+    """tune_ar_{lstm,lru,rwkv}_seqicl_recipe.yaml are the associative-recall rows at seq_icl's own recipe:
     width 32, lr 5e-4, 62800 steps (400 epochs of 5000 sequences at batch 32) with 6280 warmup steps
-    (10%), evaluated every 3140 steps, seeds 0-2 (the LSTM's one at a time, LRU's two); nothing else
+    (10%), evaluated every 3140 steps, seeds 0-2 (the LSTM's one at a time, LRU's and RWKV's two); nothing else
     differs."""
     follow = load_tune_spec(HERE / f"tune_ar_{backbone}_seqicl_recipe.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
@@ -435,6 +435,19 @@ def test_the_lru_decay_vectors_check_is_the_seqicl_recipe_with_every_parameter_d
     third = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_decay_vectors_seed2.yaml", registry=registry)
     assert [c.seed for c in third.checked] == [2] and third.options.max_concurrent_trials == 1
     assert differing_only_in({"seed": True, "name": True, "output_dir": True}, *follow.checked, *third.checked)
+
+
+def test_the_lru_kernel_gradient_check_is_the_seqicl_recipe_with_seq_icls_scan_gradient(registry):
+    """tune_ar_lru_seqicl_recipe_kernel_gradient.yaml is the LRU recipe check trained with the gradient
+    seq_icl's Triton scan computes (`scan_gradient: seq_icl_kernel`), seeds 0-2, one at a time; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_kernel_gradient.yaml", registry=registry)
+    recipe = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 1
+    assert {c.backbone.scan_gradient for c in follow.checked} == {"seq_icl_kernel"}
+    assert {c.backbone.scan_gradient for c in recipe.checked} == {"exact"}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"scan_gradient"}}
+    assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):

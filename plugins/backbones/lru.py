@@ -22,6 +22,13 @@ but [v_re; v_im; o] = W_in u (one Linear(D, 4D) with bias, no separate complex B
 x_t = lambda x_{t-1} + gamma (v_re + i v_im), and
 out = W_o LN(Dropout(0.2)([Re x; Im x] * silu(o))) with W_o: Linear(2D, D); no C, no D skip,
 no GELU or GLU.
+
+`scan_gradient: seq_icl_kernel` (seq_icl variant only) trains with the gradient seq_icl's Triton
+scan computes there. Its backward reads the gradients of Re x and Im x as contiguous (B, L, N)
+arrays, but autograd hands it the two halves of the gradient of [Re x; Im x], which are strided
+views: it reads the flat gradient buffer of shape (B, L, 2N) from offsets 0 and N instead. The
+forward pass is unchanged. Only for reproducing seq_icl's LRU numbers
+(examples/seq_icl/seqicl_lru_kernel_check.py compares it with seq_icl's kernel).
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ class LRUConfig(MixerStackConfig):
     mixer_dropout: float = Field(
         0.2, ge=0, lt=1, description="seq_icl variant only: dropout before its LayerNorm."
     )
+    scan_gradient: Literal["exact", "seq_icl_kernel"] = Field(
+        "exact",
+        description="seq_icl variant only: the exact gradient of the scan, or the one seq_icl's Triton "
+        "kernel computes from the gradient buffer it misreads (module docstring).",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -56,6 +68,8 @@ class LRUConfig(MixerStackConfig):
             raise ValueError(f"r_min {self.r_min} is larger than r_max {self.r_max}")
         if self.variant == "seq_icl" and self.d_state not in (None, self.d_model):
             raise ValueError(f"variant seq_icl has d_state = d_model; got d_state {self.d_state}")
+        if self.variant != "seq_icl" and self.scan_gradient != "exact":
+            raise ValueError(f"scan_gradient {self.scan_gradient} needs variant seq_icl; got variant {self.variant}")
         return self
 
 
@@ -113,11 +127,32 @@ class LRUMixer(RingRecurrence):
         return F.glu(self.out_proj(mixed), dim=-1)
 
 
+class SeqIclKernelGradient(torch.autograd.Function):
+    """Identity on the states [Re x; Im x] (B, L, 2N); backward hands on the output gradient as
+    seq_icl's Triton scan reads it: its real half from the flat gradient buffer at offset 0, its
+    imaginary half at offset N, each as a contiguous (B, L, N) array."""
+
+    @staticmethod
+    def forward(ctx, states: Tensor) -> Tensor:  # (B, L, 2N) -> (B, L, 2N)
+        return states.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # (B, L, 2N) -> (B, L, 2N)
+        batch, length, width = grad.shape
+        half, size = width // 2, batch * length * width // 2
+        flat = grad.contiguous().reshape(-1)  # (B * L * 2N,)
+        real = flat[:size].view(batch, length, half)  # (B, L, N)
+        imag = flat[half:half + size].view(batch, length, half)  # (B, L, N)
+        return torch.cat([real, imag], dim=-1)
+
+
 class SeqIclLRUMixer(RingRecurrence):
     """seq_icl's LRULayer: W_o LN(drop([Re x; Im x] * silu(o))): (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, d_model: int, r_min: float, r_max: float, max_phase: float, dropout: float):
+    def __init__(self, d_model: int, r_min: float, r_max: float, max_phase: float, dropout: float,
+                 kernel_gradient: bool = False):
         super().__init__(d_model, r_min, r_max, max_phase)
+        self.kernel_gradient = kernel_gradient
         self.in_proj = nn.Linear(d_model, 4 * d_model)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * d_model)
@@ -131,6 +166,8 @@ class SeqIclLRUMixer(RingRecurrence):
             inputs = torch.complex(v_real.to(dtype), v_imag.to(dtype))  # (B, L, D)
             state = self.states(inputs, reference)  # (B, L, D) complex
             states = torch.cat([state.real, state.imag], dim=-1).to(x.dtype)  # (B, L, 2D)
+        if self.kernel_gradient:
+            states = SeqIclKernelGradient.apply(states)
         return states * F.silu(out_gate)
 
     def project(self, mixed: Tensor, x: Tensor) -> Tensor:  # (..., 2D) -> (..., D)
@@ -144,7 +181,8 @@ class LRUBackbone(MixerBackbone):
     def make_mixer(self, layer: int) -> nn.Module:
         c = self.config
         if self.seq_icl:
-            return SeqIclLRUMixer(c.d_model, c.r_min, c.r_max, c.max_phase, c.mixer_dropout)
+            return SeqIclLRUMixer(c.d_model, c.r_min, c.r_max, c.max_phase, c.mixer_dropout,
+                                  kernel_gradient=c.scan_gradient == "seq_icl_kernel")
         return LRUMixer(c.d_model, c.d_state or c.d_model, c.r_min, c.r_max, c.max_phase)
 
 
