@@ -410,3 +410,44 @@ def test_an_interrupted_search_keeps_its_cpu_time_and_says_how_to_continue(tmp_p
     recorded = json.loads(budget.read_text())
     assert 101.0 < recorded["cpu_seconds"] < 110.0 and recorded["wall_seconds"] > 53.0
     assert "exited with 130" in str(stopped.value) and str(budget) in str(stopped.value)
+
+
+def test_the_recipe_column_reads_the_rows_seq_icl_recipe_follow_ups(tmp_path):
+    """A row's cell "at seq_icl's recipe" comes from OUT/tried/ar_<backbone>_seqicl_recipe and its
+    _kernel_gradient twin (completed trials only); a copy of runs/ without them keeps table.json's."""
+    table_module = load_module("seqicl_table")
+    out = tmp_path / "runs"
+    _fake_follow_up(out / "tried" / "ar_lru_seqicl_recipe", {}, {0: 0.758, 1: 0.748, 2: 0.708})
+    _fake_follow_up(out / "tried" / "ar_lru_seqicl_recipe_kernel_gradient", {}, {0: 0.11, 1: 0.13})
+    failed = out / "tried" / "ar_lru_seqicl_recipe_kernel_gradient" / "results.csv"
+    failed.write_text(failed.read_text() + "t2,error,2,,,runs/t2\n")
+    _fake_follow_up(out / "tried" / "ih_lru_seqicl_recipe_decay_vectors", {}, {0: 0.5})  # not a recipe check
+    checks = table_module.recipe_checks(out, "associative_recall", "lru")
+    assert [c["name"] for c in checks] == ["ar_lru_seqicl_recipe", "ar_lru_seqicl_recipe_kernel_gradient"]
+    assert checks[1]["test_exact_match"] == pytest.approx([11.0, 13.0])
+    assert table_module.recipe_cell({"recipe": checks}) == (
+        "73.8 [70.8, 75.8], n=3; with seq_icl's LRU scan gradient 12.0 [11.0, 13.0], n=2")
+    assert table_module.recipe_checks(out, "induction_head", "lru") == []
+    assert table_module.recipe_cell({"recipe": []}) == "-"
+    here = {"search_trials": 2, "searched": "", "recipe": []}
+    assert table_module.carry_search(here, {"recipe": checks})["recipe"] == checks
+    assert table_module.carry_search({**here, "recipe": checks[:1]}, {"recipe": checks})["recipe"] == checks[:1]
+    kept = {"task": "associative_recall", "backbone": "lru", "recipe": []}
+    assert table_module.with_recipe(kept, out) == {**kept, "recipe": checks}
+    kept_lstm = {"task": "associative_recall", "backbone": "lstm", "recipe": checks[:1]}
+    assert table_module.with_recipe(kept_lstm, out) == kept_lstm  # nothing for it in this copy of runs/
+
+
+def test_the_met_cell_says_whether_the_row_meets_its_target_at_seq_icls_recipe():
+    """Over 3+ seeds of the exact-gradient recipe follow-up, against the row's own target."""
+    table_module = load_module("seqicl_table")
+    exact = {"name": "ar_lstm_seqicl_recipe", "label": "", "test_exact_match": [40.4, 40.4, 33.4]}
+    other = {"name": "x", "label": "with seq_icl's LRU scan gradient ", "test_exact_match": [90.0, 90.0, 90.0]}
+    row = {"task": "associative_recall", "backbone": "lstm", "recipe": [exact, other]}
+    assert table_module.recipe_target_met(row) is True  # 38.1 < 80
+    assert table_module.recipe_target_met({**row, "recipe": [{**exact, "test_exact_match": [85.0] * 3}]}) is False
+    assert table_module.recipe_target_met({**row, "recipe": [{**exact, "test_exact_match": [40.0] * 2}]}) is None
+    assert table_module.recipe_target_met({**row, "recipe": [other]}) is None
+    assert table_module.recipe_target_met({**row, "backbone": "gilr"}) is None  # no target
+    strong = {"task": "associative_recall", "backbone": "h3", "recipe": [{**exact, "test_exact_match": [96.0] * 3}]}
+    assert table_module.recipe_target_met(strong) is True

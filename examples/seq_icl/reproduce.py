@@ -66,6 +66,7 @@ from seqicl_table import (  # noqa: E402
     previous_rows,
     summarize,
     tried_cpu_seconds,
+    with_recipe,
     write_search_pages,
     write_table,
 )
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         adopt(selected[0], out, args.adopt, args.seeds)
     # With --only, only the named rows are summarized from OUT; every other row, and a named row
     # of which OUT holds no runs, stays as the last run wrote it (table.json), so a partial copy
-    # of runs/ cannot rewrite or drop rows it lacks.
+    # of runs/ cannot rewrite or drop rows it lacks; only its seq_icl-recipe follow-ups found in
+    # OUT are added.
     earlier = previous_rows() if args.only else {}
     chosen = {p.stem for p in selected}
     summaries, kept = {}, []
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if row in earlier and summary is not None:  # a search this copy of runs/ lacks is kept
             summary = carry_search(summary, earlier[row])
         elif row in earlier:
-            summary = earlier[row]
+            summary = with_recipe(earlier[row], out)
             kept.append(row)
             if row in chosen:
                 print(f"{row}: no finished runs in {out}; its row is kept from table.json", file=sys.stderr)
