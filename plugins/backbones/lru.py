@@ -28,7 +28,7 @@ scan computes there. Its backward reads the gradients of Re x and Im x as contig
 arrays, but autograd hands it the two halves of the gradient of [Re x; Im x], which are strided
 views: it reads the flat gradient buffer of shape (B, L, 2N) from offsets 0 and N instead. The
 forward pass is unchanged. Only for reproducing seq_icl's LRU numbers
-(examples/seq_icl/seqicl_lru_kernel_check.py compares it with seq_icl's kernel).
+(examples/seq_icl/seqicl_kernel_check.py compares it with seq_icl's kernel).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""`scan_gradient: seq_icl_kernel`: the LRU gradient that seq_icl's Triton scan computes inside its
-LRULayer. Checked by hand, and against a scan whose backward reads each output gradient from its
-storage as a contiguous array, as a kernel handed raw pointers does
-(examples/seq_icl/seqicl_lru_kernel_check.py runs seq_icl's own kernel)."""
+"""seq_icl's kernels beside ponderlab's layers. `scan_gradient: seq_icl_kernel`, the LRU gradient that
+seq_icl's Triton scan computes inside its LRULayer: checked by hand, and against a scan whose backward
+reads each output gradient from its storage as a contiguous array, as a kernel handed raw pointers
+does. examples/seq_icl/seqicl_kernel_check.py (which runs seq_icl's own kernels where triton and a
+seq_icl checkout are at hand): its plumbing, with stand-ins for the kernels."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from script_modules import load_script
 
 from ponderlab.plugins.backbones.linear_recurrence import linear_scan_reference
 from ponderlab.plugins.backbones.lru import LRUConfig, SeqIclKernelGradient, SeqIclLRUMixer
+from ponderlab.plugins.backbones.rwkv import wkv_recurrent
 
 F64 = torch.float64
 
 
 def load_check():
-    return load_script("examples/seq_icl/seqicl_lru_kernel_check.py", "seqicl_lru_kernel_check")
+    return load_script("examples/seq_icl/seqicl_kernel_check.py", "seqicl_kernel_check")
 
 
 def step_loop(v_real, v_imag, f_real, f_imag):
@@ -94,4 +96,20 @@ def test_the_kernel_gradient_needs_the_seq_icl_variant():
 def test_the_kernel_check_names_a_missing_checkout(tmp_path, capsys):
     assert load_check().main(["--seq-icl", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("seqicl_lru_kernel_check: cannot load seq_icl's kernel") and str(tmp_path) in err
+    assert err.startswith("seqicl_kernel_check: cannot load seq_icl's LRU kernel") and str(tmp_path) in err
+
+
+def test_the_rwkv_check_passes_a_kernel_with_seq_icls_growing_past_and_fails_a_decaying_one(capsys):
+    """check_rwkv's plumbing, with the step loop standing in for seq_icl's WKV kernel (w = +exp(time_decay)
+    added to the log-state, as seq_icl passes it): the same past passes, the opposite sign fails."""
+    check = load_check()
+
+    def growing(w, u, k, v, state):
+        return wkv_recurrent(-w, u, k, v), state
+
+    def decaying(w, u, k, v, state):
+        return wkv_recurrent(w, u, k, v), state
+
+    assert check.check_rwkv(growing, 2, 6) is True
+    assert check.check_rwkv(decaying, 2, 6) is False
+    assert capsys.readouterr().out.count("RWKV WKV kernel, B=2, L=6, C=32") == 2
