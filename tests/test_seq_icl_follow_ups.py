@@ -401,11 +401,11 @@ def test_the_gilr_warmup_seeds_3_to_5_are_the_three_warmup_follow_ups_at_three_m
     assert differing_only_in(exclude, *first, *more)
 
 
-@pytest.mark.parametrize(("backbone", "at_a_time"), [("lstm", 1), ("lru", 2), ("rwkv", 2)])
+@pytest.mark.parametrize(("backbone", "at_a_time"), [("lstm", 1), ("lru", 2), ("rwkv", 2), ("s4d", 1)])
 def test_the_ar_seqicl_recipe_checks_are_the_rows_trained_as_seq_icl_trained(backbone, at_a_time, registry):
-    """tune_ar_{lstm,lru,rwkv}_seqicl_recipe.yaml are the associative-recall rows at seq_icl's own recipe:
+    """tune_ar_{lstm,lru,rwkv,s4d}_seqicl_recipe.yaml are the associative-recall rows at seq_icl's own recipe:
     width 32, lr 5e-4, 62800 steps (400 epochs of 5000 sequences at batch 32) with 6280 warmup steps
-    (10%), evaluated every 3140 steps, seeds 0-2 (the LSTM's one at a time, LRU's and RWKV's two); nothing else
+    (10%), evaluated every 3140 steps, seeds 0-2 (LSTM and S4D one at a time, LRU and RWKV two); nothing else
     differs."""
     follow = load_tune_spec(HERE / f"tune_ar_{backbone}_seqicl_recipe.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
