@@ -98,7 +98,12 @@ class TrainingConfig(StrictModel):
     )
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW's betas, each in [0, 1).")
     warmup_steps: int = Field(100, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    schedule: Literal["cosine", "linear"] = Field(
+        "cosine",
+        description="Decay after the warmup, to min_lr_ratio at the last step: cosine, or linear "
+        "(with min_lr_ratio 0, transformers' get_linear_schedule_with_warmup, which seq_icl uses).",
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The decay's floor as a fraction of lr.")
     grad_clip: float | None = Field(1.0, gt=0)
     eval_every: int = Field(200, ge=1, description="Validate every N steps.")
     eval_max_examples: int | None = Field(

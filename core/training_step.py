@@ -34,13 +34,14 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def lr_factor(step: int, config: TrainingConfig) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
+    """Linear warmup to 1, then cosine (or `schedule: linear`, linear) decay to min_lr_ratio at
+    the last step."""
     if config.warmup_steps and step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     span = max(1, config.steps - config.warmup_steps)
     progress = min(1.0, (step - config.warmup_steps) / span)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+    left = 1 - progress if config.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * left
 
 
 def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:

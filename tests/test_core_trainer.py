@@ -44,6 +44,17 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lr_factor(110, config) == pytest.approx(0.1)
 
 
+def test_lr_schedule_linear_decay_is_seq_icls_with_a_zero_floor():
+    """transformers' get_linear_schedule_with_warmup after the warmup: (steps - t) / (steps - warmup)."""
+    config = TrainingConfig(steps=110, warmup_steps=10, min_lr_ratio=0.0, schedule="linear")
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(35, config) == pytest.approx(75 / 100)
+    assert lr_factor(60, config) == pytest.approx(0.5)
+    assert lr_factor(110, config) == pytest.approx(0.0)
+    floored = TrainingConfig(steps=110, warmup_steps=10, min_lr_ratio=0.2, schedule="linear")
+    assert lr_factor(35, floored) == pytest.approx(0.2 + 0.8 * 0.75)
+
+
 def test_run_directory_contents_and_results(tmp_path):
     results, run_dir = execute(tiny_spec(), output_dir=tmp_path / "run", progress=False)
     for name in ("spec.yaml", "seed", "metrics.jsonl", "results.json", "halting.json"):

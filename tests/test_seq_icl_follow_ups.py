@@ -450,6 +450,24 @@ def test_the_lru_kernel_gradient_check_is_the_seqicl_recipe_with_seq_icls_scan_g
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 
+def test_the_full_rwkv_recipe_check_adds_seq_icls_optimiser_details(registry):
+    """tune_ar_rwkv_seqicl_recipe_full.yaml is the RWKV recipe check with seq_icl's optimiser details:
+    no gradient clipping, linear decay to 0, weight decay on every parameter; seeds 0-2, two at a
+    time; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full.yaml", registry=registry)
+    recipe = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 2
+    details = {(c.training.grad_clip, c.training.schedule, c.training.min_lr_ratio, c.training.decay_vectors)
+               for c in follow.checked}
+    assert details == {(None, "linear", 0.0, True)}
+    assert {(c.training.grad_clip, c.training.schedule, c.training.min_lr_ratio, c.training.decay_vectors)
+            for c in recipe.checked} == {(1.0, "cosine", 0.1, False)}
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "training": {"grad_clip", "schedule", "min_lr_ratio", "decay_vectors"}}
+    assert differing_only_in(exclude, *recipe.checked, *follow.checked)
+
+
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
     """|lambda| = exp(-exp(nu_log)): nu_log = log(-log r) gives back r; the script reads a run's latest
     checkpoint and prints the quartiles, the share above 0.9 and the median memory 1 / (1 - |lambda|)."""

@@ -395,6 +395,11 @@ def test_a_row_spec_without_a_newer_null_key_compares_equal_to_its_runs_resolved
     assert comparable(run) == comparable(row)
     assert comparable({**run, "training": {**run["training"], "steps": row["training"]["steps"] + 1000}}) != comparable(row)
     assert comparable({**run, "training": {**run["training"], "curriculum": {"name": "x"}}}) != comparable(row)
+    # options added later with a default that trains as before (decay_vectors, schedule)
+    newer = {**run, "training": {**run["training"], "decay_vectors": False, "schedule": "cosine"}}
+    assert comparable(newer) == comparable(row)
+    assert comparable({**newer, "training": {**newer["training"], "schedule": "linear"}}) != comparable(row)
+    assert comparable({**newer, "training": {**newer["training"], "decay_vectors": True}}) != comparable(row)
 
 
 def test_an_interrupted_search_keeps_its_cpu_time_and_says_how_to_continue(tmp_path):

@@ -97,8 +97,10 @@ def summarize(spec_path: Path, out: Path) -> dict | None:
 OWN_SEARCH = "the row's own search: "
 TASK_PREFIX = {"associative_recall": "ar", "induction_head": "ih"}
 #: The follow-ups that train a row with seq_icl's own recipe (width 32, lr 5e-4, 400 epochs, 10%
-#: warmup): OUT/tried/<ar|ih>_<backbone>_seqicl_recipe<suffix>, and how the table names each.
-RECIPE_CHECKS = {"": "", "_kernel_gradient": "with seq_icl's LRU scan gradient "}
+#: warmup): OUT/tried/<ar|ih>_<backbone>_seqicl_recipe<suffix>, and how the table names each
+#: (the first, without a label, keeps ponderlab's clipping, schedule and decay of matrices only).
+RECIPE_CHECKS = {"": "", "_kernel_gradient": "with seq_icl's LRU scan gradient ",
+                 "_full": "with no clipping, linear decay to 0 and every parameter decayed "}
 
 
 def recipe_checks(out: Path, task: str, backbone: str) -> list[dict]:

@@ -29,13 +29,22 @@ def row_info(spec_path: Path) -> tuple[str, str]:
     return config["task"]["name"], config["backbone"]["name"]
 
 
+#: Training options the schema gained after runs were made, at the value that trains as before.
+ADDED_AS_BEFORE = {"decay_vectors": False, "schedule": "cosine"}
+
+
 def comparable(spec: dict) -> dict:
     """A spec without the keys that do not change what is trained (name, output_dir), and
     without null leaves: a key the schema gained after a spec was written (training.curriculum)
-    is absent from the older spec and null in a run's resolved spec.yaml, the same setting."""
+    is absent from the older spec and null in a run's resolved spec.yaml, the same setting.
+    Likewise a training option of ADDED_AS_BEFORE at its old behaviour is left out."""
     spec = copy.deepcopy(spec)
     for key in ("name", "output_dir"):
         spec.pop(key, None)
+    training = spec.get("training") or {}
+    for key, value in ADDED_AS_BEFORE.items():
+        if key in training and training[key] == value:
+            del training[key]
 
     def drop_nulls(node):
         if isinstance(node, dict):
