@@ -226,9 +226,11 @@ def write_table(rows: list[dict], tried_cpu: float, missing: list[str], kept: li
             f"| {curve} |"
         )
     total = sum((r["search_cpu_seconds"] or 0) + r["seed_cpu_seconds"] for r in rows)
-    lines += ["", "At seq_icl's recipe: the row trained as seq_icl trained it (width 32, lr 5e-4, 62800 steps = "
-                  "400 epochs, 10% warmup, weight decay 0.1; runs/seq_icl/tried/*_seqicl_recipe*), test exact "
-                  "match % over its seeds; - where not run.", ""]
+    lines += ["", "At seq_icl's recipe: the row at seq_icl's width 32, lr 5e-4, 62800 steps (400 epochs) with 10% "
+                  "warmup and weight decay 0.1 (runs/seq_icl/tried/*_seqicl_recipe*), test exact match % over its "
+                  "seeds; with ponderlab's gradient clipping at 1.0, cosine decay to 0.1x and weight decay on "
+                  "matrices only unless the cell says otherwise (seq_icl: none, linear to 0, every parameter); "
+                  "- where not run.", ""]
     lines += ["Searched settings (validation exact match %, mean over the seeds searched; the row uses "
               "the first):", ""]
     lines += [f"- {r['task']} {r['backbone']}: {r['searched']}" for r in rows if r["searched"]]
