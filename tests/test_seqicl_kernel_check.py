@@ -113,3 +113,20 @@ def test_the_rwkv_check_passes_a_kernel_with_seq_icls_growing_past_and_fails_a_d
     assert check.check_rwkv(growing, 2, 6) is True
     assert check.check_rwkv(decaying, 2, 6) is False
     assert capsys.readouterr().out.count("RWKV WKV kernel, B=2, L=6, C=32") == 2
+
+
+def test_the_gilr_check_passes_a_kernel_of_seq_icls_recurrence_and_fails_another(capsys):
+    """check_gilr's plumbing, with the step loop of h_t = s h_{t-1} + (1 - s) v_t, s = sigmoid(f_t),
+    standing in for seq_icl's fused scan; a loop that forgets the sigmoid fails."""
+    check = load_check()
+
+    def fused(v, f):
+        gate = torch.sigmoid(f)
+        return linear_scan_reference(gate, (1 - gate) * v)
+
+    def without_sigmoid(v, f):
+        return linear_scan_reference(f, (1 - f) * v)
+
+    assert check.check_gilr(fused, 2, 6) is True
+    assert check.check_gilr(without_sigmoid, 2, 6) is False
+    assert capsys.readouterr().out.count("GILR scan kernel, B=2, L=6, C=32") == 2

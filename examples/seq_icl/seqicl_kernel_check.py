@@ -1,11 +1,14 @@
 """Run seq_icl's own Triton kernels (on CPU, in Triton's interpreter) beside ponderlab's seq_icl
-layers and compare their gradients: the LRU scan and the RWKV log-space WKV.
+layers and compare their gradients: the LRU scan, the GILR scan and the RWKV log-space WKV.
 
 LRU: seq_icl's `LRULayer` concatenates the scan's real and imaginary outputs. Autograd then hands
 the kernel's backward the two halves of one (B, L, 2N) gradient as strided views, and the kernel
 reads them as contiguous (B, L, N) arrays. Measured here: the kernel with its two outputs used
 apart (contiguous gradients) against the exact gradient, and the kernel inside the layer against
 the exact gradient and against the `scan_gradient: seq_icl_kernel` emulation.
+
+GILR: seq_icl's fused scan (`real_scan_tie_input_gate_fused`, h_t = s_t h_{t-1} + (1 - s_t) v_t with
+s_t = sigmoid(f_t)) against `linear_recurrence.linear_scan`: forward values and the gradients of v, f.
 
 RWKV: seq_icl's WKV kernel (`wkv_triton_log_space`, with seq_icl's growing past, w = +exp(time_decay))
 against `rwkv.wkv_parallel` with the same sign: forward values and the gradients of time_decay,
@@ -18,8 +21,8 @@ nothing:
     pip install triton
     python examples/seq_icl/seqicl_kernel_check.py --seq-icl /path/to/seq_icl
 
-Exit status 0 when the LRU emulation matches seq_icl's kernel and ponderlab's WKV matches seq_icl's
-(where the checkout has it), 1 when not, 2 when the LRU kernel cannot be loaded.
+Exit status 0 when the LRU emulation matches seq_icl's kernel and ponderlab's GILR scan and WKV match
+seq_icl's (where the checkout has them), 1 when not, 2 when the LRU kernel cannot be loaded.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ponderlab.plugins.backbones.linear_recurrence import linear_scan_reference
+from ponderlab.plugins.backbones.linear_recurrence import linear_scan, linear_scan_reference
 from ponderlab.plugins.backbones.lru import SeqIclLRUMixer
 from ponderlab.plugins.backbones.rwkv import wkv_parallel
 
@@ -119,6 +122,34 @@ def check_lru(complex_scan, batch: int, length: int) -> bool:
     return from_emulation <= TOLERANCE * scale
 
 
+def matches_with_message(name: str, kernel_out, own_out, kernel_grads, own_grads) -> bool:
+    """Print the largest forward and gradient differences; True when both are float32 rounding."""
+    forward_gap = float((kernel_out - own_out).detach().abs().max())
+    gap, scale = largest_difference(kernel_grads, own_grads)
+    print(f"{name}: largest forward difference {forward_gap:.2e}, largest gradient difference {gap:.2e} "
+          f"(largest gradient {scale:.2e})")
+    return forward_gap <= TOLERANCE * float(own_out.detach().abs().max()) and gap <= TOLERANCE * scale
+
+
+def check_gilr(fused_scan, batch: int, length: int) -> bool:
+    generator = torch.Generator().manual_seed(3)
+    leaves = [torch.randn(batch, length, WIDTH, generator=generator) for _ in range(2)]  # v, f
+    weight = torch.randn(batch, length, WIDTH, generator=generator)
+
+    def run(kernel: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        v, f = inputs = [leaf.clone().requires_grad_() for leaf in leaves]
+        if kernel:
+            out = fused_scan(v * 1.0, f * 1.0)
+        else:
+            gate = torch.sigmoid(f)
+            out = linear_scan(gate, (1 - gate) * v)
+        return out, gradients(out, weight, inputs)
+
+    (kernel_out, kernel_grads), (own_out, own_grads) = run(True), run(False)
+    return matches_with_message(f"GILR scan kernel, B={batch}, L={length}, C={WIDTH} (gradients of v, f)",
+                                kernel_out, own_out, kernel_grads, own_grads)
+
+
 def check_rwkv(wkv_log_space, batch: int, length: int) -> bool:
     generator = torch.Generator().manual_seed(2)
     leaves = [torch.randn(WIDTH, generator=generator), torch.randn(WIDTH, generator=generator)]
@@ -135,11 +166,9 @@ def check_rwkv(wkv_log_space, batch: int, length: int) -> bool:
         return out, gradients(out, weight, inputs)
 
     (kernel_out, kernel_grads), (own_out, own_grads) = run(True), run(False)
-    forward_gap = float((kernel_out - own_out).detach().abs().max())
-    gap, scale = largest_difference(kernel_grads, own_grads)
-    print(f"RWKV WKV kernel, B={batch}, L={length}, C={WIDTH}: largest forward difference {forward_gap:.2e}, "
-          f"largest gradient difference (time_decay, time_first, k, v) {gap:.2e} (largest gradient {scale:.2e})")
-    return forward_gap <= TOLERANCE * float(own_out.detach().abs().max()) and gap <= TOLERANCE * scale
+    return matches_with_message(
+        f"RWKV WKV kernel, B={batch}, L={length}, C={WIDTH} (gradients of time_decay, time_first, k, v)",
+        kernel_out, own_out, kernel_grads, own_grads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqicl_kernel_check: cannot load seq_icl's LRU kernel: {error}", file=sys.stderr)
         return 2
     matches = check_lru(complex_scan, args.batch, args.length)
-    try:
-        wkv_log_space = load_kernel(args.seq_icl, "rwkv_log.py", "wkv_triton_log_space")
-    except OSError as error:
-        print(f"RWKV: not checked ({error})")
-    else:
-        matches = check_rwkv(wkv_log_space, args.batch, args.length) and matches
+    others = [("GILR", "real_rnn_tie_input_gate.py", "real_scan_tie_input_gate_fused", check_gilr),
+              ("RWKV", "rwkv_log.py", "wkv_triton_log_space", check_rwkv)]
+    for name, file_name, function, check in others:
+        try:
+            kernel = load_kernel(args.seq_icl, file_name, function)
+        except OSError as error:
+            print(f"{name}: not checked ({error})")
+        else:
+            matches = check(kernel, args.batch, args.length) and matches
     return 0 if matches else 1
 
 
