@@ -384,10 +384,10 @@ def test_a_row_without_target_gets_its_curve_near_chance_or_far_from_seq_icl(tmp
     assert table_module.summarize(retnet, out)["curve"] == "curve_induction_head_retnet.png"
 
 
-def test_a_row_spec_without_a_newer_null_key_compares_equal_to_its_runs_resolved_spec():
-    """The LSTM and S4D row specs (before their --adopt) predated training.curriculum; a run of
-    them writes it as null. --adopt and the seed copy must see the same setting, and any real
-    difference still counts."""
+def test_a_row_spec_without_a_newer_key_compares_equal_to_its_runs_resolved_spec():
+    """Row specs predate keys the schema gained later (training.curriculum, decay_vectors, schedule,
+    LRU's scan_gradient); a run of them writes each at its default. --adopt and the seed copy must
+    see the same setting, and any real difference still counts."""
     comparable = load_module("seqicl_tools").comparable
     row = yaml.safe_load((HERE / "associative_recall_lstm.yaml").read_text())
     row["training"].pop("curriculum", None)  # the row spec as it was written before the key existed
@@ -400,6 +400,12 @@ def test_a_row_spec_without_a_newer_null_key_compares_equal_to_its_runs_resolved
     assert comparable(newer) == comparable(row)
     assert comparable({**newer, "training": {**newer["training"], "schedule": "linear"}}) != comparable(row)
     assert comparable({**newer, "training": {**newer["training"], "decay_vectors": True}}) != comparable(row)
+    # a backbone option added later (LRU's scan_gradient): absent in the row, at its default in a run
+    lru_row = yaml.safe_load((HERE / "associative_recall_lru.yaml").read_text())
+    assert "scan_gradient" not in lru_row["backbone"]
+    lru_run = {**lru_row, "backbone": {**lru_row["backbone"], "scan_gradient": "exact"}}
+    assert comparable(lru_run) == comparable(lru_row)
+    assert comparable({**lru_run, "backbone": {**lru_run["backbone"], "scan_gradient": "seq_icl_kernel"}}) != comparable(lru_row)
 
 
 def test_an_interrupted_search_keeps_its_cpu_time_and_says_how_to_continue(tmp_path):

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from ponderlab.core.errors import SpecError
+from ponderlab.core.spec import validate_spec
+
 NICE = ["nice", "-n", "10"]
 METRIC = "validation/exact_match"
 
@@ -29,29 +32,19 @@ def row_info(spec_path: Path) -> tuple[str, str]:
     return config["task"]["name"], config["backbone"]["name"]
 
 
-#: Training options the schema gained after runs were made, at the value that trains as before.
-ADDED_AS_BEFORE = {"decay_vectors": False, "schedule": "cosine"}
-
-
 def comparable(spec: dict) -> dict:
-    """A spec without the keys that do not change what is trained (name, output_dir), and
-    without null leaves: a key the schema gained after a spec was written (training.curriculum)
-    is absent from the older spec and null in a run's resolved spec.yaml, the same setting.
-    Likewise a training option of ADDED_AS_BEFORE at its old behaviour is left out."""
-    spec = copy.deepcopy(spec)
+    """A spec as the schema resolves it (every default filled in), without the keys that do not
+    change what is trained (name, output_dir): a key the schema gained after a spec or a run was
+    written (training.curriculum, training.schedule, an LRU's scan_gradient) is absent from the
+    older one and at its default in the newer, the same setting. A spec the schema refuses is
+    compared as written, so it never equals a valid one."""
+    try:
+        resolved = validate_spec(copy.deepcopy(spec)).model_dump(mode="json")
+    except SpecError:
+        resolved = copy.deepcopy(spec)
     for key in ("name", "output_dir"):
-        spec.pop(key, None)
-    training = spec.get("training") or {}
-    for key, value in ADDED_AS_BEFORE.items():
-        if key in training and training[key] == value:
-            del training[key]
-
-    def drop_nulls(node):
-        if isinstance(node, dict):
-            return {k: drop_nulls(v) for k, v in node.items() if v is not None}
-        return node
-
-    return drop_nulls(spec)
+        resolved.pop(key, None)
+    return resolved
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:
