@@ -6,6 +6,7 @@ seq_icl checkout are at hand): its plumbing, with stand-ins for the kernels."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -20,14 +21,10 @@ from ponderlab.plugins.backbones.rwkv import wkv_recurrent
 F64 = torch.float64
 
 
+@functools.cache
 def load_check():
+    """The check script as a module, loaded once."""
     return load_script("examples/seq_icl/seqicl_kernel_check.py", "seqicl_kernel_check")
-
-
-def step_loop(v_real, v_imag, f_real, f_imag):
-    """h_t = f_t h_{t-1} + v_t over complex numbers given as real and imaginary parts."""
-    states = linear_scan_reference(torch.complex(f_real, f_imag), torch.complex(v_real, v_imag))
-    return states.real, states.imag
 
 
 class PointerReadingScan(torch.autograd.Function):
@@ -37,7 +34,7 @@ class PointerReadingScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v_real, v_imag, f_real, f_imag):
         ctx.save_for_backward(v_real, v_imag, f_real, f_imag)
-        return step_loop(v_real, v_imag, f_real, f_imag)
+        return load_check().step_loop(v_real, v_imag, f_real, f_imag)
 
     @staticmethod
     def backward(ctx, grad_real, grad_imag):
@@ -46,7 +43,7 @@ class PointerReadingScan(torch.autograd.Function):
                 for g in (grad_real, grad_imag)]
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
-            return torch.autograd.grad(step_loop(*inputs), inputs, read)
+            return torch.autograd.grad(load_check().step_loop(*inputs), inputs, read)
 
 
 def test_the_kernel_gradient_reads_the_flat_gradient_buffer_by_hand():

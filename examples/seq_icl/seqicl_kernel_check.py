@@ -80,6 +80,12 @@ def largest_difference(first: list[torch.Tensor], second: list[torch.Tensor]) ->
     return gap, max(float(b.abs().max()) for b in second)
 
 
+def step_loop(v_real, v_imag, f_real, f_imag) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_t = f_t h_{t-1} + v_t over complex numbers given as real and imaginary parts, (B, L, N) each."""
+    states = linear_scan_reference(torch.complex(f_real, f_imag), torch.complex(v_real, v_imag))
+    return states.real, states.imag
+
+
 def separate_outputs_gap(complex_scan, batch: int, length: int) -> float:
     """The LRU kernel's input gradients against the step loop's when its outputs are used apart."""
     generator = torch.Generator().manual_seed(1)
@@ -92,11 +98,7 @@ def separate_outputs_gap(complex_scan, batch: int, length: int) -> float:
         h_real, h_imag = scan(*[leaf * 1.0 for leaf in inputs])
         return torch.autograd.grad((h_real * weights[0]).sum() + (h_imag * weights[1]).sum(), inputs)
 
-    def loop(v_real, v_imag, f_real, f_imag):
-        states = linear_scan_reference(torch.complex(f_real, f_imag), torch.complex(v_real, v_imag))
-        return states.real, states.imag
-
-    return largest_difference(grads(complex_scan), grads(loop))[0]
+    return largest_difference(grads(complex_scan), grads(step_loop))[0]
 
 
 def check_lru(complex_scan, batch: int, length: int) -> bool:

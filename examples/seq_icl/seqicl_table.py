@@ -129,7 +129,8 @@ def meets_target(task: str, backbone: str, values: list[float]) -> bool | None:
     low, high = TARGET_MIN.get((task, backbone)), TARGET_MAX.get((task, backbone))
     if not values or not (low or high):
         return None
-    return statistics.mean(values) >= low if low else statistics.mean(values) < high
+    mean = statistics.mean(values)
+    return mean >= low if low else mean < high
 
 
 def recipe_verdicts(row: dict) -> str:
