@@ -118,16 +118,16 @@ def search_done(directory: Path) -> bool:
 def timed_search(command: list[str], budget_file: Path, dry_run: bool) -> None:
     """Run a `ponderlab tune` command and add its CPU and wall seconds to budget_file, also when
     it fails or is interrupted (then exit naming how to continue)."""
+    failed = None
     try:
         timing = timed(command, {**os.environ, "OMP_NUM_THREADS": "1"})
-    except CommandFailed as failed:
-        timing = failed.timing
-        if not dry_run:
-            add_budget(budget_file, timing)
-        raise SystemExit(f"{' '.join(command)} exited with {failed.returncode}; the {timing['cpu_seconds']} CPU-s it "
-                         f"used are added to {budget_file}; the same command continues the search") from None
+    except CommandFailed as error:
+        failed, timing = error, error.timing
     if not dry_run:
         add_budget(budget_file, timing)
+    if failed:
+        raise SystemExit(f"{' '.join(command)} exited with {failed.returncode}; the {timing['cpu_seconds']} CPU-s it "
+                         f"used are added to {budget_file}; the same command continues the search")
 
 
 def add_budget(budget_file: Path, timing: dict) -> None:
