@@ -1,4 +1,4 @@
-"""seq_icl backbones (s4d, h3, gilr, lru, rwkv, retnet) as whole plugins.
+"""seq_icl backbones (s4d, h3, gilr, lru, rwkv, retnet, lstm_mixer) as whole plugins.
 
 Per backbone: fast form against the recurrent reference (float64, forward and gradients),
 causality, forward/backward, checkpoint round trip, every halting strategy and scope,
@@ -36,6 +36,7 @@ TINY = {
     "lru": {"d_state": 12},
     "rwkv": {},
     "retnet": {"n_heads": 2, "chunk_size": 4},
+    "lstm_mixer": {},
 }
 NAMES = list(TINY)
 
@@ -205,7 +206,7 @@ def test_every_halting_strategy_and_scope_runs(name):
 
 
 def early_exit_twins(name, halting, unit_std):
-    """(fast, full, ffn_rows, projection_rows): the same 3-layer depth-scope model with subset
+    """(fast, full, ffn_rows, projection_rows or None): the same 3-layer depth-scope model with subset
     blocks and with full ones; halting units with random weights (std `unit_std`), so that
     tokens exit at different layers. The lists record how many tokens each call of the fast
     model's FFN and mixer output projection computes."""
@@ -217,7 +218,9 @@ def early_exit_twins(name, halting, unit_std):
     fast, full = halting_twins(rough_model, std=unit_std)
     # RWKV: the channel mix's first linear
     ffn_rows = block_rows(fast, lambda block: block.ffn.key if name == "rwkv" else block.ffn)
-    return fast, full, ffn_rows, block_rows(fast, lambda block: block.mixer.out_proj)
+    # The LSTM mixer has no output projection: its whole output is token mixing.
+    projection_rows = None if name == "lstm_mixer" else block_rows(fast, lambda block: block.mixer.out_proj)
+    return fast, full, ffn_rows, projection_rows
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -228,7 +231,7 @@ def test_depth_early_exit_runs_the_ffn_only_for_running_tokens(name):
     assert ffn_rows == assert_same_inference(fast, full, ids)
     if name == "rwkv":  # its channel mix reads the previous token's mixer output, halted or not
         assert projection_rows == [ids.numel()] * len(ffn_rows)
-    else:
+    elif projection_rows is not None:
         assert projection_rows == ffn_rows
 
 
@@ -332,6 +335,30 @@ def test_retnet_default_heads_divide_the_width():
     assert cls.config_class(d_model=7).heads == 1
 
 
+def test_lstm_mixer_by_hand_and_as_seq_icl_builds_it():
+    """One LSTM unit with zero weights, biases i = o = 0, f = ln 3 (sigmoid 0.75), g = ln 2
+    (tanh 0.6): c1 = 0.5 * 0.6 = 0.3, h1 = 0.5 tanh(0.3); c2 = 0.75 * 0.3 + 0.3 = 0.525,
+    h2 = 0.5 tanh(0.525),
+    for the fast form and the reference alike. The model is seq_icl's lm_simple around it:
+    pre-norm blocks with a 4x MLP, PyTorch's LSTM init (|w| <= 1/sqrt(D)), tanh GELU as seq_icl."""
+    model = build("lstm_mixer", variant="seq_icl")
+    mixer = model.backbone.blocks[0].mixer
+    bound = 1 / D_MODEL**0.5
+    assert 0.5 * bound < mixer.lstm.weight_hh_l0.abs().max() <= bound
+    block = model.backbone.blocks[0]
+    assert block.ffn.up.out_features == 4 * D_MODEL and block.ffn.act.approximate == "tanh"
+    unit = type(mixer)(1)
+    with torch.no_grad():
+        for param in unit.parameters():
+            param.zero_()
+        unit.lstm.bias_ih_l0[1] = torch.log(torch.tensor(3.0))  # gate order: i, f, g, o
+        unit.lstm.bias_ih_l0[2] = torch.log(torch.tensor(2.0))
+    expected = torch.tensor([0.5 * torch.tanh(torch.tensor(0.3)), 0.5 * torch.tanh(torch.tensor(0.525))])
+    x = torch.randn(1, 2, 1)
+    for reference in (False, True):
+        torch.testing.assert_close(unit.mix(x, reference=reference).flatten(), expected)
+
+
 # --------------------------------------------------------------------------- conformance
 
 
@@ -341,3 +368,4 @@ TestGILRContract = contract_class("gilr", TINY["gilr"])
 TestLRUContract = contract_class("lru", TINY["lru"])
 TestRWKVContract = contract_class("rwkv", TINY["rwkv"])
 TestRetNetContract = contract_class("retnet", TINY["retnet"])
+TestLSTMMixerContract = contract_class("lstm_mixer", TINY["lstm_mixer"])

@@ -36,14 +36,17 @@ class LSTMBlock(Block):
         self.residual = residual
 
     def forward(self, hidden: Tensor, context: BlockContext) -> Tensor:
-        if hidden.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN has no bf16 LSTM on CPUs without native bf16: run this layer in float32.
-            with torch.autocast("cpu", enabled=False):
-                output, _ = self.lstm(hidden.float())  # (B, L, D)
-        else:
-            output, _ = self.lstm(hidden)  # (B, L, D)
-        output = self.dropout(output)
+        output = self.dropout(run_lstm(self.lstm, hidden))  # (B, L, D)
         return hidden + output if self.residual else output
+
+
+def run_lstm(lstm: nn.LSTM, x: Tensor) -> Tensor:
+    """The LSTM's outputs over the whole sequence from a zero state: (B, L, D) -> (B, L, H)."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # oneDNN has no bf16 LSTM on CPUs without native bf16: run this layer in float32.
+        with torch.autocast("cpu", enabled=False):
+            return lstm(x.float())[0]
+    return lstm(x)[0]
 
 
 class LSTMBackbone(Backbone):
