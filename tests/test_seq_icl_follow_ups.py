@@ -450,21 +450,45 @@ def test_the_lru_kernel_gradient_check_is_the_seqicl_recipe_with_seq_icls_scan_g
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 
-def test_the_full_rwkv_recipe_check_adds_seq_icls_optimiser_details(registry):
-    """tune_ar_rwkv_seqicl_recipe_full.yaml is the RWKV recipe check with seq_icl's optimiser details:
-    no gradient clipping, linear decay to 0, weight decay on every parameter; seeds 0-2, two at a
-    time; nothing else."""
-    follow = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full.yaml", registry=registry)
-    recipe = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe.yaml", registry=registry)
+SEQ_ICL_OPTIMISER = ("grad_clip", "schedule", "min_lr_ratio", "decay_vectors")
+
+
+def optimiser_details(configs) -> set:
+    return {tuple(getattr(c.training, key) for key in SEQ_ICL_OPTIMISER) for c in configs}
+
+
+@pytest.mark.parametrize(("full", "base", "at_a_time"), [
+    ("ar_rwkv_seqicl_recipe_full", "ar_rwkv_seqicl_recipe", 2),
+    ("ar_s4d_seqicl_recipe_full", "ar_s4d_seqicl_recipe", 1),
+    ("ar_lru_seqicl_recipe_kernel_gradient_full", "ar_lru_seqicl_recipe_kernel_gradient", 1),
+])
+def test_the_full_recipe_checks_add_seq_icls_optimiser_details(full, base, at_a_time, registry):
+    """tune_<full>.yaml is its recipe check with seq_icl's optimiser details: no gradient clipping,
+    linear decay to 0, weight decay on every parameter; seeds 0-2; nothing else."""
+    follow = load_tune_spec(HERE / f"tune_{full}.yaml", registry=registry)
+    recipe = load_tune_spec(HERE / f"tune_{base}.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == at_a_time
+    assert optimiser_details(follow.checked) == {(None, "linear", 0.0, True)}
+    assert optimiser_details(recipe.checked) == {(1.0, "cosine", 0.1, False)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "training": set(SEQ_ICL_OPTIMISER)}
+    assert differing_only_in(exclude, *recipe.checked, *follow.checked)
+
+
+def test_the_lm_simple_lstm_check_is_seq_icls_published_lstm_at_its_whole_recipe(registry):
+    """tune_ar_lstm_seqicl_recipe_lm_simple.yaml is the LSTM recipe check with seq_icl's published
+    LSTM model (`lstm_mixer`: 2 pre-norm blocks of an LSTM and a 4x MLP, seq_icl variant, embedding
+    dropout 0.1, width 32) and seq_icl's optimiser details; seeds 0-2, two at a time; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_lstm_seqicl_recipe_lm_simple.yaml", registry=registry)
+    recipe = load_tune_spec(HERE / "tune_ar_lstm_seqicl_recipe.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 2
-    details = {(c.training.grad_clip, c.training.schedule, c.training.min_lr_ratio, c.training.decay_vectors)
-               for c in follow.checked}
-    assert details == {(None, "linear", 0.0, True)}
-    assert {(c.training.grad_clip, c.training.schedule, c.training.min_lr_ratio, c.training.decay_vectors)
-            for c in recipe.checked} == {(1.0, "cosine", 0.1, False)}
-    exclude = {"seed": True, "name": True, "output_dir": True,
-               "training": {"grad_clip", "schedule", "min_lr_ratio", "decay_vectors"}}
+    assert {(c.backbone.name, c.backbone.d_model, c.backbone.n_layers, c.backbone.mlp_ratio, c.backbone.variant,
+             c.backbone.embed_dropout, c.backbone.dropout) for c in follow.checked} == {
+        ("lstm_mixer", 32, 2, 4, "seq_icl", 0.1, 0.0)}
+    assert {c.backbone.name for c in recipe.checked} == {"lstm"}
+    assert optimiser_details(follow.checked) == {(None, "linear", 0.0, True)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": True, "training": set(SEQ_ICL_OPTIMISER)}
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 

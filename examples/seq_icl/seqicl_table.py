@@ -99,9 +99,13 @@ TASK_PREFIX = {"associative_recall": "ar", "induction_head": "ih"}
 #: The follow-ups that train a row with seq_icl's own recipe (width 32, lr 5e-4, 400 epochs, 10%
 #: warmup): OUT/tried/<ar|ih>_<backbone>_seqicl_recipe<suffix> -> (how the table names it, whether
 #: the row's target is judged on it). The first keeps ponderlab's clipping, schedule and decay of
-#: matrices only; the LRU scan-gradient check reproduces a bug of seq_icl's kernel, so it is not judged.
+#: matrices only; the LRU scan-gradient checks reproduce a bug of seq_icl's kernel, so they are not
+#: judged; the lm_simple check is seq_icl's published LSTM model (the `lstm_mixer` backbone).
+FULL = "no clipping, linear decay to 0 and every parameter decayed"
 RECIPE_CHECKS = {"": ("", True), "_kernel_gradient": ("with seq_icl's LRU scan gradient ", False),
-                 "_full": ("with no clipping, linear decay to 0 and every parameter decayed ", True)}
+                 "_kernel_gradient_full": (f"with seq_icl's LRU scan gradient, {FULL} ", False),
+                 "_full": (f"with {FULL} ", True),
+                 "_lm_simple": (f"with seq_icl's lm_simple LSTM blocks, {FULL} ", True)}
 
 
 def recipe_checks(out: Path, task: str, backbone: str) -> list[dict]:
