@@ -123,6 +123,29 @@ def test_seq_icl_stack_uses_tanh_gelu_and_embedding_dropout():
     torch.testing.assert_close(dropped[dropped != 0], (plain / 0.9)[dropped != 0])
 
 
+def test_tied_embeddings_share_one_matrix_through_training_and_checkpoints(tmp_path):
+    """`tie_embeddings` (seq_icl's lm_simple): the head's weight is the embedding matrix E, so the
+    model has V x D parameters fewer, an AdamW step moves the one matrix, and a checkpoint
+    loads back into one."""
+    tied, untied = build("gilr", "seq_icl", tie_embeddings=True), build("gilr", "seq_icl")
+    assert tied.head.weight is tied.backbone.embedding.weight
+    assert untied.head.weight is not untied.backbone.embedding.weight
+    count = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert count == 5 * D_MODEL
+    ids = torch.randint(0, 5, (2, 7), generator=torch.Generator().manual_seed(0))
+    before = tied.backbone.embedding.weight.detach().clone()
+    optimizer = make_optimizer(tied, TrainingConfig(lr=1e-2, weight_decay=0.1))
+    tied(ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert tied.head.weight is tied.backbone.embedding.weight
+    assert not torch.equal(tied.backbone.embedding.weight, before)
+    torch.save(tied.state_dict(), tmp_path / "model.pt")
+    again = build("gilr", "seq_icl", tie_embeddings=True)
+    again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert again.head.weight is again.backbone.embedding.weight
+    torch.testing.assert_close(again.head.weight, tied.backbone.embedding.weight)
+
+
 @pytest.mark.parametrize("lr, expected_lr", [(3e-3, 1e-3), (5e-4, 5e-4)])
 def test_trainer_gives_the_ssm_group_its_own_lr_and_no_weight_decay(lr, expected_lr):
     model = build("h3", "seq_icl")

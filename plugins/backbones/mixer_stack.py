@@ -45,6 +45,9 @@ class MixerStackConfig(BackboneConfig):
     embed_dropout: float = Field(
         0.0, ge=0, lt=1, description="Dropout on the embeddings (seq_icl: 0.1)."
     )
+    tie_embeddings: bool = Field(
+        False, description="The output head reuses the embedding matrix (seq_icl's lm_simple ties them)."
+    )
 
 
 class SequenceMixer(nn.Module):
@@ -191,6 +194,11 @@ class MixerBackbone(Backbone):
 
     def embed(self, input_ids: Tensor) -> Tensor:  # (B, L) -> (B, L, D)
         return self.embed_dropout(self.embedding(input_ids))
+
+    def bind_output_head(self, head: nn.Linear) -> None:
+        """With `tie_embeddings`, the head's weight (V, D) is the embedding matrix itself."""
+        if self.config.tie_embeddings:
+            head.weight = self.embedding.weight
 
     def optimizer_groups(self, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """seq_icl's SSM group: with `variant: seq_icl`, every `ssm_parameters()` of a
