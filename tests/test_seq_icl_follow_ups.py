@@ -478,18 +478,32 @@ def test_the_full_recipe_checks_add_seq_icls_optimiser_details(full, base, at_a_
 def test_the_lm_simple_lstm_check_is_seq_icls_published_lstm_at_its_whole_recipe(registry):
     """tune_ar_lstm_seqicl_recipe_lm_simple.yaml is the LSTM recipe check with seq_icl's published
     LSTM model (`lstm_mixer`: 2 pre-norm blocks of an LSTM and a 4x MLP, seq_icl variant, embedding
-    dropout 0.1, width 32) and seq_icl's optimiser details; seeds 0-2, two at a time; nothing else."""
+    dropout 0.1, head tied to the embeddings, width 32) and seq_icl's optimiser details; seeds 0-2,
+    two at a time; nothing else."""
     follow = load_tune_spec(HERE / "tune_ar_lstm_seqicl_recipe_lm_simple.yaml", registry=registry)
     recipe = load_tune_spec(HERE / "tune_ar_lstm_seqicl_recipe.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 2
     assert {(c.backbone.name, c.backbone.d_model, c.backbone.n_layers, c.backbone.mlp_ratio, c.backbone.variant,
-             c.backbone.embed_dropout, c.backbone.dropout) for c in follow.checked} == {
-        ("lstm_mixer", 32, 2, 4, "seq_icl", 0.1, 0.0)}
+             c.backbone.embed_dropout, c.backbone.dropout, c.backbone.tie_embeddings) for c in follow.checked} == {
+        ("lstm_mixer", 32, 2, 4, "seq_icl", 0.1, 0.0, True)}
     assert {c.backbone.name for c in recipe.checked} == {"lstm"}
     assert optimiser_details(follow.checked) == {(None, "linear", 0.0, True)}
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": True, "training": set(SEQ_ICL_OPTIMISER)}
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
+
+
+def test_the_tied_rwkv_check_is_the_full_recipe_with_the_head_tied(registry):
+    """tune_ar_rwkv_seqicl_recipe_full_tied.yaml is the full RWKV recipe check with the output head
+    tied to the embeddings (seq_icl's lm_simple), seeds 0-2, two at a time; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full_tied.yaml", registry=registry)
+    full = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 2
+    assert {c.backbone.tie_embeddings for c in follow.checked} == {True}
+    assert {c.backbone.tie_embeddings for c in full.checked} == {False}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"tie_embeddings"}}
+    assert differing_only_in(exclude, *full.checked, *follow.checked)
 
 
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):

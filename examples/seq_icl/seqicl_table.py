@@ -105,7 +105,8 @@ FULL = "no clipping, linear decay to 0 and every parameter decayed"
 RECIPE_CHECKS = {"": ("", True), "_kernel_gradient": ("with seq_icl's LRU scan gradient ", False),
                  "_kernel_gradient_full": (f"with seq_icl's LRU scan gradient, {FULL} ", False),
                  "_full": (f"with {FULL} ", True),
-                 "_lm_simple": (f"with seq_icl's lm_simple LSTM blocks, {FULL} ", True)}
+                 "_full_tied": (f"with {FULL}, head tied to the embeddings ", True),
+                 "_lm_simple": (f"with seq_icl's lm_simple LSTM blocks, tied head, {FULL} ", True)}
 
 
 def recipe_checks(out: Path, task: str, backbone: str) -> list[dict]:
