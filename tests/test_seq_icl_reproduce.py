@@ -61,6 +61,12 @@ def test_gpu_spec_is_seq_icl_budget(registry):
     for checked in tspec.checked:
         assert checked.backbone.d_model == 32 and checked.backbone.n_layers == 2
         assert checked.training.steps == 62800 and checked.training.warmup_steps == 6280
+        training = checked.training  # seq_icl's trainer: linear to 0, no clipping, every parameter decayed
+        assert (training.schedule, training.min_lr_ratio, training.grad_clip, training.decay_vectors) == (
+            "linear", 0.0, None, True)
+        # seq_icl's lm_simple ties the head; ponderlab's transformer is GPT-NeoX (no such option)
+        assert checked.backbone.name == "transformer" or checked.backbone.tie_embeddings
+    assert "lstm" not in {c.backbone.name for c in tspec.checked}  # seq_icl's LSTM model is lstm_mixer
     assert tspec.options.resources.gpu == 1
 
 
