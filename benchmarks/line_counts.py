@@ -75,6 +75,7 @@ FEATURES_ADDED = {
     "plugins/tasks/text_tokenizer.py": "real tokenizer for bAbI/BABILong (issue 27)",
     "plugins/tasks/babi_sources.py": "BABILong layouts and hub sources (issue 27)",
     "core/curriculum.py": "staged sample-length curriculum (issue 27)",
+    "plugins/backbones/lstm_mixer.py": "seq_icl's LSTM model, an LSTM in the lm_simple stack (issue 30)",
 }
 
 #: files added after 837f26f that hold code split or moved out of older modules: counted.
