@@ -3,8 +3,10 @@
 Seed 003 (seq_icl) published its LSTM rows (associative recall 36.2%, induction head 4.8%,
 added at its commit 22be4b4) with `lm_simple`: each of the 2 blocks is
 `x + LSTM(LN(x))`, then `x + MLP(LN(x))` with a 4x GELU MLP, after an embedding with dropout
-0.1, and a final LayerNorm. That is this backbone. The `lstm` backbone is seed 000's bare
-stack of LSTM layers (no norm, residual or MLP), which is not the model seq_icl measured.
+0.1, and a final LayerNorm, the output head tied to the embeddings. That is this backbone
+with `variant: seq_icl`, `embed_dropout: 0.1` and `tie_embeddings: true`. The `lstm` backbone is
+seed 000's bare stack of LSTM layers (no norm, residual or MLP), which is not the model seq_icl
+measured.
 
 The LSTM keeps PyTorch's own init (uniform in +-1/sqrt(D)), as seq_icl's init only touches
 linear and embedding weights; `variant: seq_icl` only changes the MLP's GELU to the tanh
