@@ -493,11 +493,13 @@ def test_the_lm_simple_lstm_check_is_seq_icls_published_lstm_at_its_whole_recipe
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 
-def test_the_tied_rwkv_check_is_the_full_recipe_with_the_head_tied(registry):
-    """tune_ar_rwkv_seqicl_recipe_full_tied.yaml is the full RWKV recipe check with the output head
-    tied to the embeddings (seq_icl's lm_simple), seeds 0-2, two at a time; nothing else."""
-    follow = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full_tied.yaml", registry=registry)
-    full = load_tune_spec(HERE / "tune_ar_rwkv_seqicl_recipe_full.yaml", registry=registry)
+@pytest.mark.parametrize("backbone", ["rwkv", "s4d"])
+def test_the_tied_checks_are_the_full_recipe_with_the_head_tied(backbone, registry):
+    """tune_ar_<backbone>_seqicl_recipe_full_tied.yaml is that backbone's full recipe check with the
+    output head tied to the embeddings (seq_icl's lm_simple), seeds 0-2, two at a time; nothing else
+    but the trials at a time."""
+    follow = load_tune_spec(HERE / f"tune_ar_{backbone}_seqicl_recipe_full_tied.yaml", registry=registry)
+    full = load_tune_spec(HERE / f"tune_ar_{backbone}_seqicl_recipe_full.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
     assert follow.options.max_concurrent_trials == 2
     assert {c.backbone.tie_embeddings for c in follow.checked} == {True}
