@@ -151,10 +151,11 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def report(profiles: list[tuple[str, str, int, dict, dict]]) -> str:
+def report(profiles: list[tuple[str, str, int, dict, dict]], sources: list[str]) -> str:
     """Markdown: the guesses on each distinct test split, then each experiment's runs and mean."""
     lines = ["# Associative recall: query-blind guesses and trained models' answers", "",
-             "Written by `python examples/seq_icl/context_baselines.py` (its docstring says what each column is).", "",
+             "Written by `python examples/seq_icl/context_baselines.py " + " ".join(sources) + "`",
+             "(its docstring says what each column is; finished runs only).", "",
              "## Query-blind guesses on the test split (expected accuracy %)", "",
              "| test split (seed) | " + " | ".join(GUESSES) + " |", "|---|" + "---|" * len(GUESSES)]
     splits = {}
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except PonderlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = report(profiles)
+    text = report(profiles, [str(d) for d in args.dirs])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     rows = [{"experiment": n, "run": r, "seed": s, "guesses": g, "answers": p} for n, r, s, g, p in profiles]
