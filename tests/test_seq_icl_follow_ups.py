@@ -508,6 +508,20 @@ def test_the_tied_checks_are_the_full_recipe_with_the_head_tied(backbone, regist
     assert differing_only_in(exclude, *full.checked, *follow.checked)
 
 
+def test_the_tied_lru_check_is_the_kernel_gradient_full_check_with_the_exact_gradient_and_the_head_tied(registry):
+    """tune_ar_lru_seqicl_recipe_full_tied.yaml is seq_icl's whole LRU model and recipe without its
+    kernel's bug: the kernel-gradient full check with the exact scan gradient and the tied head, seeds
+    0-2, three at a time; nothing else."""
+    follow = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_full_tied.yaml", registry=registry)
+    kernel = load_tune_spec(HERE / "tune_ar_lru_seqicl_recipe_kernel_gradient_full.yaml", registry=registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 3
+    assert {(c.backbone.scan_gradient, c.backbone.tie_embeddings) for c in follow.checked} == {("exact", True)}
+    assert {(c.backbone.scan_gradient, c.backbone.tie_embeddings) for c in kernel.checked} == {("seq_icl_kernel", False)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"scan_gradient", "tie_embeddings"}}
+    assert differing_only_in(exclude, *kernel.checked, *follow.checked)
+
+
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
     """|lambda| = exp(-exp(nu_log)): nu_log = log(-log r) gives back r; the script reads a run's latest
     checkpoint and prints the quartiles, the share above 0.9 and the median memory 1 / (1 - |lambda|)."""
