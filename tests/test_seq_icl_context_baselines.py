@@ -112,3 +112,13 @@ def test_an_unfinished_run_is_passed_over_in_a_tune_directory_and_refused_alone(
     assert script().main([str(storage / "runs" / "training"), "--out", str(out)]) == 2
     assert "has not finished" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_without_arguments_it_reads_the_recipe_checks_and_not_their_budget_files(trained_run, tmp_path, monkeypatch):
+    tried = tmp_path / "runs" / "seq_icl" / "tried"
+    shutil.copytree(trained_run, tried / "ar_lstm_seqicl_recipe" / "runs" / "r0")
+    (tried / "ar_lstm_seqicl_recipe.budget.json").write_text("{}")
+    monkeypatch.setattr(script(), "ROOT", tmp_path)
+    out = tmp_path / "page.md"
+    assert script().main(["--out", str(out)]) == 0
+    assert [row["run"] for row in json.loads(out.with_suffix(".json").read_text())] == ["r0"]

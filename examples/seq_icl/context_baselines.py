@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PAGE, help="the markdown page; the numbers go beside it as .json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    dirs = args.dirs or sorted(ROOT.glob(RECIPE_CHECKS))
+    dirs = args.dirs or sorted(p for p in ROOT.glob(RECIPE_CHECKS) if p.is_dir())  # not their .budget.json
     try:
         if not dirs:
             raise PonderlabError(f"no run directories given and none match {ROOT / RECIPE_CHECKS}")
