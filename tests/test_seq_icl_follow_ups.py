@@ -461,6 +461,7 @@ def optimiser_details(configs) -> set:
     ("ar_rwkv_seqicl_recipe_full", "ar_rwkv_seqicl_recipe", 2),
     ("ar_s4d_seqicl_recipe_full", "ar_s4d_seqicl_recipe", 1),
     ("ar_lru_seqicl_recipe_kernel_gradient_full", "ar_lru_seqicl_recipe_kernel_gradient", 1),
+    ("ar_lru_seqicl_recipe_full", "ar_lru_seqicl_recipe", 2),
 ])
 def test_the_full_recipe_checks_add_seq_icls_optimiser_details(full, base, at_a_time, registry):
     """tune_<full>.yaml is its recipe check with seq_icl's optimiser details: no gradient clipping,
