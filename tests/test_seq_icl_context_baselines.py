@@ -47,8 +47,8 @@ def test_a_tie_for_most_frequent_splits_the_guess():
 
 def test_guesses_on_the_task_against_independent_formulas():
     task = ponderlab.build_task(name="associative_recall", train_size=10, validation_size=10, test_size=300)
-    inputs, answers = script().answers_and_inputs(task.build(3).split("test"))
-    guesses = script().guess_accuracies(inputs, answers, task.vocab_size)
+    inputs, answers = script().inputs_and_answers(task.build(3).split("test"))
+    guesses = script().guess_accuracies([script().candidates(ids, task.vocab_size) for ids in inputs], answers)
     assert guesses["any value"] == pytest.approx(1 / 9)
     # the query key always appeared, so its value is in the context: a uniform pick among the
     # distinct values shown is right with probability 1 / (their number)
@@ -59,7 +59,8 @@ def test_guesses_on_the_task_against_independent_formulas():
 
 def test_answer_profile_by_hand():
     tied = [0, 3, 1, 4, 6, 1]
-    profile = script().answer_profile([INPUT, tied, INPUT], [ANSWER, 4, ANSWER], [4, 4, 3], vocab_size=8)
+    options = [script().candidates(ids, 8) for ids in (INPUT, tied, INPUT)]
+    profile = script().answer_profile(options, [ANSWER, 4, ANSWER], [4, 4, 3])
     assert profile == {
         "accuracy": 2 / 3,
         "answers a value in the context": 1.0,
@@ -97,7 +98,7 @@ def test_a_run_read_back_scores_as_the_run_did(trained_run, tmp_path, capsys):
 def test_a_directory_without_runs_is_one_clear_error(tmp_path, capsys):
     out = tmp_path / "context.md"
     assert script().main([str(tmp_path), "--out", str(out)]) == 2
-    assert "neither a run directory" in capsys.readouterr().err
+    assert "no finished run" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -106,11 +107,11 @@ def test_an_unfinished_run_is_passed_over_in_a_tune_directory_and_refused_alone(
     shutil.copytree(trained_run, storage / "runs" / "done")
     shutil.copytree(trained_run, storage / "runs" / "training")
     (storage / "runs" / "training" / "results.json").unlink()
-    assert [p.name for p in script().run_dirs([storage])] == ["done"]
+    assert [p.name for p in script().finished_runs([storage])] == ["done"]
     assert "training: not finished, passed over" in capsys.readouterr().err
     out = tmp_path / "context.md"
     assert script().main([str(storage / "runs" / "training"), "--out", str(out)]) == 2
-    assert "has not finished" in capsys.readouterr().err
+    assert "no finished run" in capsys.readouterr().err
     assert not out.exists()
 
 

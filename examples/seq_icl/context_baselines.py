@@ -12,8 +12,8 @@ its candidates, so its expected accuracy is exact, not sampled):
 * `most frequent value`: one of the values the context shows most often;
 * `last value`: the value of the last pair before `=>`.
 
-For each trained run given (a run directory with `spec.yaml` and a checkpoint, or a `ponderlab
-tune` storage directory, whose `runs/*` are used), it reads the model's greedy answer at the
+For each finished run under the directories given (run directories, or `ponderlab tune` storage
+directories; found as `ponderlab report` finds them), it reads the model's greedy answer at the
 scored position and reports its accuracy, how often the answer is a value in the context and one
 of its most frequent values, and its accuracy on sequences where the answer is the context's one
 most frequent value against the rest.
@@ -35,6 +35,7 @@ import torch
 
 from ponderlab.core.errors import PonderlabError
 from ponderlab.core.evaluation import build_task_data, load_run_spec, load_trained_model
+from ponderlab.core.run_records import find_run_dirs, group_by
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: the associative-recall runs at seq_icl's recipe (reproduce.py --extra ar_<backbone>_seqicl_recipe*)
@@ -61,31 +62,31 @@ def expected_hit(choices: list[int], answer: int) -> float:
     return (answer in choices) / len(choices)
 
 
-def answers_and_inputs(split) -> tuple[list[list[int]], list[int]]:
+def inputs_and_answers(split) -> tuple[list[list[int]], list[int]]:
     """(input ids, answer) of every row of a seq_icl split scored at its final token."""
     inputs = [list(row) for row in split["input_ids"]]
     return inputs, [int(row[-1]) for row in split["labels"]]
 
 
-def guess_accuracies(inputs: list[list[int]], answers: list[int], vocab_size: int) -> dict[str, float]:
-    """Expected accuracy of each query-blind guess over a split."""
+def guess_accuracies(options: list[dict[str, list[int]]], answers: list[int]) -> dict[str, float]:
+    """Expected accuracy of each query-blind guess over a split, from each row's `candidates`."""
     totals = dict.fromkeys(GUESSES, 0.0)
-    for ids, answer in zip(inputs, answers, strict=True):
-        for name, choices in candidates(ids, vocab_size).items():
+    for choices_of, answer in zip(options, answers, strict=True):
+        for name, choices in choices_of.items():
             totals[name] += expected_hit(choices, answer)
     return {name: total / len(answers) for name, total in totals.items()}
 
 
-def answer_profile(inputs: list[list[int]], answers: list[int], predictions: list[int], vocab_size: int) -> dict:
-    """How a model's answers relate to the context: accuracy, share of answers that are a value in
-    the context / one of its most frequent values, accuracy where the answer is the one mode or not."""
+def answer_profile(options: list[dict[str, list[int]]], answers: list[int], predictions: list[int]) -> dict:
+    """How a model's answers relate to the context (each row's `candidates`): accuracy, share of
+    answers that are a value in the context / one of its most frequent values, accuracy where the
+    answer is the one mode or not."""
     in_context = frequent = 0
     by_mode = {True: [], False: []}
-    for ids, answer, prediction in zip(inputs, answers, predictions, strict=True):
-        options = candidates(ids, vocab_size)
-        in_context += prediction in options["a value in the context"]
-        frequent += prediction in options["most frequent value"]
-        by_mode[options["most frequent value"] == [answer]].append(prediction == answer)
+    for choices_of, answer, prediction in zip(options, answers, predictions, strict=True):
+        in_context += prediction in choices_of["a value in the context"]
+        frequent += prediction in choices_of["most frequent value"]
+        by_mode[choices_of["most frequent value"] == [answer]].append(prediction == answer)
     n = len(answers)
 
     def share(hits: list[bool]) -> float | None:
@@ -112,25 +113,15 @@ def final_predictions(model, inputs: list[list[int]], batch_size: int = 100) -> 
     return predictions
 
 
-def run_dirs(paths: list[Path]) -> list[Path]:
-    """Finished runs (results.json written): each path itself if it is a run directory, else its
-    runs/* (a run still training there is passed over with a notice)."""
-    found = []
-    for path in paths:
-        if (path / "spec.yaml").exists():
-            if not (path / "results.json").exists():
-                raise PonderlabError(f"{path}: the run has not finished (no results.json)")
-            found.append(path)
-            continue
-        inner = sorted(p for p in (path / "runs").glob("*") if (p / "spec.yaml").exists())
-        if not inner:
-            raise PonderlabError(f"{path}: neither a run directory (spec.yaml) nor a tune directory with runs/*/spec.yaml")
-        for run in inner:
-            if (run / "results.json").exists():
-                found.append(run)
-            else:
-                print(f"{run}: not finished, passed over", file=sys.stderr)
-    return found
+def finished_runs(paths: list[Path]) -> list[Path]:
+    """The finished runs under `paths` (run or tune storage directories); unfinished ones are
+    passed over with a notice."""
+    finished, unfinished = find_run_dirs(paths)
+    for run in unfinished:
+        print(f"{run}: not finished, passed over", file=sys.stderr)
+    if not finished:
+        raise PonderlabError(f"no finished run (spec.yaml and results.json) under {', '.join(map(str, paths))}")
+    return finished
 
 
 def profile_run(run_dir: Path) -> tuple[str, str, int, dict, dict]:
@@ -140,11 +131,12 @@ def profile_run(run_dir: Path) -> tuple[str, str, int, dict, dict]:
     if spec.task.name != "associative_recall":
         raise PonderlabError(f"{run_dir}: task {spec.task.name!r}, this script reads associative_recall runs")
     task, data = build_task_data(spec)
-    inputs, answers = answers_and_inputs(data.split("test"))
+    inputs, answers = inputs_and_answers(data.split("test"))
+    options = [candidates(ids, task.vocab_size) for ids in inputs]
     model, _, _ = load_trained_model(run_dir, spec, task.vocab_size, torch.device("cpu"))
     predictions = final_predictions(model, inputs)
-    return (spec.name, run_dir.name, spec.seed, guess_accuracies(inputs, answers, task.vocab_size),
-            answer_profile(inputs, answers, predictions, task.vocab_size))
+    return (spec.name, run_dir.name, spec.seed, guess_accuracies(options, answers),
+            answer_profile(options, answers, predictions))
 
 
 def percent(value: float | None) -> str:
@@ -165,12 +157,11 @@ def report(profiles: list[tuple[str, str, int, dict, dict]], sources: list[str])
     keys = list(profiles[0][4]) if profiles else []
     lines += ["", "## Trained models' answers (%)", "", "| experiment | run | seed | " + " | ".join(keys) + " |",
               "|---|---|---|" + "---|" * len(keys)]
-    by_name: dict[str, list[dict]] = {}
     for name, run, seed, _, profile in profiles:
-        by_name.setdefault(name, []).append(profile)
         lines.append(f"| {name} | {run} | {seed} | " + " | ".join(percent(profile[k]) for k in keys) + " |")
     lines += ["", "## Mean over seeds (%)", "", "| experiment | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for name, runs in by_name.items():
+    for name, group in group_by(profiles, key=lambda profile: profile[0]).items():
+        runs = [profile for *_, profile in group]
         known = [[r[k] for r in runs if r[k] is not None] for k in keys]
         means = [statistics.mean(values) if values else None for values in known]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(percent(m) for m in means) + " |")
@@ -188,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not dirs:
             raise PonderlabError(f"no run directories given and none match {ROOT / RECIPE_CHECKS}")
-        profiles = [profile_run(run_dir) for run_dir in run_dirs(dirs)]
+        profiles = [profile_run(run_dir) for run_dir in finished_runs(dirs)]
     except PonderlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
