@@ -494,7 +494,7 @@ def test_the_lm_simple_lstm_check_is_seq_icls_published_lstm_at_its_whole_recipe
     assert differing_only_in(exclude, *recipe.checked, *follow.checked)
 
 
-@pytest.mark.parametrize("backbone", ["rwkv", "s4d"])
+@pytest.mark.parametrize("backbone", ["rwkv", "s4d", "h3"])
 def test_the_tied_checks_are_the_full_recipe_with_the_head_tied(backbone, registry):
     """tune_ar_<backbone>_seqicl_recipe_full_tied.yaml is that backbone's full recipe check with the
     output head tied to the embeddings (seq_icl's lm_simple), seeds 0-2, two at a time; nothing else
@@ -521,6 +521,32 @@ def test_the_tied_lru_check_is_the_kernel_gradient_full_check_with_the_exact_gra
     assert {(c.backbone.scan_gradient, c.backbone.tie_embeddings) for c in kernel.checked} == {("seq_icl_kernel", False)}
     exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"scan_gradient", "tie_embeddings"}}
     assert differing_only_in(exclude, *kernel.checked, *follow.checked)
+
+
+@pytest.mark.parametrize(("backbone", "model_changes", "tied"), [
+    ("transformer", {"d_model": 32, "n_heads": 1, "ffn_size": 128, "parallel_residual": False}, False),
+    ("h3", {"d_model": 32, "head_dim": 1}, True),
+])
+def test_the_strong_models_recipe_checks_are_their_rows_at_seq_icls_whole_recipe(
+        backbone, model_changes, tied, registry):
+    """tune_ar_{transformer,h3}_seqicl_recipe_full*.yaml are the associative-recall rows at seq_icl's
+    width, heads and block order, with seq_icl's recipe and optimiser details (the weak models' full
+    checks); H3's head is tied as seq_icl ties it; seeds 0-2, two at a time; nothing else."""
+    stem = f"ar_{backbone}_seqicl_recipe_full" + ("_tied" if tied else "")
+    follow = load_tune_spec(HERE / f"tune_{stem}.yaml", registry=registry)
+    row = row_as_written(f"associative_recall_{backbone}", registry)
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert follow.options.max_concurrent_trials == 2
+    for config in follow.checked:
+        assert {key: getattr(config.backbone, key) for key in model_changes} == model_changes
+        assert getattr(config.backbone, "tie_embeddings", False) is tied
+        assert (config.training.lr, config.training.steps, config.training.warmup_steps,
+                config.training.eval_every, config.training.weight_decay) == (5.0e-4, 62800, 6280, 3140, 0.1)
+    assert optimiser_details(follow.checked) == {(None, "linear", 0.0, True)}
+    exclude = {"seed": True, "name": True, "output_dir": True,
+               "backbone": {*model_changes, "tie_embeddings"},
+               "training": {"lr", "steps", "warmup_steps", "eval_every", "keep_checkpoints", *SEQ_ICL_OPTIMISER}}
+    assert differing_only_in(exclude, row, *follow.checked)
 
 
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):

@@ -235,7 +235,8 @@ def write_table(rows: list[dict], tried_cpu: float, missing: list[str], kept: li
         )
     total = sum((r["search_cpu_seconds"] or 0) + r["seed_cpu_seconds"] for r in rows)
     lines += ["", "At seq_icl's recipe: the row at seq_icl's width 32, lr 5e-4, 62800 steps (400 epochs) with 10% "
-                  "warmup and weight decay 0.1 (runs/seq_icl/tried/*_seqicl_recipe*), test exact match % over its "
+                  "warmup and weight decay 0.1 (runs/seq_icl/tried/*_seqicl_recipe*; the transformer also at "
+                  "seq_icl's 1 head, FFN 128 and sequential residual, H3 at its heads of size 1), test exact match % over its "
                   "seeds; with ponderlab's gradient clipping at 1.0, cosine decay to 0.1x and weight decay on "
                   "matrices only unless the cell says otherwise (seq_icl: none, linear to 0, every parameter); "
                   "- where not run.", ""]
