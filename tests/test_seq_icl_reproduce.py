@@ -448,11 +448,16 @@ def test_the_recipe_column_reads_the_rows_seq_icl_recipe_follow_ups(tmp_path):
     assert table_module.recipe_cell({"recipe": []}) == "-"
     here = {"search_trials": 2, "searched": "", "recipe": []}
     assert table_module.carry_search(here, {"recipe": checks})["recipe"] == checks
-    assert table_module.carry_search({**here, "recipe": checks[:1]}, {"recipe": checks})["recipe"] == checks[:1]
+    # a copy of runs/ with some checks keeps the recorded ones it lacks, in RECIPE_CHECKS order
+    assert table_module.carry_search({**here, "recipe": checks[1:]}, {"recipe": checks})["recipe"] == checks
     kept = {"task": "associative_recall", "backbone": "lru", "recipe": []}
     assert table_module.with_recipe(kept, out) == {**kept, "recipe": checks}
     kept_lstm = {"task": "associative_recall", "backbone": "lstm", "recipe": checks[:1]}
     assert table_module.with_recipe(kept_lstm, out) == kept_lstm  # nothing for it in this copy of runs/
+    tied = {"name": "ar_lru_seqicl_recipe_full_tied", "label": "tied ", "judged": True, "test_exact_match": [45.8]}
+    stale = {**checks[0], "test_exact_match": [1.0, 2.0, 3.0]}
+    merged = table_module.with_recipe({**kept, "recipe": [tied, stale]}, out)["recipe"]
+    assert merged == [checks[0], checks[1], tied]  # OUT's numbers win; the check OUT lacks is kept
 
 
 def test_the_met_cell_says_whether_the_row_meets_its_target_at_seq_icls_recipe():

@@ -123,9 +123,18 @@ def recipe_checks(out: Path, task: str, backbone: str) -> list[dict]:
     return checks
 
 
+def merged_recipe(found: list[dict], recorded: list[dict]) -> list[dict]:
+    """The recipe follow-ups OUT holds, plus those table.json recorded that OUT lacks (a copy of
+    runs/ without a check's runs keeps its numbers), in RECIPE_CHECKS order."""
+    by_name = {check["name"]: check for check in recorded}
+    by_name.update((check["name"], check) for check in found)
+    order = {suffix: i for i, suffix in enumerate(RECIPE_CHECKS)}
+    return sorted(by_name.values(), key=lambda c: order.get(c["name"].partition("_seqicl_recipe")[2], len(order)))
+
+
 def with_recipe(row: dict, out: Path) -> dict:
-    """A row kept from table.json, with its recipe follow-ups as OUT holds them (if it holds any)."""
-    checks = recipe_checks(out, row["task"], row["backbone"])
+    """A row kept from table.json, with its recipe follow-ups as OUT holds them and as it recorded them."""
+    checks = merged_recipe(recipe_checks(out, row["task"], row["backbone"]), row.get("recipe") or [])
     return {**row, "recipe": checks} if checks else row
 
 
@@ -160,8 +169,8 @@ def carry_search(row: dict, earlier: dict) -> dict:
     """`row`, summarized from a copy of runs/ that lacks its search (or its recipe follow-ups), with
     those as the earlier table.json recorded them (trials, CPU time, settings over seeds), so that
     regenerating the row's seeds does not drop the search behind it."""
-    if not row.get("recipe") and earlier.get("recipe"):
-        row = {**row, "recipe": earlier["recipe"]}
+    if earlier.get("recipe"):
+        row = {**row, "recipe": merged_recipe(row.get("recipe") or [], earlier["recipe"])}
     if row["search_trials"] or not earlier.get("search_trials"):
         return row
     searched = earlier.get("searched") or ""
