@@ -93,6 +93,7 @@ def test_a_run_read_back_scores_as_the_run_did(trained_run, tmp_path, capsys):
     results = json.loads((trained_run / "results.json").read_text())
     assert rows[0]["answers"]["accuracy"] == pytest.approx(results["test/exact_match"])
     assert "| 1 |" in out.read_text() and "most frequent value" in capsys.readouterr().out
+    assert f"`python examples/seq_icl/context_baselines.py {trained_run}`" in out.read_text()  # how to rewrite it
 
 
 def test_a_directory_without_runs_is_one_clear_error(tmp_path, capsys):
@@ -123,3 +124,4 @@ def test_without_arguments_it_reads_the_recipe_checks_and_not_their_budget_files
     out = tmp_path / "page.md"
     assert script().main(["--out", str(out)]) == 0
     assert [row["run"] for row in json.loads(out.with_suffix(".json").read_text())] == ["r0"]
+    assert "`python examples/seq_icl/context_baselines.py`" in out.read_text()

@@ -146,7 +146,7 @@ def percent(value: float | None) -> str:
 def report(profiles: list[tuple[str, str, int, dict, dict]], sources: list[str]) -> str:
     """Markdown: the guesses on each distinct test split, then each experiment's runs and mean."""
     lines = ["# Associative recall: query-blind guesses and trained models' answers", "",
-             "Written by `python examples/seq_icl/context_baselines.py " + " ".join(sources) + "`",
+             "Written by `" + " ".join(["python examples/seq_icl/context_baselines.py", *sources]) + "`",
              "(its docstring says what each column is; finished runs only).", "",
              "## Query-blind guesses on the test split (expected accuracy %)", "",
              "| test split (seed) | " + " | ".join(GUESSES) + " |", "|---|" + "---|" * len(GUESSES)]
