@@ -197,18 +197,28 @@ def test_the_ar_h3_heads_follow_up_is_the_row_with_heads_of_size_2_and_4(tmp_pat
     assert differing_only_in({**exclude, "training": {"lr"}}, row, at_2e3)
 
 
-@pytest.mark.parametrize(("follow_up", "backbone", "lr", "steps"), [("ar_rwkv_d32_steps6000", "rwkv", 0.003, 6000),
-                                                             ("ar_lstm_d32_steps12000", "lstm", 0.003, 12000)])
-def test_the_ar_width_32_checks_are_the_adopted_rows_at_seq_icls_width(follow_up, backbone, lr, steps, registry):
-    """tune_ar_{rwkv,lstm}_d32_*.yaml are the associative-recall rows as adopted (width 64, their lr
-    and steps) at seq_icl's width 32, seeds 0-2, one trial at a time; nothing else differs."""
+@pytest.mark.parametrize(("follow_up", "backbone", "lr", "steps", "at_a_time"),
+                         [("ar_rwkv_d32_steps6000", "rwkv", 0.003, 6000, 1),
+                          ("ar_lstm_d32_steps12000", "lstm", 0.003, 12000, 1),
+                          ("ar_s4d_d32_steps6000", "s4d", 0.003, 6000, 1),
+                          ("ar_transformer_d32_steps4000", "transformer", 0.002, 4000, 2),
+                          ("ar_h3_d32_steps6000", "h3", 0.001, 6000, 2)])
+def test_the_ar_width_32_checks_are_the_adopted_rows_at_seq_icls_width(follow_up, backbone, lr, steps, at_a_time,
+                                                                         registry):
+    """tune_ar_{rwkv,lstm,s4d,transformer,h3}_d32_*.yaml are the associative-recall rows as adopted (width 64,
+    their lr and steps) at seq_icl's width 32, seeds 0-2; the transformer's FFN stays 4x the width
+    (256 -> 128); nothing else differs."""
     follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
     assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
-    assert follow.options.max_concurrent_trials == 1
+    assert follow.options.max_concurrent_trials == at_a_time
     assert {c.backbone.d_model for c in follow.checked} == {32}
     row = row_as_written(f"associative_recall_{backbone}", registry)
     assert (row.backbone.d_model, row.training.lr, row.training.steps) == (64, lr, steps)
-    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"d_model"}}
+    width_fields = {"d_model"}
+    if backbone == "transformer":
+        assert (row.backbone.ffn_size, {c.backbone.ffn_size for c in follow.checked}) == (256, {128})
+        width_fields.add("ffn_size")
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": width_fields}
     assert differing_only_in(exclude, row, *follow.checked)
 
 
@@ -276,6 +286,11 @@ ONE_AXIS_FOLLOW_UPS = [
     ("ar_s4d_warmup3140", "tune_ar_s4d_steps6000", "training", "warmup_steps", 300, [3140]),
     ("ar_retnet_warmup3140", ("tune_ar_retnet_heads", {"backbone.n_heads": 4}), "training", "warmup_steps", 300, [3140]),
     ("ih_retnet_lr2e-3", "induction_head_retnet", "training", "lr", 1.0e-3, [2.0e-3]),
+    ("ar_rwkv_d32_lr1e-3", "tune_ar_rwkv_d32_steps6000", "training", "lr", 3.0e-3, [1.0e-3]),
+    ("ar_lstm_d32_lr1e-3", "tune_ar_lstm_d32_steps12000", "training", "lr", 3.0e-3, [1.0e-3]),
+    ("ar_lru_d32_lr1e-3", "tune_ar_lru_d32", "training", "lr", 3.0e-3, [1.0e-3]),
+    ("ar_h3_d32_lr2e-3", "tune_ar_h3_d32_steps6000", "training", "lr", 1.0e-3, [2.0e-3]),
+    ("ar_transformer_d32_heads1", "tune_ar_transformer_d32_steps4000", "backbone", "n_heads", 4, [1]),
 ]
 
 
@@ -327,6 +342,12 @@ LONGER_FOLLOW_UPS = [
      "associative_recall_gilr"),
     ("ih_transformer_steps30000", "induction_head_transformer", (25000, 1000), (30000, 1200), 5.0e-4, None),
     ("ih_lru_steps60000", "tune_ih_lru_steps40000", (40000, 4000), (60000, 6000), 5.0e-4, "induction_head_lru"),
+    ("ar_rwkv_d32_steps12000", "tune_ar_rwkv_d32_steps6000", (6000, 300), (12000, 600), 3.0e-3, None),
+    ("ar_lstm_d32_steps24000", "tune_ar_lstm_d32_steps12000", (12000, 600), (24000, 1200), 3.0e-3, None),
+    ("ar_lru_d32_steps24000", "tune_ar_lru_d32", (12000, 600), (24000, 1200), 3.0e-3, None),
+    ("ar_h3_d32_steps12000", "tune_ar_h3_d32_steps6000", (6000, 300), (12000, 600), 1.0e-3, None),
+    ("ar_transformer_d32_seqicl_model_steps12000", "tune_ar_transformer_d32_seqicl_model", (4000, 200), (12000, 600),
+     2.0e-3, None),
 ]
 
 
@@ -547,6 +568,19 @@ def test_the_strong_models_recipe_checks_are_their_rows_at_seq_icls_whole_recipe
                "backbone": {*model_changes, "tie_embeddings"},
                "training": {"lr", "steps", "warmup_steps", "eval_every", "keep_checkpoints", *SEQ_ICL_OPTIMISER}}
     assert differing_only_in(exclude, row, *follow.checked)
+
+
+def test_the_transformer_seqicl_model_check_is_the_width_32_check_with_seq_icls_model(registry):
+    """tune_ar_transformer_d32_seqicl_model.yaml is the width-32 transformer check with seq_icl's 1 head
+    and sequential residual, the very model of the whole-recipe check, trained as the row; seeds 0-2."""
+    follow = load_tune_spec(HERE / "tune_ar_transformer_d32_seqicl_model.yaml", registry=registry)
+    width_32 = load_tune_spec(HERE / "tune_ar_transformer_d32_steps4000.yaml", registry=registry).checked
+    whole_recipe = load_tune_spec(HERE / "tune_ar_transformer_seqicl_recipe_full.yaml", registry=registry).checked
+    assert sorted(c.seed for c in follow.checked) == [0, 1, 2]
+    assert {c.backbone.model_dump_json() for c in follow.checked} == {whole_recipe[0].backbone.model_dump_json()}
+    assert {(c.backbone.n_heads, c.backbone.parallel_residual) for c in width_32} == {(4, True)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"n_heads", "parallel_residual"}}
+    assert differing_only_in(exclude, *width_32, *follow.checked)
 
 
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
