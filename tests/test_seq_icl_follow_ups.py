@@ -583,6 +583,33 @@ def test_the_transformer_seqicl_model_check_is_the_width_32_check_with_seq_icls_
     assert differing_only_in(exclude, *width_32, *follow.checked)
 
 
+@pytest.mark.parametrize(("follow_up", "bases"), [
+    ("ar_transformer_d32_seeds3to5", ["ar_transformer_d32_steps4000", "ar_transformer_d32_heads1"]),
+    ("ar_transformer_d32_seqicl_model_seeds3to5", ["ar_transformer_d32_seqicl_model"])])
+def test_the_width_32_transformer_seeds_3_to_5_are_their_checks_at_three_more_seeds(follow_up, bases, registry):
+    """The width-32 transformer checks (4 heads and 1 head; seq_icl's model) again at seeds 3-5,
+    two at a time: each base's setting at each of the new seeds, and nothing else."""
+    follow = load_tune_spec(HERE / f"tune_{follow_up}.yaml", registry=registry)
+    assert follow.options.max_concurrent_trials == 2
+    exclude = {"seed": True, "name": True, "output_dir": True}
+    wanted = sorted((base.model_dump_json(exclude=exclude), seed)
+                    for stem in bases for base in load_tune_spec(HERE / f"tune_{stem}.yaml", registry=registry).checked[:1]
+                    for seed in (3, 4, 5))
+    assert sorted((c.model_dump_json(exclude=exclude), c.seed) for c in follow.checked) == wanted
+
+
+def test_the_width_32_sequential_check_is_the_width_32_check_with_seq_icls_block_order(registry):
+    """tune_ar_transformer_d32_sequential.yaml is the width-32 transformer check with the sequential
+    pre-norm residual only (4 heads kept), seeds 0-5, two at a time; nothing else differs."""
+    follow = load_tune_spec(HERE / "tune_ar_transformer_d32_sequential.yaml", registry=registry)
+    width_32 = load_tune_spec(HERE / "tune_ar_transformer_d32_steps4000.yaml", registry=registry).checked
+    assert follow.options.max_concurrent_trials == 2
+    assert sorted(c.seed for c in follow.checked) == list(range(6))
+    assert {(c.backbone.n_heads, c.backbone.parallel_residual) for c in follow.checked} == {(4, False)}
+    exclude = {"seed": True, "name": True, "output_dir": True, "backbone": {"parallel_residual"}}
+    assert differing_only_in(exclude, *width_32, *follow.checked)
+
+
 def test_lru_memory_reads_lambda_from_nu_log_by_hand(tmp_path, capsys):
     """|lambda| = exp(-exp(nu_log)): nu_log = log(-log r) gives back r; the script reads a run's latest
     checkpoint and prints the quartiles, the share above 0.9 and the median memory 1 / (1 - |lambda|)."""
