@@ -46,6 +46,26 @@ def test_row_search_is_a_valid_tune_spec(row, tmp_path, registry):
         assert checked.training.num_threads == 1
 
 
+def test_every_associative_recall_row_is_searched_at_seq_icls_width_and_one_budget(tmp_path, registry):
+    """seq_icl gives every model the same width and epochs: every associative-recall row's search
+    trains at width 32 for the same 6000 steps (warmup 300), over seeds 0-2 and two lrs, and the
+    row's spec written back is one of its search's settings."""
+    reproduce = load_reproduce()
+    rows = [p for p in ROWS if p.stem.startswith("associative_recall_")]
+    assert len(rows) == 8
+    for row in rows:
+        path = tmp_path / f"{row.stem}.yaml"
+        path.write_text(yaml.safe_dump(reproduce.search_spec(row, tmp_path)))
+        checked = load_tune_spec(path, registry=registry).checked
+        assert len(checked) == 6
+        assert {(c.backbone.d_model, c.training.steps, c.training.warmup_steps) for c in checked} == {(32, 6000, 300)}
+        assert sorted({c.seed for c in checked}) == [0, 1, 2]
+        assert len({c.training.lr for c in checked}) == 2
+        written = load_module("seqicl_tools").comparable(yaml.safe_load(row.read_text()))
+        searched = [load_module("seqicl_tools").comparable(c.model_dump(mode="json")) for c in checked]
+        assert written in searched, row.stem
+
+
 @pytest.mark.parametrize("name", ["tune_gpu.yaml", "tune_ar_transformer_steps6000.yaml", "tune_ih_transformer_steps25000.yaml",
                                   "tune_ar_h3_lr2e-3_steps6000.yaml", "tune_ar_transformer_heads.yaml",
                                   "tune_ih_h3_steps10000.yaml", "tune_ih_rwkv_steps10000.yaml",
@@ -395,7 +415,7 @@ def test_a_row_spec_without_a_newer_key_compares_equal_to_its_runs_resolved_spec
     LRU's scan_gradient); a run of them writes each at its default. --adopt and the seed copy must
     see the same setting, and any real difference still counts."""
     comparable = load_module("seqicl_tools").comparable
-    row = yaml.safe_load((HERE / "associative_recall_lstm.yaml").read_text())
+    row = yaml.safe_load((HERE / "width64" / "associative_recall_lstm.yaml").read_text())
     row["training"].pop("curriculum", None)  # the row spec as it was written before the key existed
     run = {**row, "output_dir": "runs/x", "training": {**row["training"], "curriculum": None}}
     assert comparable(run) == comparable(row)
@@ -407,7 +427,7 @@ def test_a_row_spec_without_a_newer_key_compares_equal_to_its_runs_resolved_spec
     assert comparable({**newer, "training": {**newer["training"], "schedule": "linear"}}) != comparable(row)
     assert comparable({**newer, "training": {**newer["training"], "decay_vectors": True}}) != comparable(row)
     # a backbone option added later (LRU's scan_gradient): absent in the row, at its default in a run
-    lru_row = yaml.safe_load((HERE / "associative_recall_lru.yaml").read_text())
+    lru_row = yaml.safe_load((HERE / "width64" / "associative_recall_lru.yaml").read_text())
     assert "scan_gradient" not in lru_row["backbone"]
     lru_run = {**lru_row, "backbone": {**lru_row["backbone"], "scan_gradient": "exact"}}
     assert comparable(lru_run) == comparable(lru_row)

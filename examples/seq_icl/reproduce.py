@@ -91,11 +91,12 @@ def set_dotted(spec: dict, key: str, value) -> None:
     node[leaf] = value
 
 
-def search_spec(spec_path: Path, out: Path) -> dict:
-    """The tune spec of a row: its example spec, the task's shared settings, the search."""
+def search_spec(spec_path: Path, out: Path, plans: dict | None = None) -> dict:
+    """The tune spec of a row: its example spec, the task's shared settings, the search (`plans`
+    by task: SEARCH unless given, e.g. SEARCH_WIDTH_64 for a row in width64/)."""
     task, backbone = row_info(spec_path)
     base = yaml.safe_load(spec_path.read_text())
-    plan = SEARCH[task]
+    plan = (plans or SEARCH)[task]
     settings = {**plan["set"], **plan.get("by_backbone", {}).get(backbone, {}).get("set", {})}
     for key, value in settings.items():
         set_dotted(base, key, value)
