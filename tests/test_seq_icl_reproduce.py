@@ -51,6 +51,7 @@ def test_every_associative_recall_row_is_searched_at_seq_icls_width_and_one_budg
     trains at width 32 for the same 6000 steps (warmup 300), over seeds 0-2 and two lrs, and the
     row's spec written back is one of its search's settings."""
     reproduce = load_reproduce()
+    comparable = load_module("seqicl_tools").comparable
     rows = [p for p in ROWS if p.stem.startswith("associative_recall_")]
     assert len(rows) == 8
     for row in rows:
@@ -61,8 +62,8 @@ def test_every_associative_recall_row_is_searched_at_seq_icls_width_and_one_budg
         assert {(c.backbone.d_model, c.training.steps, c.training.warmup_steps) for c in checked} == {(32, 6000, 300)}
         assert sorted({c.seed for c in checked}) == [0, 1, 2]
         assert len({c.training.lr for c in checked}) == 2
-        written = load_module("seqicl_tools").comparable(yaml.safe_load(row.read_text()))
-        searched = [load_module("seqicl_tools").comparable(c.model_dump(mode="json")) for c in checked]
+        written = comparable(yaml.safe_load(row.read_text()))
+        searched = [comparable(c.model_dump(mode="json")) for c in checked]
         assert written in searched, row.stem
 
 
